@@ -1,0 +1,22 @@
+//! SeaORM entities of examsync, written by hand ("entity first").
+//!
+//! The tables are created by the `migration` crate; every uniqueness rule that the
+//! sync and package rules depend on lives there as a database constraint.
+
+pub mod attempt;
+pub mod idempotency_record;
+pub mod question;
+pub mod session_answer;
+pub mod test_package;
+pub mod test_session;
+pub mod user;
+
+pub mod prelude {
+    pub use super::attempt::Entity as Attempt;
+    pub use super::idempotency_record::Entity as IdempotencyRecord;
+    pub use super::question::Entity as Question;
+    pub use super::session_answer::Entity as SessionAnswer;
+    pub use super::test_package::Entity as TestPackage;
+    pub use super::test_session::Entity as TestSession;
+    pub use super::user::Entity as User;
+}

@@ -1,0 +1,25 @@
+//! The current answer to one question in one session: unique (session_id, question_id).
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "session_answers")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub question_id: Uuid,
+    /// The attempt whose answer this is (the latest by `answered_at`).
+    pub attempt_id: Uuid,
+    pub selected_option_index: i32,
+    pub is_correct: bool,
+    pub answered_at: DateTimeUtc,
+    /// How many times a later attempt replaced the answer.
+    pub changed_count: i32,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,40 @@
+//! A versioned, content-hashed snapshot of the published questions of a scope.
+//!
+//! Unique (scope, scope_key, version). Once `is_published` is true the row never changes:
+//! the application has no update path for it and the database refuses one (triggers).
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "test_packages")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub name: String,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub description: Option<String>,
+    /// PROGRAM | YEAR | BLOCK | THEME
+    pub scope: String,
+    /// The scope's ids as a JSON object, e.g. `{"block_id":2}`.
+    pub scope_data: Json,
+    /// Canonical text of `scope_data`, so that uniqueness does not depend on JSON equality rules.
+    pub scope_key: String,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    pub version: i32,
+    pub version_hash: String,
+    /// The REST `questions` array in RFC 8785 canonical form: exactly the bytes hashed.
+    #[sea_orm(column_type = "Text")]
+    pub questions_json: String,
+    pub question_count: i32,
+    pub is_published: bool,
+    pub published_at: Option<DateTimeUtc>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,23 @@
+//! A user as known from a valid JWT; created on first sight.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    /// Role seen in the first token (informational; every request's token decides).
+    pub role: String,
+    pub created_at: DateTimeUtc,
+    /// When this user's last sync batch was processed.
+    pub last_sync_at: Option<DateTimeUtc>,
+    /// Sync items answered ACKED / DUPLICATE / REJECTED so far (for `syncStatus`).
+    pub acked_count: i64,
+    pub duplicate_count: i64,
+    pub rejected_count: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

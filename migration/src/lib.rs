@@ -1,0 +1,17 @@
+//! Schema migrations of examsync. Schema changes are only ever added as new files.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_tables;
+mod m20261125_000002_immutable_packages;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261125_000001_create_tables::Migration),
+            Box::new(m20261125_000002_immutable_packages::Migration),
+        ]
+    }
+}

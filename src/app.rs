@@ -1,0 +1,144 @@
+//! Application wiring: `App` holds what every request needs; `Application::build`
+//! connects, migrates and binds, apart from `run_until_stopped`, so tests start the real
+//! server on port 0.
+use std::{net::SocketAddr, ops::Deref, sync::Arc, time::Duration};
+
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::{TokenVerifier, UserRegistry},
+    cache::Cache,
+    config::Config,
+    db, graphql, http,
+    packages::PackageStore,
+    rate_limit::RateLimiter,
+};
+
+/// Everything a request handler may need. Shared as `AppState(Arc<App>)`.
+pub struct App {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub cache: Cache,
+    pub tokens: TokenVerifier,
+    pub users: UserRegistry,
+    pub packages: PackageStore,
+    pub rate_limiter: RateLimiter,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("redis: {0}")]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl App {
+    /// Connects to the database (running migrations) and the cache.
+    pub async fn connect(config: Config) -> Result<AppState, StartupError> {
+        let secret = config.jwt_secret.as_ref().ok_or_else(|| {
+            StartupError::Config("JWT_SECRET is required (at least 16 bytes)".into())
+        })?;
+        let tokens = TokenVerifier::new(
+            &secret.0,
+            config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
+        );
+        let db = db::connect(&config.database_url, config.db_pool_size).await?;
+        db::migrate(&db).await?;
+        let cache = match &config.redis_url {
+            Some(url) => Cache::redis(url, &config.redis_prefix, config.redis_timeout())?,
+            None => Cache::memory(&config.redis_prefix),
+        };
+        let rate_limiter = RateLimiter::new(config.rate_limit_per_minute);
+        Ok(AppState(Arc::new(App {
+            config,
+            db,
+            cache,
+            tokens,
+            users: UserRegistry::default(),
+            packages: PackageStore::default(),
+            rate_limiter,
+            metrics: crate::metrics::handle(),
+        })))
+    }
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let bind = config.bind;
+        let state = App::connect(config).await?;
+        let listener = TcpListener::bind(bind).await?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; in-flight requests are allowed to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let schema = graphql::build_schema(self.state.clone());
+        let router = http::router(self.state.clone(), schema);
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        // Give pending cache writes no chance to outlive the pool: close the database last.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.state.db.clone().close()).await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,138 @@
+//! The command line (`examsync --help`). Every setting is also an env var.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::{auth::Role, config::Config, packages::PackageScope};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "examsync",
+    version,
+    about = "Offline study server for a medical exam question bank"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then serve HTTP.
+    Serve {
+        /// Seed a demo question bank into an empty database and print demo tokens
+        /// (a random JWT_SECRET is used when none is set).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run migrations and exit.
+    Migrate,
+    /// Print a signed access token.
+    Token {
+        #[arg(long)]
+        user: Uuid,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Lifetime, e.g. 3600, 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Question bank commands.
+    Questions {
+        #[command(subcommand)]
+        command: QuestionsCommand,
+    },
+    /// Print the GraphQL SDL (what schema.graphql holds).
+    Schema,
+    /// Test package commands.
+    Package {
+        #[command(subcommand)]
+        command: PackageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuestionsCommand {
+    /// Upsert questions from a JSON file (an array of QuestionInput objects, camelCase).
+    Import { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackageCommand {
+    /// Build (and optionally publish) a package from the published questions of a scope.
+    Build {
+        #[arg(long, value_parser = parse_scope)]
+        scope: PackageScope,
+        #[arg(long)]
+        year_id: Option<i32>,
+        #[arg(long)]
+        block_id: Option<i32>,
+        #[arg(long)]
+        theme_id: Option<i32>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        publish: bool,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(&s.to_ascii_uppercase()).ok_or_else(|| "must be STUDENT, ADMIN or REVIEWER".into())
+}
+
+fn parse_scope(s: &str) -> Result<PackageScope, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "PROGRAM" => Ok(PackageScope::Program),
+        "YEAR" => Ok(PackageScope::Year),
+        "BLOCK" => Ok(PackageScope::Block),
+        "THEME" => Ok(PackageScope::Theme),
+        _ => Err("must be PROGRAM, YEAR, BLOCK or THEME".into()),
+    }
+}
+
+/// `3600`, `90s`, `30m`, `1h`, `7d`.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit `{unit}` (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("the lifetime must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttl_forms() {
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("0").is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! Configuration, read once at start into a typed struct (env vars, some also as flags).
+//!
+//! clap validates every value and names the offending setting on error; `--help` lists them.
+use std::{fmt, net::SocketAddr, time::Duration};
+
+/// A secret string that never shows up in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("must be at least 16 bytes long".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+cluster://")
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("must start with redis://, rediss:// or redis+cluster://".into())
+    }
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a sqlite:… or postgres://… URL".into())
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(char::is_whitespace) || s.contains(['{', '}']) {
+        Err("must be non-empty, without spaces or braces".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Every runtime setting of the server. Flags override env vars.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Database: a `postgres://…` URL in production; SQLite is the embedded default.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://examsync.db?mode=rwc", value_parser = parse_database_url, global = true)]
+    pub database_url: String,
+
+    /// Database connection pool size.
+    #[arg(long, env = "EXAMSYNC_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=500), global = true)]
+    pub db_pool_size: u32,
+
+    /// Redis (`redis://…`, or `redis+cluster://host:port,host:port` for a cluster).
+    /// Unset: an in-process cache takes Redis's place.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url, global = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(long, env = "EXAMSYNC_REDIS_PREFIX", default_value = "examsync:", value_parser = parse_prefix, global = true)]
+    pub redis_prefix: String,
+
+    /// Per-call Redis timeout in milliseconds; past it the database answers instead.
+    #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
+    pub redis_timeout_ms: u64,
+
+    /// HS256 key for access tokens (at least 16 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// The previous HS256 key, still accepted during key rotation.
+    #[arg(
+        long,
+        env = "JWT_SECRET_PREVIOUS",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret_previous: Option<Secret>,
+
+    /// Listen address.
+    #[arg(
+        long = "bind",
+        env = "EXAMSYNC_BIND",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
+    pub bind: SocketAddr,
+
+    /// Log format on stderr.
+    #[arg(long, env = "EXAMSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Sync and GraphQL requests per user per minute (0 turns the limit off).
+    #[arg(
+        long,
+        env = "EXAMSYNC_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 600,
+        global = true
+    )]
+    pub rate_limit_per_minute: u32,
+
+    /// Maximum GraphQL query depth.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_DEPTH", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub graphql_max_depth: u32,
+
+    /// Maximum GraphQL query complexity.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_COMPLEXITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub graphql_max_complexity: u32,
+
+    /// Maximum number of aliased/batched root fields in one GraphQL document.
+    #[arg(
+        long,
+        env = "EXAMSYNC_GRAPHQL_MAX_ALIASES",
+        default_value_t = 30,
+        global = true
+    )]
+    pub graphql_max_aliases: u32,
+
+    /// Serve the GraphQL introspection query (GraphiQL and code generators need it).
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub graphql_introspection: bool,
+
+    /// Production mode: no "did you mean" field suggestions in GraphQL errors.
+    #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub production: bool,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "EXAMSYNC_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Whole-request timeout in seconds (also bounds slow request bodies).
+    #[arg(long, env = "EXAMSYNC_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    pub request_timeout_secs: u64,
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            db_pool_size: 10,
+            redis_url: None,
+            redis_prefix: "examsync:".into(),
+            redis_timeout_ms: 250,
+            jwt_secret: None,
+            jwt_secret_previous: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_format: LogFormat::Text,
+            rate_limit_per_minute: 600,
+            graphql_max_depth: 15,
+            graphql_max_complexity: 1000,
+            graphql_max_aliases: 30,
+            graphql_introspection: true,
+            production: false,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The database URL without password, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url)
+    }
+
+    /// The Redis URL without password, for logs.
+    pub fn redis_url_redacted(&self) -> Option<String> {
+        self.redis_url.as_deref().map(redact_url)
+    }
+}
+
+/// Drops `user:password@` from a URL so it can be logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}

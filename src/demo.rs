@@ -1,0 +1,204 @@
+//! `serve --demo`: a realistic demo question bank and published packages, seeded once
+//! into an empty database, plus tokens printed on every start.
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Role, sign_token},
+    error::AppResult,
+    packages::{self, BuildRequest, PackageScope},
+    questions::{self, QuestionInput, QuestionStatus},
+};
+
+/// Fixed ids so that demo tokens keep meaning the same users across restarts.
+pub const DEMO_STUDENT: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001);
+pub const DEMO_ADMIN: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0002);
+
+const YEARS: i32 = 5;
+const BLOCKS_PER_YEAR: i32 = 4;
+const THEMES_PER_BLOCK: i32 = 5;
+const QUESTIONS_PER_THEME: usize = 22;
+
+const SUBJECTS: [&str; 5] = [
+    "Anatomy",
+    "Physiology",
+    "Pharmacology",
+    "Pathology",
+    "Microbiology",
+];
+const PATIENTS: [&str; 6] = [
+    "A 24-year-old woman",
+    "A 67-year-old man",
+    "A 9-year-old boy",
+    "A 45-year-old teacher",
+    "A 32-year-old pregnant woman",
+    "An 80-year-old nursing-home resident",
+];
+const PRESENTATIONS: [&str; 8] = [
+    "presents with fever and a productive cough",
+    "has crushing retrosternal chest pain",
+    "reports polyuria and polydipsia",
+    "has sudden weakness of the right arm",
+    "complains of epigastric pain after meals",
+    "has jaundice and pale stools",
+    "has a painless neck swelling",
+    "presents with palpitations and weight loss",
+];
+const QUESTIONS: [&str; 5] = [
+    "What is the most likely diagnosis?",
+    "Which investigation should be done first?",
+    "Which drug is the first-line treatment?",
+    "Which structure is most likely affected?",
+    "What is the underlying mechanism?",
+];
+const OPTIONS: [&str; 20] = [
+    "Community-acquired pneumonia",
+    "Acute myocardial infarction",
+    "Type 1 diabetes mellitus",
+    "Ischaemic stroke",
+    "Peptic ulcer disease",
+    "Obstructive jaundice",
+    "Thyroid nodule",
+    "Graves' disease",
+    "Chest radiograph",
+    "12-lead ECG",
+    "Fasting plasma glucose",
+    "CT of the head",
+    "Upper GI endoscopy",
+    "Abdominal ultrasound",
+    "Fine-needle aspiration",
+    "Serum TSH",
+    "Amoxicillin",
+    "Aspirin",
+    "Insulin",
+    "Alteplase",
+];
+
+/// Deterministic demo questions (no randomness: the same bank on every machine).
+pub fn demo_questions() -> Vec<QuestionInput> {
+    let mut items = Vec::new();
+    let mut n: usize = 0;
+    for year in 1..=YEARS {
+        for b in 1..=BLOCKS_PER_YEAR {
+            let block = year * 10 + b;
+            for t in 1..=THEMES_PER_BLOCK {
+                let theme = block * 10 + t;
+                for _ in 0..QUESTIONS_PER_THEME {
+                    n += 1;
+                    let option_count = 2 + n % 4; // 2..=5 options
+                    let options: Vec<String> = (0..option_count)
+                        .map(|i| OPTIONS[(n * 7 + i * 3) % OPTIONS.len()].to_owned())
+                        .collect();
+                    items.push(QuestionInput {
+                        id: Some(Uuid::from_u128(0xde40_0000_0000_4000_8000_0000_0000_0000 + n as u128)),
+                        stem: format!(
+                            "[{} Y{year}·B{block}·T{theme} #{n}] {} {}. {}",
+                            SUBJECTS[n % SUBJECTS.len()],
+                            PATIENTS[n % PATIENTS.len()],
+                            PRESENTATIONS[(n / 3) % PRESENTATIONS.len()],
+                            QUESTIONS[(n / 7) % QUESTIONS.len()],
+                        ),
+                        correct_index: (n % option_count) as i32,
+                        options,
+                        explanation_md: Some(format!(
+                            "**Key point {n}:** compare the options with the *classic* presentation."
+                        )),
+                        year_id: year,
+                        block_id: Some(block),
+                        theme_id: Some(theme),
+                        cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
+                        difficulty: Some(["EASY", "MEDIUM", "HARD"][(n / 2) % 3].to_owned()),
+                        status: QuestionStatus::Published,
+                    });
+                }
+            }
+        }
+    }
+    items
+}
+
+/// Seeds the demo bank and packages when the database holds no questions yet.
+/// Returns whether it seeded.
+pub async fn seed_if_empty(db: &DatabaseConnection) -> AppResult<bool> {
+    if entity::question::Entity::find().count(db).await? > 0 {
+        return Ok(false);
+    }
+    questions::import_questions(db, demo_questions()).await?;
+    let mut builds = vec![BuildRequest {
+        name: "Whole programme".into(),
+        description: Some("Every published question".into()),
+        scope: PackageScope::Program,
+        year_id: None,
+        block_id: None,
+        theme_id: None,
+        publish: true,
+        created_by: Some(DEMO_ADMIN),
+    }];
+    for year in 1..=YEARS {
+        builds.push(BuildRequest {
+            name: format!("Year {year}"),
+            description: Some(format!("All published questions of year {year}")),
+            scope: PackageScope::Year,
+            year_id: Some(year),
+            block_id: None,
+            theme_id: None,
+            publish: true,
+            created_by: Some(DEMO_ADMIN),
+        });
+        let block = year * 10 + 1;
+        builds.push(BuildRequest {
+            name: format!("Year {year}, block {block}"),
+            description: None,
+            scope: PackageScope::Block,
+            year_id: Some(year),
+            block_id: Some(block),
+            theme_id: None,
+            publish: true,
+            created_by: Some(DEMO_ADMIN),
+        });
+        let theme = block * 10 + 1;
+        builds.push(BuildRequest {
+            name: format!("Theme {theme}"),
+            description: None,
+            scope: PackageScope::Theme,
+            year_id: Some(year),
+            block_id: Some(block),
+            theme_id: Some(theme),
+            publish: true,
+            created_by: Some(DEMO_ADMIN),
+        });
+    }
+    for build in builds {
+        packages::build_package(db, build).await?;
+    }
+    Ok(true)
+}
+
+/// The demo banner: tokens for a student and an admin, and URLs to try.
+pub fn banner(secret: &str, base_url: &str) -> AppResult<String> {
+    let day = 24 * 3600;
+    let student = sign_token(secret, DEMO_STUDENT, Role::Student, day)?;
+    let admin = sign_token(secret, DEMO_ADMIN, Role::Admin, day)?;
+    Ok(format!(
+        "\nexamsync demo is ready\n\
+         \n  student token: {student}\n  admin token:   {admin}\n\
+         \n  GraphiQL:      {base_url}/graphql   (paste `{{\"Authorization\": \"Bearer <token>\"}}` into Headers)\n\
+         \n  packages:      curl -H 'Authorization: Bearer {student}' {base_url}/api/v1/tests/packages\n\
+         \n  health:        {base_url}/readyz    metrics: {base_url}/metrics\n\
+         \n  (tokens are valid for 24 hours; restart to get new ones)\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_bank_is_large_and_valid() {
+        let items = demo_questions();
+        assert!(items.len() >= 2000, "{}", items.len());
+        questions::validate(&items).unwrap();
+        let years: std::collections::HashSet<_> = items.iter().map(|q| q.year_id).collect();
+        assert!(years.len() >= 3);
+    }
+}

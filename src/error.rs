@@ -1,0 +1,265 @@
+//! The one error type of the application layer, mapped once to the REST envelope
+//! (`IntoResponse`) and once to GraphQL `extensions.code` (`ErrorExtensions`).
+//!
+//! Database and cache errors are classified here and never shown to clients as text.
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+use serde_json::{Value, json};
+
+tokio::task_local! {
+    /// The current request's id, set by the request-id middleware, so that error
+    /// bodies carry the same id as the `X-Request-Id` header.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request id, when called inside a request.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(|id| id.clone()).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    /// Well-formed input refused by a business rule (REST 422).
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("rate limit exceeded, retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// A transient fault (database down or timing out): the client retries later.
+    #[error("service temporarily unavailable, retry later")]
+    Unavailable { retry_after_secs: u64 },
+    /// A bug or an unexpected fault. The message is logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        AppError::BadRequest {
+            code: "VALIDATION_ERROR",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request_with(
+        code: &'static str,
+        message: impl Into<String>,
+        details: Value,
+    ) -> Self {
+        AppError::BadRequest {
+            code,
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        AppError::Internal(message.into())
+    }
+
+    pub fn unavailable() -> Self {
+        AppError::Unavailable {
+            retry_after_secs: 2,
+        }
+    }
+
+    /// REST status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// REST `error_code`.
+    pub fn rest_code(&self) -> &'static str {
+        match self {
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => code,
+            AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::Unavailable { .. } => "UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// GraphQL `extensions.code` (Apollo's names plus ours).
+    pub fn graphql_code(&self) -> &'static str {
+        match self {
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::BadRequest { .. }
+            | AppError::Unprocessable { .. }
+            | AppError::PayloadTooLarge { .. } => "BAD_USER_INPUT",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::Unavailable { .. } => "UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    pub(crate) fn details(&self) -> Value {
+        match self {
+            AppError::BadRequest { details, .. } | AppError::Unprocessable { details, .. } => {
+                details.clone().unwrap_or(Value::Null)
+            }
+            _ => Value::Null,
+        }
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        match self {
+            AppError::RateLimited { retry_after_secs }
+            | AppError::Unavailable { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The client-facing message: internal details are never shown.
+    pub fn public_message(&self) -> String {
+        self.to_string()
+    }
+
+    pub(crate) fn log(&self) {
+        match self {
+            AppError::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            AppError::Unavailable { .. } => tracing::warn!("request failed: service unavailable"),
+            _ => {}
+        }
+    }
+}
+
+/// The REST error envelope of SPEC section 5.
+pub fn error_body(code: &str, message: &str, details: Value) -> Value {
+    json!({
+        "error_code": code,
+        "message": message,
+        "details": details,
+        "request_id": current_request_id(),
+    })
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let body = error_body(self.rest_code(), &self.public_message(), self.details());
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let AppError::Unauthenticated(_) = self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl async_graphql::ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        self.log();
+        async_graphql::Error::new(self.public_message()).extend_with(|_, ext| {
+            ext.set("code", self.graphql_code());
+            if let Some(secs) = self.retry_after() {
+                ext.set("retryAfter", secs);
+            }
+            if let AppError::BadRequest {
+                details: Some(details),
+                ..
+            } = self
+            {
+                if let Ok(value) = async_graphql::Value::from_json(details.clone()) {
+                    ext.set("details", value);
+                }
+            }
+        })
+    }
+}
+
+/// True when a database error is a transient fault (connection lost, pool timeout,
+/// database shutting down, serialization failure): the request may simply be retried.
+pub fn is_transient(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            use sea_orm::sqlx::Error as Sqlx;
+            match e.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Tls(_)
+                | Sqlx::Protocol(_) => true,
+                Sqlx::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    // PostgreSQL: 08xxx connection, 40001 serialization, 40P01 deadlock,
+                    // 57P0x shutdown / cannot connect now, 53xxx resources.
+                    // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and extended codes).
+                    code.starts_with("08")
+                        || code == "40001"
+                        || code == "40P01"
+                        || code.starts_with("57P")
+                        || code.starts_with("53")
+                        || code == "5"
+                        || code == "6"
+                        || code == "261"
+                        || code == "517"
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+impl From<DbErr> for AppError {
+    fn from(err: DbErr) -> Self {
+        if is_transient(&err) {
+            tracing::warn!(error = %err, "transient database error");
+            return AppError::unavailable();
+        }
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                AppError::internal(format!("unexpected unique violation: {err}"))
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+                AppError::internal(format!("unexpected foreign key violation: {err}"))
+            }
+            _ => AppError::internal(err.to_string()),
+        }
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,142 @@
+//! The GraphQL schema (SPEC section 6), independent of the transport (`http::graphql`).
+//! Resolvers are thin: they check the caller and call the rule modules.
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerError};
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    error::{AppError, AppResult},
+};
+
+pub mod loaders;
+pub mod packages;
+pub mod questions;
+pub mod sessions;
+pub mod sync;
+pub mod types;
+
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct Query(packages::PackageQuery, sessions::SessionQuery);
+
+#[derive(MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct Mutation(
+    sync::SyncMutation,
+    sessions::SessionMutation,
+    questions::QuestionMutation,
+    packages::PackageMutation,
+);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The authentication outcome of the current request, put into the request data by the
+/// transport: resolvers that need a user turn a failure into `UNAUTHENTICATED`.
+#[derive(Clone, Debug)]
+pub struct RequestAuth(pub Result<AuthUser, String>);
+
+/// Builds the schema with the configured limits.
+pub fn build_schema(state: AppState) -> AppSchema {
+    let config = &state.config;
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(config.graphql_max_depth as usize)
+        .limit_complexity(config.graphql_max_complexity as usize)
+        .limit_recursive_depth(64)
+        .limit_directives(20)
+        .data(loaders::loaders(&state))
+        .data(state.clone());
+    if !config.graphql_introspection {
+        builder = builder.disable_introspection();
+    }
+    if config.production {
+        builder = builder.disable_suggestions();
+    }
+    builder.finish()
+}
+
+/// The schema's SDL, as `schema.graphql` holds it (no server needed).
+pub fn sdl() -> String {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .finish()
+        .sdl()
+}
+
+/// The application state from the resolver context.
+pub fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
+    ctx.data_unchecked::<AppState>()
+}
+
+/// The authenticated caller, or `UNAUTHENTICATED`.
+pub fn require_user(ctx: &Context<'_>) -> AppResult<AuthUser> {
+    match ctx.data_opt::<RequestAuth>() {
+        Some(RequestAuth(Ok(user))) => Ok(*user),
+        Some(RequestAuth(Err(reason))) => Err(AppError::Unauthenticated(reason.clone())),
+        None => Err(AppError::Unauthenticated("missing bearer token".into())),
+    }
+}
+
+/// The authenticated caller, who must be an admin (`FORBIDDEN` otherwise).
+pub fn require_admin(ctx: &Context<'_>) -> AppResult<AuthUser> {
+    let user = require_user(ctx)?;
+    user.require_admin()?;
+    Ok(user)
+}
+
+/// What kind of failure a GraphQL response carries, for the HTTP status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseKind {
+    Ok,
+    /// Validation failed before execution (HTTP 400).
+    ValidationFailed,
+}
+
+/// Gives every error an `extensions.code`: errors raised by our resolvers already have
+/// one; errors without a path come from validation (`GRAPHQL_VALIDATION_FAILED`); errors
+/// coercing input values are `BAD_USER_INPUT`; anything else is internal.
+pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
+    let mut kind = ResponseKind::Ok;
+    let pre_execution = response.data == async_graphql::Value::Null;
+    for error in &mut response.errors {
+        // Errors raised by our resolvers carry the AppError they came from (`?` keeps it
+        // as the error's source): map it to its code here, once.
+        if let Some(source) = error.source.clone() {
+            if let Some(app_error) = source.downcast_ref::<AppError>() {
+                app_error.log();
+                let extensions = error.extensions.get_or_insert_with(Default::default);
+                extensions.set("code", app_error.graphql_code());
+                if let Some(secs) = app_error.retry_after() {
+                    extensions.set("retryAfter", secs);
+                }
+                let details = app_error.details();
+                if !details.is_null() {
+                    if let Ok(value) = async_graphql::Value::from_json(details) {
+                        extensions.set("details", value);
+                    }
+                }
+                continue;
+            }
+        }
+        if error_code(error).is_some() {
+            continue;
+        }
+        let code = if error.path.is_empty() && pre_execution {
+            kind = ResponseKind::ValidationFailed;
+            "GRAPHQL_VALIDATION_FAILED"
+        } else if error.message.starts_with("Failed to parse")
+            || error.message.starts_with("Invalid value")
+        {
+            "BAD_USER_INPUT"
+        } else {
+            "INTERNAL_SERVER_ERROR"
+        };
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
+    kind
+}
+
+fn error_code(error: &ServerError) -> Option<&async_graphql::Value> {
+    error.extensions.as_ref().and_then(|ext| ext.get("code"))
+}

@@ -1,0 +1,69 @@
+//! `syncAttempts`: parses into the shared model and calls `sync::process_batch`.
+use async_graphql::{Context, InputObject, Object};
+use chrono::{DateTime, FixedOffset};
+use uuid::Uuid;
+
+use super::{require_user, state, types::SyncAttemptsPayload};
+use crate::sync::{self, AttemptInput, ParsedAttempt};
+
+#[derive(InputObject)]
+pub struct SyncAttemptsInput {
+    pub attempts: Vec<SyncAttemptInput>,
+    /// The device clock when the batch was sent (for clock-skew correction).
+    pub sent_at: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(InputObject)]
+pub struct SyncAttemptInput {
+    pub client_attempt_id: Uuid,
+    pub idempotency_key: Uuid,
+    pub offline_session_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub question_id: Uuid,
+    pub selected_option_index: i32,
+    /// Keeps the client's UTC offset (the legacy payload hash needs it).
+    pub answered_at: DateTime<FixedOffset>,
+    pub payload_hash: String,
+    pub package_id: Option<Uuid>,
+}
+
+impl From<SyncAttemptInput> for ParsedAttempt {
+    fn from(a: SyncAttemptInput) -> Self {
+        ParsedAttempt::Valid(AttemptInput {
+            client_attempt_id: a.client_attempt_id,
+            idempotency_key: a.idempotency_key,
+            offline_session_id: a.offline_session_id,
+            session_id: a.session_id,
+            question_id: a.question_id,
+            selected_option_index: i64::from(a.selected_option_index),
+            answered_at: a.answered_at,
+            payload_hash: a.payload_hash,
+            package_id: a.package_id,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct SyncMutation;
+
+#[Object]
+impl SyncMutation {
+    /// Applies queued offline attempts exactly once; one result per attempt, in order.
+    async fn sync_attempts(
+        &self,
+        ctx: &Context<'_>,
+        input: SyncAttemptsInput,
+    ) -> async_graphql::Result<SyncAttemptsPayload> {
+        let user = require_user(ctx)?;
+        let app = state(ctx);
+        let items = input
+            .attempts
+            .into_iter()
+            .map(ParsedAttempt::from)
+            .collect();
+        let results = sync::process_batch(app, user, input.sent_at, items).await?;
+        Ok(SyncAttemptsPayload {
+            results: results.into_iter().map(Into::into).collect(),
+        })
+    }
+}

@@ -1,0 +1,93 @@
+//! GraphQL object types shared by several resolvers (sessions, sync).
+use async_graphql::{Enum, SimpleObject};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::sync::{AttemptResult, SyncErrorCode, SyncStatus};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+pub enum SessionMode {
+    Tutor,
+    Exam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+pub enum SessionStatus {
+    Active,
+    Submitted,
+    Expired,
+}
+
+#[derive(Clone, Debug, SimpleObject)]
+pub struct TestSession {
+    pub id: Uuid,
+    pub offline_session_id: Option<Uuid>,
+    pub mode: SessionMode,
+    pub status: SessionStatus,
+    pub year: i32,
+    pub total_questions: i32,
+    pub answered_count: i32,
+    pub correct_count: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+impl From<entity::test_session::Model> for TestSession {
+    fn from(s: entity::test_session::Model) -> Self {
+        TestSession {
+            id: s.id,
+            offline_session_id: s.offline_session_id,
+            mode: if s.mode == "EXAM" {
+                SessionMode::Exam
+            } else {
+                SessionMode::Tutor
+            },
+            status: match s.status.as_str() {
+                "SUBMITTED" => SessionStatus::Submitted,
+                "EXPIRED" => SessionStatus::Expired,
+                _ => SessionStatus::Active,
+            },
+            year: s.year,
+            total_questions: s.total_questions,
+            answered_count: s.answered_count,
+            correct_count: s.correct_count,
+            started_at: s.started_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, SimpleObject)]
+pub struct SyncStatusSummary {
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub acked_count: i32,
+    pub duplicate_count: i32,
+    pub rejected_count: i32,
+}
+
+#[derive(Clone, Debug, SimpleObject)]
+pub struct SyncAttemptResult {
+    pub client_attempt_id: Uuid,
+    pub status: SyncStatus,
+    pub server_attempt_id: Option<Uuid>,
+    pub server_session_id: Option<Uuid>,
+    pub error_code: Option<SyncErrorCode>,
+    pub message: Option<String>,
+}
+
+impl From<AttemptResult> for SyncAttemptResult {
+    fn from(r: AttemptResult) -> Self {
+        SyncAttemptResult {
+            // GraphQL inputs always carry a parsed client id.
+            client_attempt_id: r.client_attempt_id.unwrap_or_default(),
+            status: r.status,
+            server_attempt_id: r.server_attempt_id,
+            server_session_id: r.server_session_id,
+            error_code: r.error_code,
+            message: r.message,
+        }
+    }
+}
+
+#[derive(Clone, Debug, SimpleObject)]
+pub struct SyncAttemptsPayload {
+    pub results: Vec<SyncAttemptResult>,
+}

@@ -1,0 +1,68 @@
+//! Extractors that turn rejections into our error envelope.
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    app::AppState,
+    auth::{AuthUser, bearer_token},
+    error::AppError,
+    http::middleware_layer::record_user,
+};
+
+/// A JSON body: malformed JSON → 400 `MALFORMED_JSON`, wrong shape → 400
+/// `VALIDATION_ERROR`, too large → 413. The content type is not insisted on.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
+        let limit = state.config.max_body_bytes;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge { limit }
+            } else {
+                AppError::bad_request_with(
+                    "BAD_REQUEST",
+                    "could not read the request body",
+                    serde_json::Value::Null,
+                )
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, telling syntax errors from shape errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => AppError::bad_request_with(
+                "MALFORMED_JSON",
+                format!("malformed JSON: {e}"),
+                serde_json::json!({"line": e.line(), "column": e.column()}),
+            ),
+            Category::Data => AppError::bad_request(format!("invalid request body: {e}")),
+        }
+    })
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        let user = state.tokens.verify(bearer_token(header)?)?;
+        state.users.ensure(&state.db, &user).await?;
+        record_user(user.id);
+        Ok(user)
+    }
+}

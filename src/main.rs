@@ -1,0 +1,167 @@
+//! The `examsync` binary: parses the command line and runs one command.
+use std::process::ExitCode;
+
+use clap::Parser;
+use examsync::{
+    Application,
+    app::shutdown_signal,
+    auth::sign_token,
+    cli::{Cli, Command, PackageCommand, QuestionsCommand},
+    config::{Config, Secret},
+    db, demo, graphql, packages, questions, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.config.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let mut config = cli.config;
+    match cli.command {
+        Command::Serve { demo } => serve(config, demo).await,
+        Command::Migrate => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            eprintln!("migrations applied ({})", config.database_url_redacted());
+            Ok(())
+        }
+        Command::Token { user, role, ttl } => {
+            let secret = config
+                .jwt_secret
+                .take()
+                .ok_or("JWT_SECRET is required to sign tokens")?;
+            let token = sign_token(&secret.0, user, role, ttl.as_secs() as i64)
+                .map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Questions {
+            command: QuestionsCommand::Import { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let items = questions::parse_import_file(&text).map_err(|e| e.to_string())?;
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            let result = questions::import_questions(&db, items)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "imported {} questions: {} created, {} updated",
+                result.ids.len(),
+                result.created,
+                result.updated
+            );
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", graphql::sdl());
+            Ok(())
+        }
+        Command::Package {
+            command:
+                PackageCommand::Build {
+                    scope,
+                    year_id,
+                    block_id,
+                    theme_id,
+                    name,
+                    description,
+                    publish,
+                },
+        } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            let request = packages::BuildRequest {
+                name: name.unwrap_or_else(|| format!("{scope:?} package")),
+                description,
+                scope,
+                year_id,
+                block_id,
+                theme_id,
+                publish,
+                created_by: None,
+            };
+            let package = packages::build_package(&db, request)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "package {} version {} ({} questions, hash {}, {})",
+                package.id,
+                package.version,
+                package.question_count,
+                package.version_hash,
+                if package.is_published {
+                    "published"
+                } else {
+                    "unpublished"
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
+    db::connect(&config.database_url, config.db_pool_size)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open database {}: {e}",
+                config.database_url_redacted()
+            )
+        })
+}
+
+async fn serve(mut config: Config, demo: bool) -> Result<(), String> {
+    if demo && config.jwt_secret.is_none() {
+        let random: [u8; 32] = rand::random();
+        config.jwt_secret = Some(Secret(hex::encode(random)));
+    }
+    let secret = config
+        .jwt_secret
+        .clone()
+        .ok_or("JWT_SECRET is required (or use --demo for a random one)")?;
+    let application = Application::build(config.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = application.local_addr().map_err(|e| e.to_string())?;
+    let state = application.state().clone();
+    if demo {
+        let seeded = demo::seed_if_empty(&state.db)
+            .await
+            .map_err(|e| format!("seeding the demo bank failed: {e}"))?;
+        if seeded {
+            tracing::info!("seeded the demo question bank and packages");
+        }
+        let base = format!("http://{addr}");
+        let banner = demo::banner(&secret.0, &base).map_err(|e| e.to_string())?;
+        println!("{banner}");
+    }
+    tracing::info!(
+        listen = %addr,
+        database = %config.database_url_redacted(),
+        database_backend = db::backend_name(&state.db),
+        cache = %config.redis_url_redacted().unwrap_or_else(|| "in-process".into()),
+        "examsync listening"
+    );
+    application
+        .run_until_stopped(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

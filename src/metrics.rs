@@ -1,0 +1,103 @@
+//! Prometheus metrics (`/metrics`), names prefixed `examsync_`. No per-user or per-id
+//! labels: label values come from small fixed sets (statuses, codes, route templates).
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder (metrics are per process, as Prometheus scrapes processes).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("examsync_http_request_duration_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("examsync_sync_batch_size".into()),
+                        &[1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("examsync_sync_offline_age_seconds".into()),
+                        &[
+                            1.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0, 2592000.0,
+                            15552000.0,
+                        ],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("examsync_sync_clock_skew_seconds".into()),
+                        &[
+                            -3600.0, -300.0, -60.0, -5.0, -1.0, 0.0, 1.0, 5.0, 60.0, 300.0, 3600.0,
+                        ],
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Only fails when a recorder is already installed (several apps in one test
+            // process): then metrics keep flowing to the first one, which is this handle.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn sync_item(status: &'static str, error_code: Option<&'static str>) {
+    counter!("examsync_sync_items_total", "status" => status, "error_code" => error_code.unwrap_or("")).increment(1);
+}
+
+pub fn sync_batch(size: usize) {
+    histogram!("examsync_sync_batch_size").record(size as f64);
+}
+
+pub fn sync_offline_age(seconds: f64) {
+    histogram!("examsync_sync_offline_age_seconds").record(seconds.max(0.0));
+}
+
+pub fn sync_clock_skew(seconds: f64) {
+    histogram!("examsync_sync_clock_skew_seconds").record(seconds);
+}
+
+pub fn package_download(status: u16, encoding: &'static str) {
+    let status = if status == 304 { "304" } else { "200" };
+    counter!("examsync_package_downloads_total", "status" => status, "encoding" => encoding)
+        .increment(1);
+}
+
+/// A cache call failed or timed out and the database answered instead.
+pub fn cache_fallback(operation: &'static str, kind: &'static str) {
+    counter!("examsync_redis_fallbacks_total", "operation" => operation, "kind" => kind)
+        .increment(1);
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+    histogram!(
+        "examsync_http_request_duration_seconds",
+        "method" => method.to_owned(),
+        "route" => route.to_owned(),
+        "status" => status.to_string()
+    )
+    .record(seconds);
+}
+
+pub fn rate_limited(surface: &'static str) {
+    counter!("examsync_rate_limited_total", "surface" => surface).increment(1);
+}
+
+pub fn db_pool(size: u32, idle: usize) {
+    gauge!("examsync_db_pool_connections").set(size as f64);
+    gauge!("examsync_db_pool_idle_connections").set(idle as f64);
+}

@@ -1,0 +1,71 @@
+//! Server sessions of a user: listing, submitting, and the caller's sync counters.
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, Set,
+};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use entity::{test_session, user};
+
+pub const ACTIVE: &str = "ACTIVE";
+pub const SUBMITTED: &str = "SUBMITTED";
+
+/// The caller's sessions, newest first.
+pub async fn list_for_user(
+    db: &DatabaseConnection,
+    user_id: Uuid,
+) -> AppResult<Vec<test_session::Model>> {
+    Ok(test_session::Entity::find()
+        .filter(test_session::Column::UserId.eq(user_id))
+        .order_by_desc(test_session::Column::StartedAt)
+        .order_by_asc(test_session::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Closes a session of the caller. A submitted session is returned unchanged; an unknown
+/// id or another user's session is `NOT_FOUND`.
+pub async fn submit(
+    db: &DatabaseConnection,
+    user_id: Uuid,
+    id: Uuid,
+) -> AppResult<test_session::Model> {
+    let session = test_session::Entity::find_by_id(id)
+        .filter(test_session::Column::UserId.eq(user_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))?;
+    if session.status != ACTIVE {
+        return Ok(session);
+    }
+    let now = Utc::now();
+    let mut active = session.into_active_model();
+    active.status = Set(SUBMITTED.to_owned());
+    active.submitted_at = Set(Some(now));
+    active.updated_at = Set(now);
+    Ok(active.update(db).await?)
+}
+
+/// The caller's own sync counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub acked: i64,
+    pub duplicate: i64,
+    pub rejected: i64,
+}
+
+pub async fn sync_counters(db: &DatabaseConnection, user_id: Uuid) -> AppResult<SyncCounters> {
+    Ok(user::Entity::find_by_id(user_id)
+        .one(db)
+        .await?
+        .map(|u| SyncCounters {
+            last_sync_at: u.last_sync_at,
+            acked: u.acked_count,
+            duplicate: u.duplicate_count,
+            rejected: u.rejected_count,
+        })
+        .unwrap_or_default())
+}

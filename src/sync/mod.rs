@@ -1,0 +1,12 @@
+//! Attempt sync, exactly once (SPEC sections 7 and 8). REST and GraphQL parse into
+//! `AttemptInput`s and call `process_batch`; only parsing and rendering differ.
+pub mod batch;
+pub mod model;
+pub mod payload_hash;
+pub mod rest;
+
+pub use batch::process_batch;
+pub use model::{AttemptInput, AttemptResult, ParsedAttempt, SyncErrorCode, SyncStatus};
+
+/// Most attempts accepted in one request.
+pub const MAX_BATCH: usize = 100;

@@ -1,0 +1,188 @@
+// Runs the JavaScript hash recipes published in docs/mobile/offline.md against the shared
+// test vectors, so the guide the mobile teams copy from cannot drift from the contract.
+//
+//   cd <repo> && node --test tests/node/
+//
+// Vectors: $EXAMSYNC_VECTORS_DIR, default <repo>/../shared/vectors.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, '..', '..');
+const docPath = path.join(repoRoot, 'docs', 'mobile', 'offline.md');
+const vectorsDir = process.env.EXAMSYNC_VECTORS_DIR
+  ? path.resolve(process.env.EXAMSYNC_VECTORS_DIR)
+  : path.resolve(repoRoot, '..', 'shared', 'vectors');
+
+const payloadVectors = JSON.parse(readFileSync(path.join(vectorsDir, 'payload_hash.json'), 'utf8'));
+const versionVector = JSON.parse(readFileSync(path.join(vectorsDir, 'version_hash.json'), 'utf8'));
+
+/** Every fenced code block of a Markdown document: { info, body }. */
+function fencedBlocks(markdown) {
+  const blocks = [];
+  const lines = markdown.split(/\r?\n/);
+  let open = null; // { fence, info, lines }
+  for (const line of lines) {
+    if (open === null) {
+      const m = /^ {0,3}(`{3,}|~{3,})\s*([^`]*)$/.exec(line);
+      if (m) open = { fence: m[1], info: m[2].trim(), lines: [] };
+    } else if (new RegExp(`^ {0,3}${open.fence[0]}{${open.fence.length},}\\s*$`).test(line)) {
+      blocks.push({ info: open.info, body: open.lines.join('\n') });
+      open = null;
+    } else {
+      open.lines.push(line);
+    }
+  }
+  assert.equal(open, null, 'offline.md has an unterminated code block');
+  return blocks;
+}
+
+/** The one block whose first line is exactly `firstLine`. */
+function recipeBlock(markdown, firstLine) {
+  const found = fencedBlocks(markdown).filter((b) => b.body.split('\n')[0].trim() === firstLine);
+  assert.equal(found.length, 1, `expected exactly one code block starting with "${firstLine}", found ${found.length}`);
+  return found[0];
+}
+
+const doc = readFileSync(docPath, 'utf8');
+let workDir;
+let payloadRecipe;
+let versionRecipe;
+
+/** Evaluate a recipe block as an ES module and collect the named functions (undefined if absent). */
+async function loadRecipe(firstLine, fileName, names) {
+  const block = recipeBlock(doc, firstLine);
+  const exportsExpr = names.map((n) => `${n}: typeof ${n} === 'undefined' ? undefined : ${n}`).join(', ');
+  const file = path.join(workDir, fileName);
+  writeFileSync(file, `${block.body}\n\nexport default { ${exportsExpr} };\n`);
+  const mod = await import(pathToFileURL(file).href);
+  return { block, fns: mod.default };
+}
+
+before(async () => {
+  workDir = mkdtempSync(path.join(tmpdir(), 'examsync-recipes-'));
+  payloadRecipe = await loadRecipe('// recipe: payload-hash.js', 'payload-hash.mjs', ['payloadHash', 'canonicalPayload']);
+  versionRecipe = await loadRecipe('// recipe: version-hash.js', 'version-hash.mjs', ['versionHash', 'canonicalSnapshotArray']);
+});
+
+after(() => {
+  if (workDir) rmSync(workDir, { recursive: true, force: true });
+});
+
+describe('docs/mobile/offline.md recipe blocks', () => {
+  test('are self-contained: no imports, no require, JavaScript fence', () => {
+    for (const line of ['// recipe: payload-hash.js', '// recipe: version-hash.js']) {
+      const block = recipeBlock(doc, line);
+      assert.match(block.info, /^(js|javascript|mjs)\b/i, `${line}: fence should be tagged js`);
+      assert.doesNotMatch(block.body, /^\s*import\s/m, `${line}: must not import`);
+      assert.doesNotMatch(block.body, /\brequire\s*\(/, `${line}: must not require`);
+    }
+  });
+
+  test('define the documented functions', () => {
+    assert.equal(typeof payloadRecipe.fns.payloadHash, 'function', 'payloadHash');
+    assert.equal(payloadRecipe.fns.payloadHash.constructor.name, 'AsyncFunction', 'payloadHash is async');
+    assert.equal(typeof payloadRecipe.fns.canonicalPayload, 'function', 'canonicalPayload');
+    assert.equal(typeof versionRecipe.fns.versionHash, 'function', 'versionHash');
+    assert.equal(versionRecipe.fns.versionHash.constructor.name, 'AsyncFunction', 'versionHash is async');
+    assert.equal(typeof versionRecipe.fns.canonicalSnapshotArray, 'function', 'canonicalSnapshotArray');
+  });
+});
+
+describe('payload_hash recipe (payload_hash.json)', () => {
+  assert.ok(payloadVectors.vectors.length > 0, 'no payload vectors');
+  for (const [i, v] of payloadVectors.vectors.entries()) {
+    const label = `#${i} ${v.question_id} / ${v.selected_option_index} / ${v.answered_at}`;
+
+    test(`${label}: canonical payload`, () => {
+      const { canonicalPayload } = payloadRecipe.fns;
+      assert.equal(canonicalPayload(v.question_id, v.selected_option_index, v.answered_at), v.canonical);
+    });
+
+    test(`${label}: payload_hash from a string`, async () => {
+      const h = await payloadRecipe.fns.payloadHash(v.question_id, v.selected_option_index, v.answered_at);
+      assert.match(h, /^[0-9a-f]{64}$/, 'lowercase hex SHA-256');
+      assert.equal(h, v.payload_hash);
+    });
+
+    test(`${label}: payload_hash from a Date`, async () => {
+      const h = await payloadRecipe.fns.payloadHash(v.question_id, v.selected_option_index, new Date(v.answered_at));
+      assert.equal(h, v.payload_hash);
+    });
+
+    test(`${label}: the canonical answered_at is a fixed point`, async () => {
+      const canonicalAt = JSON.parse(v.canonical).answered_at;
+      const h = await payloadRecipe.fns.payloadHash(v.question_id, v.selected_option_index, canonicalAt);
+      assert.equal(h, v.payload_hash);
+    });
+
+    test(`${label}: differs from the legacy form`, async () => {
+      const h = await payloadRecipe.fns.payloadHash(v.question_id, v.selected_option_index, v.answered_at);
+      assert.notEqual(h, v.legacy_payload_hash);
+    });
+  }
+
+  test('fraction digits past milliseconds are truncated, never rounded', async () => {
+    const { canonicalPayload } = payloadRecipe.fns;
+    const q = '0b7f3c1e-9a4d-4c2b-8e6f-1d2a3b4c5d6e';
+    const at = (s) => JSON.parse(canonicalPayload(q, 1, s)).answered_at;
+    assert.equal(at('2026-03-01T23:59:59.999999999Z'), '2026-03-01T23:59:59.999Z');
+    assert.equal(at('2026-03-01T23:59:59.1239+01:00'), '2026-03-01T22:59:59.123Z');
+    assert.equal(at('2026-03-01T23:59:59.1Z'), '2026-03-01T23:59:59.100Z');
+  });
+
+  test('rejects input that is not a timestamp or a UUID', async () => {
+    const { payloadHash } = payloadRecipe.fns;
+    await assert.rejects(payloadHash('550e8400-e29b-41d4-a716-446655440000', 2, 'yesterday'));
+    await assert.rejects(payloadHash('550e8400-e29b-41d4-a716-446655440000', 2, '2026-01-28T10:00:00'));
+    await assert.rejects(payloadHash('not-a-uuid', 2, '2026-01-28T10:00:00Z'));
+  });
+});
+
+describe('version_hash recipe (version_hash.json)', () => {
+  const v = versionVector;
+  assert.ok(Array.isArray(v.questions) && v.questions.length > 0, 'no version vector questions');
+
+  test('canonical string matches byte for byte', () => {
+    assert.equal(versionRecipe.fns.canonicalSnapshotArray(v.questions), v.canonical);
+  });
+
+  test('version_hash matches', async () => {
+    const h = await versionRecipe.fns.versionHash(v.questions);
+    assert.match(h, /^[0-9a-f]{64}$/, 'lowercase hex SHA-256');
+    assert.equal(h, v.version_hash);
+  });
+
+  test('input order does not matter, and the input array is not mutated', async () => {
+    const reversed = [...v.questions].reverse();
+    const snapshot = JSON.stringify(reversed);
+    assert.equal(await versionRecipe.fns.versionHash(reversed), v.version_hash);
+    assert.equal(JSON.stringify(reversed), snapshot);
+  });
+
+  test('key order inside the snapshot objects does not matter', async () => {
+    const shuffled = v.questions.map((q) => Object.fromEntries(Object.entries(q).reverse()));
+    assert.equal(await versionRecipe.fns.versionHash(shuffled), v.version_hash);
+  });
+
+  test('sorts by question_id compared as lowercase strings', () => {
+    const upper = v.questions.map((q) => ({ ...q, question_id: q.question_id.toUpperCase() }));
+    const s = versionRecipe.fns.canonicalSnapshotArray(upper);
+    const ids = JSON.parse(s).map((q) => q.question_id.toLowerCase());
+    assert.deepEqual(ids, [...ids].sort());
+  });
+
+  test('dropping a null changes the hash (nulls are part of the content)', async () => {
+    const withoutNull = v.questions.map((q) => {
+      const copy = { ...q };
+      delete copy.option_e;
+      return copy;
+    });
+    assert.notEqual(await versionRecipe.fns.versionHash(withoutNull), v.version_hash);
+  });
+});
