@@ -36,7 +36,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     match db.get_database_backend() {
         DbBackend::Postgres => {
             let txn = db.begin().await?;
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7_262_026_125)")
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7262026125)")
                 .await?;
             Migrator::up(&txn, None).await?;
             txn.commit().await

@@ -1,0 +1,9 @@
+//! One integration-test binary: every test starts the real server on port 0 and talks
+//! HTTP to it, on SQLite and (when `TEST_DATABASE_URL` is set) PostgreSQL + Redis.
+mod helpers;
+
+mod auth;
+mod cli;
+mod graphql;
+mod health;
+mod sync;
