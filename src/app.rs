@@ -65,7 +65,10 @@ impl App {
             Some(url) => Cache::redis(url, &config.redis_prefix, config.redis_timeout())?,
             None => Cache::memory(&config.redis_prefix),
         };
-        let rate_limiter = RateLimiter::new(config.rate_limit_per_minute);
+        let rate_limiter = RateLimiter::new(
+            config.rate_limit_per_minute,
+            Duration::from_secs(config.rate_limit_window_secs),
+        );
         Ok(AppState(Arc::new(App {
             config,
             db,

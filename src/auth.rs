@@ -129,12 +129,12 @@ fn token_error(e: &jsonwebtoken::errors::Error) -> AppError {
 }
 
 fn claims_to_user(claims: &Claims) -> AppResult<AuthUser> {
-    if let Some(token_type) = &claims.token_type {
-        if token_type != "access" {
-            return Err(AppError::Unauthenticated(
-                "token type must be \"access\"".into(),
-            ));
-        }
+    if let Some(token_type) = &claims.token_type
+        && token_type != "access"
+    {
+        return Err(AppError::Unauthenticated(
+            "token type must be \"access\"".into(),
+        ));
     }
     let id = Uuid::parse_str(&claims.sub)
         .map_err(|_| AppError::Unauthenticated("token subject is not a UUID".into()))?;

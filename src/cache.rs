@@ -47,11 +47,13 @@ enum Backend {
         conn: ConnectionManager,
         timeout: Duration,
     },
-    Cluster {
-        client: ClusterClient,
-        conn: OnceCell<ClusterConnection>,
-        timeout: Duration,
-    },
+    Cluster(Box<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+    timeout: Duration,
 }
 
 impl Cache {
@@ -76,11 +78,11 @@ impl Cache {
                 .response_timeout(timeout)
                 .retries(1)
                 .build()?;
-            Backend::Cluster {
+            Backend::Cluster(Box::new(ClusterBackend {
                 client,
                 conn: OnceCell::new(),
                 timeout,
-            }
+            }))
         } else {
             let client = Client::open(url)?;
             let config = ConnectionManagerConfig::new()
@@ -117,7 +119,7 @@ impl Cache {
         match &self.backend {
             Backend::Memory(m) => Ok(keys.iter().map(|k| m.get(k)).collect()),
             Backend::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+                let mut conn = ConnectionManager::clone(conn);
                 with_timeout(*timeout, async move {
                     let mut cmd = redis::cmd("MGET");
                     cmd.arg(keys);
@@ -125,9 +127,9 @@ impl Cache {
                 })
                 .await
             }
-            Backend::Cluster { timeout, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut conn = self.cluster_conn().await?;
-                with_timeout(*timeout, async move {
+                with_timeout(cluster.timeout, async move {
                     let mut cmd = redis::cmd("MGET");
                     cmd.arg(keys);
                     cmd.query_async(&mut conn).await
@@ -168,12 +170,16 @@ impl Cache {
                 Ok(())
             }
             Backend::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+                let mut conn = ConnectionManager::clone(conn);
                 with_timeout(*timeout, async move { pipe.query_async(&mut conn).await }).await
             }
-            Backend::Cluster { timeout, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut conn = self.cluster_conn().await?;
-                with_timeout(*timeout, async move { pipe.query_async(&mut conn).await }).await
+                with_timeout(
+                    cluster.timeout,
+                    async move { pipe.query_async(&mut conn).await },
+                )
+                .await
             }
         }
     }
@@ -203,12 +209,16 @@ impl Cache {
         let (count, pttl): (u64, i64) = match &self.backend {
             Backend::Memory(m) => return Ok(m.incr_window(key, window)),
             Backend::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+                let mut conn = ConnectionManager::clone(conn);
                 with_timeout(*timeout, async move { pipe.query_async(&mut conn).await }).await?
             }
-            Backend::Cluster { timeout, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut conn = self.cluster_conn().await?;
-                with_timeout(*timeout, async move { pipe.query_async(&mut conn).await }).await?
+                with_timeout(
+                    cluster.timeout,
+                    async move { pipe.query_async(&mut conn).await },
+                )
+                .await?
             }
         };
         let left = Duration::from_millis(pttl.max(0) as u64);
@@ -223,7 +233,7 @@ impl Cache {
                 Ok(())
             }
             Backend::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+                let mut conn = ConnectionManager::clone(conn);
                 with_timeout(
                     *timeout,
                     async move { conn.decr::<_, _, i64>(key, 1).await },
@@ -231,12 +241,11 @@ impl Cache {
                 .await
                 .map(|_| ())
             }
-            Backend::Cluster { timeout, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut conn = self.cluster_conn().await?;
-                with_timeout(
-                    *timeout,
-                    async move { conn.decr::<_, _, i64>(key, 1).await },
-                )
+                with_timeout(cluster.timeout, async move {
+                    conn.decr::<_, _, i64>(key, 1).await
+                })
                 .await
                 .map(|_| ())
             }
@@ -248,16 +257,16 @@ impl Cache {
         match &self.backend {
             Backend::Memory(_) => Ok(()),
             Backend::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+                let mut conn = ConnectionManager::clone(conn);
                 with_timeout(*timeout, async move {
                     redis::cmd("PING").query_async::<String>(&mut conn).await
                 })
                 .await
                 .map(|_| ())
             }
-            Backend::Cluster { timeout, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut conn = self.cluster_conn().await?;
-                with_timeout(*timeout, async move {
+                with_timeout(cluster.timeout, async move {
                     redis::cmd("PING").query_async::<String>(&mut conn).await
                 })
                 .await
@@ -267,18 +276,15 @@ impl Cache {
     }
 
     async fn cluster_conn(&self) -> Result<ClusterConnection, CacheError> {
-        let Backend::Cluster {
-            client,
-            conn,
-            timeout,
-        } = &self.backend
-        else {
+        let Backend::Cluster(cluster) = &self.backend else {
             return Err(CacheError::Timeout);
         };
         // A failed connect leaves the cell empty, so the next call tries again.
-        let conn = conn
+        let conn = cluster
+            .conn
             .get_or_try_init(|| async {
-                match tokio::time::timeout(*timeout * 4, client.get_async_connection()).await {
+                let connect = cluster.client.get_async_connection();
+                match tokio::time::timeout(cluster.timeout * 4, connect).await {
                     Ok(result) => result.map_err(CacheError::from),
                     Err(_) => Err(CacheError::Timeout),
                 }
@@ -346,11 +352,11 @@ impl MemoryCache {
     }
 
     fn decr(&self, key: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if let Some(entry) = entries.get_mut(key) {
-                let count = entry.0.parse::<u64>().unwrap_or(0).saturating_sub(1);
-                entry.0 = count.to_string();
-            }
+        if let Ok(mut entries) = self.entries.lock()
+            && let Some(entry) = entries.get_mut(key)
+        {
+            let count = entry.0.parse::<u64>().unwrap_or(0).saturating_sub(1);
+            entry.0 = count.to_string();
         }
     }
 }

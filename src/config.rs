@@ -113,6 +113,10 @@ pub struct Config {
     )]
     pub rate_limit_per_minute: u32,
 
+    /// Length of the rate-limit window in seconds (the budget is per minute, scaled to it).
+    #[arg(long, env = "EXAMSYNC_RATE_LIMIT_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    pub rate_limit_window_secs: u64,
+
     /// Maximum GraphQL query depth.
     #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_DEPTH", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub graphql_max_depth: u32,
@@ -161,6 +165,7 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,
             rate_limit_per_minute: 600,
+            rate_limit_window_secs: 60,
             graphql_max_depth: 15,
             graphql_max_complexity: 1000,
             graphql_max_aliases: 30,

@@ -187,24 +187,28 @@ impl IntoResponse for AppError {
     }
 }
 
+impl AppError {
+    /// Writes this error's GraphQL `extensions`: `code`, and `retryAfter` / `details`
+    /// when there are any. The one place GraphQL error extensions are made.
+    pub fn set_graphql_extensions(&self, ext: &mut async_graphql::ErrorExtensionValues) {
+        ext.set("code", self.graphql_code());
+        if let Some(secs) = self.retry_after() {
+            ext.set("retryAfter", secs);
+        }
+        let details = self.details();
+        if !details.is_null()
+            && let Ok(value) = async_graphql::Value::from_json(details)
+        {
+            ext.set("details", value);
+        }
+    }
+}
+
 impl async_graphql::ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
         self.log();
-        async_graphql::Error::new(self.public_message()).extend_with(|_, ext| {
-            ext.set("code", self.graphql_code());
-            if let Some(secs) = self.retry_after() {
-                ext.set("retryAfter", secs);
-            }
-            if let AppError::BadRequest {
-                details: Some(details),
-                ..
-            } = self
-            {
-                if let Ok(value) = async_graphql::Value::from_json(details.clone()) {
-                    ext.set("details", value);
-                }
-            }
-        })
+        async_graphql::Error::new(self.public_message())
+            .extend_with(|_, ext| self.set_graphql_extensions(ext))
     }
 }
 

@@ -103,12 +103,11 @@ pub fn validate(items: &[QuestionInput]) -> AppResult<()> {
     let mut seen = HashSet::new();
     for (index, item) in items.iter().enumerate() {
         let mut problem = item_problem(item);
-        if problem.is_none() {
-            if let Some(id) = item.id {
-                if !seen.insert(id) {
-                    problem = Some("the same id appears earlier in the input".into());
-                }
-            }
+        if problem.is_none()
+            && let Some(id) = item.id
+            && !seen.insert(id)
+        {
+            problem = Some("the same id appears earlier in the input".into());
         }
         if let Some(problem) = problem {
             problems.push(json!({"index": index, "id": item.id, "message": problem}));

@@ -10,16 +10,24 @@ use uuid::Uuid;
 use crate::{cache::Cache, error::AppError, metrics};
 
 pub struct RateLimiter {
-    per_minute: u32,
+    /// Requests allowed per window (0: no limit).
+    budget: u32,
+    window: Duration,
     local: Cache,
 }
 
-const WINDOW: Duration = Duration::from_secs(60);
-
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    /// `per_minute` requests per minute, counted in windows of `window` (normally a minute;
+    /// shorter windows get a proportional budget, at least one request).
+    pub fn new(per_minute: u32, window: Duration) -> Self {
+        let budget = if per_minute == 0 {
+            0
+        } else {
+            ((u64::from(per_minute) * window.as_secs()).div_ceil(60)).max(1) as u32
+        };
         RateLimiter {
-            per_minute,
+            budget,
+            window,
             local: Cache::memory("rl-local:"),
         }
     }
@@ -31,23 +39,23 @@ impl RateLimiter {
         user: Uuid,
         surface: &'static str,
     ) -> Result<(), AppError> {
-        if self.per_minute == 0 {
+        if self.budget == 0 {
             return Ok(());
         }
         let key = cache.user_key(&user, "rl", "minute");
-        let (count, left, counted_in) = match cache.incr_window(&key, WINDOW).await {
+        let (count, left, counted_in) = match cache.incr_window(&key, self.window).await {
             Ok((count, left)) => (count, left, cache),
             Err(e) => {
                 metrics::cache_fallback("rate_limit", e.kind());
                 let (count, left) = self
                     .local
-                    .incr_window(&key, WINDOW)
+                    .incr_window(&key, self.window)
                     .await
-                    .unwrap_or((0, WINDOW));
+                    .unwrap_or((0, self.window));
                 (count, left, &self.local)
             }
         };
-        if count > u64::from(self.per_minute) {
+        if count > u64::from(self.budget) {
             // Refused requests do not use up the budget.
             let _ = counted_in.decr(&key).await;
             metrics::rate_limited(surface);

@@ -99,22 +99,12 @@ pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
     for error in &mut response.errors {
         // Errors raised by our resolvers carry the AppError they came from (`?` keeps it
         // as the error's source): map it to its code here, once.
-        if let Some(source) = error.source.clone() {
-            if let Some(app_error) = source.downcast_ref::<AppError>() {
-                app_error.log();
-                let extensions = error.extensions.get_or_insert_with(Default::default);
-                extensions.set("code", app_error.graphql_code());
-                if let Some(secs) = app_error.retry_after() {
-                    extensions.set("retryAfter", secs);
-                }
-                let details = app_error.details();
-                if !details.is_null() {
-                    if let Ok(value) = async_graphql::Value::from_json(details) {
-                        extensions.set("details", value);
-                    }
-                }
-                continue;
-            }
+        if let Some(source) = error.source.clone()
+            && let Some(app_error) = source.downcast_ref::<AppError>()
+        {
+            app_error.log();
+            app_error.set_graphql_extensions(error.extensions.get_or_insert_with(Default::default));
+            continue;
         }
         if error_code(error).is_some() {
             continue;

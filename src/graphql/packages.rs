@@ -1,15 +1,218 @@
-//! GraphQL of test packages (placeholder until packages land).
-use async_graphql::{Context, Object};
+//! GraphQL of test packages: `packages`, `package`, `buildPackage`, `publishPackage`.
+//!
+//! `TestPackage` resolvers hold a package without its questions; the snapshots are read
+//! (batched by `loaders::PackageQuestionsLoader`) only when `questions` is selected.
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{loaders::Loaders, require_admin, require_user, state};
+use crate::{
+    error::AppError,
+    packages::{self, BuildRequest, ListFilter, PackageScope, PackageSummary, Snapshot},
+};
+use entity::test_package;
+
+/// Filters of `packages`; a value of 0 is a filter like any other.
+#[derive(Clone, Debug, Default, InputObject)]
+pub struct PackageFilter {
+    pub scope: Option<PackageScope>,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    /// Only the newest published version of each scope + scope data.
+    pub latest: Option<bool>,
+}
+
+impl From<PackageFilter> for ListFilter {
+    fn from(f: PackageFilter) -> Self {
+        ListFilter {
+            scope: f.scope,
+            year_id: f.year_id,
+            block_id: f.block_id,
+            theme_id: f.theme_id,
+            latest: f.latest.unwrap_or(false),
+        }
+    }
+}
+
+#[derive(Clone, Debug, InputObject)]
+pub struct BuildPackageInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub scope: PackageScope,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    #[graphql(default_with = "Some(false)")]
+    pub publish: Option<bool>,
+}
+
+/// A question as frozen in a package.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct QuestionSnapshot {
+    /// `<packageId>:<questionId>`: one cache entry per package version.
+    pub id: ID,
+    pub question_id: Uuid,
+    pub stem: String,
+    pub options: Vec<String>,
+    pub correct_index: i32,
+    pub explanation_md: Option<String>,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    pub cognitive_level: Option<String>,
+    pub difficulty: Option<String>,
+}
+
+impl QuestionSnapshot {
+    fn new(package_id: Uuid, s: &Snapshot) -> Self {
+        QuestionSnapshot {
+            id: ID(format!("{package_id}:{}", s.question_id)),
+            question_id: s.question_id,
+            stem: s.stem.clone(),
+            options: s.options(),
+            correct_index: s.correct_index,
+            explanation_md: s.explanation_md.clone(),
+            year_id: Some(s.year_id),
+            block_id: s.block_id,
+            theme_id: s.theme_id,
+            cognitive_level: s.cognitive_level.clone(),
+            difficulty: s.difficulty.clone(),
+        }
+    }
+}
+
+/// A test package (without its questions until `questions` is asked for).
+pub struct TestPackage {
+    summary: PackageSummary,
+    /// The stored questions when already at hand (right after a build).
+    questions_json: Option<Arc<String>>,
+}
+
+impl From<PackageSummary> for TestPackage {
+    fn from(summary: PackageSummary) -> Self {
+        TestPackage {
+            summary,
+            questions_json: None,
+        }
+    }
+}
+
+impl From<test_package::Model> for TestPackage {
+    fn from(model: test_package::Model) -> Self {
+        TestPackage {
+            summary: PackageSummary::from(&model),
+            questions_json: Some(Arc::new(model.questions_json)),
+        }
+    }
+}
+
+#[Object]
+impl TestPackage {
+    async fn id(&self) -> Uuid {
+        self.summary.id
+    }
+
+    async fn name(&self) -> &str {
+        &self.summary.name
+    }
+
+    async fn description(&self) -> Option<&str> {
+        self.summary.description.as_deref()
+    }
+
+    async fn scope(&self) -> async_graphql::Result<PackageScope> {
+        Ok(PackageScope::parse(&self.summary.scope)
+            .ok_or_else(|| AppError::internal(format!("stored scope {:?}", self.summary.scope)))?)
+    }
+
+    /// The scope's ids, e.g. `{"year_id": 1}` (`{}` for PROGRAM).
+    async fn scope_data(&self) -> Json<Value> {
+        Json(self.summary.scope_data.clone())
+    }
+
+    async fn version(&self) -> i32 {
+        self.summary.version
+    }
+
+    /// SHA-256 of the RFC 8785 JSON of the REST `questions` array; the REST ETag.
+    async fn version_hash(&self) -> &str {
+        &self.summary.version_hash
+    }
+
+    async fn question_count(&self) -> i32 {
+        self.summary.question_count
+    }
+
+    async fn is_published(&self) -> bool {
+        self.summary.is_published
+    }
+
+    async fn published_at(&self) -> Option<DateTime<Utc>> {
+        self.summary.published_at
+    }
+
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        Some(self.summary.updated_at)
+    }
+
+    /// The frozen snapshots, ordered by question id.
+    async fn questions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<QuestionSnapshot>> {
+        let id = self.summary.id;
+        let snapshots = match &self.questions_json {
+            Some(json) => Arc::new(packages::parse_snapshots(json)?),
+            None => ctx
+                .data_unchecked::<Loaders>()
+                .package_questions
+                .load_one(id)
+                .await
+                .map_err(AppError::from)?
+                .unwrap_or_default(),
+        };
+        Ok(snapshots
+            .iter()
+            .map(|s| QuestionSnapshot::new(id, s))
+            .collect())
+    }
+
+    /// The REST path that downloads this package.
+    async fn download_path(&self) -> String {
+        self.summary.download_path()
+    }
+}
 
 #[derive(Default)]
 pub struct PackageQuery;
 
 #[Object]
 impl PackageQuery {
-    /// Published packages.
-    async fn packages(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        super::require_user(ctx)?;
-        Ok(Vec::new())
+    /// Published packages, newest `publishedAt` first.
+    async fn packages(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<PackageFilter>,
+    ) -> async_graphql::Result<Vec<TestPackage>> {
+        require_user(ctx)?;
+        let filter = ListFilter::from(filter.unwrap_or_default());
+        let rows = packages::list_published(&state(ctx).db, &filter).await?;
+        Ok(rows.into_iter().map(TestPackage::from).collect())
+    }
+
+    /// A package; an unpublished one only for admins (others get null).
+    async fn package(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<TestPackage>> {
+        let user = require_user(ctx)?;
+        let summary = packages::find_summary(&state(ctx).db, id).await?;
+        Ok(summary
+            .filter(|s| s.is_published || user.is_admin())
+            .map(TestPackage::from))
     }
 }
 
@@ -18,9 +221,36 @@ pub struct PackageMutation;
 
 #[Object]
 impl PackageMutation {
-    /// Builds a package (admin).
-    async fn build_package(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        super::require_admin(ctx)?;
-        Ok(false)
+    /// Snapshots the published questions of a scope (admin). An unchanged question set
+    /// returns the newest version (published when `publish`); a changed one makes N+1.
+    async fn build_package(
+        &self,
+        ctx: &Context<'_>,
+        input: BuildPackageInput,
+    ) -> async_graphql::Result<TestPackage> {
+        let user = require_admin(ctx)?;
+        let request = BuildRequest {
+            name: input.name,
+            description: input.description,
+            scope: input.scope,
+            year_id: input.year_id,
+            block_id: input.block_id,
+            theme_id: input.theme_id,
+            publish: input.publish.unwrap_or(false),
+            created_by: Some(user.id),
+        };
+        let model = packages::build_package(&state(ctx).db, request).await?;
+        Ok(model.into())
+    }
+
+    /// Publishes a package (admin); publishing a published package changes nothing.
+    async fn publish_package(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<TestPackage> {
+        require_admin(ctx)?;
+        let model = packages::publish_package(&state(ctx).db, id).await?;
+        Ok(model.into())
     }
 }

@@ -75,26 +75,26 @@ pub async fn graphql_get(
     if wants_html && !params.contains_key("query") && !params.contains_key("extensions") {
         return graphiql::graphiql_page().await;
     }
-    let parse_param = |name: &str| -> Result<Option<Value>, Response> {
+    let parse_param = |name: &str| -> Result<Option<Value>, Box<Response>> {
         match params.get(name) {
             None => Ok(None),
             Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
-                graphql_error(
+                Box::new(graphql_error(
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     &format!("`{name}` is not valid JSON: {e}"),
                     false,
-                )
+                ))
             }),
         }
     };
     let variables = match parse_param("variables") {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let extensions = match parse_param("extensions") {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let fields = RequestFields {
         query: params.get("query").cloned(),
@@ -198,7 +198,7 @@ async fn execute(
                 "application/graphql-response+json; charset=utf-8",
             ),
             (header::CACHE_CONTROL, cache_control),
-            (header::VARY, "Authorization, Accept-Encoding"),
+            (header::VARY, "Accept, Authorization, Accept-Encoding"),
         ],
         body,
     )

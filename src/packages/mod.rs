@@ -1,13 +1,56 @@
 //! Test packages: build from the bank, version, publish, list and serve (SPEC sections 4–6).
-//! Both REST and GraphQL call these functions; each rule lives here once.
+//! Both REST and GraphQL (and the CLI and the demo seed) call these functions; each rule
+//! lives here once.
+//!
+//! # Scopes
+//!
+//! A package snapshots the PUBLISHED questions of a scope. `scope_data` (and the
+//! `year_id`/`block_id`/`theme_id` columns) hold the scope's own id plus the ancestor ids
+//! the builder gave, and every given id filters the questions:
+//!
+//! | scope   | required   | optional ancestors      | `scope_data` example                       |
+//! |---------|------------|-------------------------|--------------------------------------------|
+//! | PROGRAM | —          | —                       | `{}`                                       |
+//! | YEAR    | `year_id`  | —                       | `{"year_id":1}`                            |
+//! | BLOCK   | `block_id` | `year_id`               | `{"block_id":2}` or `{"block_id":2,"year_id":1}` |
+//! | THEME   | `theme_id` | `year_id`, `block_id`   | `{"theme_id":7}`, …                        |
+//!
+//! An id that is not part of the scope (a `theme_id` for a BLOCK) is refused. Versions are
+//! counted per (scope, canonical `scope_data`): a BLOCK built with and without its `year_id`
+//! are two lines of versions, so builders should stick to one form.
+//!
+//! # Versions
+//!
+//! `version_hash` is the SHA-256 of the RFC 8785 canonical JSON of the snapshot array
+//! ordered by `question_id`; `questions_json` stores exactly those bytes. A build whose hash
+//! equals the newest version's (published or not) returns that version (keeping its name
+//! and description, publishing it when asked); otherwise it inserts version N+1. Two
+//! concurrent builds race on the unique index (scope, scope_key, version): the loser re-reads
+//! and either returns the winner (same hash) or tries the next version.
+//!
+//! A scope without published questions is refused (`EMPTY_SCOPE`, a 400-class error): an
+//! empty package would be useless to a phone and would hide a typo in the ids.
+pub mod etag;
 pub mod store;
 
 pub use store::{PackageScoring, PackageStore, ScoringKey};
 
-use sea_orm::DatabaseConnection;
+use std::collections::HashMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DerivePartialModel,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::{
+    error::{AppError, AppResult},
+    hashing::{canonical_json, sha256_hex},
+};
+use entity::{question, test_package};
 
 /// The scope of a package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
@@ -17,6 +60,46 @@ pub enum PackageScope {
     Year,
     Block,
     Theme,
+}
+
+/// The scope names, as `400` errors list them.
+pub const SCOPE_NAMES: [&str; 4] = ["PROGRAM", "YEAR", "BLOCK", "THEME"];
+
+impl PackageScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageScope::Program => "PROGRAM",
+            PackageScope::Year => "YEAR",
+            PackageScope::Block => "BLOCK",
+            PackageScope::Theme => "THEME",
+        }
+    }
+
+    /// Parses a scope name (case-insensitively).
+    pub fn parse(s: &str) -> Option<PackageScope> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "PROGRAM" => Some(PackageScope::Program),
+            "YEAR" => Some(PackageScope::Year),
+            "BLOCK" => Some(PackageScope::Block),
+            "THEME" => Some(PackageScope::Theme),
+            _ => None,
+        }
+    }
+
+    /// Parses a scope name, or the `400` that names the allowed ones.
+    pub fn parse_or_400(s: &str) -> AppResult<PackageScope> {
+        PackageScope::parse(s).ok_or_else(|| {
+            AppError::bad_request_with(
+                "VALIDATION_ERROR",
+                format!(
+                    "unknown scope `{}`; allowed: {}",
+                    s.chars().take(40).collect::<String>(),
+                    SCOPE_NAMES.join(", ")
+                ),
+                json!({"field": "scope", "allowed": SCOPE_NAMES}),
+            )
+        })
+    }
 }
 
 /// What an admin asks to build.
@@ -32,12 +115,610 @@ pub struct BuildRequest {
     pub created_by: Option<Uuid>,
 }
 
-/// Builds (or finds) the package of a scope. Placeholder until packages land.
+/// A question as frozen in a package: exactly the 14 fields of the REST download.
+/// Serialized through RFC 8785, so field order here does not matter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub question_id: Uuid,
+    pub stem: String,
+    pub option_a: Option<String>,
+    pub option_b: Option<String>,
+    pub option_c: Option<String>,
+    pub option_d: Option<String>,
+    pub option_e: Option<String>,
+    pub correct_index: i32,
+    pub explanation_md: Option<String>,
+    pub year_id: i32,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    pub cognitive_level: Option<String>,
+    pub difficulty: Option<String>,
+}
+
+impl Snapshot {
+    pub fn of(q: &question::Model) -> Snapshot {
+        let mut options = crate::questions::options_of(q).into_iter();
+        Snapshot {
+            question_id: q.id,
+            stem: q.stem.clone(),
+            option_a: options.next(),
+            option_b: options.next(),
+            option_c: options.next(),
+            option_d: options.next(),
+            option_e: options.next(),
+            correct_index: q.correct_index,
+            explanation_md: q.explanation_md.clone(),
+            year_id: q.year_id,
+            block_id: q.block_id,
+            theme_id: q.theme_id,
+            cognitive_level: q.cognitive_level.clone(),
+            difficulty: q.difficulty.clone(),
+        }
+    }
+
+    /// The options present, A to E (GraphQL's `options`).
+    pub fn options(&self) -> Vec<String> {
+        [
+            &self.option_a,
+            &self.option_b,
+            &self.option_c,
+            &self.option_d,
+            &self.option_e,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
+    pub fn scoring_key(&self) -> ScoringKey {
+        ScoringKey {
+            option_count: self.options().len(),
+            correct_index: self.correct_index,
+        }
+    }
+}
+
+/// The canonical `questions` array (sorted by `question_id` as lowercase strings) and its
+/// `version_hash`.
+pub fn canonical_questions(mut snapshots: Vec<Snapshot>) -> AppResult<(String, String)> {
+    let mut keyed: Vec<(String, Snapshot)> = snapshots
+        .drain(..)
+        .map(|s| (s.question_id.to_string().to_ascii_lowercase(), s))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let ordered: Vec<Snapshot> = keyed.into_iter().map(|(_, s)| s).collect();
+    let canonical = canonical_json(&ordered)
+        .map_err(|e| AppError::internal(format!("canonical JSON of snapshots: {e}")))?;
+    let hash = sha256_hex(canonical.as_bytes());
+    Ok((canonical, hash))
+}
+
+/// Parses a stored `questions_json`.
+pub fn parse_snapshots(questions_json: &str) -> AppResult<Vec<Snapshot>> {
+    serde_json::from_str(questions_json)
+        .map_err(|e| AppError::internal(format!("stored package questions do not parse: {e}")))
+}
+
+/// The validated identity of a scope: its `scope_data` object and ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeIds {
+    pub scope: PackageScope,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+}
+
+impl ScopeIds {
+    /// Checks that the ids fit the scope (see the module docs).
+    pub fn new(
+        scope: PackageScope,
+        year_id: Option<i32>,
+        block_id: Option<i32>,
+        theme_id: Option<i32>,
+    ) -> AppResult<ScopeIds> {
+        let (required, required_name, allowed): (Option<i32>, &str, [bool; 3]) = match scope {
+            PackageScope::Program => (Some(0), "", [false, false, false]),
+            PackageScope::Year => (year_id, "yearId", [true, false, false]),
+            PackageScope::Block => (block_id, "blockId", [true, true, false]),
+            PackageScope::Theme => (theme_id, "themeId", [true, true, true]),
+        };
+        if required.is_none() {
+            return Err(AppError::bad_request_with(
+                "VALIDATION_ERROR",
+                format!("a {} package needs {required_name}", scope.as_str()),
+                json!({"field": required_name}),
+            ));
+        }
+        for ((given, allowed), name) in [year_id, block_id, theme_id]
+            .into_iter()
+            .zip(allowed)
+            .zip(["yearId", "blockId", "themeId"])
+        {
+            if given.is_some() && !allowed {
+                return Err(AppError::bad_request_with(
+                    "VALIDATION_ERROR",
+                    format!("{name} is not part of a {} scope", scope.as_str()),
+                    json!({"field": name}),
+                ));
+            }
+        }
+        Ok(ScopeIds {
+            scope,
+            year_id,
+            block_id,
+            theme_id,
+        })
+    }
+
+    /// `scope_data`: the given ids only.
+    pub fn scope_data(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        for (name, id) in [
+            ("year_id", self.year_id),
+            ("block_id", self.block_id),
+            ("theme_id", self.theme_id),
+        ] {
+            if let Some(id) = id {
+                map.insert(name.to_owned(), json!(id));
+            }
+        }
+        Value::Object(map)
+    }
+
+    /// The `scope_key` column: canonical text of `scope_data`.
+    pub fn scope_key(&self) -> AppResult<String> {
+        canonical_json(&self.scope_data())
+            .map_err(|e| AppError::internal(format!("canonical scope data: {e}")))
+    }
+}
+
+/// Timestamps as the databases keep them (microseconds), so that what a build returns
+/// equals what a later read gives.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// How many times a build retries after losing a version race.
+const BUILD_ATTEMPTS: usize = 8;
+
+/// Builds (or finds) the package of a scope: see the module docs.
 pub async fn build_package(
-    _db: &DatabaseConnection,
-    _request: BuildRequest,
-) -> AppResult<entity::test_package::Model> {
-    Err(AppError::internal(
-        "package building is not implemented yet",
-    ))
+    db: &DatabaseConnection,
+    request: BuildRequest,
+) -> AppResult<test_package::Model> {
+    let name = request.name.trim().to_owned();
+    if name.is_empty() {
+        return Err(AppError::bad_request_with(
+            "VALIDATION_ERROR",
+            "name must not be empty",
+            json!({"field": "name"}),
+        ));
+    }
+    let ids = ScopeIds::new(
+        request.scope,
+        request.year_id,
+        request.block_id,
+        request.theme_id,
+    )?;
+    let scope_key = ids.scope_key()?;
+
+    let mut query =
+        question::Entity::find().filter(question::Column::Status.eq("PUBLISHED".to_owned()));
+    if let Some(year) = ids.year_id {
+        query = query.filter(question::Column::YearId.eq(year));
+    }
+    if let Some(block) = ids.block_id {
+        query = query.filter(question::Column::BlockId.eq(block));
+    }
+    if let Some(theme) = ids.theme_id {
+        query = query.filter(question::Column::ThemeId.eq(theme));
+    }
+    let questions = query.all(db).await?;
+    if questions.is_empty() {
+        return Err(AppError::bad_request_with(
+            "EMPTY_SCOPE",
+            format!(
+                "the {} scope {} has no published questions",
+                ids.scope.as_str(),
+                scope_key
+            ),
+            json!({"scope": ids.scope.as_str(), "scope_data": ids.scope_data()}),
+        ));
+    }
+    let question_count = i32::try_from(questions.len())
+        .map_err(|_| AppError::bad_request("the scope holds too many questions"))?;
+    let (questions_json, version_hash) =
+        canonical_questions(questions.iter().map(Snapshot::of).collect())?;
+    drop(questions);
+
+    for _ in 0..BUILD_ATTEMPTS {
+        let newest = test_package::Entity::find()
+            .filter(test_package::Column::Scope.eq(ids.scope.as_str()))
+            .filter(test_package::Column::ScopeKey.eq(scope_key.as_str()))
+            .order_by_desc(test_package::Column::Version)
+            .one(db)
+            .await?;
+        if let Some(newest) = &newest {
+            if newest.version_hash == version_hash {
+                if request.publish && !newest.is_published {
+                    return publish_package(db, newest.id).await;
+                }
+                return Ok(newest.clone());
+            }
+        }
+        let version = newest.as_ref().map_or(1, |p| p.version + 1);
+        let at = now();
+        let row = test_package::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set(name.clone()),
+            description: Set(request.description.clone()),
+            scope: Set(ids.scope.as_str().to_owned()),
+            scope_data: Set(ids.scope_data()),
+            scope_key: Set(scope_key.clone()),
+            year_id: Set(ids.year_id),
+            block_id: Set(ids.block_id),
+            theme_id: Set(ids.theme_id),
+            version: Set(version),
+            version_hash: Set(version_hash.clone()),
+            questions_json: Set(questions_json.clone()),
+            question_count: Set(question_count),
+            is_published: Set(request.publish),
+            published_at: Set(request.publish.then_some(at)),
+            created_by: Set(request.created_by),
+            created_at: Set(at),
+            updated_at: Set(at),
+        };
+        match row.insert(db).await {
+            Ok(model) => {
+                tracing::info!(
+                    package_id = %model.id,
+                    scope = model.scope,
+                    scope_key = model.scope_key,
+                    version = model.version,
+                    questions = model.question_count,
+                    published = model.is_published,
+                    "built test package"
+                );
+                return Ok(model);
+            }
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                // Another build made this version first: look again.
+                tracing::debug!(version, "lost a package version race; re-reading");
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(AppError::unavailable())
+}
+
+/// Publishes a package (idempotent: a published one is returned unchanged).
+pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<test_package::Model> {
+    let at = now();
+    // Only an unpublished row is touched, so the immutability trigger never fires here,
+    // and concurrent publishes publish once.
+    test_package::Entity::update_many()
+        .col_expr(test_package::Column::IsPublished, Expr::value(true))
+        .col_expr(test_package::Column::PublishedAt, Expr::value(Some(at)))
+        .col_expr(test_package::Column::UpdatedAt, Expr::value(at))
+        .filter(test_package::Column::Id.eq(id))
+        .filter(test_package::Column::IsPublished.eq(false))
+        .exec(db)
+        .await?;
+    test_package::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no package {id}")))
+}
+
+/// A package without its questions: what lists and metadata need.
+#[derive(Clone, Debug, PartialEq, Eq, DerivePartialModel)]
+#[sea_orm(entity = "test_package::Entity")]
+pub struct PackageSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub scope: String,
+    pub scope_data: Value,
+    pub scope_key: String,
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    pub version: i32,
+    pub version_hash: String,
+    pub question_count: i32,
+    pub is_published: bool,
+    pub published_at: Option<DateTime<Utc>>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&test_package::Model> for PackageSummary {
+    fn from(m: &test_package::Model) -> Self {
+        PackageSummary {
+            id: m.id,
+            name: m.name.clone(),
+            description: m.description.clone(),
+            scope: m.scope.clone(),
+            scope_data: m.scope_data.clone(),
+            scope_key: m.scope_key.clone(),
+            year_id: m.year_id,
+            block_id: m.block_id,
+            theme_id: m.theme_id,
+            version: m.version,
+            version_hash: m.version_hash.clone(),
+            question_count: m.question_count,
+            is_published: m.is_published,
+            published_at: m.published_at,
+            created_by: m.created_by,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+impl PackageSummary {
+    /// The REST path of the download.
+    pub fn download_path(&self) -> String {
+        download_path(self.id)
+    }
+
+    /// The REST `scope_data`: all three keys, `null` where absent.
+    pub fn rest_scope_data(&self) -> Value {
+        json!({
+            "year_id": self.year_id,
+            "block_id": self.block_id,
+            "theme_id": self.theme_id,
+        })
+    }
+
+    /// One item of the REST list.
+    pub fn rest_list_item(&self) -> Value {
+        json!({
+            "package_id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "scope": self.scope,
+            "scope_data": self.rest_scope_data(),
+            "version": self.version,
+            "version_hash": self.version_hash,
+            "question_count": self.question_count,
+            "published_at": self.published_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+pub fn download_path(id: Uuid) -> String {
+    format!("/api/v1/tests/packages/{id}")
+}
+
+/// Filters of the package list (REST query and GraphQL `PackageFilter`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub scope: Option<PackageScope>,
+    /// `Some(0)` is a filter like any other value.
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+    /// Only the newest published version of each scope + scope_data.
+    pub latest: bool,
+}
+
+/// Published packages matching `filter`, newest `published_at` first. Reads no questions.
+pub async fn list_published(
+    db: &DatabaseConnection,
+    filter: &ListFilter,
+) -> AppResult<Vec<PackageSummary>> {
+    let mut query = test_package::Entity::find().filter(test_package::Column::IsPublished.eq(true));
+    if let Some(scope) = filter.scope {
+        query = query.filter(test_package::Column::Scope.eq(scope.as_str()));
+    }
+    if let Some(year) = filter.year_id {
+        query = query.filter(test_package::Column::YearId.eq(year));
+    }
+    if let Some(block) = filter.block_id {
+        query = query.filter(test_package::Column::BlockId.eq(block));
+    }
+    if let Some(theme) = filter.theme_id {
+        query = query.filter(test_package::Column::ThemeId.eq(theme));
+    }
+    let mut rows: Vec<PackageSummary> = query
+        .order_by_desc(test_package::Column::PublishedAt)
+        .order_by_desc(test_package::Column::Version)
+        .into_partial_model::<PackageSummary>()
+        .all(db)
+        .await?;
+    if filter.latest {
+        let mut newest: HashMap<(String, String), i32> = HashMap::new();
+        for row in &rows {
+            let entry = newest
+                .entry((row.scope.clone(), row.scope_key.clone()))
+                .or_insert(row.version);
+            *entry = (*entry).max(row.version);
+        }
+        rows.retain(|row| {
+            newest.get(&(row.scope.clone(), row.scope_key.clone())) == Some(&row.version)
+        });
+    }
+    // The same order on every backend, whatever its timestamp text compares like.
+    rows.sort_by(|a, b| {
+        b.published_at
+            .cmp(&a.published_at)
+            .then(b.version.cmp(&a.version))
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(rows)
+}
+
+/// One package without its questions (published or not).
+pub async fn find_summary(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+) -> AppResult<Option<PackageSummary>> {
+    Ok(test_package::Entity::find_by_id(id)
+        .into_partial_model::<PackageSummary>()
+        .one(db)
+        .await?)
+}
+
+/// The stored questions (`questions_json`) of some packages, by id.
+pub async fn load_questions_json(
+    db: &impl ConnectionTrait,
+    ids: &[Uuid],
+) -> AppResult<HashMap<Uuid, String>> {
+    let rows: Vec<(Uuid, String)> = test_package::Entity::find()
+        .select_only()
+        .column(test_package::Column::Id)
+        .column(test_package::Column::QuestionsJson)
+        .filter(test_package::Column::Id.is_in(ids.iter().copied()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The REST download body, with the stored canonical `questions` spliced in verbatim.
+pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        package_id: Uuid,
+        name: &'a str,
+        description: Option<&'a str>,
+        scope: &'a str,
+        scope_data: Value,
+        version: i32,
+        version_hash: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Tail {
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        published_at: Option<DateTime<Utc>>,
+    }
+    let head = serde_json::to_vec(&Head {
+        package_id: package.id,
+        name: &package.name,
+        description: package.description.as_deref(),
+        scope: &package.scope,
+        scope_data: PackageSummary::from(package).rest_scope_data(),
+        version: package.version,
+        version_hash: &package.version_hash,
+    })
+    .map_err(|e| AppError::internal(e.to_string()))?;
+    let tail = serde_json::to_vec(&Tail {
+        created_at: package.created_at,
+        updated_at: package.updated_at,
+        published_at: package.published_at,
+    })
+    .map_err(|e| AppError::internal(e.to_string()))?;
+    // head = `{…}`, tail = `{…}`: `{head…,"questions":[…],tail…}`.
+    let mut body = Vec::with_capacity(head.len() + tail.len() + package.questions_json.len() + 16);
+    body.extend_from_slice(&head[..head.len() - 1]);
+    body.extend_from_slice(b",\"questions\":");
+    body.extend_from_slice(package.questions_json.as_bytes());
+    body.push(b',');
+    body.extend_from_slice(&tail[1..]);
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Vector {
+        questions: Vec<Value>,
+        canonical: String,
+        version_hash: String,
+    }
+
+    #[test]
+    fn shared_vector_hashes_as_specified() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/vectors/version_hash.json"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            eprintln!("note: {path} not found; vector check not run");
+            return;
+        };
+        let vector: Vector = serde_json::from_str(&text).unwrap();
+        let snapshots: Vec<Snapshot> = vector
+            .questions
+            .into_iter()
+            .map(|q| serde_json::from_value(q).unwrap())
+            .collect();
+        let (canonical, hash) = canonical_questions(snapshots).unwrap();
+        assert_eq!(canonical, vector.canonical);
+        assert_eq!(hash, vector.version_hash);
+    }
+
+    #[test]
+    fn scope_ids_are_validated() {
+        assert!(ScopeIds::new(PackageScope::Program, None, None, None).is_ok());
+        assert!(ScopeIds::new(PackageScope::Program, Some(1), None, None).is_err());
+        assert!(ScopeIds::new(PackageScope::Year, None, None, None).is_err());
+        assert!(ScopeIds::new(PackageScope::Year, Some(1), Some(2), None).is_err());
+        assert!(ScopeIds::new(PackageScope::Block, Some(1), None, None).is_err());
+        assert!(ScopeIds::new(PackageScope::Theme, None, None, None).is_err());
+        let theme = ScopeIds::new(PackageScope::Theme, Some(1), None, Some(7)).unwrap();
+        assert_eq!(theme.scope_key().unwrap(), r#"{"theme_id":7,"year_id":1}"#);
+        let program = ScopeIds::new(PackageScope::Program, None, None, None).unwrap();
+        assert_eq!(program.scope_key().unwrap(), "{}");
+        let year = ScopeIds::new(PackageScope::Year, Some(0), None, None).unwrap();
+        assert_eq!(year.scope_data(), json!({"year_id": 0}));
+    }
+
+    #[test]
+    fn scopes_parse_case_insensitively() {
+        assert_eq!(PackageScope::parse("year"), Some(PackageScope::Year));
+        assert_eq!(PackageScope::parse(" THEME "), Some(PackageScope::Theme));
+        assert!(PackageScope::parse("COURSE").is_none());
+        let err = PackageScope::parse_or_400("COURSE").unwrap_err();
+        assert!(
+            err.to_string().contains("PROGRAM, YEAR, BLOCK, THEME"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn download_body_splices_the_stored_questions() {
+        let at = Utc::now().trunc_subsecs(6);
+        let package = test_package::Model {
+            id: Uuid::nil(),
+            name: "N".into(),
+            description: None,
+            scope: "YEAR".into(),
+            scope_data: json!({"year_id": 1}),
+            scope_key: r#"{"year_id":1}"#.into(),
+            year_id: Some(1),
+            block_id: None,
+            theme_id: None,
+            version: 3,
+            version_hash: "h".into(),
+            questions_json: r#"[{"b":1,"a":2}]"#.into(),
+            question_count: 1,
+            is_published: true,
+            published_at: Some(at),
+            created_by: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let body = download_body(&package).unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains(r#","questions":[{"b":1,"a":2}],"created_at":"#),
+            "{text}"
+        );
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value["scope_data"],
+            json!({"year_id": 1, "block_id": null, "theme_id": null})
+        );
+        assert_eq!(value["version"], 3);
+        assert_eq!(value["package_id"], Uuid::nil().to_string());
+    }
 }

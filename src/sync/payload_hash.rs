@@ -32,7 +32,7 @@ pub fn python_isoformat(answered_at: &DateTime<FixedOffset>) -> String {
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let abs = offset_secs.unsigned_abs();
     let mut offset = format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60);
-    if abs % 60 != 0 {
+    if !abs.is_multiple_of(60) {
         offset.push_str(&format!(":{:02}", abs % 60));
     }
     if micros == 0 {

@@ -54,3 +54,247 @@ async fn error_codes_and_statuses(backend: Backend) {
         "{b}"
     );
 }
+
+/// Starts another server instance on the same config (same database and Redis prefix).
+pub async fn second_instance(app: &TestApp) -> (String, tokio::task::JoinHandle<()>) {
+    let application = examsync::Application::build(app.config.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", application.local_addr().unwrap());
+    let handle = tokio::spawn(async move {
+        let _ = application.run_until_stopped(std::future::pending()).await;
+    });
+    (base, handle)
+}
+
+fn nested_of_type(n: usize) -> String {
+    let mut q = String::from("name");
+    for _ in 0..n {
+        q = format!("ofType {{ {q} }}");
+    }
+    format!("{{ __type(name: \"Query\") {{ {q} }} }}")
+}
+
+backend_tests!(
+    limits_just_under_pass_just_over_fail,
+    persisted_queries_round_trip
+);
+
+async fn limits_just_under_pass_just_over_fail(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, |c| {
+        c.graphql_max_complexity = 16;
+        c.graphql_max_aliases = 3;
+    })
+    .await;
+    let (_, token) = app.student();
+    let t = Some(token.as_str());
+    let message = |b: &Value| {
+        b["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Depth (default 15): `__type` + n × `ofType` + `name` = n + 2 levels.
+    let (s, b) = post_raw(&app, t, json!({"query": nested_of_type(13)})).await;
+    assert_eq!(s, 200, "depth 15 passes: {b}");
+    let (s, b) = post_raw(&app, t, json!({"query": nested_of_type(14)})).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, Some("GRAPHQL_VALIDATION_FAILED")),
+        "{b}"
+    );
+    assert!(message(&b).contains("deep"), "{b}");
+    // Complexity (16 here): one point per field.
+    let sessions = "mySessions { id offlineSessionId mode status year totalQuestions answeredCount correctCount startedAt }";
+    let status = "syncStatus { ackedCount duplicateCount rejectedCount lastSyncAt }";
+    let (s, b) = post_raw(
+        &app,
+        t,
+        json!({"query": format!("{{ {sessions} {status} }}")}),
+    )
+    .await;
+    assert_eq!(s, 200, "complexity 15 passes: {b}");
+    assert!(b.get("errors").is_none(), "{b}");
+    let (s, b) = post_raw(
+        &app,
+        t,
+        json!({"query": format!("{{ {sessions} {status} again: syncStatus {{ ackedCount }} }}")}),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, Some("GRAPHQL_VALIDATION_FAILED")),
+        "{b}"
+    );
+    assert!(message(&b).contains("complex"), "{b}");
+    // Aliases (3 here).
+    let (s, _) = post_raw(&app, t, json!({"query": "{ a: syncStatus { ackedCount } b: syncStatus { ackedCount } c: syncStatus { ackedCount } }"})).await;
+    assert_eq!(s, 200);
+    let (s, b) = post_raw(&app, t, json!({"query": "{ a: syncStatus { ackedCount } b: syncStatus { ackedCount } c: syncStatus { ackedCount } d: syncStatus { ackedCount } }"})).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, Some("GRAPHQL_VALIDATION_FAILED")),
+        "{b}"
+    );
+    // Batched requests are refused.
+    let (s, b) = post_raw(&app, t, json!([{"query": "{ syncStatus { ackedCount } }"}])).await;
+    assert_eq!((s, code(&b)), (400, Some("BAD_USER_INPUT")));
+}
+
+/// The standard introspection query is never refused by the default limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_query_passes_default_limits() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (s, b) = post_raw(&app, None, json!({"query": INTROSPECTION_QUERY})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("errors").is_none(), "{b}");
+    let types = b["data"]["__schema"]["types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t["name"] == "TestPackage"));
+}
+
+async fn persisted_queries_round_trip(backend: Backend) {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app(backend).await;
+    let (_, token) = app.student();
+    let query = "query Status { syncStatus { ackedCount rejectedCount } }";
+    let hash = hex::encode(Sha256::digest(query.as_bytes()));
+    let ext = json!({"persistedQuery": {"version": 1, "sha256Hash": hash}}).to_string();
+    // With Redis (the PostgreSQL run) a second instance must know what the first registered.
+    let (other_base, _other) = if backend == Backend::Postgres {
+        second_instance(&app).await
+    } else {
+        (app.base.clone(), tokio::spawn(async {}))
+    };
+    let get = |base: String| {
+        let client = app.client.clone();
+        let token = token.clone();
+        let ext = ext.clone();
+        async move {
+            let r = client
+                .get(format!("{base}/graphql"))
+                .query(&[("extensions", ext.as_str()), ("operationName", "Status")])
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let cache = r
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), cache, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, cache, b) = get(other_base.clone()).await;
+    assert_eq!(
+        (s, code(&b)),
+        (200, Some("PERSISTED_QUERY_NOT_FOUND")),
+        "{b}"
+    );
+    assert!(
+        cache.unwrap_or_default().contains("no-store"),
+        "a miss is never cached"
+    );
+    // Wrong hash for the query.
+    let (s, b) = post_raw(&app, Some(&token), json!({"query": "{ syncStatus { ackedCount } }", "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}})).await;
+    assert_eq!((s, code(&b)), (400, Some("BAD_USER_INPUT")), "{b}");
+    // Register on the first instance.
+    let (s, b) = post_raw(&app, Some(&token), json!({"query": query, "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["data"]["syncStatus"]["ackedCount"], 0, "{b}");
+    // Hit over GET (on the other instance when there is one).
+    let (s, _, b) = get(other_base).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["data"]["syncStatus"]["rejectedCount"], 0, "{b}");
+}
+
+/// GraphiQL in a real headless browser: the page loads only local assets, a `packages`
+/// query with a pasted token returns data, and no request goes to another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_works_offline_in_a_real_browser() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/graphiql.mjs");
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules");
+    let ready = std::path::Path::new("/usr/bin/chromium").exists()
+        && std::path::Path::new(modules).exists();
+    if !ready {
+        if crate::helpers::services_required() {
+            panic!(
+                "chromium or tests/browser/node_modules missing (run: apt-get install chromium; cd tests/browser && npm ci)"
+            );
+        }
+        eprintln!("SKIPPED: chromium or tests/browser/node_modules missing");
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.token(uuid::Uuid::new_v4(), examsync::auth::Role::Student);
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .env("EXAMSYNC_URL", &app.base)
+        .env("EXAMSYNC_TOKEN", &token)
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "browser check failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The JavaScript hash recipes of docs/mobile/offline.md, run by node against the vectors.
+#[tokio::test]
+async fn documented_javascript_recipes_match_the_vectors() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if crate::helpers::services_required() {
+            panic!("node is required");
+        }
+        eprintln!("SKIPPED: node missing");
+        return;
+    }
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "tests/node/"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+const INTROSPECTION_QUERY: &str = r#"
+query IntrospectionQuery {
+  __schema {
+    queryType { name }
+    mutationType { name }
+    subscriptionType { name }
+    types { ...FullType }
+    directives { name description locations args { ...InputValue } }
+  }
+}
+fragment FullType on __Type {
+  kind name description
+  fields(includeDeprecated: true) {
+    name description
+    args { ...InputValue }
+    type { ...TypeRef }
+    isDeprecated deprecationReason
+  }
+  inputFields { ...InputValue }
+  interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+  possibleTypes { ...TypeRef }
+}
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+fragment TypeRef on __Type {
+  kind name
+  ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+    ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
+}
+"#;

@@ -6,4 +6,7 @@ mod auth;
 mod cli;
 mod graphql;
 mod health;
+mod operations;
+mod packages;
 mod sync;
+mod sync_faults;
