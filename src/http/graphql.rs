@@ -123,15 +123,27 @@ async fn execute(
         Ok(query) => query,
         Err(response) => return response,
     };
-    if let Err(e) = async_graphql::parser::parse_query(&query) {
+    let document = match async_graphql::parser::parse_query(&query) {
+        Ok(document) => document,
+        Err(e) => {
+            return graphql_error(
+                StatusCode::BAD_REQUEST,
+                "GRAPHQL_PARSE_FAILED",
+                &e.to_string(),
+                false,
+            );
+        }
+    };
+    // GET is for queries only: a mutation over GET could be replayed by any cache or link.
+    if is_get && selects_mutation(&document, fields.operation_name.as_deref()) {
         return graphql_error(
-            StatusCode::BAD_REQUEST,
-            "GRAPHQL_PARSE_FAILED",
-            &e.to_string(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_USER_INPUT",
+            "mutations must be sent with POST",
             false,
         );
     }
-    if let Err(message) = check_alias_limit(&query, state.config.graphql_max_aliases as usize) {
+    if let Err(message) = check_alias_limit(&document, state.config.graphql_max_aliases as usize) {
         return graphql_error(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_VALIDATION_FAILED",
@@ -172,9 +184,6 @@ async fn execute(
         request = request.variables(async_graphql::Variables::from_json(variables));
     }
     let mut response = schema.execute(request).await;
-    if is_get && response.errors.is_empty() {
-        // GET is for queries only (mutations over GET would be cacheable side effects).
-    }
     let kind = classify_errors(&mut response);
     let status = if kind == ResponseKind::ValidationFailed {
         StatusCode::BAD_REQUEST
@@ -288,8 +297,27 @@ async fn resolve_persisted_query(
     }
 }
 
+/// True when the operation to run (by name, or the only one) is a mutation.
+fn selects_mutation(
+    document: &async_graphql::parser::types::ExecutableDocument,
+    name: Option<&str>,
+) -> bool {
+    use async_graphql::parser::types::OperationType;
+    document.operations.iter().any(|(op_name, op)| {
+        let selected = match (name, op_name) {
+            (Some(wanted), Some(actual)) => actual.as_str() == wanted,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        selected && op.node.ty == OperationType::Mutation
+    })
+}
+
 /// Refuses documents with more aliased fields than allowed (cheap amplification guard).
-fn check_alias_limit(query: &str, max_aliases: usize) -> Result<(), String> {
+fn check_alias_limit(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+    max_aliases: usize,
+) -> Result<(), String> {
     use async_graphql::parser::types::{Selection, SelectionSet};
     fn count(set: &SelectionSet) -> usize {
         set.items
@@ -303,9 +331,6 @@ fn check_alias_limit(query: &str, max_aliases: usize) -> Result<(), String> {
             })
             .sum()
     }
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return Ok(());
-    };
     let mut aliases: usize = doc
         .operations
         .iter()

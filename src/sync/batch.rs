@@ -171,6 +171,25 @@ enum SessionRef {
     NewOffline(Uuid),
 }
 
+/// What a write transaction did.
+enum Applied {
+    /// Committed: the attempt id of each idempotency key this transaction won.
+    Committed(HashMap<Uuid, Uuid>),
+    /// Nothing written: these sessions were closed after the checks.
+    SessionsClosed(HashSet<Uuid>),
+}
+
+fn session_closed(item: &Accepted) -> (usize, AttemptResult) {
+    (
+        item.index,
+        AttemptResult::rejected(
+            Some(item.input.client_attempt_id),
+            SyncErrorCode::SessionClosed,
+            "the session is no longer active",
+        ),
+    )
+}
+
 /// A stored idempotency record (database or cache).
 #[derive(Clone, Debug)]
 struct Record {
@@ -555,14 +574,7 @@ impl Batch<'_> {
                         item.session = SessionRef::Existing(session.id)
                     }
                     Some(_) => {
-                        closed.push((
-                            item.index,
-                            AttemptResult::rejected(
-                                Some(item.input.client_attempt_id),
-                                SyncErrorCode::SessionClosed,
-                                "the session is no longer active",
-                            ),
-                        ));
+                        closed.push(session_closed(&item));
                         continue;
                     }
                     None => {
@@ -579,39 +591,63 @@ impl Batch<'_> {
 
     /// Writes accepted items in one transaction; on a non-transient failure, one by one.
     async fn apply(&self, accepted: Vec<Accepted>) -> AppResult<Vec<(usize, AttemptResult)>> {
-        match self.apply_in_transaction(&accepted).await {
-            Ok(applied) => self.finish(accepted, applied).await,
-            Err(e) if is_transient(&e) => Err(AppError::from(e)),
-            Err(e) => {
-                tracing::warn!(error = %e, items = accepted.len(), "batch write failed; retrying item by item");
-                let mut out = Vec::new();
-                for item in accepted {
-                    match self.apply_in_transaction(std::slice::from_ref(&item)).await {
-                        Ok(applied) => out.extend(self.finish(vec![item], applied).await?),
-                        Err(e) if is_transient(&e) => return Err(AppError::from(e)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "attempt could not be applied");
-                            out.push((
-                                item.index,
-                                AttemptResult::rejected(
-                                    Some(item.input.client_attempt_id),
-                                    SyncErrorCode::InvalidAttempt,
-                                    "the attempt could not be applied",
-                                ),
-                            ));
-                        }
-                    }
+        let closed = match self.apply_in_transaction(&accepted).await {
+            Ok(Applied::Committed(applied)) => return self.finish(accepted, applied).await,
+            Ok(Applied::SessionsClosed(closed)) => closed,
+            Err(e) => return self.apply_one_by_one(accepted, e).await,
+        };
+        // Sessions were closed after the checks: reject their items, apply the rest again
+        // (closing is one-way, so this ends).
+        let (open, closed): (Vec<_>, Vec<_>) = accepted.into_iter().partition(
+            |item| !matches!(item.session, SessionRef::Existing(id) if closed.contains(&id)),
+        );
+        let mut out: Vec<(usize, AttemptResult)> = closed
+            .into_iter()
+            .map(|item| session_closed(&item))
+            .collect();
+        if !open.is_empty() {
+            out.extend(Box::pin(self.apply(open)).await?);
+        }
+        Ok(out)
+    }
+
+    /// After a non-transient failure of the whole batch: each item in its own transaction,
+    /// so that one bad item never blocks another.
+    async fn apply_one_by_one(
+        &self,
+        accepted: Vec<Accepted>,
+        error: sea_orm::DbErr,
+    ) -> AppResult<Vec<(usize, AttemptResult)>> {
+        if is_transient(&error) {
+            return Err(AppError::from(error));
+        }
+        tracing::warn!(error = %error, items = accepted.len(), "batch write failed; retrying item by item");
+        let mut out = Vec::new();
+        for item in accepted {
+            match self.apply_in_transaction(std::slice::from_ref(&item)).await {
+                Ok(Applied::Committed(applied)) => {
+                    out.extend(self.finish(vec![item], applied).await?)
                 }
-                Ok(out)
+                Ok(Applied::SessionsClosed(_)) => out.push(session_closed(&item)),
+                Err(e) if is_transient(&e) => return Err(AppError::from(e)),
+                Err(e) => {
+                    tracing::error!(error = %e, "attempt could not be applied");
+                    out.push((
+                        item.index,
+                        AttemptResult::rejected(
+                            Some(item.input.client_attempt_id),
+                            SyncErrorCode::InvalidAttempt,
+                            "the attempt could not be applied",
+                        ),
+                    ));
+                }
             }
         }
+        Ok(out)
     }
 
     /// Returns the attempt id assigned to each idempotency key this transaction won.
-    async fn apply_in_transaction(
-        &self,
-        accepted: &[Accepted],
-    ) -> Result<HashMap<Uuid, Uuid>, sea_orm::DbErr> {
+    async fn apply_in_transaction(&self, accepted: &[Accepted]) -> Result<Applied, sea_orm::DbErr> {
         let now = self.received_at;
         let session_of = |item: &Accepted| match item.session {
             SessionRef::Existing(id) => id,
@@ -663,24 +699,36 @@ impl Batch<'_> {
             .collect();
         if winners.is_empty() {
             txn.commit().await?;
-            return Ok(HashMap::new());
+            return Ok(Applied::Committed(HashMap::new()));
         }
 
-        // 2. Lock the sessions (PostgreSQL; SQLite has a single writer already), so the
-        //    answers read next stay current until commit.
+        // 2. Lock the sessions (PostgreSQL; on SQLite the insert above took the single
+        //    write lock), so the answers read next stay current until commit, and check
+        //    again that they are ACTIVE: a submitSession may have committed since the
+        //    checks. If not, nothing is written and the caller rejects those items.
         let mut session_ids: Vec<Uuid> = winners.iter().map(|i| session_of(i)).collect();
         session_ids.sort();
         session_ids.dedup();
+        let mut lock = test_session::Entity::find()
+            .select_only()
+            .column(test_session::Column::Id)
+            .column(test_session::Column::Status)
+            .filter(test_session::Column::Id.is_in(session_ids.iter().copied()))
+            .order_by_asc(test_session::Column::Id);
         if txn.get_database_backend() == DbBackend::Postgres {
-            test_session::Entity::find()
-                .select_only()
-                .column(test_session::Column::Id)
-                .filter(test_session::Column::Id.is_in(session_ids.iter().copied()))
-                .order_by_asc(test_session::Column::Id)
-                .lock_exclusive()
-                .into_tuple::<Uuid>()
-                .all(&txn)
-                .await?;
+            lock = lock.lock_exclusive();
+        }
+        let closed: HashSet<Uuid> = lock
+            .into_tuple::<(Uuid, String)>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .filter(|(_, status)| status != ACTIVE)
+            .map(|(id, _)| id)
+            .collect();
+        if !closed.is_empty() {
+            txn.rollback().await?;
+            return Ok(Applied::SessionsClosed(closed));
         }
 
         // 3. Current answers of the (session, question) pairs touched.
@@ -832,15 +880,17 @@ impl Batch<'_> {
         }
 
         txn.commit().await?;
-        Ok(winners
-            .iter()
-            .map(|i| {
-                (
-                    i.input.idempotency_key,
-                    attempt_ids[&i.input.idempotency_key],
-                )
-            })
-            .collect())
+        Ok(Applied::Committed(
+            winners
+                .iter()
+                .map(|i| {
+                    (
+                        i.input.idempotency_key,
+                        attempt_ids[&i.input.idempotency_key],
+                    )
+                })
+                .collect(),
+        ))
     }
 
     /// After commit: results for the winners, cache the records, and settle the items

@@ -1,0 +1,513 @@
+//! Package download benchmark (docs/benchmarks.md, "## Packages").
+//!
+//! ```text
+//! cargo run --release --example bench_packages
+//! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --release --example bench_packages
+//! ```
+//!
+//! What it does, all in this one process:
+//! 1. opens a fresh database — a temporary SQLite file, or with `BENCH_DATABASE_URL` a new
+//!    PostgreSQL database next to it (dropped at the end) — and starts examsync on it
+//!    (`Application::build` + `run_until_stopped`, the code `examsync serve` runs) on a port
+//!    of 127.0.0.1; seeds `BENCH_QUESTIONS` (1,000) published questions with
+//!    `questions::import_questions` and builds and publishes one PROGRAM package of them with
+//!    `packages::build_package`;
+//! 2. downloads that package from examsync (identity and gzip) and starts, on another port,
+//!    a bare axum handler that serves exactly those bytes from memory with the same headers
+//!    (a `304` when `If-None-Match` equals the ETag, otherwise the gzip body when the request
+//!    accepts gzip): no auth, no middleware, no database — the ceiling for this machine;
+//! 3. both servers run on one tokio runtime of their own (`BENCH_SERVER_THREADS`, 2), the
+//!    load generator on another (`BENCH_CLIENT_THREADS`, 2): `BENCH_CLIENTS` (32) clients,
+//!    each with its own keep-alive connection, send requests back to back for
+//!    `BENCH_SECONDS` (10) after `BENCH_WARMUP_SECONDS` (2), first to the bare handler, then
+//!    to examsync, for two scenarios:
+//!    - `304`: `GET` with `Authorization: Bearer <student token>` and
+//!      `If-None-Match: W/"<version_hash>"` (what a phone sends from the list);
+//!    - `full gzip`: `GET` with `Authorization` and `Accept-Encoding: gzip`, the whole body
+//!      read (not decompressed);
+//! 4. prints requests/s, p50 and p99 latency for each server and examsync's share of the
+//!    bare handler's throughput. Every response's status is checked.
+//!
+//! `BENCH_LOG=1` installs examsync's log subscriber (one line per request to stderr, as
+//! `examsync serve` does; redirect stderr). By default no subscriber is installed.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+    routing::get,
+};
+use bytes::Bytes;
+use examsync::{
+    Application, Config,
+    auth::{Role, sign_token},
+    config::Secret,
+    packages::{self, BuildRequest, PackageScope},
+    questions::{QuestionInput, QuestionStatus, import_questions},
+};
+use sea_orm::{ConnectionTrait, Database};
+use uuid::Uuid;
+
+const SECRET: &str = "bench-packages-secret-0123456789abcdef";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v} is not a valid value")),
+        Err(_) => Ok(default),
+    }
+}
+
+struct Settings {
+    database_url: Option<String>,
+    questions: usize,
+    clients: usize,
+    seconds: u64,
+    warmup_seconds: u64,
+    server_threads: usize,
+    client_threads: usize,
+    log: bool,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        Ok(Settings {
+            database_url: std::env::var("BENCH_DATABASE_URL").ok(),
+            questions: env_or("BENCH_QUESTIONS", 1000)?,
+            clients: env_or("BENCH_CLIENTS", 32)?,
+            seconds: env_or("BENCH_SECONDS", 10)?,
+            warmup_seconds: env_or("BENCH_WARMUP_SECONDS", 2)?,
+            server_threads: env_or("BENCH_SERVER_THREADS", 2)?,
+            client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
+            log: std::env::var("BENCH_LOG").is_ok_and(|v| v == "1"),
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let settings = Settings::from_env()?;
+    if settings.log {
+        examsync::telemetry::init(examsync::config::LogFormat::Text);
+    }
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.server_threads.max(1))
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.client_threads.max(1))
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // A fresh database.
+    let tempdir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (database_url, pg_cleanup) = match &settings.database_url {
+        Some(admin_url) if admin_url.starts_with("postgres") => {
+            let name = format!("examsync_bench_{}", Uuid::new_v4().simple());
+            clients.block_on(async {
+                let admin = Database::connect(admin_url.as_str())
+                    .await
+                    .map_err(|e| format!("connect {admin_url}: {e}"))?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admin.close().await.ok();
+                Ok::<_, String>(())
+            })?;
+            (
+                replace_database(admin_url, &name),
+                Some((admin_url.clone(), name)),
+            )
+        }
+        Some(url) => (url.clone(), None),
+        None => (
+            format!("sqlite://{}/bench.db?mode=rwc", tempdir.path().display()),
+            None,
+        ),
+    };
+
+    let outcome = bench(&settings, &servers, &clients, &database_url);
+
+    if let Some((admin_url, name)) = pg_cleanup {
+        clients.block_on(async {
+            if let Ok(admin) = Database::connect(admin_url.as_str()).await {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+                admin.close().await.ok();
+            }
+        });
+    }
+    servers.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
+
+fn bench(
+    settings: &Settings,
+    servers: &tokio::runtime::Runtime,
+    clients: &tokio::runtime::Runtime,
+    database_url: &str,
+) -> Result<(), String> {
+    // 1. examsync, seeded.
+    let mut config = Config::with_database(database_url.to_owned());
+    config.jwt_secret = Some(Secret(SECRET.into()));
+    config.rate_limit_per_minute = 0;
+    let (examsync_addr, db, shutdown) = servers.block_on(async {
+        let application = Application::build(config)
+            .await
+            .map_err(|e| format!("examsync start: {e}"))?;
+        let addr = application.local_addr().map_err(|e| e.to_string())?;
+        let db = application.state().db.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = application
+                .run_until_stopped(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok::<_, String>((addr, db, tx))
+    })?;
+    let package = servers.block_on(async {
+        import_questions(&db, bank(settings.questions))
+            .await
+            .map_err(|e| format!("seeding: {e}"))?;
+        packages::build_package(
+            &db,
+            BuildRequest {
+                name: "Benchmark programme".into(),
+                description: Some(format!("{} questions", settings.questions)),
+                scope: PackageScope::Program,
+                year_id: None,
+                block_id: None,
+                theme_id: None,
+                publish: true,
+                created_by: None,
+            },
+        )
+        .await
+        .map_err(|e| format!("building the package: {e}"))
+    })?;
+    let token =
+        sign_token(SECRET, Uuid::new_v4(), Role::Student, 24 * 3600).map_err(|e| e.to_string())?;
+    let path = format!("/api/v1/tests/packages/{}", package.id);
+    let etag = format!("W/\"{}\"", package.version_hash);
+
+    // 2. The same bytes, from examsync.
+    let probe = reqwest::Client::builder()
+        .no_gzip()
+        .no_brotli()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fetch = |accept: Option<&'static str>| {
+        let request = probe
+            .get(format!("http://{examsync_addr}{path}"))
+            .bearer_auth(&token);
+        let request = match accept {
+            Some(a) => request.header("accept-encoding", a),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            if response.status() != 200 {
+                return Err(format!("examsync answered {}", response.status()));
+            }
+            response.bytes().await.map_err(|e| e.to_string())
+        }
+    };
+    let identity = clients.block_on(fetch(None))?;
+    let gzip = clients.block_on(fetch(Some("gzip")))?;
+    eprintln!(
+        "package {}: {} questions, {} bytes, {} gzip, ETag {etag}",
+        package.id,
+        package.question_count,
+        identity.len(),
+        gzip.len()
+    );
+
+    // 3. The bare handler.
+    let bare = Arc::new(Bare {
+        etag: HeaderValue::from_str(&etag).map_err(|e| e.to_string())?,
+        identity,
+        gzip: gzip.clone(),
+    });
+    let bare_addr = servers.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let router = Router::new()
+            .route("/api/v1/tests/packages/{id}", get(bare_handler))
+            .with_state(bare.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok::<_, String>(addr)
+    })?;
+
+    // 4. Measure.
+    let scenarios = [
+        Scenario {
+            name: "304 revalidation",
+            expect: 304,
+            headers: vec![("if-none-match", etag.clone())],
+            body_len: 0,
+        },
+        Scenario {
+            name: "full download (gzip)",
+            expect: 200,
+            headers: vec![("accept-encoding", "gzip".to_owned())],
+            body_len: gzip.len(),
+        },
+    ];
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        let mut pair = Vec::new();
+        for (server, addr) in [("bare axum", bare_addr), ("examsync", examsync_addr)] {
+            let url = format!("http://{addr}{path}");
+            let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
+            eprintln!(
+                "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                scenario.name, server, outcome.per_sec, outcome.p50_ms, outcome.p99_ms
+            );
+            pair.push((server, outcome));
+        }
+        let bare_rate = pair[0].1.per_sec;
+        for (server, outcome) in pair {
+            rows.push((scenario.name, server, outcome, bare_rate));
+        }
+    }
+
+    println!(
+        "\n{} clients, {} s per run ({} s warm-up), {} questions ({} bytes identity, {} bytes gzip), database {}\n",
+        settings.clients,
+        settings.seconds,
+        settings.warmup_seconds,
+        settings.questions,
+        bare.identity.len(),
+        bare.gzip.len(),
+        if database_url.starts_with("postgres") {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    println!("| scenario | server | requests/s | p50 ms | p99 ms | share of bare |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for (scenario, server, outcome, bare_rate) in rows {
+        println!(
+            "| {scenario} | {server} | {:.0} | {:.2} | {:.2} | {:.0}% |",
+            outcome.per_sec,
+            outcome.p50_ms,
+            outcome.p99_ms,
+            100.0 * outcome.per_sec / bare_rate
+        );
+    }
+    let _ = shutdown.send(());
+    Ok(())
+}
+
+struct Bare {
+    etag: HeaderValue,
+    identity: Bytes,
+    gzip: Bytes,
+}
+
+/// The ceiling: the same bytes and validators from memory, nothing else.
+async fn bare_handler(State(bare): State<Arc<Bare>>, headers: HeaderMap) -> Response {
+    let mut response = if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == bare.etag.as_bytes())
+    {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let gzip = headers
+            .get(header::ACCEPT_ENCODING)
+            .is_some_and(|v| v.as_bytes().windows(4).any(|w| w == b"gzip"));
+        let body = if gzip {
+            bare.gzip.clone()
+        } else {
+            bare.identity.clone()
+        };
+        let len = body.len();
+        let mut r = Response::new(Body::from(body));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if gzip {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, bare.etag.clone());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding"),
+    );
+    response
+}
+
+struct Scenario {
+    name: &'static str,
+    expect: u16,
+    headers: Vec<(&'static str, String)>,
+    body_len: usize,
+}
+
+struct Outcome {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `clients` clients, each on its own connection, back to back until the deadline.
+async fn load(
+    settings: &Settings,
+    url: &str,
+    token: &str,
+    scenario: &Scenario,
+) -> Result<Outcome, String> {
+    let mut tasks = Vec::new();
+    let start = Instant::now() + Duration::from_secs(settings.warmup_seconds);
+    let deadline = start + Duration::from_secs(settings.seconds);
+    for _ in 0..settings.clients {
+        let client = reqwest::Client::builder()
+            .no_gzip()
+            .no_brotli()
+            .pool_max_idle_per_host(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.get(url).bearer_auth(token);
+        for (name, value) in &scenario.headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request.build().map_err(|e| e.to_string())?;
+        let (expect, body_len) = (scenario.expect, scenario.body_len);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
+            loop {
+                let Some(request) = request.try_clone() else {
+                    return Err("request not clonable".to_owned());
+                };
+                let sent = Instant::now();
+                if sent >= deadline {
+                    break;
+                }
+                let response = client.execute(request).await.map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                if status != expect || body.len() != body_len {
+                    return Err(format!(
+                        "unexpected answer: {status} with {} bytes (wanted {expect}, {body_len})",
+                        body.len()
+                    ));
+                }
+                if sent >= start {
+                    latencies.push(sent.elapsed());
+                }
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1].as_secs_f64() * 1000.0
+    };
+    Ok(Outcome {
+        per_sec: latencies.len() as f64 / settings.seconds as f64,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
+}
+
+/// A deterministic bank of realistic-looking questions, all published, 2–5 options.
+fn bank(count: usize) -> Vec<QuestionInput> {
+    (0..count)
+        .map(|n| {
+            let options = 2 + n % 4;
+            QuestionInput {
+                id: Some(Uuid::from_u128(0xbe00_0000_0000_4000_8000_0000_0000_0000 + n as u128)),
+                stem: format!(
+                    "Question {n}: a {}-year-old presents with symptoms typical of condition {}. \
+                     Which of the following is the most appropriate next step in management?",
+                    18 + n % 70,
+                    n % 97
+                ),
+                options: (0..options)
+                    .map(|i| format!("Option {i} for question {n}: investigation or treatment {}", (n * 7 + i) % 113))
+                    .collect(),
+                correct_index: (n % options) as i32,
+                explanation_md: Some(format!(
+                    "**Answer {}.** The classic presentation of condition {} points to it; the others \
+                     are distractors that share one feature each.",
+                    n % options,
+                    n % 97
+                )),
+                year_id: 1 + (n % 5) as i32,
+                block_id: Some(10 + (n % 20) as i32),
+                theme_id: Some(100 + (n % 100) as i32),
+                cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
+                difficulty: Some(["EASY", "MEDIUM", "HARD"][n % 3].to_owned()),
+                status: QuestionStatus::Published,
+            }
+        })
+        .collect()
+}
+
+/// `postgres://u@h:p/db?x` with another database name.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..path_start], name);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
