@@ -1,7 +1,15 @@
 //! Application wiring: `App` holds what every request needs; `Application::build`
 //! connects, migrates and binds, apart from `run_until_stopped`, so tests start the real
 //! server on port 0.
-use std::{net::SocketAddr, ops::Deref, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -25,6 +33,9 @@ pub struct App {
     pub packages: PackageStore,
     pub rate_limiter: RateLimiter,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// SQL statements this instance has run (also in `/metrics`); tests use it to show
+    /// that listing N items costs a bounded number of queries.
+    pub db_statements: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -59,8 +70,14 @@ impl App {
             &secret.0,
             config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
         );
-        let db = db::connect(&config.database_url, config.db_pool_size).await?;
+        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         db::migrate(&db).await?;
+        let db_statements = Arc::new(AtomicU64::new(0));
+        let counter = db_statements.clone();
+        db.set_metric_callback(move |info| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::db_statement(info.elapsed.as_secs_f64(), info.failed);
+        });
         let cache = match &config.redis_url {
             Some(url) => Cache::redis(url, &config.redis_prefix, config.redis_timeout())?,
             None => Cache::memory(&config.redis_prefix),
@@ -78,6 +95,7 @@ impl App {
             packages: PackageStore::default(),
             rate_limiter,
             metrics: crate::metrics::handle(),
+            db_statements,
         })))
     }
 }

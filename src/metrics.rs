@@ -97,6 +97,12 @@ pub fn rate_limited(surface: &'static str) {
     counter!("examsync_rate_limited_total", "surface" => surface).increment(1);
 }
 
+/// One SQL statement ran (`failed`: it returned an error).
+pub fn db_statement(seconds: f64, failed: bool) {
+    histogram!("examsync_db_statement_duration_seconds", "failed" => if failed { "true" } else { "false" })
+        .record(seconds);
+}
+
 pub fn db_pool(size: u32, idle: usize) {
     gauge!("examsync_db_pool_connections").set(size as f64);
     gauge!("examsync_db_pool_idle_connections").set(idle as f64);

@@ -185,6 +185,7 @@ fn not_modified(meta: &PublishedMeta) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

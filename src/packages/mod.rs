@@ -339,13 +339,11 @@ pub async fn build_package(
             .order_by_desc(test_package::Column::Version)
             .one(db)
             .await?;
-        if let Some(newest) = &newest {
-            if newest.version_hash == version_hash {
-                if request.publish && !newest.is_published {
-                    return publish_package(db, newest.id).await;
-                }
-                return Ok(newest.clone());
+        if let Some(newest) = newest.as_ref().filter(|n| n.version_hash == version_hash) {
+            if request.publish && !newest.is_published {
+                return publish_package(db, newest.id).await;
             }
+            return Ok(newest.clone());
         }
         let version = newest.as_ref().map_or(1, |p| p.version + 1);
         let at = now();
@@ -625,6 +623,7 @@ pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

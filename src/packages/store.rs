@@ -353,6 +353,7 @@ impl<V> Bounded<V> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

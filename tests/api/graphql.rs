@@ -298,3 +298,134 @@ fragment TypeRef on __Type {
     ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
 }
 "#;
+
+/// Listing N packages with their questions, or N sessions, costs a number of SQL
+/// statements that does not grow with N (DataLoaders, set-wise queries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_is_free_of_n_plus_one_queries() {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app(Backend::Sqlite).await;
+    let admin = app.admin_token();
+    let (_, student) = app.student();
+    let statements = || app.state.db_statements.load(Ordering::SeqCst);
+    let query = "{ packages { id name versionHash questionCount questions { id questionId correctIndex } } mySessions { id answeredCount } }";
+    let mut costs = Vec::new();
+    for theme in 1..=8 {
+        app.import_questions(json!([
+            crate::helpers::question(
+                &format!("Q{theme}a"),
+                &["a", "b"],
+                0,
+                1,
+                Some(1),
+                Some(theme)
+            ),
+            crate::helpers::question(
+                &format!("Q{theme}b"),
+                &["a", "b", "c"],
+                2,
+                1,
+                Some(1),
+                Some(theme)
+            ),
+        ]))
+        .await;
+        let (_, built) = app
+            .graphql(
+                Some(&admin),
+                "mutation($t: Int!) { buildPackage(input: {name: \"T\", scope: THEME, themeId: $t, publish: true}) { id } }",
+                json!({"t": theme}),
+            )
+            .await;
+        assert!(built.get("errors").is_none(), "{built}");
+        // One more offline session for the student.
+        let qid = uuid::Uuid::parse_str(
+            app.graphql(
+                Some(&admin),
+                "{ packages(filter: {themeId: 1}) { questions { questionId } } }",
+                Value::Null,
+            )
+            .await
+            .1["data"]["packages"][0]["questions"][0]["questionId"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let item = crate::sync::attempt(qid, 0, &crate::sync::ago(1), Some(uuid::Uuid::new_v4()));
+        crate::sync::sync(&app, crate::sync::Surface::Rest, &student, &[item], None).await;
+        // Warm up (user row, caches), then measure one listing.
+        app.graphql(Some(&student), query, Value::Null).await;
+        let before = statements();
+        let (status, body) = app.graphql(Some(&student), query, Value::Null).await;
+        let after = statements();
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["data"]["packages"].as_array().unwrap().len(),
+            theme as usize
+        );
+        assert_eq!(
+            body["data"]["mySessions"].as_array().unwrap().len(),
+            theme as usize
+        );
+        costs.push(after - before);
+    }
+    assert!(
+        costs.iter().all(|c| *c == costs[1]),
+        "statements per listing grew with N: {costs:?}"
+    );
+    assert!(costs[7] <= 5, "{costs:?}");
+}
+
+/// A real third-party GraphQL client (Python `gql`) fetches the schema by introspection,
+/// validates its documents against it, and runs `packages` and `syncAttempts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_client_interop() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import gql"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        if crate::helpers::services_required() {
+            panic!("python3 with gql is required (pip install -r tests/interop/requirements.txt)");
+        }
+        eprintln!("SKIPPED: python gql missing");
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let ids = app
+        .import_questions(json!([crate::helpers::question(
+            "Interop",
+            &["a", "b"],
+            0,
+            3,
+            None,
+            None
+        )]))
+        .await;
+    let (_, built) = app
+        .graphql(
+            Some(&app.admin_token()),
+            "mutation { buildPackage(input: {name: \"Y3\", scope: YEAR, yearId: 3, publish: true}) { id } }",
+            Value::Null,
+        )
+        .await;
+    assert!(built.get("errors").is_none(), "{built}");
+    let (_, token) = app.student();
+    let output = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/gql_client.py"
+        ))
+        .env("EXAMSYNC_URL", &app.base)
+        .env("EXAMSYNC_TOKEN", &token)
+        .env("EXAMSYNC_QUESTION_ID", ids[0].to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

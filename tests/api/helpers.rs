@@ -209,6 +209,8 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub backend: Backend,
     pub config: Config,
+    /// The server's own state (e.g. its SQL statement counter).
+    pub state: examsync::AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the database and keys outlive the server.
@@ -256,6 +258,7 @@ pub async fn start(
         .expect("application starts");
     let addr = application.local_addr().expect("bound address");
     let db = application.state().db.clone();
+    let state = application.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let _ = application
@@ -274,6 +277,7 @@ pub async fn start(
         db,
         backend,
         config,
+        state,
         shutdown: Some(tx),
         server: Some(server),
         redis,
@@ -416,10 +420,10 @@ pub fn binary() -> PathBuf {
 /// Waits until `url` answers 200 (a server started as a process).
 pub async fn wait_ready(client: &Client, url: &str) {
     for _ in 0..300 {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,5 +1,7 @@
 //! One integration-test binary: every test starts the real server on port 0 and talks
 //! HTTP to it, on SQLite and (when `TEST_DATABASE_URL` is set) PostgreSQL + Redis.
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 mod auth;

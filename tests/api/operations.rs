@@ -9,8 +9,11 @@ use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with, test_config};
 use crate::sync::{Surface, ago, attempt, bank, sync};
 
+/// Samples by (metric name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
 /// Parses the Prometheus text exposition format into (name, sorted labels) → value.
-fn parse_exposition(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+fn parse_exposition(text: &str) -> Samples {
     let mut samples = HashMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -47,7 +50,7 @@ fn parse_exposition(text: &str) -> HashMap<(String, Vec<(String, String)>), f64>
     samples
 }
 
-async fn metrics(app: &TestApp) -> HashMap<(String, Vec<(String, String)>), f64> {
+async fn metrics(app: &TestApp) -> Samples {
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -60,11 +63,7 @@ async fn metrics(app: &TestApp) -> HashMap<(String, Vec<(String, String)>), f64>
     parse_exposition(&text)
 }
 
-fn value(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -77,11 +76,7 @@ fn value(
 }
 
 /// Sums every series of `name` whose labels include `filter`.
-fn total(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    filter: &[(&str, &str)],
-) -> f64 {
+fn total(samples: &Samples, name: &str, filter: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|((n, labels), _)| {

@@ -2,6 +2,7 @@
 //! PostgreSQL + Redis: building each scope, versioning, `version_hash` recomputed here
 //! independently of the server's code, database-enforced immutability, conditional
 //! requests, HEAD, encodings, visibility, filters, the CLI and an RFC 9111 caching client.
+#![allow(clippy::unwrap_used)]
 use std::{
     collections::{BTreeMap, HashSet},
     io::Read,
@@ -1357,8 +1358,11 @@ async fn caching_client_revalidates_with_304(backend: Backend) {
         Cache, CacheMode, CacheOptions, HttpCache, HttpCacheOptions, MokaManager,
     };
 
+    /// `If-None-Match` sent and status received, per request on the wire.
+    type WireLog = Arc<Mutex<Vec<(Option<String>, u16)>>>;
+
     /// Records what goes over the wire (it sits after the cache in the chain).
-    struct Wire(Arc<Mutex<Vec<(Option<String>, u16)>>>);
+    struct Wire(WireLog);
 
     #[async_trait::async_trait]
     impl reqwest_middleware::Middleware for Wire {
