@@ -240,3 +240,75 @@ async fn serve_demo_prints_working_tokens() {
     let db = examsync::db::connect(&url, 1).await.unwrap();
     assert!(count_rows(&db, "questions", "status = 'PUBLISHED'").await >= 2000);
 }
+
+/// `EXAMSYNC_LOG_FORMAT=json`: one JSON line per request with request id, route, status,
+/// duration and user id, on stderr; never the token or the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_one_line_per_request_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(binary())
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env_remove("REDIS_URL")
+        .env("DATABASE_URL", sqlite_url(&dir))
+        .env("JWT_SECRET", SECRET)
+        .env("EXAMSYNC_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::helpers::wait_ready(&client, &format!("{base}/livez")).await;
+    let user = uuid::Uuid::new_v4();
+    let token =
+        examsync::auth::sign_token(SECRET, user, examsync::auth::Role::Student, 600).unwrap();
+    let secret_payload = "payload-marker-7f3a";
+    let response = client
+        .post(format!("{base}/api/v1/sync/attempts:batch"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-test-1")
+        .json(&json!({"attempts": [{"client_attempt_id": secret_payload}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(!logs.contains(&token), "the token leaked into the logs");
+    assert!(
+        !logs.contains(secret_payload),
+        "the payload leaked into the logs"
+    );
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["fields"]["request_id"] == "log-test-1")
+        .expect("a request line");
+    let fields = &request["fields"];
+    assert_eq!(fields["route"], "/api/v1/sync/attempts:batch");
+    assert_eq!(fields["status"], 200);
+    assert!(fields["duration_ms"].is_number());
+    assert_eq!(fields["user_id"], user.to_string());
+    let listening = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "examsync listening")
+        .expect("start-up line");
+    assert!(
+        listening["fields"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("sqlite://")
+    );
+    assert_eq!(listening["fields"]["cache"], "in-process");
+}

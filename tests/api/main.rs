@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod cluster;
 mod graphql;
 mod health;
 mod operations;
