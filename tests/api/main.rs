@@ -11,5 +11,6 @@ mod graphql;
 mod health;
 mod operations;
 mod packages;
+mod security;
 mod sync;
 mod sync_faults;
