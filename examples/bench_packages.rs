@@ -25,8 +25,11 @@
 //!      `If-None-Match: W/"<version_hash>"` (what a phone sends from the list);
 //!    - `full gzip`: `GET` with `Authorization` and `Accept-Encoding: gzip`, the whole body
 //!      read (not decompressed);
-//! 4. prints requests/s, p50 and p99 latency for each server and examsync's share of the
-//!    bare handler's throughput. Every response's status is checked.
+//! 4. repeats that `BENCH_ROUNDS` (3) times, alternating the servers, and prints for each
+//!    server the median round's requests/s, p50 and p99 latency, and examsync's share of the
+//!    bare handler's throughput. Every response's status and body length is checked.
+//!
+//! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`.
 //!
 //! `BENCH_LOG=1` installs examsync's log subscriber (one line per request to stderr, as
 //! `examsync serve` does; redirect stderr). By default no subscriber is installed.
@@ -73,6 +76,8 @@ struct Settings {
     warmup_seconds: u64,
     server_threads: usize,
     client_threads: usize,
+    rounds: usize,
+    only: Option<String>,
     log: bool,
 }
 
@@ -86,6 +91,8 @@ impl Settings {
             warmup_seconds: env_or("BENCH_WARMUP_SECONDS", 2)?,
             server_threads: env_or("BENCH_SERVER_THREADS", 2)?,
             client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
+            rounds: env_or("BENCH_ROUNDS", 3)?,
+            only: std::env::var("BENCH_ONLY").ok().filter(|v| !v.is_empty()),
             log: std::env::var("BENCH_LOG").is_ok_and(|v| v == "1"),
         })
     }
@@ -283,27 +290,59 @@ fn bench(
     ];
     let mut rows = Vec::new();
     for scenario in &scenarios {
-        let mut pair = Vec::new();
+        // Rounds alternate the two servers, so background noise hits both alike; the
+        // median round of each is reported.
+        let mut runs: Vec<(&str, Vec<Outcome>)> = Vec::new();
         for (server, addr) in [("bare axum", bare_addr), ("examsync", examsync_addr)] {
-            let url = format!("http://{addr}{path}");
-            let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
-            eprintln!(
-                "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
-                scenario.name, server, outcome.per_sec, outcome.p50_ms, outcome.p99_ms
-            );
-            pair.push((server, outcome));
+            if settings
+                .only
+                .as_deref()
+                .is_some_and(|only| !server.contains(only))
+            {
+                continue;
+            }
+            runs.push((server, Vec::new()));
+            let _ = addr;
         }
-        let bare_rate = pair[0].1.per_sec;
-        for (server, outcome) in pair {
+        for _ in 0..settings.rounds.max(1) {
+            for (server, outcomes) in runs.iter_mut() {
+                let addr = if *server == "examsync" {
+                    examsync_addr
+                } else {
+                    bare_addr
+                };
+                let url = format!("http://{addr}{path}");
+                let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
+                eprintln!(
+                    "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                    scenario.name, server, outcome.per_sec, outcome.p50_ms, outcome.p99_ms
+                );
+                outcomes.push(outcome);
+            }
+        }
+        let medians: Vec<(&str, Outcome)> = runs
+            .into_iter()
+            .map(|(server, mut outcomes)| {
+                outcomes.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+                let median = outcomes.swap_remove(outcomes.len() / 2);
+                (server, median)
+            })
+            .collect();
+        let bare_rate = medians
+            .iter()
+            .find(|(server, _)| *server == "bare axum")
+            .map_or(f64::NAN, |(_, o)| o.per_sec);
+        for (server, outcome) in medians {
             rows.push((scenario.name, server, outcome, bare_rate));
         }
     }
 
     println!(
-        "\n{} clients, {} s per run ({} s warm-up), {} questions ({} bytes identity, {} bytes gzip), database {}\n",
+        "\n{} clients, {} s per run ({} s warm-up), median of {} alternating rounds, {} questions ({} bytes identity, {} bytes gzip), database {}\n",
         settings.clients,
         settings.seconds,
         settings.warmup_seconds,
+        settings.rounds.max(1),
         settings.questions,
         bare.identity.len(),
         bare.gzip.len(),

@@ -250,7 +250,7 @@ impl PackageMutation {
         id: Uuid,
     ) -> async_graphql::Result<TestPackage> {
         require_admin(ctx)?;
-        let model = packages::publish_package(&state(ctx).db, id).await?;
-        Ok(model.into())
+        let summary = packages::publish_package(&state(ctx).db, id).await?;
+        Ok(summary.into())
     }
 }

@@ -337,13 +337,17 @@ pub async fn build_package(
             .filter(test_package::Column::Scope.eq(ids.scope.as_str()))
             .filter(test_package::Column::ScopeKey.eq(scope_key.as_str()))
             .order_by_desc(test_package::Column::Version)
+            .into_partial_model::<PackageSummary>()
             .one(db)
             .await?;
         if let Some(newest) = newest.as_ref().filter(|n| n.version_hash == version_hash) {
-            if request.publish && !newest.is_published {
-                return publish_package(db, newest.id).await;
-            }
-            return Ok(newest.clone());
+            // Same hash, same canonical bytes: the stored questions need not be read.
+            let newest = if request.publish && !newest.is_published {
+                publish_package(db, newest.id).await?
+            } else {
+                newest.clone()
+            };
+            return Ok(newest.with_questions(questions_json));
         }
         let version = newest.as_ref().map_or(1, |p| p.version + 1);
         let at = now();
@@ -392,7 +396,7 @@ pub async fn build_package(
 }
 
 /// Publishes a package (idempotent: a published one is returned unchanged).
-pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<test_package::Model> {
+pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<PackageSummary> {
     let at = now();
     // Only an unpublished row is touched, so the immutability trigger never fires here,
     // and concurrent publishes publish once.
@@ -404,8 +408,7 @@ pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<tes
         .filter(test_package::Column::IsPublished.eq(false))
         .exec(db)
         .await?;
-    test_package::Entity::find_by_id(id)
-        .one(db)
+    find_summary(db, id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no package {id}")))
 }
@@ -458,6 +461,30 @@ impl From<&test_package::Model> for PackageSummary {
 }
 
 impl PackageSummary {
+    /// The whole row, given its stored questions.
+    pub fn with_questions(self, questions_json: String) -> test_package::Model {
+        test_package::Model {
+            id: self.id,
+            name: self.name,
+            description: self.description,
+            scope: self.scope,
+            scope_data: self.scope_data,
+            scope_key: self.scope_key,
+            year_id: self.year_id,
+            block_id: self.block_id,
+            theme_id: self.theme_id,
+            version: self.version,
+            version_hash: self.version_hash,
+            questions_json,
+            question_count: self.question_count,
+            is_published: self.is_published,
+            published_at: self.published_at,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
     /// The REST path of the download.
     pub fn download_path(&self) -> String {
         download_path(self.id)

@@ -47,6 +47,11 @@ use entity::{attempt, idempotency_record, question, session_answer, test_session
 const FUTURE_TOLERANCE: Duration = Duration::minutes(5);
 /// Idempotency records live in Redis this long; the database keeps them for good.
 const IDEMPOTENCY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// Rows per `INSERT INTO attempts` statement. sqlx 0.9.0 leaves Nagle's algorithm on
+/// (no `TCP_NODELAY`, transact-rs/sqlx#4335): a statement whose bound parameters outgrow
+/// the socket's initial send buffer waits ~40 ms for a delayed ACK. 100 attempts rows are
+/// ~30 kB and paid that on every batch; 50 rows (~15 kB) do not (docs/benchmarks.md).
+const ATTEMPT_INSERT_CHUNK: usize = 50;
 
 /// Applies a batch for `user`. Per-item outcomes in request order; a transient fault fails
 /// the whole request (`AppError::Unavailable`), never an item.
@@ -809,9 +814,11 @@ impl Batch<'_> {
                 received_at: Set(now),
             })
             .collect();
-        attempt::Entity::insert_many(attempts)
-            .exec_without_returning(&txn)
-            .await?;
+        for chunk in attempts.chunks(ATTEMPT_INSERT_CHUNK) {
+            attempt::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
 
         // 6. Current answers, one row per (session, question).
         let mut upserts: Vec<session_answer::ActiveModel> = changed

@@ -312,3 +312,69 @@ async fn json_logs_one_line_per_request_without_secrets() {
     );
     assert_eq!(listening["fields"]["cache"], "in-process");
 }
+
+/// SIGTERM: the server stops accepting, lets the in-flight request finish, then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(binary())
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env_remove("REDIS_URL")
+        .env("DATABASE_URL", sqlite_url(&dir))
+        .env("JWT_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    crate::helpers::wait_ready(&client, &format!("http://127.0.0.1:{port}/livez")).await;
+    let token = examsync::auth::sign_token(
+        SECRET,
+        uuid::Uuid::new_v4(),
+        examsync::auth::Role::Student,
+        600,
+    )
+    .unwrap();
+    // An in-flight request: headers and half of the body sent.
+    let body = json!({"attempts": [{"client_attempt_id": "x"}]}).to_string();
+    let (first, second) = body.split_at(body.len() / 2);
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/sync/attempts:batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused while the in-flight one still completes.
+    assert!(
+        client
+            .get(format!("http://127.0.0.1:{port}/livez"))
+            .send()
+            .await
+            .is_err()
+    );
+    stream.write_all(second.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("INVALID_ATTEMPT"), "{response}");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exited with {exit:?}");
+}

@@ -429,3 +429,56 @@ async fn third_party_client_interop() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Production mode drops "did you mean" suggestions; introspection can be turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_mode_and_introspection_switch() {
+    let dev = spawn_app(Backend::Sqlite).await;
+    let (_, token) = dev.student();
+    let (_, b) = post_raw(&dev, Some(&token), json!({"query": "{ mySession { id } }"})).await;
+    assert!(
+        b["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{b}"
+    );
+
+    let prod = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
+        c.production = true;
+        c.graphql_introspection = false;
+    })
+    .await;
+    let (_, token) = prod.student();
+    let (s, b) = post_raw(
+        &prod,
+        Some(&token),
+        json!({"query": "{ mySession { id } }"}),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, Some("GRAPHQL_VALIDATION_FAILED")));
+    assert!(
+        !b["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{b}"
+    );
+    let (_, b) = post_raw(
+        &prod,
+        Some(&token),
+        json!({"query": "{ __schema { types { name } } }"}),
+    )
+    .await;
+    assert!(
+        b["data"]["__schema"].is_null() || b.get("errors").is_some(),
+        "{b}"
+    );
+    let (s, b) = post_raw(
+        &prod,
+        Some(&token),
+        json!({"query": "{ syncStatus { ackedCount } }"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
