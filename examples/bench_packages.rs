@@ -27,7 +27,9 @@
 //!      read (not decompressed);
 //! 4. repeats that `BENCH_ROUNDS` (3) times, alternating the servers, and prints for each
 //!    server the median round's requests/s, p50 and p99 latency, and examsync's share of the
-//!    bare handler's throughput. Every response's status and body length is checked.
+//!    bare handler's throughput, plus the CPU time the server threads spent per request
+//!    (from `/proc/self/task/*/stat`: steadier than throughput when the machine is shared).
+//!    Every response's status and body length is checked.
 //!
 //! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`.
 //!
@@ -314,8 +316,13 @@ fn bench(
                 let url = format!("http://{addr}{path}");
                 let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
                 eprintln!(
-                    "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
-                    scenario.name, server, outcome.per_sec, outcome.p50_ms, outcome.p99_ms
+                    "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req",
+                    scenario.name,
+                    server,
+                    outcome.per_sec,
+                    outcome.p50_ms,
+                    outcome.p99_ms,
+                    outcome.server_cpu_us
                 );
                 outcomes.push(outcome);
             }
@@ -328,12 +335,12 @@ fn bench(
                 (server, median)
             })
             .collect();
-        let bare_rate = medians
+        let bare = medians
             .iter()
             .find(|(server, _)| *server == "bare axum")
-            .map_or(f64::NAN, |(_, o)| o.per_sec);
+            .map_or((f64::NAN, f64::NAN), |(_, o)| (o.per_sec, o.server_cpu_us));
         for (server, outcome) in medians {
-            rows.push((scenario.name, server, outcome, bare_rate));
+            rows.push((scenario.name, server, outcome, bare));
         }
     }
 
@@ -352,15 +359,19 @@ fn bench(
             "SQLite"
         }
     );
-    println!("| scenario | server | requests/s | p50 ms | p99 ms | share of bare |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
-    for (scenario, server, outcome, bare_rate) in rows {
+    println!(
+        "| scenario | server | requests/s | p50 ms | p99 ms | share of bare (req/s) | server CPU µs/req | bare CPU ÷ this |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (scenario, server, outcome, (bare_rate, bare_cpu)) in rows {
         println!(
-            "| {scenario} | {server} | {:.0} | {:.2} | {:.2} | {:.0}% |",
+            "| {scenario} | {server} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.1} | {:.0}% |",
             outcome.per_sec,
             outcome.p50_ms,
             outcome.p99_ms,
-            100.0 * outcome.per_sec / bare_rate
+            100.0 * outcome.per_sec / bare_rate,
+            outcome.server_cpu_us,
+            100.0 * bare_cpu / outcome.server_cpu_us
         );
     }
     let _ = shutdown.send(());
@@ -428,7 +439,35 @@ struct Outcome {
     per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time of the server threads (user + system) per request, in microseconds.
+    server_cpu_us: f64,
 }
+
+/// CPU clock ticks (user + system) used so far by this process's threads named `server`.
+fn server_cpu_ticks() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let open = stat.find('(')?;
+            let close = stat.rfind(')')?;
+            if !stat[open + 1..close].starts_with("server") {
+                return None;
+            }
+            // Fields after the command: state is field 3; utime and stime are 14 and 15.
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// `clients` clients, each on its own connection, back to back until the deadline.
 async fn load(
@@ -479,6 +518,13 @@ async fn load(
             Ok::<_, String>(latencies)
         }));
     }
+    // The servers' CPU time over the measured window.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let before = server_cpu_ticks();
+        tokio::time::sleep_until(deadline.into()).await;
+        server_cpu_ticks().saturating_sub(before)
+    });
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.map_err(|e| e.to_string())??);
@@ -491,10 +537,12 @@ async fn load(
         let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         latencies[rank - 1].as_secs_f64() * 1000.0
     };
+    let ticks = cpu.await.map_err(|e| e.to_string())?;
     Ok(Outcome {
         per_sec: latencies.len() as f64 / settings.seconds as f64,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
+        server_cpu_us: ticks as f64 / CLOCK_TICKS_PER_SEC * 1e6 / latencies.len().max(1) as f64,
     })
 }
 

@@ -259,6 +259,17 @@ impl Server {
         })
     }
 
+    /// User + system CPU time of the server process so far, in clock ticks.
+    fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses: state is field 3,
+        // utime field 14 and stime field 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
     /// (VmRSS, VmHWM) in kB.
     fn memory_kb(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -411,6 +422,8 @@ struct Row {
     p99_ms: f64,
     batches: usize,
     check: String,
+    /// CPU time (user + system) the server process spent per batch, when it is known.
+    server_cpu_ms: Option<f64>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -441,8 +454,23 @@ fn row(scenario: &'static str, clients: usize, mut outcome: Outcome, elapsed: Du
         p99_ms: percentile(&outcome.latencies, 0.99),
         batches: outcome.batches,
         check,
+        server_cpu_ms: None,
     }
 }
+
+/// `r` with the server CPU time spent over its run (clock ticks of `/proc/<pid>/stat`).
+fn with_cpu(mut r: Row, before: Option<u64>, after: Option<u64>) -> Row {
+    if let (Some(before), Some(after)) = (before, after)
+        && r.batches > 0
+    {
+        let ms = after.saturating_sub(before) as f64 * 1000.0 / CLOCK_TICKS_PER_SEC;
+        r.server_cpu_ms = Some(ms / r.batches as f64);
+    }
+    r
+}
+
+/// `getconf CLK_TCK`: 100 on the Linux architectures this runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 async fn send(
     http: &reqwest::Client,
@@ -777,8 +805,13 @@ async fn run(settings: &Settings, db_url: &str, db_name: &str, prefix: &str) -> 
                 sent: Vec::new(),
             })
             .collect();
+        let cpu = server.cpu_ticks();
         let (students, outcome, elapsed) = fresh_run(&http, &url, &bank, students, duration).await;
-        let r = row("fresh", clients, outcome, elapsed);
+        let r = with_cpu(
+            row("fresh", clients, outcome, elapsed),
+            cpu,
+            server.cpu_ticks(),
+        );
         eprintln!(
             "  fresh x{clients}: {:.0} attempts/s ({})",
             r.per_sec, r.check
@@ -787,8 +820,13 @@ async fn run(settings: &Settings, db_url: &str, db_name: &str, prefix: &str) -> 
         by_clients.push((clients, students));
     }
     for (clients, students) in &by_clients {
+        let cpu = server.cpu_ticks();
         let (outcome, elapsed) = replay_run(&http, &url, students, duration).await;
-        let r = row("replay", *clients, outcome, elapsed);
+        let r = with_cpu(
+            row("replay", *clients, outcome, elapsed),
+            cpu,
+            server.cpu_ticks(),
+        );
         eprintln!(
             "  replay x{clients}: {:.0} attempts/s ({})",
             r.per_sec, r.check
@@ -855,16 +893,16 @@ fn print_table(rows: &[Row]) {
     };
     println!();
     println!(
-        "| scenario | clients | attempts/s | p50 ms | p99 ms | ratio to baseline | ratio to baseline 2×50 | vs fresh | batches | statuses |"
+        "| scenario | clients | attempts/s | p50 ms | p99 ms | ratio to baseline | ratio to baseline 2×50 | vs fresh | server CPU ms/batch | batches | statuses |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in rows {
         let vs_fresh = match (r.scenario, find("fresh", r.clients)) {
             ("replay", Some(f)) => format!("{:.1}×", r.per_sec / f),
             _ => "-".into(),
         };
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.clients,
             r.per_sec,
@@ -873,6 +911,9 @@ fn print_table(rows: &[Row]) {
             ratio(r.per_sec, find("baseline", r.clients)),
             ratio(r.per_sec, find("baseline 2×50", r.clients)),
             vs_fresh,
+            r.server_cpu_ms
+                .map(|ms| format!("{ms:.1}"))
+                .unwrap_or_else(|| "-".into()),
             r.batches,
             r.check
         );

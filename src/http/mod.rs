@@ -18,6 +18,7 @@ pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod middleware_layer;
+pub mod openapi;
 pub mod packages;
 pub mod sync;
 
@@ -45,6 +46,7 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
             get(packages::get_package).head(packages::get_package),
         )
         .route("/api/v1/sync/attempts:batch", post(sync::sync_batch))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

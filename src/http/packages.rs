@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use axum::{
     body::Body,
-    extract::{Path, Query, State, rejection::PathRejection, rejection::QueryRejection},
+    extract::{Path, Query, Request, State, rejection::PathRejection, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -98,9 +98,11 @@ pub async fn get_package(
     State(state): State<AppState>,
     _user: AuthUser,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    // The request itself (not a `HeaderMap`, which would clone every header).
+    request: Request,
 ) -> Result<Response, AppError> {
     let id = parse_package_id(path)?;
+    let headers = request.headers();
     let not_found = || AppError::NotFound(format!("no published package {id}"));
 
     let if_none_match = headers.get_all(header::IF_NONE_MATCH);

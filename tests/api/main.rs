@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod api_fuzz;
 mod auth;
 mod cli;
 mod cluster;

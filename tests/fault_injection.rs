@@ -1,0 +1,446 @@
+//! Fault-injection suite (issue 7): many simulated phones sync their offline queues
+//! against TWO real `examsync serve` processes sharing a private PostgreSQL cluster and a
+//! private Redis, both started by the test, while faults are injected:
+//!
+//! 1. responses lost after the server committed (a proxy in front of each instance reads
+//!    the whole response and closes the phone's connection instead of sending it);
+//! 2. Redis SIGKILLed and restarted empty a few seconds later;
+//! 3. PostgreSQL stopped (`pg_ctl stop -m fast`) for a few seconds and started again;
+//! 4. one instance SIGKILLed while a batch is in flight, restarted on the same port;
+//! 5. the same batch sent to both instances at once.
+//!
+//! When every queue has drained, the database must hold exactly one attempt and one
+//! idempotency record per key any phone was told ACKED/DUPLICATE (with the ids it was
+//! told), none for other keys, and session scores that count each question once.
+//!
+//! Needs `initdb`/`pg_ctl` (newest `/usr/lib/postgresql/*/bin`, `EXAMSYNC_PG_BIN`, or
+//! `PATH`) and `redis-server`; prints `SKIPPED: …` without them, or fails when
+//! `EXAMSYNC_REQUIRE_SERVICES=1`. The load phase lasts 60 s (`EXAMSYNC_SOAK_SECONDS`).
+#![allow(clippy::unwrap_used)]
+
+#[path = "fault_injection/checks.rs"]
+mod checks;
+#[path = "fault_injection/phone.rs"]
+mod phone;
+#[path = "fault_injection/proxy.rs"]
+mod proxy;
+#[path = "fault_injection/services.rs"]
+mod services;
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use examsync::auth::{Role, sign_token};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::json;
+use uuid::Uuid;
+
+use phone::{PhoneConfig, Question, Shared, Surface};
+use proxy::Proxy;
+use services::{PgCluster, RedisServer, ServeConfig, ServerProcess, Tools, tail};
+
+const SECRET: &str = "fault-injection-secret-0123456789abcdef";
+const PHONES: usize = 12;
+/// Phones 9..12 are second devices of the users of phones 0..3.
+const USERS: usize = 9;
+const QUESTIONS: usize = 150;
+const DROP_FRACTION: f64 = 0.10;
+const DEFAULT_LOAD_SECONDS: u64 = 60;
+/// After the load phase, how long the phones get to drain their queues.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Default)]
+struct Faults {
+    redis_restarts: u32,
+    pg_outages: u32,
+    instance_kills: u32,
+    /// Requests in flight through the killed instance's proxy at each kill.
+    in_flight_at_kills: Vec<usize>,
+    /// Requests in flight (both proxies) when PostgreSQL was stopped.
+    in_flight_at_pg_stops: Vec<usize>,
+    /// 503 / UNAVAILABLE answers the phones got during each PostgreSQL outage.
+    unavailable_per_outage: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillInstance(usize),
+    Redis,
+    Postgres,
+}
+
+fn services_required() -> bool {
+    std::env::var("EXAMSYNC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+fn load_duration() -> Duration {
+    let seconds = std::env::var("EXAMSYNC_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_LOAD_SECONDS);
+    Duration::from_secs(seconds.max(30))
+}
+
+/// The question bank, written to a JSON file and imported with `examsync questions import`.
+fn write_bank(path: &PathBuf, rng: &mut StdRng) -> Vec<Question> {
+    let bank: Vec<Question> = (0..QUESTIONS)
+        .map(|_| {
+            let options = rng.random_range(2..=5);
+            Question {
+                id: Uuid::new_v4(),
+                options,
+                correct: rng.random_range(0..options),
+            }
+        })
+        .collect();
+    let file: Vec<serde_json::Value> = bank
+        .iter()
+        .enumerate()
+        .map(|(n, q)| {
+            json!({
+                "id": q.id,
+                "stem": format!("Fault-injection question {n}"),
+                "options": (0..q.options).map(|o| format!("option {o}")).collect::<Vec<_>>(),
+                "correctIndex": q.correct,
+                "yearId": 1 + n % 3,
+                "blockId": 1 + n % 5,
+                "status": "PUBLISHED",
+            })
+        })
+        .collect();
+    std::fs::write(path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    bank
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn phones_sync_exactly_once_through_faults() {
+    let tools = match Tools::find() {
+        Ok(tools) => tools,
+        Err(missing) => {
+            assert!(
+                !services_required(),
+                "{missing}, but EXAMSYNC_REQUIRE_SERVICES=1"
+            );
+            eprintln!("SKIPPED: fault_injection: {missing}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let load = load_duration();
+    let seed: u64 = std::env::var("EXAMSYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // Guards, dropped in reverse order of creation on return or panic: proxies, instances,
+    // Redis, PostgreSQL (stopped, its directory removed), then the work directory.
+    let work = tempfile::Builder::new()
+        .prefix("examsync-fault-")
+        .tempdir()
+        .unwrap();
+    let mut pg = PgCluster::start(&tools).await.unwrap();
+    let admin = Database::connect(pg.admin_url()).await.unwrap();
+    admin
+        .execute_unprepared("CREATE DATABASE examsync")
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let database_url = pg.url("examsync");
+    let mut redis = RedisServer::start(&tools.redis_server, work.path())
+        .await
+        .unwrap();
+
+    let bank_file = work.path().join("bank.json");
+    let bank = Arc::new(write_bank(&bank_file, &mut rng));
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_examsync"));
+    let import = Command::new(&binary)
+        .args(["questions", "import"])
+        .arg(&bank_file)
+        .env("DATABASE_URL", &database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "questions import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let serve = ServeConfig {
+        binary,
+        database_url: database_url.clone(),
+        redis_url: redis.url(),
+        redis_prefix: "examsync-fault:".into(),
+        jwt_secret: SECRET.into(),
+    };
+    let mut instances = Vec::new();
+    for name in ["a", "b"] {
+        let log = work.path().join(format!("instance-{name}.log"));
+        instances.push(ServerProcess::start(&serve, log).await.unwrap());
+    }
+    let mut proxies = Vec::new();
+    for instance in &instances {
+        proxies.push(Proxy::start(instance.port, DROP_FRACTION).await);
+    }
+    let setup = started.elapsed();
+
+    // The phones.
+    let shared = Arc::new(Shared::new(proxies.iter().map(Proxy::base).collect()));
+    let users: Vec<Uuid> = (0..USERS).map(|_| Uuid::new_v4()).collect();
+    let phones: Vec<_> = (0..PHONES)
+        .map(|index| {
+            let user = users[index % USERS];
+            let config = PhoneConfig {
+                index,
+                user,
+                token: sign_token(SECRET, user, Role::Student, 24 * 3600).unwrap(),
+                surface: if index % 4 == 3 {
+                    Surface::Graphql
+                } else {
+                    Surface::Rest
+                },
+                sends_sent_at: index % 2 == 0,
+                seed: rng.random(),
+            };
+            tokio::spawn(phone::run(config, bank.clone(), shared.clone()))
+        })
+        .collect();
+
+    // Faults 2–4, one at a time, while the phones run (1 and 5 happen all along).
+    let load_end = Instant::now() + load;
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut faults = Faults::default();
+    let plan = [
+        Fault::Postgres,
+        Fault::KillInstance(0),
+        Fault::Redis,
+        Fault::KillInstance(1),
+        Fault::Postgres,
+        Fault::Redis,
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for fault in plan.iter().cycle() {
+        if Instant::now() + Duration::from_secs(8) > load_end {
+            break;
+        }
+        match *fault {
+            Fault::KillInstance(i) => {
+                // Aim at a moment when a batch is being processed by that instance.
+                let aim = Instant::now() + Duration::from_secs(3);
+                while proxies[i].stats.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < aim
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                faults
+                    .in_flight_at_kills
+                    .push(proxies[i].stats.in_flight.load(Ordering::SeqCst));
+                instances[i].kill();
+                faults.instance_kills += 1;
+                let down = rng.random_range(500..1500);
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                instances[i].restart().await.unwrap();
+            }
+            Fault::Redis => {
+                redis.kill();
+                faults.redis_restarts += 1;
+                let down = rng.random_range(2000..4000);
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                redis.restart().await.unwrap();
+            }
+            Fault::Postgres => {
+                // Longer than the pool's 5 s acquire timeout, so that requests arriving
+                // during the outage fail (503 + Retry-After) instead of only waiting.
+                // Aimed, like the SIGKILL, at a moment when batches are being processed, so
+                // that some transactions are cut in the middle.
+                let in_flight = || {
+                    proxies
+                        .iter()
+                        .map(|p| p.stats.in_flight.load(Ordering::SeqCst))
+                        .sum::<usize>()
+                };
+                let aim = Instant::now() + Duration::from_secs(3);
+                while in_flight() < 2 && Instant::now() < aim {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                faults.in_flight_at_pg_stops.push(in_flight());
+                let before = shared.stats.unavailable.load(Ordering::Relaxed);
+                pg.pg_stop("fast").await.unwrap();
+                faults.pg_outages += 1;
+                let down = rng.random_range(6000..8000);
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                pg.pg_start().await.unwrap();
+                for instance in &instances {
+                    assert!(
+                        wait_ready(&probe, &instance.base(), Duration::from_secs(30)).await,
+                        "instance on port {} not ready after PostgreSQL restarted",
+                        instance.port
+                    );
+                }
+                faults
+                    .unavailable_per_outage
+                    .push(shared.stats.unavailable.load(Ordering::Relaxed) - before);
+            }
+        }
+        let gap = rng.random_range(1500..3500);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+    tokio::time::sleep(load_end.saturating_duration_since(Instant::now())).await;
+    let load_elapsed = started.elapsed() - setup;
+
+    // Drain: no new answers; every queue must empty before the deadline.
+    shared.stop_generating.store(true, Ordering::SeqCst);
+    *shared.give_up_at.lock().unwrap() = Some(Instant::now() + DRAIN_DEADLINE);
+    let drain_started = Instant::now();
+    let mut reports = Vec::new();
+    for phone in phones {
+        reports.push(phone.await.unwrap());
+    }
+    let drain = drain_started.elapsed();
+
+    // The database.
+    let db = examsync::db::connect(&database_url, 2).await.unwrap();
+    let ledger = shared.ledger.lock().unwrap().clone();
+    let dropped_acks: Vec<Uuid> = proxies
+        .iter()
+        .flat_map(|p| p.stats.dropped_acks.lock().unwrap().clone())
+        .collect();
+    let report = checks::check(&db, &reports, &ledger, &dropped_acks).await;
+    db.close().await.ok();
+
+    let stats = &shared.stats;
+    let load_of =
+        |f: fn(&proxy::ProxyStats) -> u64| proxies.iter().map(|p| f(&p.stats)).sum::<u64>();
+    let dropped = load_of(|s| s.dropped.load(Ordering::Relaxed));
+    let dropped_ok = load_of(|s| s.dropped_ok.load(Ordering::Relaxed));
+    let upstream_failures = load_of(|s| s.upstream_failures.load(Ordering::Relaxed));
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    let error_lines: usize = instances
+        .iter()
+        .map(|i| {
+            std::fs::read_to_string(&i.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(" ERROR "))
+                .count()
+        })
+        .sum();
+    let summary = [
+        format!("fault_injection summary: phones={PHONES} users={USERS}"),
+        format!(
+            "attempts={} (acknowledged {}, changed answers {}, sessions {})",
+            report.generated, report.acknowledged, report.changed_answers, report.sessions
+        ),
+        format!(
+            "batches={} requests={} retries={}",
+            count(&stats.batches),
+            count(&stats.requests),
+            count(&stats.retries)
+        ),
+        format!(
+            "faults: responses dropped after commit={dropped_ok} (ACKs lost {}, recovered as \
+             DUPLICATE {}; {dropped} responses dropped in all)",
+            report.acks_dropped, report.acks_recovered_as_duplicate
+        ),
+        format!("redis restarts={}", faults.redis_restarts),
+        format!(
+            "postgres outages={} (requests in flight at stop {:?}; 503/UNAVAILABLE per outage {:?})",
+            faults.pg_outages, faults.in_flight_at_pg_stops, faults.unavailable_per_outage
+        ),
+        format!(
+            "instance SIGKILLs={} (requests in flight at kill {:?}; {upstream_failures} proxied \
+             requests cut)",
+            faults.instance_kills, faults.in_flight_at_kills
+        ),
+        format!(
+            "same batch to both instances={}",
+            count(&stats.duplicate_pairs)
+        ),
+        format!("replayed after the drain={} (all DUPLICATE)", count(&stats.replayed)),
+        format!(
+            "transport errors={} 503/UNAVAILABLE={} unexpected responses={} REJECTED={} still \
+             queued={}",
+            count(&stats.transport_errors),
+            count(&stats.unavailable),
+            count(&stats.unexpected),
+            count(&stats.rejected),
+            report.queued
+        ),
+        format!("server ERROR log lines={error_lines}"),
+        format!(
+            "attempts lost: {}, attempts doubled: {}, sessions mis-scored: {}",
+            report.lost, report.doubled, report.misscored_sessions
+        ),
+        format!(
+            "duration={:.1}s (setup {:.1}s, load {:.1}s, drain+replay {:.1}s) seed={seed}",
+            started.elapsed().as_secs_f64(),
+            setup.as_secs_f64(),
+            load_elapsed.as_secs_f64(),
+            drain.as_secs_f64()
+        ),
+    ]
+    .join(" | ");
+    println!("{summary}");
+    eprintln!("{summary}");
+
+    let mut violations: Vec<String> = shared.violations.lock().unwrap().clone();
+    violations.extend(report.violations.iter().cloned());
+    if !violations.is_empty() {
+        eprintln!("{} violations (first 40):", violations.len());
+        for v in violations.iter().take(40) {
+            eprintln!("  {v}");
+        }
+        for instance in &instances {
+            eprintln!(
+                "--- tail of {}:\n{}",
+                instance.log.display(),
+                tail(&instance.log, 40)
+            );
+        }
+        eprintln!("--- tail of the PostgreSQL log:\n{}", pg.log_tail(20));
+    }
+    assert!(faults.redis_restarts >= 1, "no Redis fault was injected");
+    assert!(faults.pg_outages >= 1, "no PostgreSQL fault was injected");
+    assert!(faults.instance_kills >= 1, "no instance was killed");
+    assert!(dropped_ok >= 1, "no response was dropped after a commit");
+    assert!(
+        faults.unavailable_per_outage.iter().sum::<u64>() >= 1,
+        "no request failed with 503/UNAVAILABLE during the PostgreSQL outages"
+    );
+    assert!(
+        stats.duplicate_pairs.load(Ordering::Relaxed) >= 1,
+        "no batch went to both instances"
+    );
+    assert_eq!(report.lost, 0, "attempts lost");
+    assert_eq!(report.doubled, 0, "attempts doubled");
+    assert_eq!(report.misscored_sessions, 0, "sessions mis-scored");
+    assert_eq!(report.rejected, 0, "items REJECTED under faults");
+    assert_eq!(
+        stats.rejected.load(Ordering::Relaxed),
+        0,
+        "REJECTED answers"
+    );
+    assert_eq!(report.queued, 0, "queues not drained");
+    assert!(violations.is_empty(), "{} violations", violations.len());
+    assert!(report.acknowledged > 0 && report.acknowledged == report.generated);
+}
