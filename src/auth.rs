@@ -4,7 +4,7 @@
 //! (required), optional `iat`, `jti` and `type` (must be `"access"` when present).
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -79,11 +79,17 @@ pub struct Claims {
     pub token_type: Option<String>,
 }
 
-/// Verifies tokens with the current key, then the previous one.
+/// Verifies tokens with the current key, then the previous one. Verified tokens are
+/// remembered until they expire (a phone sends the same token with every request), so
+/// the HMAC and JSON work is done once per token, not once per request.
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
+    verified: Mutex<HashMap<String, (AuthUser, i64)>>,
 }
+
+/// Past this many remembered tokens the memory is cleared (and refilled as tokens come).
+const VERIFIED_TOKENS_CAP: usize = 100_000;
 
 impl TokenVerifier {
     pub fn new(secret: &str, previous: Option<&str>) -> Self {
@@ -96,15 +102,37 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
         validation.validate_exp = true;
-        TokenVerifier { keys, validation }
+        TokenVerifier {
+            keys,
+            validation,
+            verified: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Verifies a bearer token and returns its user, or why it is refused.
     pub fn verify(&self, token: &str) -> AppResult<AuthUser> {
+        let now = unix_now();
+        if let Ok(verified) = self.verified.lock()
+            && let Some((user, exp)) = verified.get(token)
+            && *exp > now
+        {
+            return Ok(*user);
+        }
+        let (user, exp) = self.verify_signature(token)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_TOKENS_CAP {
+                verified.clear();
+            }
+            verified.insert(token.to_owned(), (user, exp));
+        }
+        Ok(user)
+    }
+
+    fn verify_signature(&self, token: &str) -> AppResult<(AuthUser, i64)> {
         let mut last_error = None;
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return claims_to_user(&data.claims),
+                Ok(data) => return claims_to_user(&data.claims).map(|u| (u, data.claims.exp)),
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last_error = Some(e),
                 Err(e) => return Err(token_error(&e)),
             }

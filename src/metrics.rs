@@ -47,6 +47,18 @@ pub fn handle() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
+            // Histograms keep their samples until upkeep folds them; do it even when
+            // nobody scrapes, so memory stays flat.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let upkeep = handle.clone();
+                runtime.spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
             // Only fails when a recorder is already installed (several apps in one test
             // process): then metrics keep flowing to the first one, which is this handle.
             let _ = metrics::set_global_recorder(recorder);

@@ -5,7 +5,7 @@
 //! 1. responses lost after the server committed (a proxy in front of each instance reads
 //!    the whole response and closes the phone's connection instead of sending it);
 //! 2. Redis SIGKILLed and restarted empty a few seconds later;
-//! 3. PostgreSQL stopped (`pg_ctl stop -m fast`) for a few seconds and started again;
+//! 3. PostgreSQL stopped (`pg_ctl stop -m fast`) for 6–8 s and started again;
 //! 4. one instance SIGKILLed while a batch is in flight, restarted on the same port;
 //! 5. the same batch sent to both instances at once.
 //!
