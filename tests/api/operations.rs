@@ -90,7 +90,7 @@ fn total(samples: &Samples, name: &str, filter: &[(&str, &str)]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_after_a_sync() {
+async fn metrics_move_after_a_sync_and_a_download() {
     let app = spawn_app(Backend::Sqlite).await;
     let q = bank(&app).await;
     let (_, token) = app.student();
@@ -153,6 +153,51 @@ async fn metrics_move_after_a_sync() {
             assert!(Uuid::parse_str(v).is_err(), "{name} has an id label {v}");
         }
     }
+
+    // A download and a revalidation.
+    let (_, built) = app
+        .graphql(
+            Some(&app.admin_token()),
+            "mutation { buildPackage(input: {name: \"Y1\", scope: YEAR, yearId: 1, publish: true}) { id versionHash } }",
+            Value::Null,
+        )
+        .await;
+    let package = built["data"]["buildPackage"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let etag = format!(
+        "W/\"{}\"",
+        built["data"]["buildPackage"]["versionHash"]
+            .as_str()
+            .unwrap()
+    );
+    let path = format!("/api/v1/tests/packages/{package}");
+    let before = metrics(&app).await;
+    let full = app
+        .get(&path, &token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), 200);
+    let not_modified = app
+        .get(&path, &token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+    let after = metrics(&app).await;
+    let downloads = |m, status, encoding| {
+        value(
+            m,
+            "examsync_package_downloads_total",
+            &[("status", status), ("encoding", encoding)],
+        )
+    };
+    assert!(downloads(&after, "200", "gzip") >= downloads(&before, "200", "gzip") + 1.0);
+    assert!(downloads(&after, "304", "none") >= downloads(&before, "304", "none") + 1.0);
 }
 
 backend_tests!(rate_limit_triggers_and_recovers);
