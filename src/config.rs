@@ -30,11 +30,16 @@ pub enum LogFormat {
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {
-    if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+cluster://")
-    {
+    if s.starts_with("rediss://") {
+        // The redis crate is built without TLS (no OpenSSL, no extra TLS stack here).
+        Err(
+            "TLS (rediss://) is not supported by this build; use redis:// on a private network"
+                .into(),
+        )
+    } else if s.starts_with("redis://") || s.starts_with("redis+cluster://") {
         Ok(s.to_owned())
     } else {
-        Err("must start with redis://, rediss:// or redis+cluster://".into())
+        Err("must start with redis:// or redis+cluster://".into())
     }
 }
 

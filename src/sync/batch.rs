@@ -912,7 +912,9 @@ impl Batch<'_> {
         let mut lost = Vec::new();
         for item in accepted {
             let SessionRef::Existing(session_id) = item.session else {
-                continue;
+                return Err(AppError::internal(
+                    "an applied attempt has no resolved session",
+                ));
             };
             match applied.get(&item.input.idempotency_key) {
                 Some(attempt_id) => {
