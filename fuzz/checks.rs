@@ -193,10 +193,9 @@ fn check_item(i: usize, item: &Value, parsed: &ParsedAttempt) {
 
 /// SPEC 8 asks for what JavaScript's `toISOString()` prints. For a UTC year outside 0..=9999
 /// (reachable from local years 0000 and 9999 with a ±23:59 offset) that is `+010000-…` or
-/// `-000001-…`, while the server prints `+10000-…` / `-0001-…`. Reported, not fixed here; while
-/// this is true both spellings are accepted for such years (and only for them). The ignored test
-/// `v1_extended_years_follow_to_iso_string` in `tests/fuzz_regressions.rs` is the strict check.
-pub const ACCEPT_CHRONO_EXTENDED_YEARS: bool = true;
+/// `-000001-…`; the server used to print chrono's `+10000-…` / `-0001-…` (found by this
+/// target, fixed in `payload_hash::to_iso_string`). `true` would tolerate the old spelling.
+pub const ACCEPT_CHRONO_EXTENDED_YEARS: bool = false;
 
 /// A question id and option index used by the raw-text mode.
 const RAW_QUESTION: [u8; 16] = [

@@ -1,7 +1,7 @@
 //! `payload_hash` (SPEC section 8): the v1 form (JCS, UTC millisecond `Z` time) and the
 //! legacy form the previous Python server computed (`json.dumps(sort_keys=True)` with
 //! Python's `isoformat()` and the client's own UTC offset).
-use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -13,15 +13,26 @@ pub fn canonical_v1(
     selected_option_index: i64,
     answered_at: &DateTime<FixedOffset>,
 ) -> String {
-    let utc = answered_at.with_timezone(&Utc);
     let payload = json!({
-        // `Millis` truncates: 59.123456 → 59.123, as toISOString() of a parsed date does.
-        "answered_at": utc.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "answered_at": to_iso_string(&answered_at.with_timezone(&Utc)),
         "question_id": question_id.hyphenated().to_string(),
         "selected_option_index": selected_option_index,
     });
     // Serializing a json! object of strings and an integer cannot fail.
     canonical_json(&payload).unwrap_or_default()
+}
+
+/// What JavaScript's `Date.prototype.toISOString()` prints: milliseconds truncated
+/// (59.123456 → 59.123), and for UTC years outside 0..=9999 the expanded `±YYYYYY` year.
+pub fn to_iso_string(utc: &DateTime<Utc>) -> String {
+    let year = utc.year();
+    let rest = utc.format("-%m-%dT%H:%M:%S%.3fZ");
+    if (0..=9999).contains(&year) {
+        format!("{year:04}{rest}")
+    } else {
+        let sign = if year < 0 { '-' } else { '+' };
+        format!("{sign}{:06}{rest}", year.unsigned_abs())
+    }
 }
 
 /// Python's `datetime.isoformat()` of an aware datetime: microseconds only when non-zero.
