@@ -1,35 +1,48 @@
 //! Sync load benchmark (docs/benchmarks.md, "## Sync").
 //!
 //! ```text
+//! cargo build --release --example bench_sync
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
 //! BENCH_REDIS_URL=redis://127.0.0.1:6379 \
-//! cargo run --release --example bench_sync
+//!   target/release/examples/bench_sync                       # BENCH_SUITE=postgres
+//! BENCH_SUITE=sqlite target/release/examples/bench_sync      # a temporary SQLite file
+//! BENCH_SUITE=scale BENCH_DATABASE_URL=… BENCH_REDIS_URL=… \
+//!   target/release/examples/bench_sync                       # 10 million stored attempts
 //! ```
 //!
-//! What it does:
-//! 1. creates a fresh PostgreSQL database next to `BENCH_DATABASE_URL` (dropped at the end),
-//!    migrates it and seeds `BENCH_QUESTIONS` (2,000) questions with
-//!    `examsync::questions::import_questions`;
-//! 2. starts the server as a child process — this executable re-executed with `--serve`,
-//!    which reads the same env settings as `examsync serve` (`examsync::cli::Cli`) and runs
-//!    `Application::build` + `run_until_stopped` — with `EXAMSYNC_RATE_LIMIT_PER_MINUTE=0`,
-//!    Redis at `BENCH_REDIS_URL` under a unique key prefix (its keys are deleted at the end).
-//!    `BENCH_SERVER_BIN=target/release/examsync` runs that binary (`serve`) instead;
-//! 3. for each client count of `BENCH_CLIENTS` (1,4,16): every client is a distinct student
-//!    with its own token and sends fresh batches of 100 attempts (new idempotency keys, a v1
-//!    `payload_hash`, one new offline session per batch, 100 distinct random questions,
-//!    random options) to `POST /api/v1/sync/attempts:batch` for `BENCH_SECONDS`;
-//! 4. then the same clients replay the batches they sent (every item must be `duplicate`);
-//! 5. the baseline: the same clients insert rows generated the same way, 100 per plain
-//!    multi-row `INSERT … ON CONFLICT DO NOTHING` statement, into a scratch table
-//!    `CREATE TABLE … (LIKE attempts INCLUDING ALL)` through sea-orm/sqlx, with a pool the
-//!    size of the server's;
-//! 6. prints attempts/s, p99 batch latency and the ratio to the baseline, and the server's
-//!    peak RSS (`VmHWM` of the child process: the load generator is not counted).
+//! Every figure is set against **the ceiling measured in the same round**: N clients each
+//! running transactions of two 100-row `INSERT … VALUES … ON CONFLICT DO NOTHING`, one into
+//! an attempts-shaped table and one into an idempotency-shaped table (`ceiling.rs`);
+//! ceiling = 100 × transactions/s. A round measures, for each client count of
+//! `BENCH_CLIENTS` (1,4,16): the ceiling, fresh batches (100 new attempts, new keys, one new
+//! offline session per batch, every item must be `acked`), then replays of those batches
+//! (every item must be `duplicate`). `BENCH_ROUNDS` rounds (3) of `BENCH_SECONDS` (5) per
+//! scenario; the table gives the median of the rounds, ratios taken within each round.
 //!
-//! Other settings: `BENCH_DB_POOL_SIZE` (server and baseline pool, default 10),
-//! `BENCH_PG_LOG_STATEMENTS=1` (sets `log_statement = 'all'` on the bench database, to count
-//! SQL statements per batch in the PostgreSQL log).
+//! The server is a child process (this executable re-run with `--serve`, which runs what
+//! `examsync serve` runs; or `BENCH_SERVER_BIN`), pinned with `taskset` to core 0, while
+//! this process (the load generator and the ceiling's client) pins itself to core 1
+//! (`BENCH_PIN=0` turns pinning off). The server's peak RSS and CPU time are its own.
+//!
+//! Suites (`BENCH_SUITE`):
+//! - `postgres`: a fresh PostgreSQL database next to `BENCH_DATABASE_URL` (dropped at the
+//!   end), Redis at `BENCH_REDIS_URL` under a unique key prefix (deleted at the end).
+//! - `sqlite`: the embedded default (WAL, `synchronous=FULL`), a temporary directory; the
+//!   ceiling runs on a second file in it opened with the server's settings.
+//! - `scale`: two databases, one empty and one seeded by `seed.rs` with `BENCH_SCALE_ATTEMPTS`
+//!   (10,000,000) attempts over `BENCH_SCALE_USERS` (20,000) users, of which
+//!   `BENCH_HEAVY_USERS` (16) hold `BENCH_HEAVY_ATTEMPTS` (50,000) each; the clients sync as
+//!   those heavy users. Rounds first on the seeded database never analyzed, then after
+//!   `ANALYZE`.
+//!
+//! Other settings: `BENCH_QUESTIONS` (2,000), `BENCH_DB_POOL_SIZE` (10; server pool),
+//! `BENCH_PG_LOG_MIN_MS` (sets `log_min_duration_statement` on the bench databases, for the
+//! statement profile), `BENCH_SERVER_LOG` (`RUST_LOG` of the server, `info`).
+#[path = "bench_sync/ceiling.rs"]
+mod ceiling;
+#[path = "bench_sync/seed.rs"]
+mod seed;
+
 use std::{
     collections::HashMap,
     net::TcpListener,
@@ -48,7 +61,7 @@ use examsync::{
     sync::payload_hash::v1_hash,
 };
 use rand::Rng;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -56,6 +69,17 @@ const SECRET: &str = "bench-sync-secret-0123456789abcdef";
 const BATCH: usize = 100;
 
 fn main() -> ExitCode {
+    let serve_mode = std::env::args().nth(1).as_deref() == Some("--serve");
+    // Pin before the runtime starts its threads: they inherit the main thread's affinity.
+    if !serve_mode && pinning() {
+        let pinned = Command::new("taskset")
+            .args(["-cp", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+        if !pinned.is_ok_and(|s| s.success()) {
+            eprintln!("warning: taskset failed; the load generator is not pinned");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,7 +90,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let serve_mode = std::env::args().nth(1).as_deref() == Some("--serve");
     let outcome = if serve_mode {
         runtime.block_on(serve())
     } else {
@@ -79,6 +102,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Server on core 0, load on core 1: only on a machine with at least two cores.
+fn pinning() -> bool {
+    std::env::var("BENCH_PIN").map_or(true, |v| v != "0")
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
 /// The child: `examsync serve` minus `--demo`, configured from the environment.
@@ -97,15 +126,26 @@ async fn serve() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Suite {
+    Postgres,
+    Sqlite,
+    Scale,
+}
+
 struct Settings {
+    suite: Suite,
     admin_url: String,
     redis_url: Option<String>,
     seconds: u64,
+    rounds: usize,
     clients: Vec<usize>,
     questions: usize,
     pool_size: u32,
-    log_statements: bool,
+    log_min_ms: Option<u64>,
     server_bin: Option<String>,
+    pin: bool,
+    scale: seed::Plan,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -116,26 +156,51 @@ impl Settings {
     fn from_env() -> Result<Settings, String> {
         let parse = |name: &str, default: &str| -> Result<u64, String> {
             env_or(name, default)
+                .replace('_', "")
                 .parse::<u64>()
                 .map_err(|_| format!("{name} must be a number"))
         };
-        let clients = env_or("BENCH_CLIENTS", "1,4,16")
+        let suite = match env_or("BENCH_SUITE", "postgres").as_str() {
+            "postgres" => Suite::Postgres,
+            "sqlite" => Suite::Sqlite,
+            "scale" => Suite::Scale,
+            other => return Err(format!("BENCH_SUITE={other}: postgres, sqlite or scale")),
+        };
+        let default_clients = if suite == Suite::Scale { "4,16" } else { "1,4,16" };
+        let clients = env_or("BENCH_CLIENTS", default_clients)
             .split(',')
             .map(|c| c.trim().parse::<usize>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| "BENCH_CLIENTS must be a comma list of numbers".to_owned())?;
+        let scale = seed::Plan {
+            attempts: parse("BENCH_SCALE_ATTEMPTS", "10000000")?,
+            users: parse("BENCH_SCALE_USERS", "20000")?,
+            heavy_users: parse("BENCH_HEAVY_USERS", "16")?,
+            heavy_attempts: parse("BENCH_HEAVY_ATTEMPTS", "50000")?,
+        };
+        if suite == Suite::Scale && clients.iter().any(|&c| c as u64 > scale.heavy_users) {
+            return Err("BENCH_CLIENTS: each client syncs as its own heavy user; raise \
+                        BENCH_HEAVY_USERS"
+                .into());
+        }
         Ok(Settings {
+            suite,
             admin_url: env_or(
                 "BENCH_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/test",
             ),
             redis_url: std::env::var("BENCH_REDIS_URL").ok(),
-            seconds: parse("BENCH_SECONDS", "6")?,
+            seconds: parse("BENCH_SECONDS", "5")?,
+            rounds: parse("BENCH_ROUNDS", "3")?.max(1) as usize,
             clients,
             questions: parse("BENCH_QUESTIONS", "2000")? as usize,
             pool_size: parse("BENCH_DB_POOL_SIZE", "10")? as u32,
-            log_statements: std::env::var("BENCH_PG_LOG_STATEMENTS").is_ok_and(|v| v == "1"),
+            log_min_ms: std::env::var("BENCH_PG_LOG_MIN_MS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             server_bin: std::env::var("BENCH_SERVER_BIN").ok(),
+            pin: pinning(),
+            scale,
         })
     }
 }
@@ -162,31 +227,63 @@ fn replace_database(url: &str, name: &str) -> String {
 async fn bench() -> Result<(), String> {
     let settings = Settings::from_env()?;
     let run_id = Uuid::new_v4().simple().to_string();
-    let db_name = format!("examsync_bench_{run_id}");
     let prefix = format!("examsync-bench:{run_id}:");
+    let names: Vec<String> = match settings.suite {
+        Suite::Postgres => vec![format!("examsync_bench_{run_id}")],
+        Suite::Scale => vec![
+            format!("examsync_bench_{run_id}_empty"),
+            format!("examsync_bench_{run_id}_scale"),
+        ],
+        Suite::Sqlite => Vec::new(),
+    };
+    let admin = if names.is_empty() {
+        None
+    } else {
+        let admin = examsync::db::connect(&settings.admin_url, 1)
+            .await
+            .map_err(|e| format!("cannot connect to BENCH_DATABASE_URL: {e}"))?;
+        for name in &names {
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .map_err(|e| format!("create database: {e}"))?;
+            if let Some(ms) = settings.log_min_ms {
+                admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{name}\" SET log_min_duration_statement = {ms}"
+                    ))
+                    .await
+                    .map_err(|e| format!("log_min_duration_statement: {e}"))?;
+            }
+        }
+        Some(admin)
+    };
+    let urls: Vec<String> = names
+        .iter()
+        .map(|n| replace_database(&settings.admin_url, n))
+        .collect();
 
-    let admin = examsync::db::connect(&settings.admin_url, 1)
-        .await
-        .map_err(|e| format!("cannot connect to BENCH_DATABASE_URL: {e}"))?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{db_name}\""))
-        .await
-        .map_err(|e| format!("create database: {e}"))?;
-    let db_url = replace_database(&settings.admin_url, &db_name);
-
-    // Ctrl-C or SIGTERM still cleans up: dropping `run` kills the server child.
+    // Ctrl-C or SIGTERM still cleans up: dropping the suite kills the server children.
     let outcome = tokio::select! {
-        outcome = run(&settings, &db_url, &db_name, &prefix) => outcome,
+        outcome = async {
+            match settings.suite {
+                Suite::Postgres => postgres_suite(&settings, &urls[0], &prefix).await,
+                Suite::Sqlite => sqlite_suite(&settings).await,
+                Suite::Scale => scale_suite(&settings, &urls[0], &urls[1], &prefix).await,
+            }
+        } => outcome,
         _ = examsync::app::shutdown_signal() => Err("interrupted".into()),
     };
 
     // Cleanup, whatever happened.
-    let _ = admin
-        .execute_unprepared(&format!(
-            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-        ))
-        .await;
-    let _ = admin.close().await;
+    if let Some(admin) = admin {
+        for name in &names {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+        let _ = admin.close().await;
+    }
     if let Some(url) = &settings.redis_url {
         delete_redis_keys(url, &prefix).await;
     }
@@ -218,25 +315,36 @@ struct Server {
 }
 
 impl Server {
-    fn start(settings: &Settings, db_url: &str, prefix: &str) -> Result<Server, String> {
+    /// Starts the server on `db_url`, with Redis when `redis_url` is given; pinned to core 0
+    /// when `settings.pin`.
+    fn start(
+        settings: &Settings,
+        db_url: &str,
+        redis_url: Option<&str>,
+        prefix: &str,
+    ) -> Result<Server, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
         let log_path = std::env::temp_dir().join(format!("examsync-bench-{port}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| format!("server log: {e}"))?;
-        let mut command = match &settings.server_bin {
-            Some(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("serve");
-                c
-            }
-            None => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let mut c = Command::new(exe);
-                c.arg("--serve");
-                c
-            }
+        let (program, arg) = match &settings.server_bin {
+            Some(bin) => (std::path::PathBuf::from(bin), "serve"),
+            None => (
+                std::env::current_exe().map_err(|e| e.to_string())?,
+                "--serve",
+            ),
+        };
+        // `taskset` execs the program: the child's pid is the server's.
+        let mut command = if settings.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(program).arg(arg);
+            c
+        } else {
+            let mut c = Command::new(program);
+            c.arg(arg);
+            c
         };
         command
             .env("DATABASE_URL", db_url)
@@ -249,7 +357,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        match &settings.redis_url {
+        match redis_url {
             Some(url) => command.env("REDIS_URL", url),
             None => command.env_remove("REDIS_URL"),
         };
@@ -428,6 +536,8 @@ struct Row {
     check: String,
     /// CPU time (user + system) the server process spent per batch, when it is known.
     server_cpu_ms: Option<f64>,
+    /// Every item came back with the expected status and no request failed.
+    ok: bool,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -438,8 +548,19 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
-fn row(scenario: &'static str, clients: usize, mut outcome: Outcome, elapsed: Duration) -> Row {
+/// The figures of one run; `expected` is the status every item must have.
+fn row(
+    scenario: &'static str,
+    clients: usize,
+    mut outcome: Outcome,
+    elapsed: Duration,
+    expected: &str,
+) -> Row {
     outcome.latencies.sort();
+    let ok = outcome.errors == 0
+        && outcome.items > 0
+        && outcome.statuses.keys().all(|k| k == expected)
+        && outcome.statuses.get(expected).is_some_and(|n| *n >= outcome.items);
     let mut statuses: Vec<_> = outcome.statuses.iter().collect();
     statuses.sort();
     let mut check = statuses
@@ -459,6 +580,7 @@ fn row(scenario: &'static str, clients: usize, mut outcome: Outcome, elapsed: Du
         batches: outcome.batches,
         check,
         server_cpu_ms: None,
+        ok,
     }
 }
 
@@ -588,121 +710,7 @@ async fn replay_run(
     (total, started.elapsed())
 }
 
-const BASELINE_COLUMNS: &str = "id, user_id, session_id, question_id, package_id, \
-     client_attempt_id, idempotency_key, payload_hash, selected_option_index, is_correct, \
-     answered_at, answered_at_raw, clock_skew_ms, received_at";
-
-fn baseline_statement(user: Uuid, attempts: &[Attempt]) -> Statement {
-    const COLUMNS: usize = 14;
-    let now = Utc::now();
-    let mut sql = format!("INSERT INTO bench_baseline ({BASELINE_COLUMNS}) VALUES ");
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(attempts.len() * COLUMNS);
-    for (row, a) in attempts.iter().enumerate() {
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for col in 0..COLUMNS {
-            if col > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("${}", row * COLUMNS + col + 1));
-        }
-        sql.push(')');
-        values.extend([
-            Uuid::new_v4().into(),
-            user.into(),
-            a.offline_session_id.into(),
-            a.question_id.into(),
-            Option::<Uuid>::None.into(),
-            a.client_attempt_id.into(),
-            a.idempotency_key.into(),
-            a.payload_hash.clone().into(),
-            (a.selected_option_index as i32).into(),
-            a.is_correct.into(),
-            a.answered_at.into(),
-            a.answered_at.fixed_offset().to_rfc3339().into(),
-            Some(0i64).into(),
-            now.into(),
-        ]);
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
-
-/// Inserts one batch of rows: one autocommitted statement when `chunk` is the batch size,
-/// else statements of `chunk` rows in one transaction.
-async fn baseline_insert(
-    db: &DatabaseConnection,
-    user: Uuid,
-    attempts: &[Attempt],
-    chunk: usize,
-) -> Result<u64, sea_orm::DbErr> {
-    if chunk >= attempts.len() {
-        return Ok(db
-            .execute_raw(baseline_statement(user, attempts))
-            .await?
-            .rows_affected());
-    }
-    let txn = db.begin().await?;
-    let mut inserted = 0;
-    for rows in attempts.chunks(chunk) {
-        inserted += txn
-            .execute_raw(baseline_statement(user, rows))
-            .await?
-            .rows_affected();
-    }
-    txn.commit().await?;
-    Ok(inserted)
-}
-
-async fn baseline_run(
-    db: &DatabaseConnection,
-    bank: &Arc<Bank>,
-    clients: usize,
-    chunk: usize,
-    duration: Duration,
-) -> (Outcome, Duration) {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (db, bank) = (db.clone(), bank.clone());
-            tokio::spawn(async move {
-                let user = Uuid::new_v4();
-                let mut outcome = Outcome::default();
-                while Instant::now() < deadline {
-                    let attempts = bank.batch();
-                    let t = Instant::now();
-                    let result = baseline_insert(&db, user, &attempts, chunk).await;
-                    outcome.latencies.push(t.elapsed());
-                    match result {
-                        Ok(inserted) => {
-                            outcome.batches += 1;
-                            outcome.items += BATCH;
-                            *outcome.statuses.entry("inserted".into()).or_default() +=
-                                inserted as usize;
-                        }
-                        Err(e) => {
-                            eprintln!("  baseline insert failed: {e}");
-                            outcome.errors += 1;
-                        }
-                    }
-                }
-                outcome
-            })
-        })
-        .collect();
-    let mut total = Outcome::default();
-    for task in tasks {
-        if let Ok(outcome) = task.await {
-            total.merge(outcome);
-        }
-    }
-    (total, started.elapsed())
-}
-
-async fn seed(db: &DatabaseConnection, count: usize) -> Result<Bank, String> {
+async fn seed_questions(db: &DatabaseConnection, count: usize) -> Result<Bank, String> {
     let items: Vec<QuestionInput> = {
         let mut rng = rand::rng();
         (0..count)
@@ -743,7 +751,10 @@ async fn seed(db: &DatabaseConnection, count: usize) -> Result<Bank, String> {
 
 async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
     match db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
         .await
     {
         Ok(Some(row)) => row.try_get::<i64>("", "n").unwrap_or(-1),
@@ -751,195 +762,544 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
     }
 }
 
-async fn run(settings: &Settings, db_url: &str, db_name: &str, prefix: &str) -> Result<(), String> {
-    let duration = Duration::from_secs(settings.seconds);
-    let db = examsync::db::connect(db_url, settings.pool_size)
+/// Migrates the database at `url` and seeds the question bank.
+async fn prepare(settings: &Settings, url: &str) -> Result<(DatabaseConnection, Arc<Bank>), String> {
+    let db = examsync::db::connect(url, 2)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     examsync::db::migrate(&db)
         .await
         .map_err(|e| format!("migrate: {e}"))?;
-    let bank = Arc::new(seed(&db, settings.questions).await?);
-    if settings.log_statements {
-        db.execute_unprepared(&format!(
-            "ALTER DATABASE \"{db_name}\" SET log_statement = 'all'"
-        ))
-        .await
-        .map_err(|e| format!("log_statement: {e}"))?;
-    }
+    let bank = Arc::new(seed_questions(&db, settings.questions).await?);
+    Ok((db, bank))
+}
 
-    let http = reqwest::Client::builder()
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .no_brotli()
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| e.to_string())?;
-    let mut server = Server::start(settings, db_url, prefix)?;
-    server.wait_ready(&http).await?;
-    let idle = server.memory_kb();
-    let url = format!("{}/api/v1/sync/attempts:batch", server.base);
+        .map_err(|e| e.to_string())
+}
 
-    // Warm-up (not measured): opens the server's pool connections and the HTTP connections.
-    let warm: Vec<Student> = (0..settings.pool_size as usize)
-        .map(|_| Student {
-            token: sign_token(SECRET, Uuid::new_v4(), Role::Student, 3600).unwrap_or_default(),
+fn students(ids: impl IntoIterator<Item = Uuid>) -> Vec<Student> {
+    ids.into_iter()
+        .map(|id| Student {
+            token: sign_token(SECRET, id, Role::Student, 4 * 3600).unwrap_or_default(),
             sent: Vec::new(),
         })
-        .collect();
-    let _ = fresh_run(&http, &url, &bank, warm, Duration::from_millis(1500)).await;
+        .collect()
+}
 
+fn new_students(n: usize) -> Vec<Student> {
+    students((0..n).map(|_| Uuid::new_v4()))
+}
+
+/// Starts a server and warms it up (pool connections, HTTP connections, caches): not
+/// measured. Returns it with its batch URL and the keys the warm-up sent.
+async fn start_server(
+    settings: &Settings,
+    http: &reqwest::Client,
+    bank: &Arc<Bank>,
+    db_url: &str,
+    redis_url: Option<&str>,
+    prefix: &str,
+) -> Result<(Server, String, usize), String> {
+    let mut server = Server::start(settings, db_url, redis_url, prefix)?;
+    server.wait_ready(http).await?;
+    let url = format!("{}/api/v1/sync/attempts:batch", server.base);
+    let warm = new_students(settings.pool_size as usize);
+    let (warm, _, _) = fresh_run(http, &url, bank, warm, Duration::from_millis(1500)).await;
+    let sent = warm.iter().map(|s| s.sent.len() * BATCH).sum();
+    Ok((server, url, sent))
+}
+
+/// Where the ceiling runs.
+enum CeilingOn<'a> {
+    Postgres(&'a str),
+    Sqlite(&'a DatabaseConnection),
+}
+
+async fn ceiling_row(
+    on: &CeilingOn<'_>,
+    bank: &Arc<Bank>,
+    clients: usize,
+    duration: Duration,
+) -> Result<Row, String> {
+    let (outcome, elapsed) = match on {
+        CeilingOn::Postgres(url) => ceiling::pg_run(url, bank, clients, duration).await?,
+        CeilingOn::Sqlite(db) => ceiling::sqlite_run(db, bank, clients, duration).await,
+    };
+    Ok(row("ceiling", clients, outcome, elapsed, "inserted"))
+}
+
+/// Fresh batches from `students`, then (when `replay`) the same batches again.
+async fn fresh_then_replay(
+    http: &reqwest::Client,
+    server: &Server,
+    url: &str,
+    bank: &Arc<Bank>,
+    students: Vec<Student>,
+    duration: Duration,
+    replay: bool,
+) -> (Row, Option<Row>, usize) {
+    let clients = students.len();
+    let cpu = server.cpu_ticks();
+    let (students, outcome, elapsed) = fresh_run(http, url, bank, students, duration).await;
+    let fresh = with_cpu(
+        row("fresh", clients, outcome, elapsed, "acked"),
+        cpu,
+        server.cpu_ticks(),
+    );
+    let sent = students.iter().map(|s| s.sent.len() * BATCH).sum();
+    if !replay {
+        return (fresh, None, sent);
+    }
+    let cpu = server.cpu_ticks();
+    let (outcome, elapsed) = replay_run(http, url, &students, duration).await;
+    let replayed = with_cpu(
+        row("replay", clients, outcome, elapsed, "duplicate"),
+        cpu,
+        server.cpu_ticks(),
+    );
+    (fresh, Some(replayed), sent)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// One round's figures for one client count.
+struct Round {
+    ceiling: Row,
+    fresh: Row,
+    replay: Row,
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map(|ms| format!("{ms:.1}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The median table of a PostgreSQL or SQLite suite, and the aims.
+fn print_rounds(title: &str, clients: &[usize], rounds: &HashMap<usize, Vec<Round>>) {
+    println!();
+    println!("{title}: median of {} round(s)", rounds.values().map(Vec::len).max().unwrap_or(0));
+    println!();
     println!(
-        "examsync sync benchmark: {} questions, batches of {BATCH}, {} s per scenario, \
-         server pool {}, Redis {}",
+        "| clients | ceiling attempts/s | fresh attempts/s | fresh ÷ ceiling | fresh p50 / p99 ms | replay attempts/s | replay ÷ fresh | server CPU ms per fresh / replay batch | all statuses as expected |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for c in clients {
+        let Some(rs) = rounds.get(c) else { continue };
+        let m = |f: &dyn Fn(&Round) -> f64| median(rs.iter().map(f).collect());
+        let ok = rs.iter().all(|r| r.ceiling.ok && r.fresh.ok && r.replay.ok);
+        println!(
+            "| {c} | {:.0} | {:.0} | {:.1}% | {:.1} / {:.1} | {:.0} | {:.1}× | {} / {} | {} |",
+            m(&|r| r.ceiling.per_sec),
+            m(&|r| r.fresh.per_sec),
+            100.0 * m(&|r| r.fresh.per_sec / r.ceiling.per_sec),
+            m(&|r| r.fresh.p50_ms),
+            m(&|r| r.fresh.p99_ms),
+            m(&|r| r.replay.per_sec),
+            m(&|r| r.replay.per_sec / r.fresh.per_sec),
+            opt_ms(Some(m(&|r| r.fresh.server_cpu_ms.unwrap_or(f64::NAN)))),
+            opt_ms(Some(m(&|r| r.replay.server_cpu_ms.unwrap_or(f64::NAN)))),
+            if ok { "yes" } else { "NO" },
+        );
+    }
+    println!();
+    for c in clients {
+        let Some(rs) = rounds.get(c) else { continue };
+        let m = |f: &dyn Fn(&Round) -> f64| median(rs.iter().map(f).collect());
+        let share = m(&|r| r.fresh.per_sec / r.ceiling.per_sec);
+        let replay = m(&|r| r.replay.per_sec / r.fresh.per_sec);
+        let p99 = m(&|r| r.fresh.p99_ms);
+        let mut line = format!(
+            "{c} client(s): fresh {:.1}% of the ceiling (aim ≥ 30%: {}); replays {replay:.1}× fresh (aim ≥ 3×: {})",
+            100.0 * share,
+            verdict(share >= 0.3),
+            verdict(replay >= 3.0)
+        );
+        if *c == 4 {
+            line.push_str(&format!("; p99 {p99:.1} ms (aim ≤ 25 ms: {})", verdict(p99 <= 25.0)));
+        }
+        println!("{line}");
+    }
+}
+
+fn print_rss(idle: Option<(u64, u64)>, peak: Option<(u64, u64)>) {
+    match (idle, peak) {
+        (Some((idle_rss, _)), Some((rss, hwm))) => println!(
+            "server RSS: {:.1} MB idle after start, {:.1} MB at the end, peak (VmHWM) {:.1} MB (aim ≤ 100 MB: {})",
+            idle_rss as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            verdict(hwm <= 100 * 1024)
+        ),
+        _ => println!("server RSS: unavailable (no /proc)"),
+    }
+}
+
+fn print_round(label: &str, r: &Round) {
+    eprintln!(
+        "  {label} x{}: ceiling {:.0}, fresh {:.0} ({:.1}%, p50 {:.1} p99 {:.1} ms, {}), replay {:.0} ({})",
+        r.fresh.clients,
+        r.ceiling.per_sec,
+        r.fresh.per_sec,
+        100.0 * r.fresh.per_sec / r.ceiling.per_sec,
+        r.fresh.p50_ms,
+        r.fresh.p99_ms,
+        r.fresh.check,
+        r.replay.per_sec,
+        r.replay.check
+    );
+}
+
+fn header(settings: &Settings, what: &str) {
+    println!(
+        "examsync sync benchmark, {what}: {} questions, batches of {BATCH}, {} s per scenario, \
+         {} round(s), server pool {}, {}",
         settings.questions,
         settings.seconds,
+        settings.rounds,
         settings.pool_size,
-        if settings.redis_url.is_some() {
-            "on"
+        if settings.pin {
+            "server pinned to core 0, load generator to core 1"
         } else {
-            "off (in-process cache)"
+            "not pinned"
         }
     );
-    let mut rows = Vec::new();
-    let mut by_clients: Vec<(usize, Vec<Student>)> = Vec::new();
-    for &clients in &settings.clients {
-        let students: Vec<Student> = (0..clients)
-            .map(|_| Student {
-                token: sign_token(SECRET, Uuid::new_v4(), Role::Student, 3600).unwrap_or_default(),
-                sent: Vec::new(),
-            })
-            .collect();
-        let cpu = server.cpu_ticks();
-        let (students, outcome, elapsed) = fresh_run(&http, &url, &bank, students, duration).await;
-        let r = with_cpu(
-            row("fresh", clients, outcome, elapsed),
-            cpu,
-            server.cpu_ticks(),
-        );
-        eprintln!(
-            "  fresh x{clients}: {:.0} attempts/s ({})",
-            r.per_sec, r.check
-        );
-        rows.push(r);
-        by_clients.push((clients, students));
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the start: {}", load.trim());
     }
-    for (clients, students) in &by_clients {
-        let cpu = server.cpu_ticks();
-        let (outcome, elapsed) = replay_run(&http, &url, students, duration).await;
-        let r = with_cpu(
-            row("replay", *clients, outcome, elapsed),
-            cpu,
-            server.cpu_ticks(),
-        );
-        eprintln!(
-            "  replay x{clients}: {:.0} attempts/s ({})",
-            r.per_sec, r.check
-        );
-        rows.push(r);
-    }
-    let peak = server.memory_kb();
-    let sent_keys: usize = by_clients
-        .iter()
-        .flat_map(|(_, s)| s.iter().map(|s| s.sent.len() * BATCH))
-        .sum();
-    drop(server);
+}
 
-    db.execute_unprepared("CREATE TABLE bench_baseline (LIKE attempts INCLUDING ALL)")
-        .await
-        .map_err(|e| format!("scratch table: {e}"))?;
-    for (scenario, chunk) in [("baseline", BATCH), ("baseline 2×50", BATCH / 2)] {
+fn print_load_end() {
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the end: {}", load.trim());
+    }
+}
+
+async fn postgres_suite(settings: &Settings, db_url: &str, prefix: &str) -> Result<(), String> {
+    let duration = Duration::from_secs(settings.seconds);
+    let (db, bank) = prepare(settings, db_url).await?;
+    ceiling::pg_setup(db_url).await?;
+    let http = http_client()?;
+    let redis = settings.redis_url.as_deref();
+    let (server, url, mut sent) =
+        start_server(settings, &http, &bank, db_url, redis, prefix).await?;
+    let idle = server.memory_kb();
+    header(
+        settings,
+        if redis.is_some() {
+            "PostgreSQL + Redis"
+        } else {
+            "PostgreSQL, no Redis (in-process cache)"
+        },
+    );
+    let on = CeilingOn::Postgres(db_url);
+    let mut rounds: HashMap<usize, Vec<Round>> = HashMap::new();
+    for round in 1..=settings.rounds {
         for &clients in &settings.clients {
-            let (outcome, elapsed) = baseline_run(&db, &bank, clients, chunk, duration).await;
-            let r = row(scenario, clients, outcome, elapsed);
-            eprintln!("  {scenario} x{clients}: {:.0} rows/s", r.per_sec);
-            rows.push(r);
+            let ceiling = ceiling_row(&on, &bank, clients, duration).await?;
+            let (fresh, replay, n) = fresh_then_replay(
+                &http,
+                &server,
+                &url,
+                &bank,
+                new_students(clients),
+                duration,
+                true,
+            )
+            .await;
+            sent += n;
+            let r = Round {
+                ceiling,
+                fresh,
+                replay: replay.ok_or("no replay")?,
+            };
+            print_round(&format!("round {round}"), &r);
+            rounds.entry(clients).or_default().push(r);
         }
     }
-
-    // What the database holds: one attempt per key sent (warm-up included).
+    let peak = server.memory_kb();
+    drop(server);
     let attempts = count(&db, "SELECT COUNT(*) AS n FROM attempts").await;
     let records = count(&db, "SELECT COUNT(*) AS n FROM idempotency_records").await;
     db.close().await.ok();
 
-    print_table(&rows);
-    println!();
-    match (idle, peak) {
-        (Some((idle_rss, _)), Some((rss, hwm))) => println!(
-            "server RSS: {:.1} MB idle after start, {:.1} MB at the end, peak (VmHWM) {:.1} MB{}",
-            idle_rss as f64 / 1024.0,
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0,
-            if hwm <= 100 * 1024 {
-                " (aim ≤ 100 MB: met)"
-            } else {
-                " (aim ≤ 100 MB: MISSED)"
-            }
-        ),
-        _ => println!("server RSS: unavailable (no /proc)"),
-    }
+    print_rounds("PostgreSQL + Redis", &settings.clients, &rounds);
+    print_rss(idle, peak);
     println!(
-        "database: {attempts} attempts rows, {records} idempotency records \
-         ({sent_keys} keys sent in the measured fresh runs, plus the warm-up)"
+        "database: {attempts} attempts rows, {records} idempotency records, {sent} keys sent{}",
+        if attempts == sent as i64 && records == sent as i64 {
+            " (one of each per key: ok)"
+        } else {
+            " (MISMATCH)"
+        }
     );
+    print_load_end();
     Ok(())
 }
 
-fn print_table(rows: &[Row]) {
-    let find = |scenario: &str, clients: usize| {
-        rows.iter()
-            .find(|r| r.scenario == scenario && r.clients == clients)
-            .map(|r| r.per_sec)
-            .filter(|v| *v > 0.0)
-    };
-    let ratio = |value: f64, base: Option<f64>| {
-        base.map(|b| format!("{:.2}", value / b))
-            .unwrap_or_else(|| "-".into())
-    };
+async fn sqlite_suite(settings: &Settings) -> Result<(), String> {
+    let duration = Duration::from_secs(settings.seconds);
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let db_url = format!("sqlite://{}/examsync.db?mode=rwc", dir.path().display());
+    let ceiling_url = format!("sqlite://{}/ceiling.db?mode=rwc", dir.path().display());
+    let (db, bank) = prepare(settings, &db_url).await?;
+    let ceiling_db = examsync::db::connect(&ceiling_url, settings.pool_size)
+        .await
+        .map_err(|e| format!("ceiling database: {e}"))?;
+    ceiling::sqlite_setup(&ceiling_db).await?;
+    let http = http_client()?;
+    let (server, url, mut sent) =
+        start_server(settings, &http, &bank, &db_url, None, "unused:").await?;
+    let idle = server.memory_kb();
+    header(settings, "SQLite (WAL, synchronous=FULL)");
+    let on = CeilingOn::Sqlite(&ceiling_db);
+    let mut rounds: HashMap<usize, Vec<Round>> = HashMap::new();
+    for round in 1..=settings.rounds {
+        for &clients in &settings.clients {
+            let ceiling = ceiling_row(&on, &bank, clients, duration).await?;
+            let (fresh, replay, n) = fresh_then_replay(
+                &http,
+                &server,
+                &url,
+                &bank,
+                new_students(clients),
+                duration,
+                true,
+            )
+            .await;
+            sent += n;
+            let r = Round {
+                ceiling,
+                fresh,
+                replay: replay.ok_or("no replay")?,
+            };
+            print_round(&format!("round {round}"), &r);
+            rounds.entry(clients).or_default().push(r);
+        }
+    }
+    let peak = server.memory_kb();
+    drop(server);
+    let attempts = count(&db, "SELECT COUNT(*) AS n FROM attempts").await;
+    let records = count(&db, "SELECT COUNT(*) AS n FROM idempotency_records").await;
+    db.close().await.ok();
+    ceiling_db.close().await.ok();
+
+    print_rounds("SQLite", &settings.clients, &rounds);
+    print_rss(idle, peak);
+    println!(
+        "database: {attempts} attempts rows, {records} idempotency records, {sent} keys sent{}",
+        if attempts == sent as i64 && records == sent as i64 {
+            " (one of each per key: ok)"
+        } else {
+            " (MISMATCH)"
+        }
+    );
+    print_load_end();
+    Ok(())
+}
+
+/// Statistics PostgreSQL holds for the seeded tables: rows in `pg_statistic` and the last
+/// (auto)analyze times, to show which phase ran without any.
+async fn statistics(db: &DatabaseConnection) -> String {
+    let rows = count(
+        db,
+        "SELECT COUNT(*) AS n FROM pg_statistic s JOIN pg_class c ON c.oid = s.starelid \
+         WHERE c.relname IN ('attempts', 'idempotency_records', 'session_answers', \
+         'test_sessions', 'users')",
+    )
+    .await;
+    let analyzed = count(
+        db,
+        "SELECT COUNT(*) AS n FROM pg_stat_user_tables WHERE relname IN ('attempts', \
+         'idempotency_records', 'session_answers', 'test_sessions', 'users') \
+         AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)",
+    )
+    .await;
+    format!("{rows} pg_statistic rows, {analyzed} of 5 tables ever analyzed")
+}
+
+async fn scale_suite(
+    settings: &Settings,
+    empty_url: &str,
+    scale_url: &str,
+    prefix: &str,
+) -> Result<(), String> {
+    const TABLES: &str = "attempts, idempotency_records, session_answers, test_sessions, users";
+    let duration = Duration::from_secs(settings.seconds);
+    let (empty_db, empty_bank) = prepare(settings, empty_url).await?;
+    let (scale_db, scale_bank) = prepare(settings, scale_url).await?;
+    // No statistics until the benchmark says so, even where autovacuum is on.
+    for table in TABLES.split(", ") {
+        scale_db
+            .execute_unprepared(&format!(
+                "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+            ))
+            .await
+            .map_err(|e| format!("autovacuum off: {e}"))?;
+    }
+    ceiling::pg_setup(empty_url).await?;
+    let seeded = seed::load(scale_url, &scale_bank, &settings.scale).await?;
+    let http = http_client()?;
+    let redis = settings.redis_url.as_deref();
+    let (empty_server, empty_batch_url, _) = start_server(
+        settings,
+        &http,
+        &empty_bank,
+        empty_url,
+        redis,
+        &format!("{prefix}empty:"),
+    )
+    .await?;
+    let (scale_server, scale_batch_url, _) = start_server(
+        settings,
+        &http,
+        &scale_bank,
+        scale_url,
+        redis,
+        &format!("{prefix}scale:"),
+    )
+    .await?;
+    header(
+        settings,
+        &format!(
+            "at scale: {} attempts stored over {} users, {} of them holding {} each",
+            seeded.attempts,
+            settings.scale.users,
+            settings.scale.heavy_users,
+            settings.scale.heavy_attempts
+        ),
+    );
+    let on = CeilingOn::Postgres(empty_url);
+    // (phase, clients) → rounds of (ceiling, fresh on the empty database, fresh at scale).
+    let mut table: Vec<(String, usize, Vec<(Row, Row, Row)>)> = Vec::new();
+    for phase in ["never analyzed", "after ANALYZE"] {
+        if phase == "after ANALYZE" {
+            let t = Instant::now();
+            for db in [&scale_db, &empty_db] {
+                db.execute_unprepared(&format!("ANALYZE {TABLES}"))
+                    .await
+                    .map_err(|e| format!("analyze: {e}"))?;
+            }
+            eprintln!("  ANALYZE took {:.1} s", t.elapsed().as_secs_f64());
+        }
+        let stats = statistics(&scale_db).await;
+        eprintln!("  phase {phase}: {stats}");
+        for round in 1..=settings.rounds {
+            for &clients in &settings.clients {
+                let ceiling = ceiling_row(&on, &empty_bank, clients, duration).await?;
+                let (empty, _, _) = fresh_then_replay(
+                    &http,
+                    &empty_server,
+                    &empty_batch_url,
+                    &empty_bank,
+                    new_students(clients),
+                    duration,
+                    false,
+                )
+                .await;
+                let heavy = students(seeded.heavy.iter().take(clients).copied());
+                let (scaled, _, _) = fresh_then_replay(
+                    &http,
+                    &scale_server,
+                    &scale_batch_url,
+                    &scale_bank,
+                    heavy,
+                    duration,
+                    false,
+                )
+                .await;
+                eprintln!(
+                    "  {phase} round {round} x{clients}: ceiling {:.0}, empty {:.0} (p99 {:.1} ms, {}), at scale {:.0} (p99 {:.1} ms, {}): {:.0}% of empty",
+                    ceiling.per_sec,
+                    empty.per_sec,
+                    empty.p99_ms,
+                    empty.check,
+                    scaled.per_sec,
+                    scaled.p99_ms,
+                    scaled.check,
+                    100.0 * scaled.per_sec / empty.per_sec
+                );
+                match table
+                    .iter_mut()
+                    .find(|(p, c, _)| p == phase && *c == clients)
+                {
+                    Some((_, _, rs)) => rs.push((ceiling, empty, scaled)),
+                    None => table.push((phase.to_owned(), clients, vec![(ceiling, empty, scaled)])),
+                }
+            }
+        }
+        println!("statistics {phase}: {stats}");
+    }
+    let peak = scale_server.memory_kb();
+    drop(scale_server);
+    drop(empty_server);
+    let heavy_rows = count(
+        &scale_db,
+        &format!(
+            "SELECT COUNT(*) AS n FROM attempts WHERE user_id = '{}'",
+            seeded.heavy.first().copied().unwrap_or_default()
+        ),
+    )
+    .await;
+    empty_db.close().await.ok();
+    scale_db.close().await.ok();
+
+    println!();
+    println!("At scale: median of {} round(s)", settings.rounds);
     println!();
     println!(
-        "| scenario | clients | attempts/s | p50 ms | p99 ms | ratio to baseline | ratio to baseline 2×50 | vs fresh | server CPU ms/batch | batches | statuses |"
+        "| statistics | clients | ceiling attempts/s | fresh, empty database | fresh, at scale (heavy users) | at scale ÷ empty | at scale ÷ ceiling | p50 / p99 ms empty | p50 / p99 ms at scale | all acked |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    for r in rows {
-        let vs_fresh = match (r.scenario, find("fresh", r.clients)) {
-            ("replay", Some(f)) => format!("{:.1}×", r.per_sec / f),
-            _ => "-".into(),
-        };
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (phase, clients, rs) in &table {
+        let m = |f: &dyn Fn(&(Row, Row, Row)) -> f64| median(rs.iter().map(f).collect());
+        let ok = rs.iter().all(|(c, e, s)| c.ok && e.ok && s.ok);
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
-            r.scenario,
-            r.clients,
-            r.per_sec,
-            r.p50_ms,
-            r.p99_ms,
-            ratio(r.per_sec, find("baseline", r.clients)),
-            ratio(r.per_sec, find("baseline 2×50", r.clients)),
-            vs_fresh,
-            r.server_cpu_ms
-                .map(|ms| format!("{ms:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            r.batches,
-            r.check
+            "| {phase} | {clients} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.1}% | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
+            m(&|r| r.0.per_sec),
+            m(&|r| r.1.per_sec),
+            m(&|r| r.2.per_sec),
+            100.0 * m(&|r| r.2.per_sec / r.1.per_sec),
+            100.0 * m(&|r| r.2.per_sec / r.0.per_sec),
+            m(&|r| r.1.p50_ms),
+            m(&|r| r.1.p99_ms),
+            m(&|r| r.2.p50_ms),
+            m(&|r| r.2.p99_ms),
+            if ok { "yes" } else { "NO" }
         );
     }
     println!();
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    for r in rows.iter().filter(|r| r.scenario == "fresh") {
-        let (fresh, clients) = (r.per_sec, r.clients);
-        let (Some(replay), Some(base)) = (find("replay", clients), find("baseline", clients))
-        else {
-            continue;
-        };
-        let base_50 = find("baseline 2×50", clients).unwrap_or(base);
+    for (phase, clients, rs) in &table {
+        let share = median(rs.iter().map(|r| r.2.per_sec / r.1.per_sec).collect());
         println!(
-            "{clients} client(s): fresh {:.0}% of baseline (aim ≥ 30%: {}), {:.0}% of baseline 2×50 \
-             ({}); replays {:.1}× fresh (aim ≥ 3×: {})",
-            100.0 * fresh / base,
-            verdict(fresh >= 0.3 * base),
-            100.0 * fresh / base_50,
-            verdict(fresh >= 0.3 * base_50),
-            replay / fresh,
-            verdict(replay >= 3.0 * fresh),
+            "{phase}, {clients} client(s): at scale {:.0}% of the empty database (aim ≥ 70%: {})",
+            100.0 * share,
+            verdict(share >= 0.7)
         );
     }
+    print_rss(None, peak);
+    println!("the first heavy user now holds {heavy_rows} attempts");
+    print_load_end();
+    Ok(())
 }
