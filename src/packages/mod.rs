@@ -303,8 +303,8 @@ pub async fn build_package(
     )?;
     let scope_key = ids.scope_key()?;
 
-    let mut query =
-        question::Entity::find().filter(question::Column::Status.eq("PUBLISHED".to_owned()));
+    let mut query = question::Entity::find()
+        .filter(question::Column::Status.eq(entity::QuestionStatus::Published));
     if let Some(year) = ids.year_id {
         query = query.filter(question::Column::YearId.eq(year));
     }
