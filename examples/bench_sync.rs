@@ -47,7 +47,10 @@ use std::{
     collections::HashMap,
     net::TcpListener,
     process::{Child, Command, ExitCode, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -61,7 +64,7 @@ use examsync::{
     sync::payload_hash::v1_hash,
 };
 use rand::Rng;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -76,8 +79,10 @@ fn main() -> ExitCode {
             .args(["-cp", "1", &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
-        if !pinned.is_ok_and(|s| s.success()) {
-            eprintln!("warning: taskset failed; the load generator is not pinned");
+        if pinned.is_ok_and(|s| s.success()) {
+            PINNED.store(true, Ordering::Relaxed);
+        } else {
+            eprintln!("warning: taskset failed; nothing is pinned");
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -103,6 +108,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Set once this process is pinned to core 1 (its own affinity then says one core, so it is
+/// decided before and remembered).
+static PINNED: AtomicBool = AtomicBool::new(false);
 
 /// Server on core 0, load on core 1: only on a machine with at least two cores.
 fn pinning() -> bool {
@@ -199,7 +208,7 @@ impl Settings {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             server_bin: std::env::var("BENCH_SERVER_BIN").ok(),
-            pin: pinning(),
+            pin: PINNED.load(Ordering::Relaxed),
             scale,
         })
     }
@@ -958,7 +967,8 @@ fn print_rss(idle: Option<(u64, u64)>, peak: Option<(u64, u64)>) {
 
 fn print_round(label: &str, r: &Round) {
     eprintln!(
-        "  {label} x{}: ceiling {:.0}, fresh {:.0} ({:.1}%, p50 {:.1} p99 {:.1} ms, {}), replay {:.0} ({})",
+        "  {label} {} x{}: ceiling {:.0}, fresh {:.0} ({:.1}%, p50 {:.1} p99 {:.1} ms, {}), replay {:.0} ({})",
+        r.fresh.scenario,
         r.fresh.clients,
         r.ceiling.per_sec,
         r.fresh.per_sec,
