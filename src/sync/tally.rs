@@ -38,6 +38,8 @@ pub struct SyncState {
     flusher_started: AtomicBool,
     /// Transactions the sync path committed on this instance.
     pub commits: AtomicU64,
+    /// Statements the background flush ran (not part of any request's budget).
+    pub flush_statements: AtomicU64,
 }
 
 impl SyncState {
@@ -81,6 +83,7 @@ impl SyncState {
         };
         for (user, counts) in batch {
             let at = counts.last_sync_at.unwrap_or_else(Utc::now);
+            self.flush_statements.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = store::add_counters(db, user, counts.counts, at).await {
                 tracing::warn!(error = %e, "could not write sync counters; kept for the next flush");
                 if let Ok(mut pending) = self.pending.lock() {

@@ -894,3 +894,266 @@ async fn database_down_is_503_not_rejected() {
     .await;
     assert_eq!(code.as_deref(), Some("UNAVAILABLE"));
 }
+
+// ---- Times, drafts, claim first, exact counters, fallback, round-trip budget ----
+
+backend_tests!(
+    times_outside_1970_to_9999,
+    a_reset_phone_clock_is_corrected_not_refused,
+    drafts_are_not_answerable,
+    round_trip_budget,
+);
+
+/// The first result's (status, error code, message) through a surface.
+async fn one(
+    app: &TestApp,
+    surface: Surface,
+    token: &str,
+    item: &Value,
+    sent_at: Option<&str>,
+) -> (u16, Vec<String>, Option<String>, Option<String>) {
+    let (status, results, code) =
+        sync(app, surface, token, std::slice::from_ref(item), sent_at).await;
+    let message = results
+        .first()
+        .and_then(|r| r["message"].as_str())
+        .map(str::to_owned);
+    (status, statuses(&results), code, message)
+}
+
+async fn times_outside_1970_to_9999(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        // answered_at out of range: INVALID_ATTEMPT naming the field (was ACKED for 1969).
+        for at in ["1969-12-31T23:59:59.999Z", "1970-01-01T00:30:00+01:00"] {
+            let item = attempt(q[0], 1, at, Some(Uuid::new_v4()));
+            let (status, s, _, message) = one(&app, surface, &token, &item, None).await;
+            assert_eq!(status, 200, "{surface:?} {at}");
+            assert_eq!(s, ["rejected:INVALID_ATTEMPT"], "{surface:?} {at}");
+            assert!(
+                message.unwrap_or_default().contains("answered_at"),
+                "{surface:?}"
+            );
+        }
+        // The range's ends are accepted (1970 with a skew from the same clock).
+        let item = attempt(q[0], 1, "1970-01-01T00:00:00.000Z", Some(Uuid::new_v4()));
+        let (_, s, _, _) = one(&app, surface, &token, &item, Some("1970-01-01T00:01:00Z")).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+        // sent_at out of range or malformed refuses the whole request; nothing applied.
+        let before = app.count("attempts").await;
+        let mut refused = vec![
+            "1969-12-31T23:59:59Z",
+            "-262000-01-01T00:00:00Z",
+            "+262000-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "",
+        ];
+        if surface == Surface::Graphql {
+            // GraphQL: an empty string is refused by the scalar itself.
+            refused.pop();
+        }
+        for sent_at in refused {
+            let item = attempt(q[0], 1, &ago(1), Some(Uuid::new_v4()));
+            let (status, s, code, _) = one(&app, surface, &token, &item, Some(sent_at)).await;
+            match surface {
+                Surface::Rest => {
+                    assert_eq!(
+                        (status, code.as_deref()),
+                        (400, Some("VALIDATION_ERROR")),
+                        "{sent_at}"
+                    );
+                }
+                Surface::Graphql => {
+                    assert_eq!(code.as_deref(), Some("BAD_USER_INPUT"), "{sent_at}");
+                }
+            }
+            assert!(s.is_empty(), "{surface:?} {sent_at}: {s:?}");
+        }
+        assert_eq!(app.count("attempts").await, before, "{surface:?}");
+    }
+    // The widest skew in range cannot overflow: a phone claiming 9999 at send time.
+    let item = attempt(q[0], 1, "1970-01-01T00:00:00Z", Some(Uuid::new_v4()));
+    let (status, s, _, _) = one(
+        &app,
+        Surface::Graphql,
+        &token,
+        &item,
+        Some("9999-12-31T23:59:59Z"),
+    )
+    .await;
+    assert_eq!(
+        (status, s),
+        (200, vec!["rejected:INVALID_ATTEMPT".to_owned()])
+    );
+    let item = attempt(q[0], 1, "9999-12-31T23:59:59Z", Some(Uuid::new_v4()));
+    let (status, s, _, _) = one(
+        &app,
+        Surface::Rest,
+        &token,
+        &item,
+        Some("1970-01-01T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].starts_with("rejected:"), "{s:?}");
+}
+
+async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        // The phone's clock restarted at 1970: answered 3 minutes before sending.
+        let offline = Uuid::new_v4();
+        let item = attempt(q[0], 1, "1970-01-01T00:07:00.000Z", Some(offline));
+        let (status, s, _, _) = one(
+            &app,
+            surface,
+            &token,
+            &item,
+            Some("1970-01-01T00:10:00.000Z"),
+        )
+        .await;
+        assert_eq!((status, s), (200, vec!["acked".to_owned()]), "{surface:?}");
+        let session = entity::test_session::Entity::find()
+            .filter(entity::test_session::Column::OfflineSessionId.eq(offline))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = entity::session_answer::Entity::find()
+            .filter(entity::session_answer::Column::SessionId.eq(session.id))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let age = Utc::now() - answer.answered_at;
+        assert!(
+            age > Duration::minutes(2) && age < Duration::minutes(4),
+            "{surface:?}: corrected to {}",
+            answer.answered_at
+        );
+    }
+}
+
+async fn drafts_are_not_answerable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token();
+    let ids = app
+        .import_questions(json!([
+            {"stem": "Draft", "options": ["a", "b"], "correctIndex": 1, "yearId": 8, "status": "DRAFT"},
+            {"stem": "Retired", "options": ["a", "b", "c"], "correctIndex": 2, "yearId": 9},
+        ]))
+        .await;
+    let (_, built) = app
+        .graphql(
+            Some(&admin),
+            "mutation { buildPackage(input: {name: \"Y9\", scope: YEAR, yearId: 9, publish: true}) { id } }",
+            Value::Null,
+        )
+        .await;
+    let package = built["data"]["buildPackage"]["id"].clone();
+    assert!(package.is_string(), "{built}");
+    // Back to review after publication: still in a published package, so answerable.
+    app.import_questions(json!([
+        {"id": ids[1], "stem": "Retired", "options": ["a", "b", "c"], "correctIndex": 2, "yearId": 9, "status": "IN_REVIEW"},
+    ]))
+    .await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        let offline = Some(Uuid::new_v4());
+        let draft = attempt(ids[0], 1, &ago(5), offline);
+        let (_, s, _, _) = one(&app, surface, &token, &draft, None).await;
+        assert_eq!(
+            s,
+            ["rejected:QUESTION_NOT_FOUND"],
+            "{surface:?}: a draft is private"
+        );
+        let retired = attempt(ids[1], 2, &ago(4), offline);
+        let (_, s, _, _) = one(&app, surface, &token, &retired, None).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+        let mut in_package = attempt(ids[1], 2, &ago(3), offline);
+        in_package["package_id"] = package.clone();
+        let (_, s, _, _) = one(&app, surface, &token, &in_package, None).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+    }
+    // Nothing of the draft leaks through the score.
+    assert_eq!(
+        count_rows(&app.db, "attempts", &format!("question_id = '{}'", ids[0])).await,
+        0
+    );
+}
+
+/// Statements and commits of the sync path, pinned: a fresh batch, a replay, a batch that
+/// creates a session. The counts do not depend on the batch size.
+async fn round_trip_budget(backend: Backend) {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    // The background flush of duplicate/rejected counts is off every request's path:
+    // its statements are left out.
+    let counters = || {
+        (
+            app.state.db_statements.load(Ordering::SeqCst)
+                - app.state.sync.flush_statements.load(Ordering::SeqCst),
+            app.state.sync.commits.load(Ordering::SeqCst),
+        )
+    };
+    // Waits for any flush under way and runs one, so that every flush statement is
+    // accounted for when the counters are read.
+    let flush = || app.state.sync.flush(&app.state.db);
+    let measure = |before: (u64, u64)| {
+        let after = counters();
+        (after.0 - before.0, after.1 - before.1)
+    };
+    // Items over questions 1 and 2 (question 0 is the warm-up's).
+    let batch_of = |n: usize, offline: Uuid| -> Vec<Value> {
+        (0..n)
+            .map(|i| attempt(q[1 + i % 2], 0, &ago(60 - i as i64 % 50), Some(offline)))
+            .collect()
+    };
+    for n in [3, 100] {
+        // Warm up: the user row, a session holding an answer to question 0 only.
+        let offline = Uuid::new_v4();
+        let warm_up = [attempt(q[0], 1, &ago(70), Some(offline))];
+        let (status, first, _) = sync(&app, Surface::Rest, &token, &warm_up, None).await;
+        assert_eq!((status, statuses(&first)), (200, vec!["acked".to_owned()]));
+
+        let creating = batch_of(n, Uuid::new_v4());
+        flush().await;
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &creating, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "acked"), "{s:?}");
+        // Records, sessions, questions; then in one transaction: create the session,
+        // claim, lock, answers, attempts, answers, scores, ackedCount.
+        assert_eq!(
+            (statements, commits),
+            (11, 1),
+            "a batch of {n} creating a session"
+        );
+
+        let fresh = batch_of(n, offline);
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &fresh, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "acked"), "{s:?}");
+        assert_eq!((statements, commits), (10, 1), "a fresh batch of {n}");
+
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &fresh, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "duplicate"), "{s:?}");
+        // Records come from the cache (Redis on PostgreSQL runs, in-process on SQLite):
+        // a replay makes no database statement at all, let alone a write.
+        assert_eq!((statements, commits), (0, 0), "a replay of {n}");
+    }
+}
