@@ -172,6 +172,17 @@ pub enum SessionState {
     Closed,
 }
 
+impl From<entity::SessionStatus> for SessionState {
+    fn from(status: entity::SessionStatus) -> Self {
+        match status {
+            entity::SessionStatus::Active => SessionState::Active,
+            entity::SessionStatus::Submitted | entity::SessionStatus::Expired => {
+                SessionState::Closed
+            }
+        }
+    }
+}
+
 /// One of the user's sessions as the checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionFact {

@@ -20,9 +20,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::rules::{Answer, Record, Scope, ScoreDelta, SessionFact, SessionState};
-use crate::sessions::ACTIVE;
 use entity::{
-    attempt, idempotency_record, question, session_answer, test_package, test_session, user,
+    QuestionStatus, SessionMode, SessionStatus, attempt, idempotency_record, question,
+    session_answer, test_package, test_session, user,
 };
 
 fn uuids(items: impl IntoIterator<Item = Uuid>) -> Value {
@@ -59,12 +59,8 @@ fn pg(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-fn session_state(status: &str) -> SessionState {
-    if status == ACTIVE {
-        SessionState::Active
-    } else {
-        SessionState::Closed
-    }
+fn session_state(status: &SessionStatus) -> SessionState {
+    SessionState::from(*status)
 }
 
 /// Idempotency records of `keys` for `user`: O(batch) whatever the user's history.
@@ -135,7 +131,7 @@ pub async fn find_sessions(
     if ids.is_empty() && offline_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, Option<Uuid>, String)> = if db.get_database_backend()
+    let rows: Vec<(Uuid, Option<Uuid>, SessionStatus)> = if db.get_database_backend()
         == DbBackend::Postgres
     {
         let rows = db
@@ -223,7 +219,7 @@ pub async fn find_questions(
             option_count: crate::questions::options_of(&q).len(),
             correct_index: q.correct_index,
             scope: (q.year_id, q.block_id, q.theme_id),
-            published: q.status == "PUBLISHED",
+            published: q.status == QuestionStatus::Published,
         })
         .collect())
 }
@@ -282,7 +278,7 @@ pub async fn create_offline_sessions(
     if sessions.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, Option<Uuid>, String)> =
+    let rows: Vec<(Uuid, Option<Uuid>, SessionStatus)> =
         if txn.get_database_backend() == DbBackend::Postgres {
             // DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING also gives the
             // winner's row when another request created it first: no read-back.
@@ -323,8 +319,8 @@ pub async fn create_offline_sessions(
                 id: Set(s.id),
                 user_id: Set(user_id),
                 offline_session_id: Set(Some(s.offline_session_id)),
-                mode: Set("TUTOR".to_owned()),
-                status: Set(ACTIVE.to_owned()),
+                mode: Set(SessionMode::Tutor),
+                status: Set(SessionStatus::Active),
                 year: Set(s.scope.0),
                 block_id: Set(s.scope.1),
                 theme_id: Set(s.scope.2),
@@ -474,7 +470,7 @@ pub async fn lock_sessions(
     txn: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, SessionState>, DbErr> {
-    let rows: Vec<(Uuid, String)> = if txn.get_database_backend() == DbBackend::Postgres {
+    let rows: Vec<(Uuid, SessionStatus)> = if txn.get_database_backend() == DbBackend::Postgres {
         let rows = txn
             .query_all_raw(pg(
                 "SELECT id, status FROM test_sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
