@@ -1141,3 +1141,249 @@ async fn round_trip_budget(backend: Backend) {
         assert_eq!((statements, commits), (0, 0), "a replay of {n}");
     }
 }
+
+// ---- PostgreSQL only: races and faults made deterministic with locks and triggers ----
+
+async fn pg_app() -> Option<TestApp> {
+    if crate::helpers::skip_postgres() {
+        return None;
+    }
+    Some(spawn_app(Backend::Postgres).await)
+}
+
+async fn exec(db: &impl sea_orm::ConnectionTrait, sql: &str) {
+    db.execute_unprepared(sql).await.unwrap();
+}
+
+async fn acked_count(app: &TestApp, token: &str) -> i64 {
+    let (_, body) = app
+        .graphql(Some(token), "{ syncStatus { ackedCount } }", Value::Null)
+        .await;
+    body["data"]["syncStatus"]["ackedCount"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
+/// Claim first: a retry that read no record, then finds its session submitted, because
+/// its original committed and a submitSession landed in between, is DUPLICATE (it was
+/// REJECTED SESSION_CLOSED for an answer that had been applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_racing_its_original_and_a_submit_is_duplicate() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(app) = pg_app().await else { return };
+    let q = bank(&app).await;
+    let (user, token) = app.student();
+    let (_, r, _) = sync(
+        &app,
+        Surface::Rest,
+        &token,
+        &[attempt(q[0], 1, &ago(10), Some(Uuid::new_v4()))],
+        None,
+    )
+    .await;
+    let session = r[0]["server_session_id"].as_str().unwrap().to_owned();
+    let mut retry = attempt(q[1], 0, &ago(5), None);
+    retry["session_id"] = json!(session);
+
+    // Hold the retry between its idempotency lookup and its session check.
+    let txn = app.db.begin().await.unwrap();
+    exec(&txn, "LOCK TABLE test_sessions IN ACCESS EXCLUSIVE MODE").await;
+    let sender = {
+        let (base, client, token, retry) = (
+            app.base.clone(),
+            app.client.clone(),
+            token.clone(),
+            retry.clone(),
+        );
+        tokio::spawn(async move {
+            let response = client
+                .post(format!("{base}/api/v1/sync/attempts:batch"))
+                .bearer_auth(token)
+                .json(&json!({"attempts": [retry]}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let waiting = "SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND relation = 'test_sessions'::regclass";
+    let mut blocked = false;
+    for _ in 0..200 {
+        let row = app
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                waiting,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get::<i64>("", "n").unwrap() > 0 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(blocked, "the retry never reached the session check");
+    // Meanwhile the original commits and the session is submitted.
+    let original_attempt = Uuid::new_v4();
+    exec(
+        &txn,
+        &format!(
+            "INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             VALUES ('{user}', '{}', '{}', '{original_attempt}', '{session}', now())",
+            retry["idempotency_key"].as_str().unwrap(),
+            retry["payload_hash"].as_str().unwrap(),
+        ),
+    )
+    .await;
+    exec(
+        &txn,
+        &format!("UPDATE test_sessions SET status = 'SUBMITTED', submitted_at = now() WHERE id = '{session}'"),
+    )
+    .await;
+    txn.commit().await.unwrap();
+    let (status, body) = sender.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "duplicate", "{body}");
+    assert_eq!(result["server_attempt_id"], json!(original_attempt));
+    assert_eq!(result["server_session_id"], json!(session));
+}
+
+/// `ackedCount` is counted in the applying transaction: when a later round of the same
+/// request fails, what the first round applied is counted (it was lost to `?`).
+/// A transient fault fails the request as a whole (503), never an item; a non-transient
+/// one rejects only its own item (the item-by-item fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exact_and_faults_never_become_item_results() {
+    let Some(app) = pg_app().await else { return };
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let offline = Some(Uuid::new_v4());
+    let transient = Uuid::new_v4();
+    let permanent = Uuid::new_v4();
+    exec(
+        &app.db,
+        &format!(
+            "CREATE FUNCTION fail_marked() RETURNS trigger AS $$ BEGIN \
+               IF NEW.client_attempt_id = '{transient}' THEN \
+                 RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END IF; \
+               IF NEW.client_attempt_id = '{permanent}' THEN \
+                 RAISE EXCEPTION 'injected' USING ERRCODE = 'P0001'; END IF; \
+               RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER fail_marked BEFORE INSERT ON attempts \
+               FOR EACH ROW EXECUTE FUNCTION fail_marked();"
+        ),
+    )
+    .await;
+
+    // Round 1 applies `a`; `b` is rejected, so its key comes back in round 2 with `c`,
+    // whose insert fails transiently.
+    let a = attempt(q[0], 1, &ago(10), offline);
+    let b = attempt(q[1], 9, &ago(9), offline);
+    let mut c = attempt(q[1], 1, &ago(8), offline);
+    c["idempotency_key"] = b["idempotency_key"].clone();
+    c["client_attempt_id"] = json!(transient);
+    let batch = [a.clone(), b.clone(), c.clone()];
+    let (status, results, code) = sync(&app, Surface::Rest, &token, &batch, None).await;
+    assert_eq!(
+        (status, code.as_deref()),
+        (503, Some("UNAVAILABLE")),
+        "{results:?}"
+    );
+    assert_eq!(app.count("attempts").await, 1);
+    assert_eq!(
+        acked_count(&app, &token).await,
+        1,
+        "round 1 was applied and counted"
+    );
+
+    // A non-transient failure rejects only its item; the others are applied.
+    let d = attempt(q[2], 4, &ago(7), offline);
+    let mut e = attempt(q[2], 3, &ago(6), offline);
+    e["client_attempt_id"] = json!(permanent);
+    let f = attempt(q[0], 2, &ago(5), offline);
+    let (status, results, _) = sync(&app, Surface::Rest, &token, &[d, e.clone(), f], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&results),
+        ["acked", "rejected:INVALID_ATTEMPT", "acked"]
+    );
+    assert_eq!(acked_count(&app, &token).await, 3);
+
+    // The fault passes: the same requests converge.
+    exec(&app.db, "DROP TRIGGER fail_marked ON attempts").await;
+    let (status, results, _) = sync(&app, Surface::Rest, &token, &batch, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&results),
+        ["duplicate", "rejected:INVALID_OPTION_INDEX", "acked"]
+    );
+    let (_, results, _) = sync(&app, Surface::Graphql, &token, &[e], None).await;
+    assert_eq!(statuses(&results), ["acked"]);
+    assert_eq!(acked_count(&app, &token).await, 5);
+    assert_eq!(app.count("attempts").await, 5);
+}
+
+/// The idempotency lookup costs O(batch) whatever the history and the statistics: on a
+/// table never analyzed, holding 50,000 records of the user, the plan puts both key
+/// columns in the index condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
+    use sea_orm::ConnectionTrait;
+    let Some(app) = pg_app().await else { return };
+    let (user, token) = app.student();
+    let q = bank(&app).await;
+    // The user row exists once the user has synced.
+    sync(
+        &app,
+        Surface::Rest,
+        &token,
+        &[attempt(q[0], 1, &ago(5), Some(Uuid::new_v4()))],
+        None,
+    )
+    .await;
+    exec(
+        &app.db,
+        &format!(
+            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
+             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
+             FROM generate_series(1, 50000)"
+        ),
+    )
+    .await;
+    let keys: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    let row = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "EXPLAIN (FORMAT JSON) {}",
+                examsync::sync::store::FIND_RECORDS_PG
+            ),
+            vec![user.into(), examsync::sync::store::uuids(keys)],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let plan: Value = row.try_get("", "QUERY PLAN").unwrap();
+    let text = plan.to_string();
+    let index_cond = text
+        .split("\"Index Cond\":")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no index scan: {text}"));
+    let index_cond = index_cond.split("\",").next().unwrap_or_default();
+    assert!(
+        index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"Filter\""),
+        "keys applied as a filter: {text}"
+    );
+}
