@@ -36,6 +36,8 @@ pub struct App {
     /// SQL statements this instance has run (also in `/metrics`); tests use it to show
     /// that listing N items costs a bounded number of queries.
     pub db_statements: Arc<AtomicU64>,
+    /// Sync bookkeeping: counters added up off the write path, commits made.
+    pub sync: Arc<crate::sync::SyncState>,
 }
 
 #[derive(Clone)]
@@ -96,6 +98,7 @@ impl App {
             rate_limiter,
             metrics: crate::metrics::handle(),
             db_statements,
+            sync: Arc::default(),
         })))
     }
 }
