@@ -63,6 +63,7 @@ use examsync::{
     questions::{QuestionInput, QuestionStatus, import_questions},
     sync::payload_hash::v1_hash,
 };
+use examsync_test_support::replace_database;
 use rand::Rng;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{Value, json};
@@ -175,7 +176,11 @@ impl Settings {
             "scale" => Suite::Scale,
             other => return Err(format!("BENCH_SUITE={other}: postgres, sqlite or scale")),
         };
-        let default_clients = if suite == Suite::Scale { "4,16" } else { "1,4,16" };
+        let default_clients = if suite == Suite::Scale {
+            "4,16"
+        } else {
+            "1,4,16"
+        };
         let clients = env_or("BENCH_CLIENTS", default_clients)
             .split(',')
             .map(|c| c.trim().parse::<usize>())
@@ -188,9 +193,11 @@ impl Settings {
             heavy_attempts: parse("BENCH_HEAVY_ATTEMPTS", "50000")?,
         };
         if suite == Suite::Scale && clients.iter().any(|&c| c as u64 > scale.heavy_users) {
-            return Err("BENCH_CLIENTS: each client syncs as its own heavy user; raise \
+            return Err(
+                "BENCH_CLIENTS: each client syncs as its own heavy user; raise \
                         BENCH_HEAVY_USERS"
-                .into());
+                    .into(),
+            );
         }
         Ok(Settings {
             suite,
@@ -212,25 +219,6 @@ impl Settings {
             scale,
         })
     }
-}
-
-/// `postgres://u@h:p/db?x` with another database name.
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], name);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 async fn bench() -> Result<(), String> {
@@ -569,7 +557,10 @@ fn row(
     let ok = outcome.errors == 0
         && outcome.items > 0
         && outcome.statuses.keys().all(|k| k == expected)
-        && outcome.statuses.get(expected).is_some_and(|n| *n >= outcome.items);
+        && outcome
+            .statuses
+            .get(expected)
+            .is_some_and(|n| *n >= outcome.items);
     let mut statuses: Vec<_> = outcome.statuses.iter().collect();
     statuses.sort();
     let mut check = statuses
@@ -772,7 +763,10 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
 }
 
 /// Migrates the database at `url` and seeds the question bank.
-async fn prepare(settings: &Settings, url: &str) -> Result<(DatabaseConnection, Arc<Bank>), String> {
+async fn prepare(
+    settings: &Settings,
+    url: &str,
+) -> Result<(DatabaseConnection, Arc<Bank>), String> {
     let db = examsync::db::connect(url, 2)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -901,14 +895,16 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn opt_ms(v: Option<f64>) -> String {
-    v.map(|ms| format!("{ms:.1}"))
-        .unwrap_or_else(|| "-".into())
+    v.map(|ms| format!("{ms:.1}")).unwrap_or_else(|| "-".into())
 }
 
 /// The median table of a PostgreSQL or SQLite suite, and the aims.
 fn print_rounds(title: &str, clients: &[usize], rounds: &HashMap<usize, Vec<Round>>) {
     println!();
-    println!("{title}: median of {} round(s)", rounds.values().map(Vec::len).max().unwrap_or(0));
+    println!(
+        "{title}: median of {} round(s)",
+        rounds.values().map(Vec::len).max().unwrap_or(0)
+    );
     println!();
     println!(
         "| clients | ceiling attempts/s | fresh attempts/s | fresh ÷ ceiling | fresh p50 / p99 ms | replay attempts/s | replay ÷ fresh | server CPU ms per fresh / replay batch | all statuses as expected |"
@@ -946,23 +942,29 @@ fn print_rounds(title: &str, clients: &[usize], rounds: &HashMap<usize, Vec<Roun
             verdict(replay >= 3.0)
         );
         if *c == 4 {
-            line.push_str(&format!("; p99 {p99:.1} ms (aim ≤ 25 ms: {})", verdict(p99 <= 25.0)));
+            line.push_str(&format!(
+                "; p99 {p99:.1} ms (aim ≤ 25 ms: {})",
+                verdict(p99 <= 25.0)
+            ));
         }
         println!("{line}");
     }
 }
 
 fn print_rss(idle: Option<(u64, u64)>, peak: Option<(u64, u64)>) {
-    match (idle, peak) {
-        (Some((idle_rss, _)), Some((rss, hwm))) => println!(
-            "server RSS: {:.1} MB idle after start, {:.1} MB at the end, peak (VmHWM) {:.1} MB (aim ≤ 100 MB: {})",
-            idle_rss as f64 / 1024.0,
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0,
-            verdict(hwm <= 100 * 1024)
-        ),
-        _ => println!("server RSS: unavailable (no /proc)"),
-    }
+    let Some((rss, hwm)) = peak else {
+        println!("server RSS: unavailable (no /proc)");
+        return;
+    };
+    let idle = idle
+        .map(|(idle_rss, _)| format!("{:.1} MB idle after start, ", idle_rss as f64 / 1024.0))
+        .unwrap_or_default();
+    println!(
+        "server RSS: {idle}{:.1} MB at the end, peak (VmHWM) {:.1} MB (aim ≤ 100 MB: {})",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        verdict(hwm <= 100 * 1024)
+    );
 }
 
 fn print_round(label: &str, r: &Round) {

@@ -83,10 +83,18 @@ pub async fn load(url: &str, bank: &Bank, plan: &Plan) -> Result<Seeded, String>
         .map_err(|e| format!("read indexes: {e}"))?;
     let indexes: Vec<(String, String)> = indexes.iter().map(|r| (r.get(0), r.get(1))).collect();
     for (table, name, _, _) in constraints.iter().filter(|c| c.3 == "f") {
-        exec(&admin, &format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\"")).await?;
+        exec(
+            &admin,
+            &format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\""),
+        )
+        .await?;
     }
     for (table, name, _, _) in constraints.iter().filter(|c| c.3 != "f") {
-        exec(&admin, &format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\"")).await?;
+        exec(
+            &admin,
+            &format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\""),
+        )
+        .await?;
     }
     for (name, _) in &indexes {
         exec(&admin, &format!("DROP INDEX \"{name}\"")).await?;
@@ -129,9 +137,7 @@ pub async fn load(url: &str, bank: &Bank, plan: &Plan) -> Result<Seeded, String>
     let questions: Vec<(Uuid, usize, i32)> = bank.questions.clone();
     let plan_copy = *plan;
     let generator = tokio::task::spawn_blocking(move || generate(&plan_copy, &questions, senders));
-    let generated = generator
-        .await
-        .map_err(|e| format!("generator: {e}"))??;
+    let generated = generator.await.map_err(|e| format!("generator: {e}"))??;
     for writer in writers {
         writer.await.map_err(|e| format!("COPY task: {e}"))??;
     }
