@@ -1131,6 +1131,10 @@ async fn sqlite_suite(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// Rounds of one (phase, client count) of the scale suite: each round is (ceiling, fresh on
+/// the empty database, fresh at scale).
+type ScaleCell = (String, usize, Vec<(Row, Row, Row)>);
+
 /// Statistics PostgreSQL holds for the seeded tables: rows in `pg_statistic` and the last
 /// (auto)analyze times, to show which phase ran without any.
 async fn statistics(db: &DatabaseConnection) -> String {
@@ -1203,8 +1207,7 @@ async fn scale_suite(
         ),
     );
     let on = CeilingOn::Postgres(empty_url);
-    // (phase, clients) → rounds of (ceiling, fresh on the empty database, fresh at scale).
-    let mut table: Vec<(String, usize, Vec<(Row, Row, Row)>)> = Vec::new();
+    let mut table: Vec<ScaleCell> = Vec::new();
     for phase in ["never analyzed", "after ANALYZE"] {
         if phase == "after ANALYZE" {
             let t = Instant::now();
