@@ -23,7 +23,7 @@
 //! item never blocks another; a transient fault always fails the request.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Duration, DurationRound, FixedOffset, Utc};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
@@ -507,6 +507,10 @@ impl Batch<'_> {
                 .iter()
                 .map(|&p| {
                     let input = &items[p].pending.input;
+                    let answered_at = input
+                        .answered_at
+                        .duration_trunc(Duration::microseconds(1))
+                        .unwrap_or(input.answered_at);
                     store::AttemptRow {
                         attempt_id: attempt_ids[p],
                         key: input.idempotency_key,
@@ -517,8 +521,8 @@ impl Batch<'_> {
                         client_attempt_id: input.client_attempt_id,
                         selected_option_index: option_index(input),
                         is_correct: items[p].checked.is_correct,
-                        answered_at: input.answered_at.with_timezone(&Utc),
-                        answered_at_raw: input.answered_at.to_rfc3339(),
+                        answered_at: answered_at.with_timezone(&Utc),
+                        answered_at_raw: answered_at.to_rfc3339(),
                     }
                 })
                 .collect();

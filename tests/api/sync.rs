@@ -1021,7 +1021,52 @@ async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
             "{surface:?}: corrected to {}",
             answer.answered_at
         );
+        // The history keeps the time as sent, not corrected.
+        let history = entity::attempt::Entity::find()
+            .filter(entity::attempt::Column::SessionId.eq(session.id))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                history.answered_at.to_rfc3339(),
+                history.answered_at_raw.as_str()
+            ),
+            (
+                "1970-01-01T00:07:00+00:00".to_owned(),
+                "1970-01-01T00:07:00+00:00"
+            )
+        );
     }
+    // The client's offset and microseconds are kept in the history.
+    let at = (Utc::now() - Duration::minutes(2))
+        .with_timezone(&chrono::FixedOffset::east_opt(19_800).unwrap())
+        .to_rfc3339_opts(SecondsFormat::Micros, false);
+    let offline = Uuid::new_v4();
+    let (_, s, _, _) = one(
+        &app,
+        Surface::Rest,
+        &token,
+        &attempt(q[0], 1, &at, Some(offline)),
+        None,
+    )
+    .await;
+    assert_eq!(s, ["acked"]);
+    let history = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::ClientAttemptId.is_not_null())
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.answered_at_raw == at)
+        .unwrap_or_else(|| panic!("no attempt with answered_at_raw {at}"));
+    assert_eq!(
+        history.answered_at,
+        chrono::DateTime::parse_from_rfc3339(&at)
+            .unwrap()
+            .with_timezone(&Utc)
+    );
 }
 
 async fn drafts_are_not_answerable(backend: Backend) {
