@@ -138,6 +138,12 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        // Sync counters summed off the write path are written before the pool closes.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.state.sync.flush(&self.state.db),
+        )
+        .await;
         // Give pending cache writes no chance to outlive the pool: close the database last.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.db.clone().close()).await;
         Ok(())
