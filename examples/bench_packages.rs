@@ -574,7 +574,7 @@ fn bank(count: usize) -> Vec<QuestionInput> {
                 theme_id: Some(100 + (n % 100) as i32),
                 cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                 difficulty: Some(["EASY", "MEDIUM", "HARD"][n % 3].to_owned()),
-                status: QuestionStatus::Published,
+                status: Some(QuestionStatus::Published),
             }
         })
         .collect()

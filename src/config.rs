@@ -143,6 +143,18 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub graphql_introspection: bool,
 
+    /// Trusted documents: persisted query manifests (Apollo's
+    /// `apollo-persisted-query-manifest` format), comma-separated; each path is a manifest
+    /// file or a directory of `*.json` manifests. When set, only the operations they list
+    /// run (their union, for several app versions at once).
+    #[arg(
+        long,
+        env = "EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub graphql_trusted_documents: Vec<std::path::PathBuf>,
+
     /// Production mode: no "did you mean" field suggestions in GraphQL errors.
     #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub production: bool,
@@ -175,6 +187,7 @@ impl Config {
             graphql_max_complexity: 1000,
             graphql_max_aliases: 30,
             graphql_introspection: true,
+            graphql_trusted_documents: Vec::new(),
             production: false,
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
