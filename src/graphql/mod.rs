@@ -5,7 +5,7 @@ use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerErro
 use crate::{
     app::AppState,
     auth::AuthUser,
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, ErrorCode},
 };
 
 pub mod document;
@@ -125,11 +125,11 @@ pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
             || error.message.starts_with("Invalid value")
             || error.message.starts_with("Variable ")
         {
-            "BAD_USER_INPUT"
+            ErrorCode::BadUserInput
         } else if kind == ResponseKind::RequestError {
-            "GRAPHQL_VALIDATION_FAILED"
+            ErrorCode::GraphqlValidationFailed
         } else {
-            "INTERNAL_SERVER_ERROR"
+            ErrorCode::InternalServerError
         };
         error
             .extensions

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     app::AppState,
     auth::bearer_token,
-    error::AppError,
+    error::{AppError, ErrorCode},
     graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors, document},
     hashing::sha256_hex,
     http::{graphiql, middleware_layer::record_user},
@@ -160,7 +160,7 @@ pub async fn graphql_post(
         return refusal(
             media,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "send the request with `Content-Type: application/json`",
         );
     }
@@ -170,7 +170,7 @@ pub async fn graphql_post(
             return refusal(
                 media,
                 StatusCode::BAD_REQUEST,
-                "GRAPHQL_PARSE_FAILED",
+                ErrorCode::GraphqlParseFailed,
                 &format!("the request body is not JSON: {e}"),
             );
         }
@@ -181,7 +181,7 @@ pub async fn graphql_post(
             return refusal(
                 media,
                 StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+                ErrorCode::BadUserInput,
                 "batched GraphQL requests are not supported; send one operation per request",
             );
         }
@@ -189,7 +189,7 @@ pub async fn graphql_post(
             return refusal(
                 media,
                 StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+                ErrorCode::BadUserInput,
                 "the request body must be a JSON object",
             );
         }
@@ -197,7 +197,12 @@ pub async fn graphql_post(
     let fields = match RequestFields::from_post(object) {
         Ok(fields) => fields,
         Err(message) => {
-            return refusal(media, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &message,
+            );
         }
     };
     execute(state, schema, headers, fields, media, false).await
@@ -220,7 +225,12 @@ pub async fn graphql_get(
     let fields = match RequestFields::from_get(params) {
         Ok(fields) => fields,
         Err(message) => {
-            return refusal(media, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &message,
+            );
         }
     };
     execute(state, schema, headers, fields, media, true).await
@@ -296,7 +306,7 @@ enum DocumentSource {
 /// A refusal before execution: its status, code and message.
 struct Refusal {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// `no-store` (not even private caches): persisted-query misses must never be reused.
     no_store: bool,
@@ -306,14 +316,14 @@ impl Refusal {
     fn bad_request(message: impl Into<String>) -> Self {
         Refusal {
             status: StatusCode::BAD_REQUEST,
-            code: "BAD_USER_INPUT",
+            code: ErrorCode::BadUserInput,
             message: message.into(),
             no_store: false,
         }
     }
 
     /// A document refused before execution: its status depends on the media type.
-    fn document(media: ResponseMedia, code: &'static str, message: impl Into<String>) -> Self {
+    fn document(media: ResponseMedia, code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
             status: media.request_error_status(),
             code,
@@ -349,7 +359,7 @@ async fn execute(
             .await
         }
         Err(refused) => {
-            metrics::graphql_refused(refused.code);
+            metrics::graphql_refused(refused.code.as_str());
             refused.into_response(media)
         }
     }
@@ -366,15 +376,15 @@ async fn prepare(
     let (query, source) = resolve_document(state, fields, media).await?;
     // A flat scan first: hostile nesting never reaches the recursive parser.
     document::check_nesting(&query, document::MAX_NESTING)
-        .map_err(|message| Refusal::document(media, "GRAPHQL_VALIDATION_FAILED", message))?;
+        .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
     let parsed = async_graphql::parser::parse_query(&query).map_err(|e| match e {
         // The parser's own depth limit is a limit like the others.
         async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
             media,
-            "GRAPHQL_VALIDATION_FAILED",
+            ErrorCode::GraphqlValidationFailed,
             "the document nests too deeply",
         ),
-        other => Refusal::document(media, "GRAPHQL_PARSE_FAILED", other.to_string()),
+        other => Refusal::document(media, ErrorCode::GraphqlParseFailed, other.to_string()),
     })?;
     if source == DocumentSource::Unlisted
         && !(state.config.graphql_introspection
@@ -382,7 +392,7 @@ async fn prepare(
     {
         return Err(Refusal::document(
             media,
-            "QUERY_NOT_IN_SAFELIST",
+            ErrorCode::QueryNotInSafelist,
             "this operation is not in the server's trusted documents",
         ));
     }
@@ -390,13 +400,13 @@ async fn prepare(
     if is_get && document::selects_mutation(&parsed, fields.operation_name.as_deref()) {
         return Err(Refusal {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "BAD_USER_INPUT",
+            code: ErrorCode::BadUserInput,
             message: "mutations must be sent with POST".into(),
             no_store: false,
         });
     }
     document::check_alias_limit(&parsed, state.config.graphql_max_aliases as usize)
-        .map_err(|message| Refusal::document(media, "GRAPHQL_VALIDATION_FAILED", message))?;
+        .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
     Ok((query, parsed))
 }
 
@@ -491,11 +501,11 @@ async fn run(
 
 /// The metrics label of a refusal found by the schema (a fixed set).
 fn refused_code(code: &str) -> &'static str {
-    match code {
-        "GRAPHQL_VALIDATION_FAILED" => "GRAPHQL_VALIDATION_FAILED",
-        "BAD_USER_INPUT" => "BAD_USER_INPUT",
-        _ => "OTHER",
-    }
+    [ErrorCode::GraphqlValidationFailed, ErrorCode::BadUserInput]
+        .into_iter()
+        .map(ErrorCode::as_str)
+        .find(|known| *known == code)
+        .unwrap_or("OTHER")
 }
 
 /// The document to run: with trusted documents, a listed one (by id or exact text) or
@@ -519,7 +529,7 @@ async fn resolve_document(
                     Some(body) => Ok((body.to_owned(), DocumentSource::Listed)),
                     None => Err(Refusal::document(
                         media,
-                        "PERSISTED_QUERY_NOT_IN_LIST",
+                        ErrorCode::PersistedQueryNotInList,
                         "PersistedQueryNotInList",
                     )),
                 }
@@ -570,7 +580,7 @@ async fn resolve_document(
                     no_store: true,
                     ..Refusal::document(
                         media,
-                        "PERSISTED_QUERY_NOT_FOUND",
+                        ErrorCode::PersistedQueryNotFound,
                         "PersistedQueryNotFound",
                     )
                 })
@@ -602,8 +612,8 @@ fn persisted_query_hash(fields: &RequestFields) -> Result<Option<String>, Refusa
 
 /// A GraphQL-shaped error response (`{"errors": [...]}`, no `data`) with an
 /// `extensions.code`.
-fn refusal(media: ResponseMedia, status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": code}}]});
+fn refusal(media: ResponseMedia, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = json!({"errors": [{"message": message, "extensions": {"code": code.as_str()}}]});
     let mut response = (status, body.to_string()).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, media.content_type());
@@ -624,7 +634,7 @@ fn not_acceptable() -> Response {
     let mut response = refusal(
         ResponseMedia::Json,
         StatusCode::NOT_ACCEPTABLE,
-        "BAD_USER_INPUT",
+        ErrorCode::BadUserInput,
         "accept application/graphql-response+json or application/json",
     );
     metrics::graphql_refused("NOT_ACCEPTABLE");
