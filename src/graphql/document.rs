@@ -17,16 +17,33 @@ use async_graphql::parser::types::{
 /// (the standard introspection query nests 13).
 pub const MAX_NESTING: usize = 48;
 
-/// Fails with a message when the document's brackets nest deeper than `max`.
+/// The most lexical tokens a document may have before it is parsed.
 ///
-/// Brackets inside strings, block strings and comments do not count. The scan is
-/// iterative and stops at the first level past `max`.
-pub fn check_nesting(text: &str, max: usize) -> Result<(), String> {
+/// Parsing costs about 2 s per 500 kB of fields in a debug build (the body limit allows
+/// 1 MB), all of it before the complexity limit can refuse the document. An app's largest
+/// operation is a few thousand tokens (the standard introspection query is about 300);
+/// 20,000 leaves a wide margin and keeps parsing in the low milliseconds.
+pub const MAX_TOKENS: usize = 20_000;
+
+/// Fails with a message when the document's brackets nest deeper than `max_nesting` or it
+/// has more than `max_tokens` tokens.
+///
+/// Brackets inside strings, block strings and comments do not count; a string is one
+/// token, commas and comments none. The scan is iterative and stops at the first excess.
+pub fn check_size(text: &str, max_nesting: usize, max_tokens: usize) -> Result<(), String> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    let mut tokens = 0usize;
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
+        let byte = bytes[i];
+        if !(byte.is_ascii_whitespace() || byte == b',' || byte == b'#') {
+            tokens += 1;
+            if tokens > max_tokens {
+                return Err(format!("the document has more than {max_tokens} tokens"));
+            }
+        }
+        match byte {
             b'#' => {
                 while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
                     i += 1;
@@ -57,11 +74,21 @@ pub fn check_nesting(text: &str, max: usize) -> Result<(), String> {
                     i += 1;
                 }
             }
+            b'.' if bytes[i..].starts_with(b"...") => i += 2,
+            // A name or a number is one token.
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' => {
+                while i + 1 < bytes.len()
+                    && (bytes[i + 1].is_ascii_alphanumeric()
+                        || matches!(bytes[i + 1], b'_' | b'.' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+            }
             b'{' | b'[' | b'(' => {
                 depth += 1;
-                if depth > max {
+                if depth > max_nesting {
                     return Err(format!(
-                        "the document nests deeper than {max} levels of brackets"
+                        "the document nests deeper than {max_nesting} levels of brackets"
                     ));
                 }
             }
@@ -75,7 +102,7 @@ pub fn check_nesting(text: &str, max: usize) -> Result<(), String> {
 
 /// Refuses documents with more aliased fields than allowed (cheap amplification guard).
 pub fn check_alias_limit(doc: &ExecutableDocument, max_aliases: usize) -> Result<(), String> {
-    // The parser bounds selection-set nesting (and `check_nesting` runs first), so this
+    // The parser bounds selection-set nesting (and `check_size` runs first), so this
     // recursion is shallow.
     fn count(set: &SelectionSet) -> usize {
         set.items
@@ -190,34 +217,46 @@ mod tests {
 
     #[test]
     fn nesting_counts_brackets_outside_strings_and_comments() {
-        assert!(check_nesting("{ a { b { c } } }", 3).is_ok());
-        assert!(check_nesting("{ a { b { c { d } } } }", 3).is_err());
-        assert!(check_nesting("{ a(x: [1]) }", 3).is_ok());
-        assert!(check_nesting("{ a(x: [[1]]) }", 3).is_err());
+        assert!(check_size("{ a { b { c } } }", 3, usize::MAX).is_ok());
+        assert!(check_size("{ a { b { c { d } } } }", 3, usize::MAX).is_err());
+        assert!(check_size("{ a(x: [1]) }", 3, usize::MAX).is_ok());
+        assert!(check_size("{ a(x: [[1]]) }", 3, usize::MAX).is_err());
         // Brackets in strings, block strings and comments are text.
-        assert!(check_nesting(r#"{ a(x: "{{{{[[[[") }"#, 2).is_ok());
-        assert!(check_nesting(r#"{ a(x: "\"{{{{") }"#, 2).is_ok());
-        assert!(check_nesting("{ a(x: \"\"\"{{{{ \\\"\"\" {{{{\"\"\") }", 2).is_ok());
-        assert!(check_nesting("{ a # {{{{{\n }", 1).is_ok());
+        assert!(check_size(r#"{ a(x: "{{{{[[[[") }"#, 2, usize::MAX).is_ok());
+        assert!(check_size(r#"{ a(x: "\"{{{{") }"#, 2, usize::MAX).is_ok());
+        assert!(check_size("{ a(x: \"\"\"{{{{ \\\"\"\" {{{{\"\"\") }", 2, usize::MAX).is_ok());
+        assert!(check_size("{ a # {{{{{\n }", 1, usize::MAX).is_ok());
         // Unbalanced closers never underflow.
-        assert!(check_nesting("}}}}{ a }", 1).is_ok());
+        assert!(check_size("}}}}{ a }", 1, usize::MAX).is_ok());
     }
 
     #[test]
     fn nesting_scan_handles_hostile_sizes_without_recursion() {
         let deep = "{a".repeat(1_000_000) + &"}".repeat(1_000_000);
-        let err = check_nesting(&deep, MAX_NESTING).unwrap_err();
+        let err = check_size(&deep, MAX_NESTING, usize::MAX).unwrap_err();
         assert!(err.contains("48"), "{err}");
         let lists = format!(
             "{{ a(x: {}1{}) }}",
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert!(check_nesting(&lists, MAX_NESTING).is_err());
+        assert!(check_size(&lists, MAX_NESTING, usize::MAX).is_err());
         let wide = format!("{{ {} }}", "a ".repeat(500_000));
-        assert!(check_nesting(&wide, MAX_NESTING).is_ok());
+        assert!(check_size(&wide, MAX_NESTING, usize::MAX).is_ok());
+        assert!(check_size(&wide, MAX_NESTING, MAX_TOKENS).is_err());
         // An unterminated block string ends the scan.
-        assert!(check_nesting("{ a(x: \"\"\"{{{{", 2).is_ok());
+        assert!(check_size("{ a(x: \"\"\"{{{{", 2, usize::MAX).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_counted_like_the_lexer() {
+        // `{` `a` `(` `x` `:` `"…"` `)` `...` `F` `}`; commas and comments are not tokens.
+        let text = "{ a(x: \"b c, d\"), ...F } # a comment, with words";
+        assert!(check_size(text, 10, 10).is_ok());
+        assert!(check_size(text, 10, 9).is_err());
+        // Numbers and names are single tokens.
+        assert!(check_size("{ a(x: -1.5e+10, y: abc_9) }", 10, 11).is_ok());
+        assert!(check_size("{ a(x: -1.5e+10, y: abc_9) }", 10, 10).is_err());
     }
 
     #[test]

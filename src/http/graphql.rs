@@ -374,8 +374,8 @@ async fn prepare(
     is_get: bool,
 ) -> Result<(String, async_graphql::parser::types::ExecutableDocument), Refusal> {
     let (query, source) = resolve_document(state, fields, media).await?;
-    // A flat scan first: hostile nesting never reaches the recursive parser.
-    document::check_nesting(&query, document::MAX_NESTING)
+    // A flat scan first: hostile nesting or size never reaches the recursive parser.
+    document::check_size(&query, document::MAX_NESTING, document::MAX_TOKENS)
         .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
     let parsed = async_graphql::parser::parse_query(&query).map_err(|e| match e {
         // The parser's own depth limit is a limit like the others.
