@@ -160,7 +160,7 @@ pub async fn graphql_post(
         return refusal(
             media,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::BadUserInput,
+            ErrorCode::UnsupportedMediaType,
             "send the request with `Content-Type: application/json`",
         );
     }
@@ -519,20 +519,27 @@ async fn resolve_document(
     let hash = persisted_query_hash(fields)?;
     if let Some(trusted) = &state.trusted_documents {
         return match (&hash, &fields.query) {
-            (Some(hash), query) => {
-                if let Some(query) = query
-                    && sha256_hex(query.as_bytes()) != *hash
-                {
+            // An id alone: the listed body, or nothing.
+            (Some(hash), None) => match trusted.body(hash) {
+                Some(body) => Ok((body.to_owned(), DocumentSource::Listed)),
+                None => Err(Refusal::document(
+                    media,
+                    ErrorCode::PersistedQueryNotInList,
+                    "PersistedQueryNotInList",
+                )),
+            },
+            // Text with its id (an APQ registration): checked, then judged as text, so
+            // registration can never add an operation.
+            (Some(hash), Some(query)) => {
+                if sha256_hex(query.as_bytes()) != *hash {
                     return Err(Refusal::bad_request("provided sha does not match query"));
                 }
-                match trusted.body(hash) {
-                    Some(body) => Ok((body.to_owned(), DocumentSource::Listed)),
-                    None => Err(Refusal::document(
-                        media,
-                        ErrorCode::PersistedQueryNotInList,
-                        "PersistedQueryNotInList",
-                    )),
-                }
+                let source = if trusted.body(hash).is_some() {
+                    DocumentSource::Listed
+                } else {
+                    DocumentSource::Unlisted
+                };
+                Ok((query.clone(), source))
             }
             (None, Some(query)) if !query.trim().is_empty() => {
                 let source = if trusted.contains_body(query) {
@@ -634,7 +641,7 @@ fn not_acceptable() -> Response {
     let mut response = refusal(
         ResponseMedia::Json,
         StatusCode::NOT_ACCEPTABLE,
-        ErrorCode::BadUserInput,
+        ErrorCode::NotAcceptable,
         "accept application/graphql-response+json or application/json",
     );
     metrics::graphql_refused("NOT_ACCEPTABLE");

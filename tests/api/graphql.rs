@@ -230,7 +230,7 @@ async fn graphiql_works_offline_in_a_real_browser() {
                 "chromium or tests/browser/node_modules missing (run: apt-get install chromium; cd tests/browser && npm ci)"
             );
         }
-        eprintln!("SKIPPED: chromium or tests/browser/node_modules missing");
+        examsync_test_support::report_skip("chromium or tests/browser/node_modules missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;
@@ -261,7 +261,7 @@ async fn documented_javascript_recipes_match_the_vectors() {
         if crate::helpers::services_required() {
             panic!("node is required");
         }
-        eprintln!("SKIPPED: node missing");
+        examsync_test_support::report_skip("node missing");
         return;
     }
     let output = tokio::process::Command::new("node")
@@ -397,7 +397,7 @@ async fn third_party_client_interop() {
         if crate::helpers::services_required() {
             panic!("python3 with gql is required (pip install -r tests/interop/requirements.txt)");
         }
-        eprintln!("SKIPPED: python gql missing");
+        examsync_test_support::report_skip("python gql missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;
@@ -575,6 +575,7 @@ async fn media_types_and_statuses_follow_graphql_over_http(backend: Backend) {
     }
     let o = outcome(post_with(&app, &token, Some("text/html"), ok)).await;
     assert_eq!(o.status, 406, "{}", o.body);
+    assert_eq!(o.body["errors"][0]["extensions"]["code"], "NOT_ACCEPTABLE");
 
     // Request errors: parse, validation, variable coercion.
     let cases = [
@@ -670,6 +671,10 @@ async fn media_types_and_statuses_follow_graphql_over_http(backend: Backend) {
         }
         let o = outcome(request).await;
         assert_eq!(o.status, 415, "{content_type:?}: {}", o.body);
+        assert_eq!(
+            o.body["errors"][0]["extensions"]["code"],
+            "UNSUPPORTED_MEDIA_TYPE"
+        );
     }
     // GET: queries run, mutations are 405, variables must be an object.
     let get = |pairs: Vec<(&'static str, String)>, accept: &'static str| {
@@ -713,6 +718,7 @@ async fn media_types_and_statuses_follow_graphql_over_http(backend: Backend) {
     assert_eq!(o.status, 400, "{}", o.body);
     let o = outcome(get(vec![("query", "{ __typename }".into())], "text/plain")).await;
     assert_eq!(o.status, 406, "{}", o.body);
+    assert_eq!(o.body["errors"][0]["extensions"]["code"], "NOT_ACCEPTABLE");
 }
 
 /// Hostile nesting of any depth, and width, is `GRAPHQL_VALIDATION_FAILED`: never a parse
@@ -993,9 +999,12 @@ async fn trusted_documents_run_only_listed_operations(backend: Backend) {
         (400, Some("PERSISTED_QUERY_NOT_IN_LIST")),
         "{b}"
     );
+    // Registration (text with its id) cannot add an operation.
     let mut register = by_id(id(other));
     register["query"] = json!(other);
     let (s, b) = post_raw(&app, t, register).await;
+    assert_eq!((s, code(&b)), (400, Some("QUERY_NOT_IN_SAFELIST")), "{b}");
+    let (s, b) = post_raw(&app, t, by_id(id(other))).await;
     assert_eq!(
         (s, code(&b)),
         (400, Some("PERSISTED_QUERY_NOT_IN_LIST")),
