@@ -819,7 +819,7 @@ async fn node_script(script: &str, envs: &[(&str, &str)]) -> Option<std::process
                 "tests/graphql-http/node_modules missing (run: cd tests/graphql-http && npm ci)"
             );
         }
-        eprintln!("SKIPPED: tests/graphql-http/node_modules missing");
+        examsync_test_support::report_skip("tests/graphql-http/node_modules missing");
         return None;
     }
     let mut command = tokio::process::Command::new("node");
@@ -1131,7 +1131,7 @@ async fn apollo_client_runs_trusted_documents() {
                 "tests/graphql-http/node_modules missing (run: cd tests/graphql-http && npm ci)"
             );
         }
-        eprintln!("SKIPPED: tests/graphql-http/node_modules missing");
+        examsync_test_support::report_skip("tests/graphql-http/node_modules missing");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
