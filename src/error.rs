@@ -42,6 +42,16 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
+    /// Well-formed input that conflicts with the state of what it names (REST 409).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    /// A `Range` none of whose bytes exist (REST 416).
+    #[error("the range is outside the {length} bytes of this representation")]
+    RangeNotSatisfiable { length: u64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
@@ -93,6 +103,8 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,8 +118,11 @@ impl AppError {
             AppError::Unauthenticated(_) => "UNAUTHENTICATED",
             AppError::Forbidden(_) => "FORBIDDEN",
             AppError::NotFound(_) => "NOT_FOUND",
-            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => code,
+            AppError::BadRequest { code, .. }
+            | AppError::Unprocessable { code, .. }
+            | AppError::Conflict { code, .. } => code,
             AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            AppError::RangeNotSatisfiable { .. } => "RANGE_NOT_SATISFIABLE",
             AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::Unavailable { .. } => "UNAVAILABLE",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
@@ -122,6 +137,8 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
+            | AppError::Conflict { .. }
+            | AppError::RangeNotSatisfiable { .. }
             | AppError::PayloadTooLarge { .. } => "BAD_USER_INPUT",
             AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::Unavailable { .. } => "UNAVAILABLE",
@@ -131,9 +148,9 @@ impl AppError {
 
     pub(crate) fn details(&self) -> Value {
         match self {
-            AppError::BadRequest { details, .. } | AppError::Unprocessable { details, .. } => {
-                details.clone().unwrap_or(Value::Null)
-            }
+            AppError::BadRequest { details, .. }
+            | AppError::Unprocessable { details, .. }
+            | AppError::Conflict { details, .. } => details.clone().unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
