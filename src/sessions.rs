@@ -7,10 +7,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
-use entity::{test_session, user};
-
-pub const ACTIVE: &str = "ACTIVE";
-pub const SUBMITTED: &str = "SUBMITTED";
+use entity::{SessionStatus, test_session, user};
 
 /// The caller's sessions, newest first.
 pub async fn list_for_user(
@@ -37,12 +34,12 @@ pub async fn submit(
         .one(db)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no session {id}")))?;
-    if session.status != ACTIVE {
+    if session.status != SessionStatus::Active {
         return Ok(session);
     }
     let now = Utc::now();
     let mut active = session.into_active_model();
-    active.status = Set(SUBMITTED.to_owned());
+    active.status = Set(SessionStatus::Submitted);
     active.submitted_at = Set(Some(now));
     active.updated_at = Set(now);
     Ok(active.update(db).await?)

@@ -4,6 +4,7 @@
 //! sync and package rules depend on lives there as a database constraint.
 
 pub mod attempt;
+pub mod enums;
 pub mod idempotency_record;
 pub mod package_dictionary;
 pub mod question;
@@ -11,6 +12,8 @@ pub mod session_answer;
 pub mod test_package;
 pub mod test_session;
 pub mod user;
+
+pub use enums::{QuestionStatus, SessionMode, SessionStatus};
 
 pub mod prelude {
     pub use super::attempt::Entity as Attempt;
