@@ -175,6 +175,48 @@ mod tests {
         assert_eq!(apply(&held, &delta), expected);
     }
 
+    /// `vectors/delta.json` (what the mobile recipes are tested against) is what this
+    /// code computes, and applying it gives the hash the vector states.
+    #[test]
+    fn delta_vector_agrees() {
+        #[derive(serde::Deserialize)]
+        struct Side {
+            version_hash: String,
+            questions: Vec<Snapshot>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            upserted: Vec<Snapshot>,
+            removed: Vec<Uuid>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Vector {
+            held: Side,
+            new: Side,
+            delta: Wire,
+            result_version_hash: String,
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/delta.json");
+        let vector: Vector =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(
+            canonical_questions(vector.held.questions.clone()).unwrap().1,
+            vector.held.version_hash
+        );
+        assert_eq!(
+            canonical_questions(vector.new.questions.clone()).unwrap().1,
+            vector.new.version_hash
+        );
+        let delta = diff(&vector.held.questions, &vector.new.questions);
+        assert_eq!(delta.upserted, vector.delta.upserted);
+        assert_eq!(delta.removed, vector.delta.removed);
+        let applied = apply(&vector.held.questions, &delta);
+        assert_eq!(
+            canonical_questions(applied).unwrap().1,
+            vector.result_version_hash
+        );
+    }
+
     #[test]
     fn body_bytes_are_json_of_the_wire_shape() {
         let delta = diff(&[snapshot(1, "a")], &[snapshot(2, "b")]);
