@@ -197,10 +197,11 @@ mod tests {
             result_version_hash: String,
         }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/delta.json");
-        let vector: Vector =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let vector: Vector = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(
-            canonical_questions(vector.held.questions.clone()).unwrap().1,
+            canonical_questions(vector.held.questions.clone())
+                .unwrap()
+                .1,
             vector.held.version_hash
         );
         assert_eq!(
