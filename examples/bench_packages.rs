@@ -757,7 +757,7 @@ fn update(count: usize) -> Vec<QuestionInput> {
                 .map(|e| format!("{e} Reviewed: see the 2026 guideline."));
             out.push(q);
         } else if n % 200 == 3 {
-            q.status = QuestionStatus::Draft;
+            q.status = Some(QuestionStatus::Draft);
             out.push(q);
         }
     }
