@@ -727,7 +727,7 @@ async fn seed_questions(db: &DatabaseConnection, count: usize) -> Result<Bank, S
                     theme_id: Some(1 + (n % 120) as i32),
                     cognitive_level: None,
                     difficulty: None,
-                    status: QuestionStatus::Published,
+                    status: Some(QuestionStatus::Published),
                 }
             })
             .collect()

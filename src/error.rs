@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 tokio::task_local! {
     /// The current request's id, set by the request-id middleware, so that error
@@ -23,7 +23,7 @@ pub fn current_request_id() -> Option<String> {
 /// Every error code this server puts on the wire: REST `error_code` and GraphQL
 /// `extensions.code`. The variant names are the wire names (UPPER_SNAKE_CASE via serde), so
 /// a code is written once and a typo cannot compile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     // Shared by both surfaces.
@@ -40,6 +40,7 @@ pub enum ErrorCode {
     BadRequest,
     EmptyScope,
     DeltaScopeMismatch,
+    RangeNotSatisfiable,
     PayloadTooLarge,
     MethodNotAllowed,
     RequestTimeout,
@@ -56,7 +57,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -69,6 +70,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::EmptyScope,
         ErrorCode::DeltaScopeMismatch,
+        ErrorCode::RangeNotSatisfiable,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestTimeout,
@@ -97,6 +99,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::EmptyScope => "EMPTY_SCOPE",
             ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
@@ -146,6 +149,16 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
+    /// Well-formed input that conflicts with the state of what it names (REST 409).
+    #[error("{message}")]
+    Conflict {
+        code: ErrorCode,
+        message: String,
+        details: Option<Value>,
+    },
+    /// A `Range` none of whose bytes exist (REST 416).
+    #[error("the range is outside the {length} bytes of this representation")]
+    RangeNotSatisfiable { length: u64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
@@ -193,6 +206,8 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -206,8 +221,11 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
-            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => *code,
+            AppError::BadRequest { code, .. }
+            | AppError::Unprocessable { code, .. }
+            | AppError::Conflict { code, .. } => *code,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            AppError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::InternalServerError,
@@ -222,6 +240,8 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
+            | AppError::Conflict { .. }
+            | AppError::RangeNotSatisfiable { .. }
             | AppError::PayloadTooLarge { .. } => ErrorCode::BadUserInput,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
@@ -231,9 +251,9 @@ impl AppError {
 
     pub(crate) fn details(&self) -> Value {
         match self {
-            AppError::BadRequest { details, .. } | AppError::Unprocessable { details, .. } => {
-                details.clone().unwrap_or(Value::Null)
-            }
+            AppError::BadRequest { details, .. }
+            | AppError::Unprocessable { details, .. }
+            | AppError::Conflict { details, .. } => details.clone().unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
@@ -269,14 +289,25 @@ impl AppError {
     }
 }
 
-/// The REST error envelope of SPEC section 5.
-pub fn error_body(code: ErrorCode, message: &str, details: Value) -> Value {
-    json!({
-        "error_code": code.as_str(),
-        "message": message,
-        "details": details,
-        "request_id": current_request_id(),
-    })
+/// The REST error envelope: the body of every REST error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error_code: ErrorCode,
+    pub message: String,
+    /// What exactly was wrong, when there is more to say (e.g. the field, line and column).
+    pub details: Value,
+    /// Equals the `X-Request-Id` response header.
+    pub request_id: Option<String>,
+}
+
+/// The envelope for `code` in the current request.
+pub fn error_body(code: ErrorCode, message: &str, details: Value) -> ErrorBody {
+    ErrorBody {
+        error_code: code,
+        message: message.to_owned(),
+        details,
+        request_id: current_request_id(),
+    }
 }
 
 impl IntoResponse for AppError {

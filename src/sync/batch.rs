@@ -23,8 +23,10 @@
 //! item never blocks another; a transient fault always fails the request.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use chrono::{DateTime, Duration, DurationRound, FixedOffset, Utc};
+use sea_orm::{
+    DatabaseConnection, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -142,6 +144,25 @@ struct Pending {
 struct Accepted {
     pending: Pending,
     checked: Checked,
+}
+
+/// Why the applying transaction did not commit.
+enum TxnError {
+    Db(DbErr),
+    /// A read the transaction relies on came back without the row it must return.
+    Inconsistent,
+}
+
+impl From<DbErr> for TxnError {
+    fn from(e: DbErr) -> Self {
+        TxnError::Db(e)
+    }
+}
+
+/// A retry converges; an item result here could make the phone delete an answer.
+fn inconsistent() -> AppError {
+    tracing::warn!("sync transaction saw an inconsistent state; the client retries");
+    AppError::unavailable()
 }
 
 /// What the applying transaction decided for its items.
@@ -356,8 +377,9 @@ impl Batch<'_> {
         let all: Vec<&Accepted> = accepted.iter().collect();
         match self.apply_in_transaction(&all).await {
             Ok(applied) => self.finish(&all, applied).await,
-            Err(e) if is_transient(&e) => Err(AppError::from(e)),
-            Err(e) => {
+            Err(TxnError::Inconsistent) => Err(inconsistent()),
+            Err(TxnError::Db(e)) if is_transient(&e) => Err(AppError::from(e)),
+            Err(TxnError::Db(e)) => {
                 tracing::warn!(error = %e, items = all.len(), "batch write failed; retrying item by item");
                 let mut out = Vec::with_capacity(all.len());
                 for item in &all {
@@ -366,8 +388,11 @@ impl Batch<'_> {
                         Ok(applied) => out.extend(self.finish(&one, applied).await?),
                         // Never an item result for a transient fault: the phone would
                         // delete an answer that was not applied.
-                        Err(e) if is_transient(&e) => return Err(AppError::from(e)),
-                        Err(e) => {
+                        Err(TxnError::Inconsistent) => return Err(inconsistent()),
+                        Err(TxnError::Db(e)) if is_transient(&e) => {
+                            return Err(AppError::from(e));
+                        }
+                        Err(TxnError::Db(e)) => {
                             tracing::error!(error = %e, "attempt could not be applied");
                             out.push((
                                 item.pending.index,
@@ -386,10 +411,19 @@ impl Batch<'_> {
     }
 
     /// The one transaction of a batch (positions index into `items`).
-    async fn apply_in_transaction(&self, items: &[&Accepted]) -> Result<Applied, DbErr> {
+    async fn apply_in_transaction(&self, items: &[&Accepted]) -> Result<Applied, TxnError> {
         let now = self.received_at;
         let user_id = self.user.id;
-        let txn = self.db().begin().await?;
+        // SQLite: take the one write lock at BEGIN (waiting out the busy timeout) rather
+        // than upgrading a read snapshot later, which can fail with SQLITE_BUSY_SNAPSHOT.
+        let txn = self
+            .db()
+            .begin_with_options(TransactionOptions {
+                isolation_level: None,
+                access_mode: None,
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            })
+            .await?;
 
         // 1. Sessions of offline sessions seen for the first time; the scope comes from
         //    the first item (in request order) that names the offline session.
@@ -419,11 +453,9 @@ impl Batch<'_> {
                 Target::Session(id) => (id, SessionState::Active),
                 Target::NewOffline(offline) => match created.get(&offline) {
                     Some(session) => (session.id, session.state),
-                    None => {
-                        return Err(DbErr::Custom(
-                            "an offline session was neither created nor found".into(),
-                        ));
-                    }
+                    // The upsert returns the row it inserted or found; without one the
+                    // database is not in a state to decide in: a retry will be.
+                    None => return Err(TxnError::Inconsistent),
                 },
             });
         }
@@ -507,6 +539,10 @@ impl Batch<'_> {
                 .iter()
                 .map(|&p| {
                     let input = &items[p].pending.input;
+                    let answered_at = input
+                        .answered_at
+                        .duration_trunc(Duration::microseconds(1))
+                        .unwrap_or(input.answered_at);
                     store::AttemptRow {
                         attempt_id: attempt_ids[p],
                         key: input.idempotency_key,
@@ -517,8 +553,8 @@ impl Batch<'_> {
                         client_attempt_id: input.client_attempt_id,
                         selected_option_index: option_index(input),
                         is_correct: items[p].checked.is_correct,
-                        answered_at: input.answered_at.with_timezone(&Utc),
-                        answered_at_raw: input.answered_at.to_rfc3339(),
+                        answered_at: answered_at.with_timezone(&Utc),
+                        answered_at_raw: answered_at.to_rfc3339(),
                     }
                 })
                 .collect();

@@ -29,7 +29,7 @@ pub enum ParsedAttempt {
     },
 }
 
-/// Upper case on GraphQL, lower case on REST (serde).
+// Upper case on GraphQL, lower case on REST (serde).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, utoipa::ToSchema)]
 #[graphql(name = "SyncStatus")]
 #[serde(rename_all = "lowercase")]
@@ -50,7 +50,7 @@ impl SyncStatus {
     }
 }
 
-/// The same upper-case names on both surfaces.
+// The same upper-case names on both surfaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, utoipa::ToSchema)]
 #[graphql(name = "SyncErrorCode")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

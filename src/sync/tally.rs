@@ -111,7 +111,9 @@ impl SyncState {
 }
 
 async fn flush_loop(state: Weak<SyncState>, db: DatabaseConnection) {
-    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    // The first flush a period after the first count, not at once.
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -30,6 +30,19 @@ pub fn replace_database(url: &str, name: &str) -> String {
     out
 }
 
+/// Says that the calling test skipped part of its work, and why, on a line of its own that
+/// starts with `SKIPPED`. `eprintln!` output is captured by the test harness and shown only
+/// for failing tests; a skip must be visible (a newcomer without PostgreSQL should see how
+/// much did not run), so this writes to the process's stderr directly.
+pub fn report_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// A time as JavaScript's `toISOString()` prints it (UTC, milliseconds, `Z`).
 pub fn iso_millis(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -62,7 +62,7 @@ pub fn skip_postgres() -> bool {
     if services_required() {
         panic!("TEST_DATABASE_URL is not set but EXAMSYNC_REQUIRE_SERVICES=1");
     }
-    eprintln!("SKIPPED: TEST_DATABASE_URL not set");
+    examsync_test_support::report_skip("TEST_DATABASE_URL not set");
     true
 }
 

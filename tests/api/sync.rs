@@ -1021,7 +1021,52 @@ async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
             "{surface:?}: corrected to {}",
             answer.answered_at
         );
+        // The history keeps the time as sent, not corrected.
+        let history = entity::attempt::Entity::find()
+            .filter(entity::attempt::Column::SessionId.eq(session.id))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                history.answered_at.to_rfc3339(),
+                history.answered_at_raw.as_str()
+            ),
+            (
+                "1970-01-01T00:07:00+00:00".to_owned(),
+                "1970-01-01T00:07:00+00:00"
+            )
+        );
     }
+    // The client's offset and microseconds are kept in the history.
+    let at = (Utc::now() - Duration::minutes(2))
+        .with_timezone(&chrono::FixedOffset::east_opt(19_800).unwrap())
+        .to_rfc3339_opts(SecondsFormat::Micros, false);
+    let offline = Uuid::new_v4();
+    let (_, s, _, _) = one(
+        &app,
+        Surface::Rest,
+        &token,
+        &attempt(q[0], 1, &at, Some(offline)),
+        None,
+    )
+    .await;
+    assert_eq!(s, ["acked"]);
+    let history = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::ClientAttemptId.is_not_null())
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.answered_at_raw == at)
+        .unwrap_or_else(|| panic!("no attempt with answered_at_raw {at}"));
+    assert_eq!(
+        history.answered_at,
+        chrono::DateTime::parse_from_rfc3339(&at)
+            .unwrap()
+            .with_timezone(&Utc)
+    );
 }
 
 async fn drafts_are_not_answerable(backend: Backend) {
@@ -1066,10 +1111,18 @@ async fn drafts_are_not_answerable(backend: Backend) {
         assert_eq!(s, ["acked"], "{surface:?}");
     }
     // Nothing of the draft leaks through the score.
-    assert_eq!(
-        count_rows(&app.db, "attempts", &format!("question_id = '{}'", ids[0])).await,
-        0
-    );
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let draft_attempts = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::QuestionId.eq(ids[0]))
+        .count(&app.db)
+        .await
+        .unwrap();
+    let retired_attempts = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::QuestionId.eq(ids[1]))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((draft_attempts, retired_attempts), (0, 4));
 }
 
 /// Statements and commits of the sync path, pinned: a fresh batch, a replay, a batch that
@@ -1386,4 +1439,47 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
         !text.contains("\"Filter\""),
         "keys applied as a filter: {text}"
     );
+}
+
+/// Duplicate/rejected counts summed off the write path are written on graceful shutdown,
+/// not left to the next background flush (which a stopped instance never runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_counters_are_written_on_graceful_shutdown() {
+    use examsync::sync::store::Counts;
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    let (config, database, _redis) = crate::helpers::test_config(Backend::Sqlite).await;
+    let application = examsync::Application::build(config).await.unwrap();
+    let state = application.state().clone();
+    let user = Uuid::new_v4();
+    entity::user::Entity::insert(entity::user::ActiveModel {
+        id: Set(user),
+        role: Set("STUDENT".into()),
+        created_at: Set(Utc::now()),
+        last_sync_at: Set(None),
+        acked_count: Set(0),
+        duplicate_count: Set(0),
+        rejected_count: Set(0),
+    })
+    .exec(&state.db)
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let counts = Counts {
+        acked: 0,
+        duplicate: 2,
+        rejected: 1,
+    };
+    state.sync.add(&state.db, user, counts, Utc::now());
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    let row = entity::user::Entity::find_by_id(user)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.duplicate_count, row.rejected_count), (2, 1));
 }
