@@ -1,6 +1,5 @@
 //! HTTP surface: the router, REST handlers (thin: parse, call a rule module, render)
 //! and the GraphQL transport.
-use std::time::Duration;
 
 use axum::{
     Router,
@@ -64,6 +63,3 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
 async fn not_found() -> crate::error::AppError {
     crate::error::AppError::NotFound("no such route".into())
 }
-
-/// How long a client should wait before retrying after a transient failure.
-pub const RETRY_AFTER: Duration = Duration::from_secs(2);
