@@ -59,15 +59,34 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
+/// Every default setting, written once: the clap attributes and [`Config::with_database`]
+/// both read these.
+pub mod defaults {
+    pub const DATABASE_URL: &str = "sqlite://examsync.db?mode=rwc";
+    pub const DB_POOL_SIZE: u32 = 10;
+    pub const REDIS_PREFIX: &str = "examsync:";
+    pub const REDIS_TIMEOUT_MS: u64 = 250;
+    pub const BIND: &str = "127.0.0.1:8000";
+    pub const RATE_LIMIT_PER_MINUTE: u32 = 600;
+    pub const RATE_LIMIT_WINDOW_SECS: u64 = 60;
+    pub const GRAPHQL_MAX_DEPTH: u32 = 15;
+    pub const GRAPHQL_MAX_COMPLEXITY: u32 = 1000;
+    pub const GRAPHQL_MAX_ALIASES: u32 = 30;
+    pub const GRAPHQL_INTROSPECTION: bool = true;
+    pub const PRODUCTION: bool = false;
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+}
+
 /// Every runtime setting of the server. Flags override env vars.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Database: a `postgres://…` URL in production; SQLite is the embedded default.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://examsync.db?mode=rwc", value_parser = parse_database_url, global = true)]
+    #[arg(long, env = "DATABASE_URL", default_value = defaults::DATABASE_URL, value_parser = parse_database_url, global = true)]
     pub database_url: String,
 
     /// Database connection pool size.
-    #[arg(long, env = "EXAMSYNC_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=500), global = true)]
+    #[arg(long, env = "EXAMSYNC_DB_POOL_SIZE", default_value_t = defaults::DB_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..=500), global = true)]
     pub db_pool_size: u32,
 
     /// Redis (`redis://…`, or `redis+cluster://host:port,host:port` for a cluster).
@@ -76,11 +95,11 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key, so deployments can share one Redis.
-    #[arg(long, env = "EXAMSYNC_REDIS_PREFIX", default_value = "examsync:", value_parser = parse_prefix, global = true)]
+    #[arg(long, env = "EXAMSYNC_REDIS_PREFIX", default_value = defaults::REDIS_PREFIX, value_parser = parse_prefix, global = true)]
     pub redis_prefix: String,
 
     /// Per-call Redis timeout in milliseconds; past it the database answers instead.
-    #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
+    #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub redis_timeout_ms: u64,
 
     /// HS256 key for access tokens (at least 16 bytes).
@@ -100,7 +119,7 @@ pub struct Config {
     #[arg(
         long = "bind",
         env = "EXAMSYNC_BIND",
-        default_value = "127.0.0.1:8000",
+        default_value = defaults::BIND,
         global = true
     )]
     pub bind: SocketAddr,
@@ -113,46 +132,46 @@ pub struct Config {
     #[arg(
         long,
         env = "EXAMSYNC_RATE_LIMIT_PER_MINUTE",
-        default_value_t = 600,
+        default_value_t = defaults::RATE_LIMIT_PER_MINUTE,
         global = true
     )]
     pub rate_limit_per_minute: u32,
 
     /// Length of the rate-limit window in seconds (the budget is per minute, scaled to it).
-    #[arg(long, env = "EXAMSYNC_RATE_LIMIT_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    #[arg(long, env = "EXAMSYNC_RATE_LIMIT_WINDOW_SECS", default_value_t = defaults::RATE_LIMIT_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub rate_limit_window_secs: u64,
 
     /// Maximum GraphQL query depth.
-    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_DEPTH", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_DEPTH", default_value_t = defaults::GRAPHQL_MAX_DEPTH, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub graphql_max_depth: u32,
 
     /// Maximum GraphQL query complexity.
-    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_COMPLEXITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_COMPLEXITY", default_value_t = defaults::GRAPHQL_MAX_COMPLEXITY, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
     pub graphql_max_complexity: u32,
 
     /// Maximum number of aliased/batched root fields in one GraphQL document.
     #[arg(
         long,
         env = "EXAMSYNC_GRAPHQL_MAX_ALIASES",
-        default_value_t = 30,
+        default_value_t = defaults::GRAPHQL_MAX_ALIASES,
         global = true
     )]
     pub graphql_max_aliases: u32,
 
     /// Serve the GraphQL introspection query (GraphiQL and code generators need it).
-    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = defaults::GRAPHQL_INTROSPECTION, action = clap::ArgAction::Set, global = true)]
     pub graphql_introspection: bool,
 
     /// Production mode: no "did you mean" field suggestions in GraphQL errors.
-    #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = defaults::PRODUCTION, action = clap::ArgAction::Set, global = true)]
     pub production: bool,
 
     /// Largest accepted request body in bytes.
-    #[arg(long, env = "EXAMSYNC_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    #[arg(long, env = "EXAMSYNC_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES, global = true)]
     pub max_body_bytes: usize,
 
     /// Whole-request timeout in seconds (also bounds slow request bodies).
-    #[arg(long, env = "EXAMSYNC_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    #[arg(long, env = "EXAMSYNC_REQUEST_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub request_timeout_secs: u64,
 }
 
@@ -161,23 +180,24 @@ impl Config {
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Config {
             database_url: database_url.into(),
-            db_pool_size: 10,
+            db_pool_size: defaults::DB_POOL_SIZE,
             redis_url: None,
-            redis_prefix: "examsync:".into(),
-            redis_timeout_ms: 250,
+            redis_prefix: defaults::REDIS_PREFIX.into(),
+            redis_timeout_ms: defaults::REDIS_TIMEOUT_MS,
             jwt_secret: None,
             jwt_secret_previous: None,
+            // Tests and embedders bind an ephemeral port, not the default one.
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,
-            rate_limit_per_minute: 600,
-            rate_limit_window_secs: 60,
-            graphql_max_depth: 15,
-            graphql_max_complexity: 1000,
-            graphql_max_aliases: 30,
-            graphql_introspection: true,
-            production: false,
-            max_body_bytes: 1024 * 1024,
-            request_timeout_secs: 30,
+            rate_limit_per_minute: defaults::RATE_LIMIT_PER_MINUTE,
+            rate_limit_window_secs: defaults::RATE_LIMIT_WINDOW_SECS,
+            graphql_max_depth: defaults::GRAPHQL_MAX_DEPTH,
+            graphql_max_complexity: defaults::GRAPHQL_MAX_COMPLEXITY,
+            graphql_max_aliases: defaults::GRAPHQL_MAX_ALIASES,
+            graphql_introspection: defaults::GRAPHQL_INTROSPECTION,
+            production: defaults::PRODUCTION,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
         }
     }
 
@@ -221,5 +241,36 @@ mod tests {
             "postgres://***@db:5432/x"
         );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    /// `with_database` and the command line agree on every default (they share
+    /// `defaults`, and this catches a field set to something else by hand).
+    #[test]
+    fn with_database_equals_the_parsed_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Only settings that are unset in this process are compared.
+        let parsed = Cli::try_parse_from(["examsync"]).unwrap().config;
+        let built = Config::with_database(parsed.database_url.clone());
+        let configured = |k: &str| {
+            (k.starts_with("EXAMSYNC_") && k != "EXAMSYNC_REQUIRE_SERVICES") || k == "REDIS_URL"
+        };
+        if std::env::vars().any(|(k, _)| configured(&k)) {
+            return;
+        }
+        assert_eq!(
+            format!(
+                "{:?}",
+                Config {
+                    bind: built.bind,
+                    ..parsed
+                }
+            ),
+            format!("{built:?}")
+        );
     }
 }

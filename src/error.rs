@@ -24,6 +24,110 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(|id| id.clone()).ok()
 }
 
+/// Every error code this server puts on the wire: REST `error_code` and GraphQL
+/// `extensions.code`. The variant names are the wire names (UPPER_SNAKE_CASE via serde), so
+/// a code is written once and a typo cannot compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    // Shared by both surfaces.
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    InternalServerError,
+    // REST.
+    ValidationError,
+    ValidationLimitExceeded,
+    MalformedJson,
+    BadRequest,
+    EmptyScope,
+    DeltaScopeMismatch,
+    PayloadTooLarge,
+    MethodNotAllowed,
+    RequestTimeout,
+    UnsupportedMediaType,
+    NotAcceptable,
+    // GraphQL (Apollo's names plus ours).
+    BadUserInput,
+    GraphqlParseFailed,
+    GraphqlValidationFailed,
+    PersistedQueryNotFound,
+    PersistedQueryNotInList,
+    QueryNotInSafelist,
+}
+
+impl ErrorCode {
+    /// Every code, for tests and documentation.
+    pub const ALL: [ErrorCode; 23] = [
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::InternalServerError,
+        ErrorCode::ValidationError,
+        ErrorCode::ValidationLimitExceeded,
+        ErrorCode::MalformedJson,
+        ErrorCode::BadRequest,
+        ErrorCode::EmptyScope,
+        ErrorCode::DeltaScopeMismatch,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::NotAcceptable,
+        ErrorCode::BadUserInput,
+        ErrorCode::GraphqlParseFailed,
+        ErrorCode::GraphqlValidationFailed,
+        ErrorCode::PersistedQueryNotFound,
+        ErrorCode::PersistedQueryNotInList,
+        ErrorCode::QueryNotInSafelist,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::InternalServerError => "INTERNAL_SERVER_ERROR",
+            ErrorCode::ValidationError => "VALIDATION_ERROR",
+            ErrorCode::ValidationLimitExceeded => "VALIDATION_LIMIT_EXCEEDED",
+            ErrorCode::MalformedJson => "MALFORMED_JSON",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::EmptyScope => "EMPTY_SCOPE",
+            ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::NotAcceptable => "NOT_ACCEPTABLE",
+            ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
+            ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
+            ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            ErrorCode::PersistedQueryNotInList => "PERSISTED_QUERY_NOT_IN_LIST",
+            ErrorCode::QueryNotInSafelist => "QUERY_NOT_IN_SAFELIST",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<ErrorCode> for async_graphql::Value {
+    fn from(code: ErrorCode) -> Self {
+        async_graphql::Value::from(code.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -35,14 +139,14 @@ pub enum AppError {
     /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
     #[error("{message}")]
     BadRequest {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Option<Value>,
     },
     /// Well-formed input refused by a business rule (REST 422).
     #[error("{message}")]
     Unprocessable {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Option<Value>,
     },
@@ -61,17 +165,13 @@ pub enum AppError {
 impl AppError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         AppError::BadRequest {
-            code: "VALIDATION_ERROR",
+            code: ErrorCode::ValidationError,
             message: message.into(),
             details: None,
         }
     }
 
-    pub fn bad_request_with(
-        code: &'static str,
-        message: impl Into<String>,
-        details: Value,
-    ) -> Self {
+    pub fn bad_request_with(code: ErrorCode, message: impl Into<String>, details: Value) -> Self {
         AppError::BadRequest {
             code,
             message: message.into(),
@@ -105,31 +205,31 @@ impl AppError {
     }
 
     /// REST `error_code`.
-    pub fn rest_code(&self) -> &'static str {
+    pub fn rest_code(&self) -> ErrorCode {
         match self {
-            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
-            AppError::Forbidden(_) => "FORBIDDEN",
-            AppError::NotFound(_) => "NOT_FOUND",
-            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => code,
-            AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            AppError::RateLimited { .. } => "RATE_LIMITED",
-            AppError::Unavailable { .. } => "UNAVAILABLE",
-            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+            AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => *code,
+            AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::Unavailable { .. } => ErrorCode::Unavailable,
+            AppError::Internal(_) => ErrorCode::InternalServerError,
         }
     }
 
     /// GraphQL `extensions.code` (Apollo's names plus ours).
-    pub fn graphql_code(&self) -> &'static str {
+    pub fn graphql_code(&self) -> ErrorCode {
         match self {
-            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
-            AppError::Forbidden(_) => "FORBIDDEN",
-            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
-            | AppError::PayloadTooLarge { .. } => "BAD_USER_INPUT",
-            AppError::RateLimited { .. } => "RATE_LIMITED",
-            AppError::Unavailable { .. } => "UNAVAILABLE",
-            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+            | AppError::PayloadTooLarge { .. } => ErrorCode::BadUserInput,
+            AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::Unavailable { .. } => ErrorCode::Unavailable,
+            AppError::Internal(_) => ErrorCode::InternalServerError,
         }
     }
 
@@ -165,9 +265,9 @@ impl AppError {
 }
 
 /// The REST error envelope of SPEC section 5.
-pub fn error_body(code: &str, message: &str, details: Value) -> Value {
+pub fn error_body(code: ErrorCode, message: &str, details: Value) -> Value {
     json!({
-        "error_code": code,
+        "error_code": code.as_str(),
         "message": message,
         "details": details,
         "request_id": current_request_id(),
@@ -559,5 +659,19 @@ mod tests {
             AppError::unavailable().retry_after(),
             Some(RETRY_AFTER.as_secs())
         );
+    }
+}
+
+#[cfg(test)]
+mod error_code_tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn wire_names_are_the_serde_names_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            assert!(seen.insert(code.as_str()), "{code} listed twice");
+        }
     }
 }

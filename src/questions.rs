@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use entity::question;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Enum, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ pub fn validate(items: &[QuestionInput]) -> AppResult<()> {
                 }
             );
             Err(AppError::bad_request_with(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 message,
                 Value::Array(problems),
             ))

@@ -5,7 +5,7 @@ use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerErro
 use crate::{
     app::AppState,
     auth::AuthUser,
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, ErrorCode},
 };
 
 pub mod loaders;
@@ -111,13 +111,13 @@ pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
         }
         let code = if error.path.is_empty() && pre_execution {
             kind = ResponseKind::ValidationFailed;
-            "GRAPHQL_VALIDATION_FAILED"
+            ErrorCode::GraphqlValidationFailed
         } else if error.message.starts_with("Failed to parse")
             || error.message.starts_with("Invalid value")
         {
-            "BAD_USER_INPUT"
+            ErrorCode::BadUserInput
         } else {
-            "INTERNAL_SERVER_ERROR"
+            ErrorCode::InternalServerError
         };
         error
             .extensions

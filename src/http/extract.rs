@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     app::AppState,
     auth::{AuthUser, bearer_token},
-    error::AppError,
+    error::{AppError, ErrorCode},
     http::middleware_layer::record_user,
 };
 
@@ -27,7 +27,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 AppError::PayloadTooLarge { limit }
             } else {
                 AppError::bad_request_with(
-                    "BAD_REQUEST",
+                    ErrorCode::BadRequest,
                     "could not read the request body",
                     serde_json::Value::Null,
                 )
@@ -43,7 +43,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         use serde_json::error::Category;
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => AppError::bad_request_with(
-                "MALFORMED_JSON",
+                ErrorCode::MalformedJson,
                 format!("malformed JSON: {e}"),
                 serde_json::json!({"line": e.line(), "column": e.column()}),
             ),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     app::AppState,
     auth::bearer_token,
-    error::AppError,
+    error::{AppError, ErrorCode},
     graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors},
     hashing::sha256_hex,
     http::{extract::parse_json, graphiql, middleware_layer::record_user},
@@ -36,7 +36,7 @@ pub async fn graphql_post(
         Err(e) => {
             return graphql_error(
                 StatusCode::BAD_REQUEST,
-                "GRAPHQL_PARSE_FAILED",
+                ErrorCode::GraphqlParseFailed,
                 &e.to_string(),
                 false,
             );
@@ -45,7 +45,7 @@ pub async fn graphql_post(
     if body.is_array() {
         return graphql_error(
             StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "batched GraphQL requests are not supported; send one operation per request",
             false,
         );
@@ -81,7 +81,7 @@ pub async fn graphql_get(
             Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
                 Box::new(graphql_error(
                     StatusCode::BAD_REQUEST,
-                    "BAD_USER_INPUT",
+                    ErrorCode::BadUserInput,
                     &format!("`{name}` is not valid JSON: {e}"),
                     false,
                 ))
@@ -128,7 +128,7 @@ async fn execute(
         Err(e) => {
             return graphql_error(
                 StatusCode::BAD_REQUEST,
-                "GRAPHQL_PARSE_FAILED",
+                ErrorCode::GraphqlParseFailed,
                 &e.to_string(),
                 false,
             );
@@ -138,7 +138,7 @@ async fn execute(
     if is_get && selects_mutation(&document, fields.operation_name.as_deref()) {
         return graphql_error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "mutations must be sent with POST",
             false,
         );
@@ -146,7 +146,7 @@ async fn execute(
     if let Err(message) = check_alias_limit(&document, state.config.graphql_max_aliases as usize) {
         return graphql_error(
             StatusCode::BAD_REQUEST,
-            "GRAPHQL_VALIDATION_FAILED",
+            ErrorCode::GraphqlValidationFailed,
             &message,
             false,
         );
@@ -233,7 +233,7 @@ async fn resolve_persisted_query(
             .ok_or_else(|| {
                 graphql_error(
                     StatusCode::BAD_REQUEST,
-                    "BAD_USER_INPUT",
+                    ErrorCode::BadUserInput,
                     "the request has no `query`",
                     false,
                 )
@@ -247,7 +247,7 @@ async fn resolve_persisted_query(
         .ok_or_else(|| {
             graphql_error(
                 StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
+                ErrorCode::BadUserInput,
                 "persistedQuery.sha256Hash must be 64 hex digits",
                 false,
             )
@@ -255,7 +255,7 @@ async fn resolve_persisted_query(
     if persisted.get("version").and_then(Value::as_i64) != Some(1) {
         return Err(graphql_error(
             StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
+            ErrorCode::BadUserInput,
             "persistedQuery.version must be 1",
             false,
         ));
@@ -266,7 +266,7 @@ async fn resolve_persisted_query(
             if sha256_hex(query.as_bytes()) != hash {
                 return Err(graphql_error(
                     StatusCode::BAD_REQUEST,
-                    "BAD_USER_INPUT",
+                    ErrorCode::BadUserInput,
                     "provided sha does not match query",
                     false,
                 ));
@@ -280,7 +280,7 @@ async fn resolve_persisted_query(
             Ok(Some(query)) => Ok(query),
             Ok(None) => Err(graphql_error(
                 StatusCode::OK,
-                "PERSISTED_QUERY_NOT_FOUND",
+                ErrorCode::PersistedQueryNotFound,
                 "PersistedQueryNotFound",
                 true,
             )),
@@ -288,7 +288,7 @@ async fn resolve_persisted_query(
                 metrics::cache_fallback("apq_lookup", e.kind());
                 Err(graphql_error(
                     StatusCode::OK,
-                    "PERSISTED_QUERY_NOT_FOUND",
+                    ErrorCode::PersistedQueryNotFound,
                     "PersistedQueryNotFound",
                     true,
                 ))
@@ -350,7 +350,7 @@ fn check_alias_limit(
 }
 
 /// A GraphQL-shaped error response (`{"errors": [...]}`) with an `extensions.code`.
-fn graphql_error(status: StatusCode, code: &str, message: &str, no_store: bool) -> Response {
+fn graphql_error(status: StatusCode, code: ErrorCode, message: &str, no_store: bool) -> Response {
     let body = json!({"errors": [{"message": message, "extensions": {"code": code}}]});
     let mut response = (
         status,

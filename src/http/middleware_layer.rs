@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    error::{REQUEST_ID, error_body},
+    error::{ErrorCode, REQUEST_ID, error_body},
     metrics,
 };
 
@@ -100,13 +100,16 @@ fn envelope_bare_errors(response: Response) -> Response {
         return response;
     }
     let (code, message) = match status.as_u16() {
-        404 => ("NOT_FOUND", "not found"),
-        405 => ("METHOD_NOT_ALLOWED", "method not allowed on this route"),
-        408 => ("REQUEST_TIMEOUT", "the request took too long"),
-        413 => ("PAYLOAD_TOO_LARGE", "request body is too large"),
-        415 => ("UNSUPPORTED_MEDIA_TYPE", "unsupported content type"),
-        s if s >= 500 => ("INTERNAL_SERVER_ERROR", "internal error"),
-        _ => ("BAD_REQUEST", "bad request"),
+        404 => (ErrorCode::NotFound, "not found"),
+        405 => (
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
+        408 => (ErrorCode::RequestTimeout, "the request took too long"),
+        413 => (ErrorCode::PayloadTooLarge, "request body is too large"),
+        415 => (ErrorCode::UnsupportedMediaType, "unsupported content type"),
+        s if s >= 500 => (ErrorCode::InternalServerError, "internal error"),
+        _ => (ErrorCode::BadRequest, "bad request"),
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);

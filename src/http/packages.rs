@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     app::AppState,
     auth::AuthUser,
-    error::AppError,
+    error::{AppError, ErrorCode},
     metrics,
     packages::{
         self, ListFilter, PackageScope,
@@ -64,7 +64,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
             .map(|v| {
                 v.parse::<i32>().map_err(|_| {
                     AppError::bad_request_with(
-                        "VALIDATION_ERROR",
+                        ErrorCode::ValidationError,
                         format!("{name} must be an integer"),
                         json!({"field": name}),
                     )
@@ -77,7 +77,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
         Some("true") | Some("1") | Some("yes") => true,
         Some(_) => {
             return Err(AppError::bad_request_with(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 "latest must be true or false",
                 json!({"field": "latest"}),
             ));
@@ -163,7 +163,7 @@ fn parse_package_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, A
 
 fn malformed_id(raw: &str) -> AppError {
     AppError::bad_request_with(
-        "VALIDATION_ERROR",
+        ErrorCode::ValidationError,
         "package_id must be a UUID",
         json!({"field": "package_id", "value": raw.chars().take(64).collect::<String>()}),
     )

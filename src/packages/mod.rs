@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, ErrorCode},
     hashing::{canonical_json, sha256_hex},
 };
 use entity::{question, test_package};
@@ -90,7 +90,7 @@ impl PackageScope {
     pub fn parse_or_400(s: &str) -> AppResult<PackageScope> {
         PackageScope::parse(s).ok_or_else(|| {
             AppError::bad_request_with(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 format!(
                     "unknown scope `{}`; allowed: {}",
                     s.chars().take(40).collect::<String>(),
@@ -225,7 +225,7 @@ impl ScopeIds {
         };
         if required.is_none() {
             return Err(AppError::bad_request_with(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 format!("a {} package needs {required_name}", scope.as_str()),
                 json!({"field": required_name}),
             ));
@@ -237,7 +237,7 @@ impl ScopeIds {
         {
             if given.is_some() && !allowed {
                 return Err(AppError::bad_request_with(
-                    "VALIDATION_ERROR",
+                    ErrorCode::ValidationError,
                     format!("{name} is not part of a {} scope", scope.as_str()),
                     json!({"field": name}),
                 ));
@@ -290,7 +290,7 @@ pub async fn build_package(
     let name = request.name.trim().to_owned();
     if name.is_empty() {
         return Err(AppError::bad_request_with(
-            "VALIDATION_ERROR",
+            ErrorCode::ValidationError,
             "name must not be empty",
             json!({"field": "name"}),
         ));
@@ -317,7 +317,7 @@ pub async fn build_package(
     let questions = query.all(db).await?;
     if questions.is_empty() {
         return Err(AppError::bad_request_with(
-            "EMPTY_SCOPE",
+            ErrorCode::EmptyScope,
             format!(
                 "the {} scope {} has no published questions",
                 ids.scope.as_str(),

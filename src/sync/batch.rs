@@ -35,7 +35,7 @@ use super::{
 use crate::{
     app::App,
     auth::AuthUser,
-    error::{AppError, AppResult, is_transient},
+    error::{AppError, AppResult, ErrorCode, is_transient},
     metrics,
     packages::ScoringKey,
     questions::options_of,
@@ -63,7 +63,7 @@ pub async fn process_batch(
 ) -> AppResult<Vec<AttemptResult>> {
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(AppError::BadRequest {
-            code: "VALIDATION_LIMIT_EXCEEDED",
+            code: ErrorCode::ValidationLimitExceeded,
             message: format!(
                 "a batch holds 1 to {MAX_BATCH} attempts; this one has {}",
                 items.len()
