@@ -70,7 +70,20 @@ impl App {
             &secret.0,
             config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
         );
-        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
+        if config.db_statement_timeout() >= config.request_timeout() {
+            tracing::warn!(
+                statement_timeout_ms = config.db_statement_timeout_ms,
+                request_timeout_secs = config.request_timeout_secs,
+                "EXAMSYNC_DB_STATEMENT_TIMEOUT_MS is not below EXAMSYNC_REQUEST_TIMEOUT_SECS: \
+                 a hung statement will use up the whole request budget"
+            );
+        }
+        let mut db = db::connect_with(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_statement_timeout(),
+        )
+        .await?;
         db::migrate(&db).await?;
         let db_statements = Arc::new(AtomicU64::new(0));
         let counter = db_statements.clone();
@@ -104,6 +117,7 @@ impl App {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    extra_routes: axum::Router<AppState>,
 }
 
 impl Application {
@@ -111,7 +125,19 @@ impl Application {
         let bind = config.bind;
         let state = App::connect(config).await?;
         let listener = TcpListener::bind(bind).await?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            extra_routes: axum::Router::new(),
+        })
+    }
+
+    /// Adds routes inside every layer of the stack (budget, catch-panic, request id), for
+    /// tests that need a handler production never has, e.g. one that panics. The binary
+    /// never calls it, so such routes cannot exist in production.
+    pub fn with_routes(mut self, routes: axum::Router<AppState>) -> Self {
+        self.extra_routes = self.extra_routes.merge(routes);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -128,7 +154,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let schema = graphql::build_schema(self.state.clone());
-        let router = http::router(self.state.clone(), schema);
+        let router = http::router_with(self.state.clone(), schema, self.extra_routes);
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

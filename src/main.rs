@@ -118,14 +118,18 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
-    db::connect(&config.database_url, config.db_pool_size)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot open database {}: {e}",
-                config.database_url_redacted()
-            )
-        })
+    db::connect_with(
+        &config.database_url,
+        config.db_pool_size,
+        config.db_statement_timeout(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open database {}: {e}",
+            config.database_url_redacted()
+        )
+    })
 }
 
 async fn serve(mut config: Config, demo: bool) -> Result<(), String> {

@@ -374,7 +374,7 @@ fn graphql_error(status: StatusCode, code: ErrorCode, message: &str, no_store: b
 }
 
 /// An application error before execution (rate limit, database down) as a GraphQL error.
-fn app_error_response(error: AppError) -> Response {
+pub(crate) fn app_error_response(error: AppError) -> Response {
     let status = match &error {
         AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

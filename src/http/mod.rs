@@ -4,11 +4,10 @@
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    http::StatusCode,
     middleware,
     routing::{get, post},
 };
-use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
+use tower_http::compression::CompressionLayer;
 
 use crate::{app::AppState, graphql::AppSchema};
 
@@ -23,8 +22,13 @@ pub mod sync;
 
 /// The whole HTTP application.
 pub fn router(state: AppState, schema: AppSchema) -> Router {
+    router_with(state, schema, Router::new())
+}
+
+/// The application plus `extra` routes under the same layers (see
+/// [`crate::Application::with_routes`]; tests only).
+pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let timeout = state.config.request_timeout();
 
     let graphql_routes = Router::new()
         .route(
@@ -47,12 +51,9 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
         .route("/api/v1/sync/attempts:batch", post(sync::sync_batch))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
+        .merge(extra)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             middleware_layer::request_context,

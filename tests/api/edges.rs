@@ -1,16 +1,175 @@
 //! Edges of issue 11 outside the sync engine: concurrent `submitSession`, the request
 //! budget on a hung database (503 / `UNAVAILABLE`, not 408), the catch-panic net, and the
 //! cache namespace after a restore.
+use std::time::{Duration, Instant};
+
+use axum::{Router, routing::get};
 use futures::future::join_all;
-use sea_orm::ConnectionTrait;
-use serde_json::json;
+use sea_orm::{ConnectionTrait, Database, DatabaseTransaction, TransactionTrait};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::backend_tests;
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with, test_config};
 use crate::sync::{Surface, ago, attempt, bank, sync};
 
-backend_tests!(concurrent_submits_close_a_session_once);
+backend_tests!(
+    concurrent_submits_close_a_session_once,
+    request_budget_on_a_locked_database_is_unavailable,
+    statement_timeout_on_a_locked_database_is_unavailable,
+);
+
+/// Takes the write lock the sync path needs, from a connection of the test's own, and
+/// holds it until the transaction is dropped or rolled back.
+async fn hold_write_lock(app: &TestApp) -> (sea_orm::DatabaseConnection, DatabaseTransaction) {
+    let conn = Database::connect(&app.database.url).await.unwrap();
+    let txn = conn.begin().await.unwrap();
+    match app.backend {
+        // Any write takes SQLite's one database-wide write lock.
+        Backend::Sqlite => txn
+            .execute_unprepared("CREATE TABLE lock_holder (x INTEGER)")
+            .await
+            .unwrap(),
+        Backend::Postgres => txn
+            .execute_unprepared("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap(),
+    };
+    (conn, txn)
+}
+
+/// Syncs one fresh attempt on each surface while the database is locked: both must be
+/// refused as a whole (503 + Retry-After / UNAVAILABLE) within `bound`; after the lock is
+/// gone the same requests are ACKED (nothing was half-applied) and then DUPLICATE.
+async fn locked_database_is_unavailable(app: TestApp, bound: Duration) {
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let rest_batch = [attempt(q[0], 1, &ago(5), Some(Uuid::new_v4()))];
+    let graphql_batch = [attempt(q[1], 0, &ago(5), Some(Uuid::new_v4()))];
+    let (_conn, txn) = hold_write_lock(&app).await;
+
+    let started = Instant::now();
+    let response = app
+        .post("/api/v1/sync/attempts:batch", &token)
+        .json(&json!({"attempts": rest_batch}))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 503, "REST on a locked database");
+    assert_eq!(
+        response.headers().get("retry-after").unwrap(),
+        &examsync::error::RETRY_AFTER.as_secs().to_string()
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error_code"], "UNAVAILABLE", "{body}");
+    assert!(body["request_id"].is_string(), "{body}");
+    assert!(elapsed < bound, "answered after {elapsed:?}");
+
+    let started = Instant::now();
+    let (status, results, code) = sync(&app, Surface::Graphql, &token, &graphql_batch, None).await;
+    assert!(
+        results.is_empty(),
+        "no item result on a transient fault: {results:?}"
+    );
+    assert_eq!(code.as_deref(), Some("UNAVAILABLE"));
+    // A resolver's error rides a 200 GraphQL response; the request budget's is a 503.
+    assert!(status == 503 || status == 200, "{status}");
+    assert!(
+        started.elapsed() < bound,
+        "answered after {:?}",
+        started.elapsed()
+    );
+
+    txn.rollback().await.unwrap();
+    for (surface, batch) in [
+        (Surface::Rest, &rest_batch),
+        (Surface::Graphql, &graphql_batch),
+    ] {
+        let (status, results, _) = sync(&app, surface, &token, batch, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(results[0]["status"], "acked", "{surface:?}: {results:?}");
+        let (_, again, _) = sync(&app, surface, &token, batch, None).await;
+        assert_eq!(again[0]["status"], "duplicate", "{surface:?}: {again:?}");
+    }
+    assert_eq!(app.count("attempts").await, 2);
+}
+
+/// The request budget runs out first (the statement timeout is longer): 503, not 408.
+async fn request_budget_on_a_locked_database_is_unavailable(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.request_timeout_secs = 1;
+        c.db_statement_timeout_ms = 20_000;
+    })
+    .await;
+    locked_database_is_unavailable(app, Duration::from_secs(4)).await;
+}
+
+/// The database-side statement timeout fires well inside the budget: 503 at once.
+async fn statement_timeout_on_a_locked_database_is_unavailable(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.db_statement_timeout_ms = 300).await;
+    locked_database_is_unavailable(app, Duration::from_secs(4)).await;
+}
+
+/// A handler that panics (a route mounted only by this test) answers the REST envelope or
+/// a GraphQL error with the request id, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_a_500_with_the_request_id() {
+    async fn boom() -> &'static str {
+        panic!("planted panic")
+    }
+    let (config, database, redis) = test_config(Backend::Sqlite).await;
+    let application = examsync::Application::build(config)
+        .await
+        .unwrap()
+        .with_routes(
+            Router::new()
+                .route("/test/panic", get(boom))
+                .route("/graphql/test-panic", get(boom)),
+        );
+    let base = format!("http://{}", application.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+
+    let response = client
+        .get(format!("{base}/test/panic"))
+        .header("x-request-id", "panic-rest-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-request-id"], "panic-rest-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error_code"], "INTERNAL_SERVER_ERROR", "{body}");
+    assert_eq!(body["request_id"], "panic-rest-1", "{body}");
+    assert!(
+        !body["message"].as_str().unwrap().contains("planted"),
+        "{body}"
+    );
+
+    let response = client
+        .get(format!("{base}/graphql/test-panic"))
+        .header("x-request-id", "panic-gql-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "panic-gql-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INTERNAL_SERVER_ERROR",
+        "{body}"
+    );
+    assert!(!body.to_string().contains("planted"), "{body}");
+
+    let live = client.get(format!("{base}/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "the server still serves after a panic");
+    let _ = tx.send(());
+    let _ = server.await;
+    drop((database, redis));
+}
 
 /// Sixteen concurrent `submitSession` calls: every one answers SUBMITTED, and the row is
 /// closed by exactly one statement (a trigger counts the writes that change
