@@ -91,9 +91,12 @@ impl App {
             counter.fetch_add(1, Ordering::Relaxed);
             crate::metrics::db_statement(info.elapsed.as_secs_f64(), info.failed);
         });
+        let epoch = crate::cache::database_epoch(&db).await?;
+        let namespace = crate::cache::namespace(&config.redis_prefix, &epoch);
+        tracing::info!(cache_namespace = %namespace, "cache namespace of this database");
         let cache = match &config.redis_url {
-            Some(url) => Cache::redis(url, &config.redis_prefix, config.redis_timeout())?,
-            None => Cache::memory(&config.redis_prefix),
+            Some(url) => Cache::redis(url, &namespace, config.redis_timeout())?,
+            None => Cache::memory(&namespace),
         };
         let rate_limiter = RateLimiter::new(
             config.rate_limit_per_minute,

@@ -6,7 +6,7 @@ use examsync::{
     Application,
     app::shutdown_signal,
     auth::sign_token,
-    cli::{Cli, Command, PackageCommand, QuestionsCommand},
+    cli::{CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
     config::{Config, Secret},
     db, demo, graphql, packages, questions, telemetry,
 };
@@ -64,6 +64,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                 result.ids.len(),
                 result.created,
                 result.updated
+            );
+            Ok(())
+        }
+        Command::Cache {
+            command: CacheCommand::Reset,
+        } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            let (old, new) = examsync::cache::reset_epoch(&db)
+                .await
+                .map_err(|e| format!("cache reset failed: {e}"))?;
+            println!(
+                "cache epoch {} -> {new}; restart every instance to use it",
+                old.as_deref().unwrap_or("(none)")
             );
             Ok(())
         }

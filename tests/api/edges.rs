@@ -253,3 +253,122 @@ async fn concurrent_submits_close_a_session_once(backend: Backend) {
         "{body}"
     );
 }
+
+/// A second server on `config` (same database and Redis prefix), stopped by the sender.
+async fn instance(
+    config: examsync::Config,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let application = examsync::Application::build(config).await.unwrap();
+    let base = format!("http://{}", application.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = application
+            .run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (base, tx, server)
+}
+
+async fn replay(base: &str, token: &str, batch: &[Value]) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/sync/attempts:batch"))
+        .bearer_auth(token)
+        .json(&json!({"attempts": batch}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["results"][0]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A cached DUPLICATE never outlives the database contents it was cached for: after a
+/// restore (rows gone, then `examsync cache reset`) and on a new database behind the same
+/// Redis prefix, a replay of the attempt is ACKED again instead of DUPLICATE (which would
+/// make the phone delete an answer the server no longer holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_does_not_reuse_cached_duplicates() {
+    if crate::helpers::skip_postgres() {
+        return;
+    }
+    let (config, database, redis) = test_config(Backend::Postgres).await;
+    if redis.is_none() {
+        eprintln!("SKIPPED: TEST_REDIS_URL not set");
+        return;
+    }
+    let app = crate::helpers::start(Backend::Postgres, config.clone(), database, redis).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let batch = [attempt(q[0], 1, &ago(5), Some(Uuid::new_v4()))];
+    assert_eq!(replay(&app.base, &token, &batch).await, "acked");
+    assert_eq!(replay(&app.base, &token, &batch).await, "duplicate");
+
+    // Restore in place to a backup taken before that sync: its rows are gone.
+    for table in [
+        "session_answers",
+        "attempts",
+        "idempotency_records",
+        "test_sessions",
+    ] {
+        app.db
+            .execute_unprepared(&format!("DELETE FROM {table}"))
+            .await
+            .unwrap();
+    }
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(["cache", "reset"])
+        .env("DATABASE_URL", &app.database.url)
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cache epoch"));
+    let (base, stop, server) = instance(config.clone()).await;
+    assert_eq!(replay(&base, &token, &batch).await, "acked", "after reset");
+    assert_eq!(replay(&base, &token, &batch).await, "duplicate");
+    let _ = stop.send(());
+    let _ = server.await;
+
+    // A new database behind the same Redis prefix (a new deployment, or a dump restored
+    // into a fresh database) is a new namespace by itself.
+    let fresh = crate::helpers::TestDatabase::new(Backend::Postgres).await;
+    let mut other = config.clone();
+    other.database_url = fresh.url.clone();
+    let (base, stop, server) = instance(other).await;
+    let imported: Value = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .bearer_auth(app.admin_token())
+        .json(&json!({
+            "query": "mutation($input: [QuestionInput!]!) { importQuestions(input: $input) { ids } }",
+            "variables": {"input": [{"id": q[0], "stem": "Q four", "options": ["a", "b", "c", "d"],
+                "correctIndex": 1, "yearId": 1}]},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        imported["data"]["importQuestions"]["ids"][0],
+        json!(q[0]),
+        "{imported}"
+    );
+    assert_eq!(replay(&base, &token, &batch).await, "acked", "new database");
+    let _ = stop.send(());
+    let _ = server.await;
+}
