@@ -250,6 +250,15 @@ impl AppError {
         }
     }
 
+    /// The message for an operator at a terminal (the CLI): unlike
+    /// [`AppError::public_message`], it names the cause of an internal error.
+    pub fn operator_message(&self) -> String {
+        match self {
+            AppError::Internal(detail) => format!("internal error: {detail}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The client-facing message: internal details are never shown.
     pub fn public_message(&self) -> String {
         self.to_string()

@@ -2,7 +2,7 @@
 //! GraphQL `importQuestions` both call `import_questions`).
 use std::collections::{HashMap, HashSet};
 
-use async_graphql::{Enum, InputObject, SimpleObject};
+use async_graphql::{InputObject, SimpleObject};
 use chrono::Utc;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
@@ -15,26 +15,7 @@ use uuid::Uuid;
 use crate::error::{AppError, AppResult, ErrorCode};
 use entity::question;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Enum, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum QuestionStatus {
-    Draft,
-    InReview,
-    Approved,
-    #[default]
-    Published,
-}
-
-impl QuestionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuestionStatus::Draft => "DRAFT",
-            QuestionStatus::InReview => "IN_REVIEW",
-            QuestionStatus::Approved => "APPROVED",
-            QuestionStatus::Published => "PUBLISHED",
-        }
-    }
-}
+pub use entity::QuestionStatus;
 
 /// One question to create (no `id`) or upsert (`id` given). camelCase in JSON files too.
 #[derive(Clone, Debug, InputObject, Deserialize)]
@@ -194,7 +175,7 @@ pub async fn import_questions(
             theme_id: Set(item.theme_id),
             cognitive_level: Set(item.cognitive_level),
             difficulty: Set(item.difficulty),
-            status: Set(item.status.as_str().to_owned()),
+            status: Set(item.status),
             created_at: Set(existing.get(id).copied().unwrap_or(now)),
             updated_at: Set(now),
         })

@@ -6,10 +6,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
-use entity::{test_session, user};
-
-pub const ACTIVE: &str = "ACTIVE";
-pub const SUBMITTED: &str = "SUBMITTED";
+use entity::{SessionStatus, test_session, user};
 
 /// The caller's sessions, newest first.
 pub async fn list_for_user(
@@ -39,12 +36,15 @@ pub async fn submit(
 ) -> AppResult<test_session::Model> {
     let now = Utc::now();
     test_session::Entity::update_many()
-        .col_expr(test_session::Column::Status, Expr::value(SUBMITTED))
+        .col_expr(
+            test_session::Column::Status,
+            Expr::value(SessionStatus::Submitted),
+        )
         .col_expr(test_session::Column::SubmittedAt, Expr::value(now))
         .col_expr(test_session::Column::UpdatedAt, Expr::value(now))
         .filter(test_session::Column::Id.eq(id))
         .filter(test_session::Column::UserId.eq(user_id))
-        .filter(test_session::Column::Status.eq(ACTIVE))
+        .filter(test_session::Column::Status.eq(SessionStatus::Active))
         .exec(db)
         .await?;
     test_session::Entity::find_by_id(id)

@@ -4,12 +4,15 @@
 //! sync and package rules depend on lives there as a database constraint.
 
 pub mod attempt;
+pub mod enums;
 pub mod idempotency_record;
 pub mod question;
 pub mod session_answer;
 pub mod test_package;
 pub mod test_session;
 pub mod user;
+
+pub use enums::{QuestionStatus, SessionMode, SessionStatus};
 
 pub mod prelude {
     pub use super::attempt::Entity as Attempt;

@@ -1,6 +1,8 @@
 //! A single-best-answer question of the bank.
 use sea_orm::entity::prelude::*;
 
+use crate::enums::QuestionStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "questions")]
 pub struct Model {
@@ -18,8 +20,7 @@ pub struct Model {
     pub theme_id: Option<i32>,
     pub cognitive_level: Option<String>,
     pub difficulty: Option<String>,
-    /// DRAFT | IN_REVIEW | APPROVED | PUBLISHED
-    pub status: String,
+    pub status: QuestionStatus,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

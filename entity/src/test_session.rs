@@ -2,6 +2,8 @@
 //! `offline_session_id`; unique (user_id, offline_session_id) is the offline-session map.
 use sea_orm::entity::prelude::*;
 
+use crate::enums::{SessionMode, SessionStatus};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "test_sessions")]
 pub struct Model {
@@ -9,10 +11,8 @@ pub struct Model {
     pub id: Uuid,
     pub user_id: Uuid,
     pub offline_session_id: Option<Uuid>,
-    /// TUTOR | EXAM
-    pub mode: String,
-    /// ACTIVE | SUBMITTED | EXPIRED
-    pub status: String,
+    pub mode: SessionMode,
+    pub status: SessionStatus,
     pub year: i32,
     pub block_id: Option<i32>,
     pub theme_id: Option<i32>,

@@ -1,22 +1,11 @@
 //! GraphQL object types shared by several resolvers (sessions, sync).
-use async_graphql::{Enum, SimpleObject};
+use async_graphql::SimpleObject;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::sync::{AttemptResult, SyncErrorCode, SyncStatus};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
-pub enum SessionMode {
-    Tutor,
-    Exam,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
-pub enum SessionStatus {
-    Active,
-    Submitted,
-    Expired,
-}
+pub use entity::{SessionMode, SessionStatus};
 
 #[derive(Clone, Debug, SimpleObject)]
 pub struct TestSession {
@@ -36,16 +25,8 @@ impl From<entity::test_session::Model> for TestSession {
         TestSession {
             id: s.id,
             offline_session_id: s.offline_session_id,
-            mode: if s.mode == "EXAM" {
-                SessionMode::Exam
-            } else {
-                SessionMode::Tutor
-            },
-            status: match s.status.as_str() {
-                "SUBMITTED" => SessionStatus::Submitted,
-                "EXPIRED" => SessionStatus::Expired,
-                _ => SessionStatus::Active,
-            },
+            mode: s.mode,
+            status: s.status,
             year: s.year,
             total_questions: s.total_questions,
             answered_count: s.answered_count,

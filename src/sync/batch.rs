@@ -39,9 +39,11 @@ use crate::{
     metrics,
     packages::ScoringKey,
     questions::options_of,
-    sessions::ACTIVE,
 };
-use entity::{attempt, idempotency_record, question, session_answer, test_session, user};
+use entity::{
+    SessionMode, SessionStatus, attempt, idempotency_record, question, session_answer,
+    test_session, user,
+};
 
 /// How far ahead of the server clock an answer may be (after skew correction).
 const FUTURE_TOLERANCE: Duration = Duration::minutes(5);
@@ -424,7 +426,7 @@ impl Batch<'_> {
                         ));
                         continue;
                     }
-                    Some(s) if s.status != ACTIVE => {
+                    Some(s) if s.status != SessionStatus::Active => {
                         rejected.push(reject(
                             SyncErrorCode::SessionClosed,
                             "the session is no longer active",
@@ -435,7 +437,7 @@ impl Batch<'_> {
                 }
             } else if let Some(offline) = input.offline_session_id {
                 match by_offline.get(&offline) {
-                    Some(s) if s.status != ACTIVE => {
+                    Some(s) if s.status != SessionStatus::Active => {
                         rejected.push(reject(
                             SyncErrorCode::SessionClosed,
                             "the session is no longer active",
@@ -540,8 +542,8 @@ impl Batch<'_> {
                     id: Set(Uuid::new_v4()),
                     user_id: Set(self.user.id),
                     offline_session_id: Set(Some(*offline)),
-                    mode: Set("TUTOR".to_owned()),
-                    status: Set(ACTIVE.to_owned()),
+                    mode: Set(SessionMode::Tutor),
+                    status: Set(SessionStatus::Active),
                     year: Set(*year),
                     block_id: Set(*block),
                     theme_id: Set(*theme),
@@ -575,7 +577,7 @@ impl Batch<'_> {
         for mut item in accepted {
             if let SessionRef::NewOffline(offline) = item.session {
                 match winners.get(&offline) {
-                    Some(session) if session.status == ACTIVE => {
+                    Some(session) if session.status == SessionStatus::Active => {
                         item.session = SessionRef::Existing(session.id)
                     }
                     Some(_) => {
@@ -724,11 +726,11 @@ impl Batch<'_> {
             lock = lock.lock_exclusive();
         }
         let closed: HashSet<Uuid> = lock
-            .into_tuple::<(Uuid, String)>()
+            .into_tuple::<(Uuid, SessionStatus)>()
             .all(&txn)
             .await?
             .into_iter()
-            .filter(|(_, status)| status != ACTIVE)
+            .filter(|(_, status)| *status != SessionStatus::Active)
             .map(|(id, _)| id)
             .collect();
         if !closed.is_empty() {

@@ -115,9 +115,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vectors_from_the_shared_file() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/vectors/payload_hash.json");
+    fn vectors_from_the_repository_file() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/payload_hash.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             panic!("test vectors missing at {}", path.display());
         };

@@ -221,7 +221,7 @@ async fn graphiql_works_offline_in_a_real_browser() {
                 "chromium or tests/browser/node_modules missing (run: apt-get install chromium; cd tests/browser && npm ci)"
             );
         }
-        eprintln!("SKIPPED: chromium or tests/browser/node_modules missing");
+        examsync_test_support::report_skip("chromium or tests/browser/node_modules missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;
@@ -252,7 +252,7 @@ async fn documented_javascript_recipes_match_the_vectors() {
         if crate::helpers::services_required() {
             panic!("node is required");
         }
-        eprintln!("SKIPPED: node missing");
+        examsync_test_support::report_skip("node missing");
         return;
     }
     let output = tokio::process::Command::new("node")
@@ -388,7 +388,7 @@ async fn third_party_client_interop() {
         if crate::helpers::services_required() {
             panic!("python3 with gql is required (pip install -r tests/interop/requirements.txt)");
         }
-        eprintln!("SKIPPED: python gql missing");
+        examsync_test_support::report_skip("python gql missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;

@@ -254,11 +254,9 @@ async fn published_year(app: &TestApp, year: i32) -> (Value, Vec<Uuid>) {
     (package, ids)
 }
 
+/// The repository's own test vectors (`vectors/`).
 fn vectors_dir() -> std::path::PathBuf {
-    match std::env::var("EXAMSYNC_VECTORS_DIR") {
-        Ok(dir) => dir.into(),
-        Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"),
-    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -621,8 +619,7 @@ async fn versions_follow_the_question_set(backend: Backend) {
 async fn version_hash_matches_the_vector_and_recomputes(backend: Backend) {
     let path = vectors_dir().join("version_hash.json");
     let vector: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (set EXAMSYNC_VECTORS_DIR)", path.display())),
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
     .unwrap();
     let questions = vector["questions"].as_array().unwrap();

@@ -1,9 +1,8 @@
-// Runs the JavaScript hash recipes published in docs/mobile/offline.md against the shared
-// test vectors, so the guide the mobile teams copy from cannot drift from the contract.
+// Runs the JavaScript hash recipes published in docs/mobile/offline.md against the repository's
+// test vectors (vectors/), so the guide the mobile teams copy from cannot drift from the API.
 //
 //   cd <repo> && node --test tests/node/
 //
-// Vectors: $EXAMSYNC_VECTORS_DIR, default <repo>/../shared/vectors.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,9 +14,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..');
 const docPath = path.join(repoRoot, 'docs', 'mobile', 'offline.md');
-const vectorsDir = process.env.EXAMSYNC_VECTORS_DIR
-  ? path.resolve(process.env.EXAMSYNC_VECTORS_DIR)
-  : path.resolve(repoRoot, '..', 'shared', 'vectors');
+const vectorsDir = path.join(repoRoot, 'vectors');
 
 const payloadVectors = JSON.parse(readFileSync(path.join(vectorsDir, 'payload_hash.json'), 'utf8'));
 const versionVector = JSON.parse(readFileSync(path.join(vectorsDir, 'version_hash.json'), 'utf8'));
