@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How long a client should wait before retrying after a transient fault (the
 /// `Retry-After` of every 503 and GraphQL `UNAVAILABLE`).
@@ -27,7 +27,7 @@ pub fn current_request_id() -> Option<String> {
 /// Every error code this server puts on the wire: REST `error_code` and GraphQL
 /// `extensions.code`. The variant names are the wire names (UPPER_SNAKE_CASE via serde), so
 /// a code is written once and a typo cannot compile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     // Shared by both surfaces.
@@ -273,14 +273,25 @@ impl AppError {
     }
 }
 
-/// The REST error envelope of SPEC section 5.
-pub fn error_body(code: ErrorCode, message: &str, details: Value) -> Value {
-    json!({
-        "error_code": code.as_str(),
-        "message": message,
-        "details": details,
-        "request_id": current_request_id(),
-    })
+/// The REST error envelope: the body of every REST error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error_code: ErrorCode,
+    pub message: String,
+    /// What exactly was wrong, when there is more to say (e.g. the field, line and column).
+    pub details: Value,
+    /// Equals the `X-Request-Id` response header.
+    pub request_id: Option<String>,
+}
+
+/// The envelope for `code` in the current request.
+pub fn error_body(code: ErrorCode, message: &str, details: Value) -> ErrorBody {
+    ErrorBody {
+        error_code: code,
+        message: message.to_owned(),
+        details,
+        request_id: current_request_id(),
+    }
 }
 
 impl IntoResponse for AppError {
