@@ -261,11 +261,8 @@ async fn phones_sync_exactly_once_through_database_faults() {
     run(Scenario::Database).await;
 }
 
-/// Fails today: after the disk was full and freed again, the SQLite database stays locked
-/// (`SQLITE_BUSY` for every request) and requests answer `500` ("offline session vanished
-/// right after creation"); ACKED answers went missing. Reported to the sync engine
-/// (see docs/reliability.md, "What it does not cover"); run it with `--ignored`.
-#[ignore = "SQLite stays locked after SQLITE_FULL: answers lost (sync engine finding)"]
+/// Before `db::connect_sqlite` closed connections left inside a transaction, this run
+/// found the database locked for good after the disk was freed, and ACKED answers lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_phones_sync_exactly_once_through_a_full_disk() {
     run(Scenario::SqliteFull).await;
