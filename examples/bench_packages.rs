@@ -9,23 +9,28 @@
 //! 1. opens a fresh database — a temporary SQLite file, or with `BENCH_DATABASE_URL` a new
 //!    PostgreSQL database next to it (dropped at the end) — and starts examsync on it
 //!    (`Application::build` + `run_until_stopped`, the code `examsync serve` runs) on a port
-//!    of 127.0.0.1; seeds `BENCH_QUESTIONS` (1,000) published questions with
-//!    `questions::import_questions` and builds and publishes one PROGRAM package of them with
-//!    `packages::build_package`;
-//! 2. downloads that package from examsync (identity and gzip) and starts, on another port,
-//!    a bare axum handler that serves exactly those bytes from memory with the same headers
-//!    (a `304` when `If-None-Match` equals the ETag, otherwise the gzip body when the request
-//!    accepts gzip): no auth, no middleware, no database — the ceiling for this machine;
-//! 3. both servers run on one tokio runtime of their own (`BENCH_SERVER_THREADS`, 2), the
+//!    of 127.0.0.1; seeds `BENCH_QUESTIONS` (5,000) published questions with
+//!    `questions::import_questions` and builds and publishes one PROGRAM package of them
+//!    (version 1); then edits 2% of the questions (explanations), retires 0.5% and adds 1%,
+//!    and builds and publishes version 2;
+//! 2. prints the bytes of version 2 as identity, gzip, br, of the delta from version 1
+//!    (identity, br) and of the `dcz` download with version 1 as dictionary, and the cold
+//!    (first of the pair: computed and cached) and warm times of the delta and of `dcz`;
+//! 3. starts, on another port, a bare axum handler that serves exactly examsync's bytes from
+//!    memory with the same headers (a `304` when `If-None-Match` equals the ETag, otherwise
+//!    the gzip body when the request accepts gzip; the delta's br bytes on the delta path):
+//!    no auth, no middleware, no database — the ceiling for this machine;
+//! 4. both servers run on one tokio runtime of their own (`BENCH_SERVER_THREADS`, 2), the
 //!    load generator on another (`BENCH_CLIENT_THREADS`, 2): `BENCH_CLIENTS` (32) clients,
 //!    each with its own keep-alive connection, send requests back to back for
 //!    `BENCH_SECONDS` (10) after `BENCH_WARMUP_SECONDS` (2), first to the bare handler, then
-//!    to examsync, for two scenarios:
+//!    to examsync, for three scenarios:
 //!    - `304`: `GET` with `Authorization: Bearer <student token>` and
 //!      `If-None-Match: W/"<version_hash>"` (what a phone sends from the list);
 //!    - `full gzip`: `GET` with `Authorization` and `Accept-Encoding: gzip`, the whole body
 //!      read (not decompressed);
-//! 4. repeats that `BENCH_ROUNDS` (3) times, alternating the servers, and prints for each
+//!    - `delta br`: `GET …/delta?from=<version 1>` with `Accept-Encoding: br`;
+//! 5. repeats that `BENCH_ROUNDS` (3) times, alternating the servers, and prints for each
 //!    server the median round's requests/s, p50 and p99 latency, and examsync's share of the
 //!    bare handler's throughput, plus the CPU time the server threads spent per request
 //!    (from `/proc/self/task/*/stat`: steadier than throughput when the machine is shared).
@@ -87,7 +92,7 @@ impl Settings {
     fn from_env() -> Result<Settings, String> {
         Ok(Settings {
             database_url: std::env::var("BENCH_DATABASE_URL").ok(),
-            questions: env_or("BENCH_QUESTIONS", 1000)?,
+            questions: env_or("BENCH_QUESTIONS", 5000)?,
             clients: env_or("BENCH_CLIENTS", 32)?,
             seconds: env_or("BENCH_SECONDS", 10)?,
             warmup_seconds: env_or("BENCH_WARMUP_SECONDS", 2)?,
@@ -198,14 +203,11 @@ fn bench(
         });
         Ok::<_, String>((addr, db, tx))
     })?;
-    let package = servers.block_on(async {
-        import_questions(&db, bank(settings.questions))
-            .await
-            .map_err(|e| format!("seeding: {e}"))?;
+    let build = |name: &'static str| {
         packages::build_package(
             &db,
             BuildRequest {
-                name: "Benchmark programme".into(),
+                name: name.into(),
                 description: Some(format!("{} questions", settings.questions)),
                 scope: PackageScope::Program,
                 year_id: None,
@@ -215,8 +217,22 @@ fn bench(
                 created_by: None,
             },
         )
-        .await
-        .map_err(|e| format!("building the package: {e}"))
+    };
+    let (held, package) = servers.block_on(async {
+        import_questions(&db, bank(settings.questions))
+            .await
+            .map_err(|e| format!("seeding: {e}"))?;
+        let held = build("Benchmark programme")
+            .await
+            .map_err(|e| format!("building the package: {e}"))?;
+        // The issue's update: 2% of the questions edited, 0.5% retired, 1% added.
+        import_questions(&db, update(settings.questions))
+            .await
+            .map_err(|e| format!("updating: {e}"))?;
+        let package = build("Benchmark programme, next week")
+            .await
+            .map_err(|e| format!("building the update: {e}"))?;
+        Ok::<_, String>((held, package))
     })?;
     let token =
         sign_token(SECRET, Uuid::new_v4(), Role::Student, 24 * 3600).map_err(|e| e.to_string())?;
@@ -247,19 +263,132 @@ fn bench(
     };
     let identity = clients.block_on(fetch(None))?;
     let gzip = clients.block_on(fetch(Some("gzip")))?;
+    let br = clients.block_on(fetch(Some("br")))?;
     eprintln!(
-        "package {}: {} questions, {} bytes, {} gzip, ETag {etag}",
+        "package {}: {} questions, {} bytes, {} gzip, {} br, ETag {etag}",
         package.id,
         package.question_count,
         identity.len(),
-        gzip.len()
+        gzip.len(),
+        br.len()
     );
+
+    // The delta from the held version, cold (first of the pair) then warm, and dcz.
+    let delta_path = format!("{path}/delta?from={}", held.id);
+    let probe_get = |path: String, headers: Vec<(&'static str, String)>| {
+        let mut request = probe
+            .get(format!("http://{examsync_addr}{path}"))
+            .bearer_auth(&token);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move {
+            let started = Instant::now();
+            let cpu_before = server_cpu_ticks();
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap_or("?").to_owned());
+            let etag = response
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap_or("?").to_owned());
+            let body = response.bytes().await.map_err(|e| e.to_string())?;
+            let cpu_ms =
+                server_cpu_ticks().saturating_sub(cpu_before) as f64 / CLOCK_TICKS_PER_SEC * 1000.0;
+            if status != 200 {
+                return Err(format!("examsync answered {status}"));
+            }
+            Ok::<_, String>((body, encoding, etag, started.elapsed(), cpu_ms))
+        }
+    };
+    let (delta_br, _, delta_etag, delta_cold, delta_cold_cpu) = clients.block_on(probe_get(
+        delta_path.clone(),
+        vec![("accept-encoding", "br".into())],
+    ))?;
+    let delta_etag = delta_etag.ok_or("the delta has no ETag")?;
+    let (_, _, _, delta_warm, _) = clients.block_on(probe_get(
+        delta_path.clone(),
+        vec![("accept-encoding", "br".into())],
+    ))?;
+    let (delta_identity, ..) = clients.block_on(probe_get(delta_path.clone(), vec![]))?;
+    let (held_identity, ..) = clients.block_on(probe_get(
+        format!("/api/v1/tests/packages/{}", held.id),
+        vec![],
+    ))?;
+    let dictionary = {
+        use base64::Engine;
+        use sha2::Digest;
+        format!(
+            ":{}:",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&held_identity))
+        )
+    };
+    let dcz_headers = vec![
+        ("accept-encoding", "gzip, br, zstd, dcb, dcz".to_owned()),
+        ("available-dictionary", dictionary.clone()),
+    ];
+    let (dcz, dcz_encoding, _, dcz_cold, dcz_cold_cpu) =
+        clients.block_on(probe_get(path.clone(), dcz_headers.clone()))?;
+    if dcz_encoding.as_deref() != Some("dcz") {
+        return Err(format!(
+            "dictionary request answered {dcz_encoding:?}, not dcz"
+        ));
+    }
+    let (_, _, _, dcz_warm, _) = clients.block_on(probe_get(path.clone(), dcz_headers))?;
+    let pct_of_br = |n: usize| 100.0 * n as f64 / br.len() as f64;
+    println!(
+        "\nBytes of version 2 of a {}-question PROGRAM package (2% edited, 0.5% removed, 1% added since version 1):\n",
+        settings.questions
+    );
+    println!("| response | bytes | share of full br |");
+    println!("| --- | ---: | ---: |");
+    for (name, n) in [
+        ("full download, identity", identity.len()),
+        ("full download, gzip", gzip.len()),
+        ("full download, br", br.len()),
+        ("delta, identity", delta_identity.len()),
+        ("delta, br", delta_br.len()),
+        ("full download, dcz (version 1 as dictionary)", dcz.len()),
+    ] {
+        println!("| {name} | {n} | {:.2}% |", pct_of_br(n));
+    }
+    println!(
+        "\nFirst response of a pair (cold: computed, compressed, cached) and the next (warm), one client:\n"
+    );
+    println!("| response | cold wall ms | cold server CPU ms | warm wall ms |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, cold, cpu, warm) in [
+        (
+            "delta (diff + serialize + gzip + br)",
+            delta_cold,
+            delta_cold_cpu,
+            delta_warm,
+        ),
+        (
+            "dcz (zstd with the held download as prefix)",
+            dcz_cold,
+            dcz_cold_cpu,
+            dcz_warm,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.1} | {:.0} | {:.2} |",
+            cold.as_secs_f64() * 1000.0,
+            cpu,
+            warm.as_secs_f64() * 1000.0
+        );
+    }
 
     // 3. The bare handler.
     let bare = Arc::new(Bare {
         etag: HeaderValue::from_str(&etag).map_err(|e| e.to_string())?,
         identity,
         gzip: gzip.clone(),
+        delta_etag: HeaderValue::from_str(&delta_etag).map_err(|e| e.to_string())?,
+        delta_br: delta_br.clone(),
     });
     let bare_addr = servers.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -268,6 +397,7 @@ fn bench(
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let router = Router::new()
             .route("/api/v1/tests/packages/{id}", get(bare_handler))
+            .route("/api/v1/tests/packages/{id}/delta", get(bare_delta))
             .with_state(bare.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -282,12 +412,21 @@ fn bench(
             expect: 304,
             headers: vec![("if-none-match", etag.clone())],
             body_len: 0,
+            path: path.clone(),
         },
         Scenario {
             name: "full download (gzip)",
             expect: 200,
             headers: vec![("accept-encoding", "gzip".to_owned())],
             body_len: gzip.len(),
+            path: path.clone(),
+        },
+        Scenario {
+            name: "delta (br)",
+            expect: 200,
+            headers: vec![("accept-encoding", "br".to_owned())],
+            body_len: delta_br.len(),
+            path: delta_path.clone(),
         },
     ];
     let mut rows = Vec::new();
@@ -313,7 +452,7 @@ fn bench(
                 } else {
                     bare_addr
                 };
-                let url = format!("http://{addr}{path}");
+                let url = format!("http://{addr}{}", scenario.path);
                 let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
                 eprintln!(
                     "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req",
@@ -382,6 +521,32 @@ struct Bare {
     etag: HeaderValue,
     identity: Bytes,
     gzip: Bytes,
+    delta_etag: HeaderValue,
+    delta_br: Bytes,
+}
+
+/// The ceiling for the delta route: its br bytes and validators from memory.
+async fn bare_delta(State(bare): State<Arc<Bare>>) -> Response {
+    let body = bare.delta_br.clone();
+    let len = body.len();
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+    h.insert(header::ETAG, bare.delta_etag.clone());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding, Available-Dictionary"),
+    );
+    r
 }
 
 /// The ceiling: the same bytes and validators from memory, nothing else.
@@ -423,13 +588,14 @@ async fn bare_handler(State(bare): State<Arc<Bare>>, headers: HeaderMap) -> Resp
     );
     h.insert(
         header::VARY,
-        HeaderValue::from_static("Authorization, Accept-Encoding"),
+        HeaderValue::from_static("Authorization, Accept-Encoding, Available-Dictionary"),
     );
     response
 }
 
 struct Scenario {
     name: &'static str,
+    path: String,
     expect: u16,
     headers: Vec<(&'static str, String)>,
     body_len: usize,
@@ -574,10 +740,29 @@ fn bank(count: usize) -> Vec<QuestionInput> {
                 theme_id: Some(100 + (n % 100) as i32),
                 cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                 difficulty: Some(["EASY", "MEDIUM", "HARD"][n % 3].to_owned()),
-                status: QuestionStatus::Published,
+                status: Some(QuestionStatus::Published),
             }
         })
         .collect()
+}
+
+/// The week's edits of `bank(count)`: every 50th question's explanation rewritten (2%),
+/// every 200th retired to DRAFT (0.5%), and `count / 100` new questions (1%).
+fn update(count: usize) -> Vec<QuestionInput> {
+    let mut out = Vec::new();
+    for (n, mut q) in bank(count).into_iter().enumerate() {
+        if n % 50 == 7 {
+            q.explanation_md = q
+                .explanation_md
+                .map(|e| format!("{e} Reviewed: see the 2026 guideline."));
+            out.push(q);
+        } else if n % 200 == 3 {
+            q.status = Some(QuestionStatus::Draft);
+            out.push(q);
+        }
+    }
+    out.extend(bank(count + count / 100).into_iter().skip(count));
+    out
 }
 
 /// `postgres://u@h:p/db?x` with another database name.

@@ -44,6 +44,7 @@ pub enum ErrorCode {
     BadRequest,
     EmptyScope,
     DeltaScopeMismatch,
+    RangeNotSatisfiable,
     PayloadTooLarge,
     MethodNotAllowed,
     RequestTimeout,
@@ -60,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -73,6 +74,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::EmptyScope,
         ErrorCode::DeltaScopeMismatch,
+        ErrorCode::RangeNotSatisfiable,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestTimeout,
@@ -101,6 +103,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::EmptyScope => "EMPTY_SCOPE",
             ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
@@ -150,6 +153,16 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
+    /// Well-formed input that conflicts with the state of what it names (REST 409).
+    #[error("{message}")]
+    Conflict {
+        code: ErrorCode,
+        message: String,
+        details: Option<Value>,
+    },
+    /// A `Range` none of whose bytes exist (REST 416).
+    #[error("the range is outside the {length} bytes of this representation")]
+    RangeNotSatisfiable { length: u64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
@@ -197,6 +210,8 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -210,8 +225,11 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
-            AppError::BadRequest { code, .. } | AppError::Unprocessable { code, .. } => *code,
+            AppError::BadRequest { code, .. }
+            | AppError::Unprocessable { code, .. }
+            | AppError::Conflict { code, .. } => *code,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            AppError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::InternalServerError,
@@ -226,6 +244,8 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
+            | AppError::Conflict { .. }
+            | AppError::RangeNotSatisfiable { .. }
             | AppError::PayloadTooLarge { .. } => ErrorCode::BadUserInput,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
@@ -235,9 +255,9 @@ impl AppError {
 
     pub(crate) fn details(&self) -> Value {
         match self {
-            AppError::BadRequest { details, .. } | AppError::Unprocessable { details, .. } => {
-                details.clone().unwrap_or(Value::Null)
-            }
+            AppError::BadRequest { details, .. }
+            | AppError::Unprocessable { details, .. }
+            | AppError::Conflict { details, .. } => details.clone().unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }

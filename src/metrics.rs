@@ -84,12 +84,32 @@ pub fn sync_clock_skew(seconds: f64) {
 }
 
 pub fn package_download(status: u16, encoding: &'static str) {
-    let status = if status == 304 { "304" } else { "200" };
-    counter!("examsync_package_downloads_total", "status" => status, "encoding" => encoding)
+    counter!("examsync_package_downloads_total", "status" => status_label(status), "encoding" => encoding)
         .increment(1);
 }
 
+/// A delta response (`encoding`: identity, gzip, br, or none for a 304).
+pub fn package_delta(status: u16, encoding: &'static str) {
+    counter!("examsync_package_deltas_total", "status" => status_label(status), "encoding" => encoding)
+        .increment(1);
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        304 => "304",
+        206 => "206",
+        416 => "416",
+        _ => "200",
+    }
+}
+
 /// A cache call failed or timed out and the database answered instead.
+/// A GraphQL request refused before execution, by its error code (a fixed set:
+/// trusted-document refusals, persisted-query misses, parse and validation failures).
+pub fn graphql_refused(code: &'static str) {
+    counter!("examsync_graphql_refused_total", "code" => code).increment(1);
+}
+
 pub fn cache_fallback(operation: &'static str, kind: &'static str) {
     counter!("examsync_redis_fallbacks_total", "operation" => operation, "kind" => kind)
         .increment(1);

@@ -6,6 +6,7 @@
 pub mod attempt;
 pub mod enums;
 pub mod idempotency_record;
+pub mod package_dictionary;
 pub mod question;
 pub mod session_answer;
 pub mod test_package;
@@ -17,6 +18,7 @@ pub use enums::{QuestionStatus, SessionMode, SessionStatus};
 pub mod prelude {
     pub use super::attempt::Entity as Attempt;
     pub use super::idempotency_record::Entity as IdempotencyRecord;
+    pub use super::package_dictionary::Entity as PackageDictionary;
     pub use super::question::Entity as Question;
     pub use super::session_answer::Entity as SessionAnswer;
     pub use super::test_package::Entity as TestPackage;

@@ -1,4 +1,5 @@
-//! GraphQL of test packages: `packages`, `package`, `buildPackage`, `publishPackage`.
+//! GraphQL of test packages: `packages`, `package`, `packageDelta`, `buildPackage`,
+//! `publishPackage`.
 //!
 //! `TestPackage` resolvers hold a package without its questions; the snapshots are read
 //! (batched by `loaders::PackageQuestionsLoader`) only when `questions` is selected.
@@ -185,6 +186,40 @@ impl TestPackage {
     }
 }
 
+/// What changed from one published version of a scope to another (SPEC section 5.1).
+pub struct PackageDelta {
+    package: PackageSummary,
+    from: PackageSummary,
+    delta: packages::delta::Delta,
+}
+
+#[Object]
+impl PackageDelta {
+    /// The package the delta leads to.
+    async fn package(&self) -> TestPackage {
+        self.package.clone().into()
+    }
+
+    /// The package the phone holds.
+    async fn from(&self) -> TestPackage {
+        self.from.clone().into()
+    }
+
+    /// Snapshots of `package` that `from` lacks or holds differently, by question id.
+    async fn upserted(&self) -> Vec<QuestionSnapshot> {
+        self.delta
+            .upserted
+            .iter()
+            .map(|s| QuestionSnapshot::new(self.package.id, s))
+            .collect()
+    }
+
+    /// Question ids of `from` that `package` lacks, ascending.
+    async fn removed(&self) -> &[Uuid] {
+        &self.delta.removed
+    }
+}
+
 #[derive(Default)]
 pub struct PackageQuery;
 
@@ -213,6 +248,23 @@ impl PackageQuery {
         Ok(summary
             .filter(|s| s.is_published || user.is_admin())
             .map(TestPackage::from))
+    }
+
+    /// The delta from published package `from` to published package `id` (same scope
+    /// and scope data): null when either is unknown or unpublished.
+    async fn package_delta(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        from: Uuid,
+    ) -> async_graphql::Result<Option<PackageDelta>> {
+        require_user(ctx)?;
+        let found = packages::package_delta(&state(ctx).db, id, from).await?;
+        Ok(found.map(|(package, from, delta)| PackageDelta {
+            package,
+            from,
+            delta,
+        }))
     }
 }
 

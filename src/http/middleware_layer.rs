@@ -55,14 +55,21 @@ fn request_id_of(request: &Request) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Surface {
     Rest,
-    Graphql,
+    /// With the response media type the client accepts.
+    Graphql(super::graphql::ResponseMedia),
 }
 
 impl Surface {
     fn of(request: &Request) -> Self {
         let path = request.uri().path();
         if path == "/graphql" || path.starts_with("/graphql/") {
-            Surface::Graphql
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            Surface::Graphql(
+                super::graphql::negotiate(accept).unwrap_or(super::graphql::ResponseMedia::Json),
+            )
         } else {
             Surface::Rest
         }
@@ -71,7 +78,7 @@ impl Surface {
     fn error(self, error: AppError) -> Response {
         match self {
             Surface::Rest => error.into_response(),
-            Surface::Graphql => super::graphql::app_error_response(error),
+            Surface::Graphql(media) => super::graphql::app_error_response(media, error),
         }
     }
 }

@@ -48,6 +48,10 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
             "/api/v1/tests/packages/{package_id}",
             get(packages::get_package).head(packages::get_package),
         )
+        .route(
+            "/api/v1/tests/packages/{package_id}/delta",
+            get(packages::get_delta).head(packages::get_delta),
+        )
         .route("/api/v1/sync/attempts:batch", post(sync::sync_batch))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)

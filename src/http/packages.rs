@@ -5,7 +5,7 @@
 //! package's ETag only (cached after the first look), a full download needs the cached
 //! bytes in the negotiated encoding. Compression is done here, once per package, not by
 //! a compression layer, so that the ETag and `Vary` are the same for every encoding.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     body::Body,
@@ -13,7 +13,8 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use bytes::Bytes;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
@@ -22,16 +23,40 @@ use crate::{
     error::{AppError, ErrorCode},
     metrics,
     packages::{
-        self, ListFilter, PackageScope,
-        etag::{Encoding, if_none_match_matches, negotiate_encoding},
-        store::PublishedMeta,
+        self, ListFilter, PackageScope, dcz,
+        etag::{
+            RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
+            parse_available_dictionary, parse_range,
+        },
+        store::{self, DeltaLookup, PackageBodies},
     },
 };
 
 pub const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
-pub const VARY: &str = "Authorization, Accept-Encoding";
+/// Package responses vary by user (authorization), coding and the RFC 9842 dictionary.
+pub const VARY: &str = "Authorization, Accept-Encoding, Available-Dictionary";
+/// The list does not use dictionaries.
+pub const LIST_VARY: &str = "Authorization, Accept-Encoding";
 
 /// `GET /api/v1/tests/packages?scope=&year_id=&block_id=&theme_id=&latest=`
+#[utoipa::path(
+    get,
+    path = "/api/v1/tests/packages",
+    tag = "packages",
+    params(
+        ("scope" = Option<String>, Query, description = "PROGRAM, YEAR, BLOCK or THEME (any case); anything else, the empty value included, is 400 naming them"),
+        ("year_id" = Option<i32>, Query),
+        ("block_id" = Option<i32>, Query),
+        ("theme_id" = Option<i32>, Query),
+        ("latest" = Option<bool>, Query, description = "only the newest published version of each scope")
+    ),
+    responses(
+        (status = 200, description = "Published packages, newest first", body = packages::PackageList),
+        (status = 400, description = "Bad filter", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_packages(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -40,19 +65,19 @@ pub async fn list_packages(
     let Query(params) =
         query.map_err(|e| AppError::bad_request(format!("invalid query string: {e}")))?;
     let filter = parse_list_filter(&params)?;
-    let items: Vec<Value> = packages::list_published(&state.db, &filter)
+    let items = packages::list_published(&state.db, &filter)
         .await?
         .iter()
         .map(packages::PackageSummary::rest_list_item)
         .collect();
-    let mut response = axum::Json(json!({ "items": items })).into_response();
+    let mut response = axum::Json(packages::PackageList { items }).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),
     );
     response
         .headers_mut()
-        .insert(header::VARY, HeaderValue::from_static(VARY));
+        .insert(header::VARY, HeaderValue::from_static(LIST_VARY));
     Ok(response)
 }
 
@@ -84,7 +109,11 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
         }
     };
     Ok(ListFilter {
-        scope: value("scope").map(PackageScope::parse_or_400).transpose()?,
+        // `scope=` (empty) is not one of the documented values: 400 like any other.
+        scope: params
+            .get("scope")
+            .map(|v| PackageScope::parse_or_400(v))
+            .transpose()?,
         year_id: int("year_id")?,
         block_id: int("block_id")?,
         theme_id: int("theme_id")?,
@@ -94,6 +123,21 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
 
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}` (axum drops the body of a HEAD
 /// response and keeps the GET's `Content-Length`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tests/packages/{package_id}",
+    tag = "packages",
+    params(("package_id" = Uuid, Path, description = "the package id")),
+    responses(
+        (status = 200, description = "the package (identity, gzip, br or dcz)", body = packages::PackageDownload),
+        (status = 206, description = "one byte range of the chosen encoding"),
+        (status = 304, description = "If-None-Match matched: no body"),
+        (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "unknown or unpublished", body = crate::http::openapi::ErrorBody),
+        (status = 416, description = "unsatisfiable range", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_package(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -117,7 +161,7 @@ pub async fn get_package(
             &meta.version_hash,
         ) {
             metrics::package_download(304, "none");
-            return Ok(not_modified(&meta));
+            return Ok(not_modified(&meta.etag, &meta.last_modified));
         }
     }
 
@@ -126,63 +170,280 @@ pub async fn get_package(
         .published_bodies(&state.db, id)
         .await?
         .ok_or_else(not_found)?;
+    let (body, coding) = match dcz_body(&state, headers, id, &bodies).await? {
+        Some(body) => (body, "dcz"),
+        None => {
+            let encoding = negotiate_encoding(
+                headers
+                    .get_all(header::ACCEPT_ENCODING)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            );
+            (bodies.get(encoding).clone(), encoding.as_str())
+        }
+    };
+    let representation = Representation {
+        etag: &bodies.meta.etag,
+        last_modified: &bodies.meta.last_modified,
+        coding,
+        use_as_dictionary: true,
+    };
+    let response = representation.respond(headers, body)?;
+    metrics::package_download(response.status().as_u16(), coding);
+    Ok(response)
+}
+
+/// The `dcz` body when the request announces `dcz` and a dictionary this server knows
+/// (a published package's download); `None`: serve the usual encodings.
+async fn dcz_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: Uuid,
+    target: &Arc<PackageBodies>,
+) -> Result<Option<Bytes>, AppError> {
+    let Some(digest) = headers
+        .get(AVAILABLE_DICTIONARY)
+        .and_then(|v| parse_available_dictionary(v.as_bytes()))
+    else {
+        return Ok(None);
+    };
+    if !accepts_dcz(
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        return Ok(None);
+    }
+    let Some(dictionary_id) = state.packages.dictionary(&state.db, &digest).await? else {
+        return Ok(None);
+    };
+    let Some(dictionary) = state
+        .packages
+        .published_bodies(&state.db, dictionary_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    // The digest names exactly these bytes (a row is only written for them), but check:
+    // a dictionary that is not byte-for-byte what the client holds would garble the body.
+    if dictionary.sha256 != digest || !dcz::dictionary_allowed(dictionary.bodies.identity.len()) {
+        return Ok(None);
+    }
+    let body = state
+        .packages
+        .dcz_body(target, id, &dictionary, dictionary_id)
+        .await?;
+    Ok(Some(body))
+}
+
+/// `?from=` of the delta route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct DeltaQuery {
+    /// The id of the published package the phone holds.
+    pub from: Option<String>,
+}
+
+/// `GET` and `HEAD /api/v1/tests/packages/{package_id}/delta?from={held_package_id}`
+/// (SPEC section 5.1).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tests/packages/{package_id}/delta",
+    tag = "packages",
+    params(("package_id" = Uuid, Path, description = "the package to reach"), DeltaQuery),
+    responses(
+        (status = 200, description = "the delta (identity, gzip or br)", body = packages::delta::DeltaBody),
+        (status = 206, description = "one byte range of the chosen encoding"),
+        (status = 304, description = "If-None-Match matched: no body"),
+        (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "either package unknown or unpublished", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "DELTA_SCOPE_MISMATCH: another scope or scope_data", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_delta(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeltaQuery>, QueryRejection>,
+    request: Request,
+) -> Result<Response, AppError> {
+    let id = parse_package_id(path)?;
+    let from = match query {
+        Ok(Query(DeltaQuery { from: Some(from) })) => {
+            Uuid::try_parse(from.trim()).map_err(|_| malformed("from", &from))?
+        }
+        _ => return Err(malformed("from", "")),
+    };
+    let headers = request.headers();
+    let not_found = || AppError::NotFound(format!("no published package pair {id}, {from}"));
+
+    let if_none_match = headers.get_all(header::IF_NONE_MATCH);
+    if if_none_match.iter().next().is_some() {
+        // Validators from the two versions alone: a `304` computes no delta.
+        let (to_meta, from_meta) = state
+            .packages
+            .delta_ends(&state.db, id, from)
+            .await?
+            .ok_or_else(not_found)?;
+        let etag = store::delta_etag(&from_meta.version_hash, &to_meta.version_hash)?;
+        let opaque = &etag.as_bytes()[3..etag.len() - 1];
+        if if_none_match_matches(
+            if_none_match.iter().map(HeaderValue::as_bytes),
+            std::str::from_utf8(opaque).unwrap_or_default(),
+        ) {
+            metrics::package_delta(304, "none");
+            let last_modified = store::http_date(to_meta.published_at.max(from_meta.published_at));
+            return Ok(not_modified(&etag, &last_modified));
+        }
+    }
+
+    let DeltaLookup::Found(delta) = state.packages.delta_bodies(&state.db, id, from).await? else {
+        return Err(not_found());
+    };
     let encoding = negotiate_encoding(
         headers
             .get_all(header::ACCEPT_ENCODING)
             .iter()
             .map(HeaderValue::as_bytes),
     );
-    let body = bodies.get(encoding).clone();
-    let length = body.len();
-    let mut response = Response::new(Body::from(body));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if encoding != Encoding::Identity {
-        h.insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static(encoding.as_str()),
-        );
-    }
-    insert_validators(h, &bodies.meta);
-    metrics::package_download(200, encoding.as_str());
+    let representation = Representation {
+        etag: &delta.etag,
+        last_modified: &delta.last_modified,
+        coding: encoding.as_str(),
+        use_as_dictionary: false,
+    };
+    let response = representation.respond(headers, delta.bodies.get(encoding).clone())?;
+    metrics::package_delta(response.status().as_u16(), encoding.as_str());
     Ok(response)
 }
+
+/// The header RFC 9842 clients send naming the dictionary they hold.
+const AVAILABLE_DICTIONARY: &str = "available-dictionary";
+
+/// One encoded representation of a package or delta, and how to answer with it.
+struct Representation<'a> {
+    etag: &'a HeaderValue,
+    last_modified: &'a HeaderValue,
+    /// `Content-Encoding` token (`identity`: none sent).
+    coding: &'static str,
+    /// Downloads are dictionaries for later downloads (RFC 9842); deltas are not.
+    use_as_dictionary: bool,
+}
+
+impl Representation<'_> {
+    /// `200` with `body`, or `206`/`416` for a single `Range` (honoured only when an
+    /// `If-Range` is absent or carries exactly our `Last-Modified`).
+    fn respond(&self, headers: &HeaderMap, body: Bytes) -> Result<Response, AppError> {
+        let total = body.len() as u64;
+        let range = match headers.get(header::RANGE) {
+            Some(range) if self.if_range_holds(headers) => parse_range(range.as_bytes(), total),
+            _ => RangeRequest::Whole,
+        };
+        let (status, body) = match range {
+            RangeRequest::Whole => (StatusCode::OK, body),
+            RangeRequest::Part { start, end } => (
+                StatusCode::PARTIAL_CONTENT,
+                // `end < total ≤ usize::MAX`, so the casts are lossless.
+                body.slice(start as usize..=end as usize),
+            ),
+            RangeRequest::Unsatisfiable => {
+                let mut response = AppError::RangeNotSatisfiable { length: total }.into_response();
+                let h = response.headers_mut();
+                h.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::try_from(format!("bytes */{total}"))
+                        .map_err(|e| AppError::internal(e.to_string()))?,
+                );
+                self.insert_validators(h);
+                return Ok(response);
+            }
+        };
+        let length = body.len();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if self.coding != "identity" {
+            h.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(self.coding),
+            );
+        }
+        if let RangeRequest::Part { start, end } = range {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::try_from(format!("bytes {start}-{end}/{total}"))
+                    .map_err(|e| AppError::internal(e.to_string()))?,
+            );
+        }
+        self.insert_validators(h);
+        if self.use_as_dictionary && status == StatusCode::OK {
+            h.insert(
+                USE_AS_DICTIONARY,
+                HeaderValue::from_static(USE_AS_DICTIONARY_VALUE),
+            );
+        }
+        Ok(response)
+    }
+
+    /// `If-Range` (RFC 9110 §13.1.5): our ETags are weak, so only the date can match,
+    /// and only exactly (the client echoes the `Last-Modified` it got).
+    fn if_range_holds(&self, headers: &HeaderMap) -> bool {
+        match headers.get(header::IF_RANGE) {
+            None => true,
+            Some(value) => value.as_bytes().trim_ascii() == self.last_modified.as_bytes(),
+        }
+    }
+
+    fn insert_validators(&self, h: &mut HeaderMap) {
+        insert_validators(h, self.etag, self.last_modified);
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+}
+
+pub const USE_AS_DICTIONARY: &str = "use-as-dictionary";
+pub const USE_AS_DICTIONARY_VALUE: &str = "match=\"/api/v1/tests/packages/*\"";
 
 /// A malformed id is `400`, never a `404` or `500`.
 fn parse_package_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, AppError> {
     let raw = match path {
         Ok(Path(raw)) => raw,
-        Err(_) => return Err(malformed_id("")),
+        Err(_) => return Err(malformed("package_id", "")),
     };
-    Uuid::try_parse(raw.trim()).map_err(|_| malformed_id(&raw))
+    Uuid::try_parse(raw.trim()).map_err(|_| malformed("package_id", &raw))
 }
 
-fn malformed_id(raw: &str) -> AppError {
+fn malformed(field: &'static str, raw: &str) -> AppError {
     AppError::bad_request_with(
         ErrorCode::ValidationError,
-        "package_id must be a UUID",
-        json!({"field": "package_id", "value": raw.chars().take(64).collect::<String>()}),
+        format!("{field} must be a UUID"),
+        json!({"field": field, "value": raw.chars().take(64).collect::<String>()}),
     )
 }
 
-fn insert_validators(h: &mut HeaderMap, meta: &PublishedMeta) {
-    h.insert(header::ETAG, meta.etag.clone());
+fn insert_validators(h: &mut HeaderMap, etag: &HeaderValue, last_modified: &HeaderValue) {
+    h.insert(header::ETAG, etag.clone());
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(CACHE_CONTROL),
     );
     h.insert(header::VARY, HeaderValue::from_static(VARY));
+    h.insert(header::LAST_MODIFIED, last_modified.clone());
 }
 
 /// `304`: no body, the validators the `200` would carry.
-fn not_modified(meta: &PublishedMeta) -> Response {
+fn not_modified(etag: &HeaderValue, last_modified: &HeaderValue) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
-    insert_validators(response.headers_mut(), meta);
+    insert_validators(response.headers_mut(), etag, last_modified);
+    response
+        .headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     response
 }
 
@@ -207,6 +468,7 @@ mod tests {
         assert_eq!(f.scope, Some(PackageScope::Theme));
         assert_eq!(f.block_id, None);
         assert!(parse_list_filter(&params(&[("scope", "COURSE")])).is_err());
+        assert!(parse_list_filter(&params(&[("scope", "")])).is_err());
         assert!(parse_list_filter(&params(&[("theme_id", "x")])).is_err());
         assert!(parse_list_filter(&params(&[("latest", "maybe")])).is_err());
     }

@@ -1,4 +1,5 @@
-//! `If-None-Match` (RFC 9110 §13.1.2) and `Accept-Encoding` (RFC 9110 §12.5.3) parsing.
+//! `If-None-Match` (RFC 9110 §13.1.2), `Accept-Encoding` (RFC 9110 §12.5.3), `Range`
+//! (RFC 9110 §14.2) and `Available-Dictionary` (RFC 9842 §2.2) parsing.
 //!
 //! Both parsers take raw header bytes (which may hold anything a client sends), never
 //! panic and never allocate per element: they are on the hot path of every package
@@ -156,6 +157,120 @@ where
         Encoding::Brotli
     } else {
         Encoding::Gzip
+    }
+}
+
+/// True when `Accept-Encoding` lists `dcz` with a q-value above 0. Only an explicit
+/// `dcz` counts (not `*`): a client that has not announced it cannot hold a dictionary.
+pub fn accepts_dcz<'a, I>(values: I) -> bool
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut q: Option<u16> = None;
+    for value in values {
+        for element in value.split(|&b| b == b',') {
+            let mut params = element.split(|&b| b == b';');
+            if !trim_ows(params.next().unwrap_or_default()).eq_ignore_ascii_case(b"dcz") {
+                continue;
+            }
+            let mut this = 1000u16;
+            for param in params {
+                if let [b'q' | b'Q', rest @ ..] = trim_ows(param)
+                    && let [b'=', value @ ..] = trim_ows(rest)
+                {
+                    this = parse_qvalue(trim_ows(value)).unwrap_or(0);
+                }
+            }
+            q = Some(q.map_or(this, |old| old.max(this)));
+        }
+    }
+    q.is_some_and(|q| q > 0)
+}
+
+/// `Available-Dictionary: :<base64 of a SHA-256>:` (an RFC 8941 byte sequence) → the
+/// 32 digest bytes; anything else → `None` (the request is served without dictionary).
+pub fn parse_available_dictionary(value: &[u8]) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let inner = trim_ows(value).strip_prefix(b":")?.strip_suffix(b":")?;
+    // 32 bytes are 44 base64 characters; refuse anything longer before decoding.
+    if inner.len() != 44 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(inner)
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// What a `Range` header asks of a representation of `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable single byte range (absent, another unit, several ranges, malformed):
+    /// the whole representation is served, as RFC 9110 §14.2 allows.
+    Whole,
+    /// Bytes `start..=end` (inclusive, within the representation).
+    Part { start: u64, end: u64 },
+    /// A valid range none of whose bytes exist: `416`.
+    Unsatisfiable,
+}
+
+/// Parses one `Range` value: `bytes=a-b`, `bytes=a-` or `bytes=-n`.
+pub fn parse_range(value: &[u8], len: u64) -> RangeRequest {
+    let value = trim_ows(value);
+    let Some(eq) = value.iter().position(|&b| b == b'=') else {
+        return RangeRequest::Whole;
+    };
+    if !trim_ows(&value[..eq]).eq_ignore_ascii_case(b"bytes") {
+        return RangeRequest::Whole;
+    }
+    let spec = trim_ows(&value[eq + 1..]);
+    if spec.contains(&b',') {
+        // Several ranges would need multipart/byteranges; a resuming client sends one.
+        return RangeRequest::Whole;
+    }
+    let Some(dash) = spec.iter().position(|&b| b == b'-') else {
+        return RangeRequest::Whole;
+    };
+    let (first, last) = (trim_ows(&spec[..dash]), trim_ows(&spec[dash + 1..]));
+    let number = |s: &[u8]| -> Option<u64> {
+        if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    match (first.is_empty(), last.is_empty()) {
+        // `-n`: the last n bytes.
+        (true, false) => match number(last) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if len == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Part {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
+            None => RangeRequest::Whole,
+        },
+        (false, _) => {
+            let Some(start) = number(first) else {
+                return RangeRequest::Whole;
+            };
+            let end = if last.is_empty() {
+                u64::MAX
+            } else {
+                match number(last) {
+                    Some(end) if end >= start => end,
+                    _ => return RangeRequest::Whole,
+                }
+            };
+            if start >= len {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Part {
+                    start,
+                    end: end.min(len - 1),
+                }
+            }
+        }
+        (true, true) => RangeRequest::Whole,
     }
 }
 
@@ -367,6 +482,72 @@ mod tests {
             negotiate_encoding([b"gzip;q=0".as_slice(), b"br".as_slice()]),
             Encoding::Brotli
         );
+    }
+
+    #[test]
+    fn dcz_must_be_listed() {
+        let dcz = |v: &str| accepts_dcz([v.as_bytes()]);
+        assert!(dcz("gzip, deflate, br, zstd, dcb, dcz"));
+        assert!(dcz("DCZ;q=0.5"));
+        assert!(!dcz("dcz;q=0"));
+        assert!(!dcz("*"));
+        assert!(!dcz("gzip, br"));
+        assert!(!dcz("xdcz"));
+    }
+
+    #[test]
+    fn available_dictionary_is_a_byte_sequence_of_32() {
+        let sha = [7u8; 32];
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sha);
+        assert_eq!(
+            parse_available_dictionary(format!(":{b64}:").as_bytes()),
+            Some(sha)
+        );
+        assert_eq!(
+            parse_available_dictionary(format!(" :{b64}: ").as_bytes()),
+            Some(sha)
+        );
+        for bad in [
+            b64.clone(),
+            format!(":{b64}"),
+            format!(":{}:", &b64[..40]),
+            format!(":{b64}AAAA:"),
+            ":!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!:".into(),
+            String::new(),
+        ] {
+            assert_eq!(parse_available_dictionary(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        let r = |v: &str| parse_range(v.as_bytes(), 100);
+        assert_eq!(r("bytes=0-9"), Part { start: 0, end: 9 });
+        assert_eq!(r("bytes=90-"), Part { start: 90, end: 99 });
+        assert_eq!(r("bytes=90-1000"), Part { start: 90, end: 99 });
+        assert_eq!(r("bytes=-10"), Part { start: 90, end: 99 });
+        assert_eq!(r("bytes=-1000"), Part { start: 0, end: 99 });
+        assert_eq!(r("Bytes = 5-5"), Part { start: 5, end: 5 });
+        assert_eq!(r("bytes=100-"), Unsatisfiable);
+        assert_eq!(r("bytes=100-200"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-", 0), Unsatisfiable);
+        for whole in [
+            "",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "bytes=5-4",
+            "bytes=a-b",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=99999999999999999999-",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(r(whole), Whole, "{whole:?}");
+        }
     }
 
     #[test]

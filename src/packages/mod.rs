@@ -30,6 +30,8 @@
 //!
 //! A scope without published questions is refused (`EMPTY_SCOPE`, a 400-class error): an
 //! empty package would be useless to a phone and would hide a typo in the ids.
+pub mod dcz;
+pub mod delta;
 pub mod etag;
 pub mod store;
 
@@ -117,7 +119,7 @@ pub struct BuildRequest {
 
 /// A question as frozen in a package: exactly the 14 fields of the REST download.
 /// Serialized through RFC 8785, so field order here does not matter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub question_id: Uuid,
     pub stem: String,
@@ -499,25 +501,127 @@ impl PackageSummary {
         })
     }
 
+    /// The REST `scope_data` as its wire type.
+    pub fn rest_scope_ids(&self) -> RestScopeData {
+        RestScopeData {
+            year_id: self.year_id,
+            block_id: self.block_id,
+            theme_id: self.theme_id,
+        }
+    }
+
     /// One item of the REST list.
-    pub fn rest_list_item(&self) -> Value {
-        json!({
-            "package_id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "scope": self.scope,
-            "scope_data": self.rest_scope_data(),
-            "version": self.version,
-            "version_hash": self.version_hash,
-            "question_count": self.question_count,
-            "published_at": self.published_at,
-            "updated_at": self.updated_at,
-        })
+    pub fn rest_list_item(&self) -> PackageListItem {
+        PackageListItem {
+            package_id: self.id,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            scope: self.scope.clone(),
+            scope_data: self.rest_scope_ids(),
+            version: self.version,
+            version_hash: self.version_hash.clone(),
+            question_count: self.question_count,
+            published_at: self.published_at,
+            updated_at: self.updated_at,
+        }
     }
 }
 
 pub fn download_path(id: Uuid) -> String {
     format!("/api/v1/tests/packages/{id}")
+}
+
+/// REST `scope_data`: all three keys, `null` where absent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestScopeData {
+    pub year_id: Option<i32>,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
+}
+
+/// One item of `GET /api/v1/tests/packages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PackageListItem {
+    pub package_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    /// PROGRAM | YEAR | BLOCK | THEME
+    pub scope: String,
+    pub scope_data: RestScopeData,
+    pub version: i32,
+    pub version_hash: String,
+    pub question_count: i32,
+    pub published_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The body of `GET /api/v1/tests/packages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PackageList {
+    pub items: Vec<PackageListItem>,
+}
+
+/// The body of `GET /api/v1/tests/packages/{package_id}`. The server splices the stored
+/// canonical `questions` into precomputed bytes (`download_body`) instead of serializing
+/// this type; a unit test checks that those bytes parse as exactly this shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PackageDownload {
+    pub package_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    /// PROGRAM | YEAR | BLOCK | THEME
+    pub scope: String,
+    pub scope_data: RestScopeData,
+    pub version: i32,
+    pub version_hash: String,
+    /// Ordered by `question_id`; RFC 8785 form, the bytes `version_hash` is taken over.
+    pub questions: Vec<Snapshot>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// A delta needs two versions of one line (scope + scope_data): otherwise `409`.
+pub fn check_delta_scope(to: (&str, &str), from: (&str, &str)) -> AppResult<()> {
+    if to == from {
+        return Ok(());
+    }
+    Err(AppError::Conflict {
+        code: ErrorCode::DeltaScopeMismatch,
+        message: format!(
+            "the packages are of different scopes ({} {} and {} {}); a delta needs two \
+             versions of one scope and scope_data",
+            to.0, to.1, from.0, from.1
+        ),
+        details: Some(json!({
+            "scope": to.0, "scope_data": to.1,
+            "from_scope": from.0, "from_scope_data": from.1,
+        })),
+    })
+}
+
+/// The delta from published package `from` to published package `id` (GraphQL's
+/// `packageDelta`; REST serves `PackageStore::delta_bodies`, the same rule cached as
+/// bytes): `None` when either is unknown or unpublished.
+pub async fn package_delta(
+    db: &DatabaseConnection,
+    id: Uuid,
+    from: Uuid,
+) -> AppResult<Option<(PackageSummary, PackageSummary, delta::Delta)>> {
+    let (Some(to), Some(held)) = (find_summary(db, id).await?, find_summary(db, from).await?)
+    else {
+        return Ok(None);
+    };
+    if !to.is_published || !held.is_published {
+        return Ok(None);
+    }
+    check_delta_scope((&to.scope, &to.scope_key), (&held.scope, &held.scope_key))?;
+    let json = load_questions_json(db, &[id, from]).await?;
+    let (Some(to_json), Some(held_json)) = (json.get(&id), json.get(&from)) else {
+        return Ok(None);
+    };
+    let delta = delta::diff(&parse_snapshots(held_json)?, &parse_snapshots(to_json)?);
+    Ok(Some((to, held, delta)))
 }
 
 /// Filters of the package list (REST query and GraphQL `PackageFilter`).

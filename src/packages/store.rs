@@ -7,9 +7,15 @@
 //! - `published_meta`: id → ETag, so a revalidation that ends in `304` reads nothing once
 //!   warm (and only three small columns when cold);
 //! - `published_bodies`: id → the download body as identity, gzip and br bytes;
-//! - `scoring_for`: id → scoring keys of the snapshots, for sync.
+//! - `scoring_for`: id → scoring keys of the snapshots, for sync;
+//! - `delta_bodies`: (package, held package) → the delta body in each encoding;
+//! - `dcz_body`: (package, dictionary package) → the RFC 9842 `dcz` body;
+//! - dictionaries: SHA-256 of a download's identity bytes → package id. Every instance
+//!   that builds a download's bodies records that digest in `package_dictionaries` (and
+//!   here), so a digest a client got from any instance is found by a primary-key read.
 use std::{
     collections::HashMap,
+    hash::Hash,
     io::Write,
     sync::{
         Arc, RwLock,
@@ -19,12 +25,14 @@ use std::{
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::etag::Encoding;
 use crate::error::{AppError, AppResult};
-use entity::test_package;
+use entity::{package_dictionary, test_package};
 
 /// How to score an answer to one question of a package: the snapshot's options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,26 +53,77 @@ pub struct PublishedMeta {
     pub version_hash: String,
     /// `W/"<version_hash>"`, ready to send.
     pub etag: HeaderValue,
+    /// `published_at` as an HTTP-date, ready to send (and compared with `If-Range`).
+    pub last_modified: HeaderValue,
+    pub published_at: DateTime<Utc>,
+    pub scope: String,
+    pub scope_key: String,
+    pub version: i32,
 }
 
 impl PublishedMeta {
-    pub fn new(version_hash: String) -> AppResult<PublishedMeta> {
+    pub fn new(
+        version_hash: String,
+        published_at: DateTime<Utc>,
+        scope: String,
+        scope_key: String,
+        version: i32,
+    ) -> AppResult<PublishedMeta> {
         let etag = HeaderValue::try_from(format!("W/\"{version_hash}\""))
             .map_err(|_| AppError::internal("version hash is not a valid header value"))?;
-        Ok(PublishedMeta { version_hash, etag })
+        Ok(PublishedMeta {
+            version_hash,
+            etag,
+            last_modified: http_date(published_at),
+            published_at,
+            scope,
+            scope_key,
+            version,
+        })
+    }
+
+    fn of(package: &test_package::Model) -> AppResult<PublishedMeta> {
+        let published_at = package
+            .published_at
+            .ok_or_else(|| AppError::internal("a published package without published_at"))?;
+        PublishedMeta::new(
+            package.version_hash.clone(),
+            published_at,
+            package.scope.clone(),
+            package.scope_key.clone(),
+            package.version,
+        )
     }
 }
 
-/// The download body of a published package in every encoding served.
+/// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(at: DateTime<Utc>) -> HeaderValue {
+    let text = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    // The format only ever yields visible ASCII.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A body in each content coding served (identity, gzip, br), compressed once.
 #[derive(Debug)]
-pub struct PackageBodies {
-    pub meta: Arc<PublishedMeta>,
+pub struct Encoded {
     pub identity: Bytes,
     pub gzip: Bytes,
     pub br: Bytes,
 }
 
-impl PackageBodies {
+impl Encoded {
+    /// Compresses (CPU-bound: call on a blocking thread). gzip and brotli are
+    /// deterministic for given settings, so every instance makes the same bytes.
+    pub fn new(identity: Vec<u8>) -> AppResult<Encoded> {
+        let gzip = gzip(&identity)?;
+        let br = brotli(&identity)?;
+        Ok(Encoded {
+            identity: Bytes::from(identity),
+            gzip: Bytes::from(gzip),
+            br: Bytes::from(br),
+        })
+    }
+
     pub fn get(&self, encoding: Encoding) -> &Bytes {
         match encoding {
             Encoding::Identity => &self.identity,
@@ -76,18 +135,59 @@ impl PackageBodies {
     fn weight(&self) -> usize {
         self.identity.len() + self.gzip.len() + self.br.len() + 256
     }
+}
+
+/// A delta between two published packages, ready to serve.
+#[derive(Debug)]
+pub struct DeltaBodies {
+    /// `W/"<from version_hash>.<version_hash>"`: the same on every instance.
+    pub etag: HeaderValue,
+    /// The later `published_at` of the two.
+    pub last_modified: HeaderValue,
+    pub bodies: Encoded,
+}
+
+/// The delta validator, from the two version hashes alone (a `304` computes nothing).
+pub fn delta_etag(from_hash: &str, to_hash: &str) -> AppResult<HeaderValue> {
+    HeaderValue::try_from(format!("W/\"{from_hash}.{to_hash}\""))
+        .map_err(|_| AppError::internal("version hash is not a valid header value"))
+}
+
+/// What a delta request finds.
+#[derive(Debug)]
+pub enum DeltaLookup<T> {
+    /// Either package is unknown or unpublished.
+    NotFound,
+    Found(T),
+}
+
+/// The download body of a published package in every encoding served.
+#[derive(Debug)]
+pub struct PackageBodies {
+    pub meta: Arc<PublishedMeta>,
+    pub bodies: Encoded,
+    /// SHA-256 of the identity bytes: the RFC 9842 dictionary id of this download.
+    pub sha256: [u8; 32],
+}
+
+impl PackageBodies {
+    pub fn get(&self, encoding: Encoding) -> &Bytes {
+        self.bodies.get(encoding)
+    }
+
+    fn weight(&self) -> usize {
+        self.bodies.weight()
+    }
 
     /// Serializes and compresses (CPU-bound: call on a blocking thread).
     pub fn build(package: &test_package::Model) -> AppResult<PackageBodies> {
-        let meta = Arc::new(PublishedMeta::new(package.version_hash.clone())?);
+        let meta = Arc::new(PublishedMeta::of(package)?);
         let identity = super::download_body(package)?;
-        let gzip = gzip(&identity)?;
-        let br = brotli(&identity)?;
+        let sha256: [u8; 32] = Sha256::digest(&identity).into();
         Ok(PackageBodies {
             meta,
-            identity: Bytes::from(identity),
-            gzip: Bytes::from(gzip),
-            br: Bytes::from(br),
+            bodies: Encoded::new(identity)?,
+            sha256,
         })
     }
 }
@@ -141,9 +241,14 @@ impl Default for StoreLimits {
 }
 
 pub struct PackageStore {
-    meta: Bounded<PublishedMeta>,
-    bodies: Bounded<PackageBodies>,
-    scoring: Bounded<PackageScoring>,
+    meta: Bounded<Uuid, PublishedMeta>,
+    bodies: Bounded<Uuid, PackageBodies>,
+    scoring: Bounded<Uuid, PackageScoring>,
+    deltas: Bounded<(Uuid, Uuid), DeltaBodies>,
+    dcz: Bounded<(Uuid, Uuid), Bytes>,
+    /// Dictionary digest → package id (a positive answer never changes: packages are
+    /// immutable, so their download bytes are too).
+    dictionaries: Bounded<[u8; 32], Uuid>,
 }
 
 impl Default for PackageStore {
@@ -158,6 +263,9 @@ impl PackageStore {
             meta: Bounded::new(limits.meta_entries, limits.meta_entries),
             bodies: Bounded::new(limits.body_bytes, limits.body_entries),
             scoring: Bounded::new(limits.scoring_questions, limits.scoring_entries),
+            deltas: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
+            dcz: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
+            dictionaries: Bounded::new(limits.meta_entries, limits.meta_entries),
         }
     }
 
@@ -170,16 +278,27 @@ impl PackageStore {
         if let Some(meta) = self.meta.get(&id) {
             return Ok(Some(meta));
         }
-        let row: Option<(String, bool)> = test_package::Entity::find_by_id(id)
+        type Row = (String, bool, Option<DateTime<Utc>>, String, String, i32);
+        let row: Option<Row> = test_package::Entity::find_by_id(id)
             .select_only()
             .column(test_package::Column::VersionHash)
             .column(test_package::Column::IsPublished)
+            .column(test_package::Column::PublishedAt)
+            .column(test_package::Column::Scope)
+            .column(test_package::Column::ScopeKey)
+            .column(test_package::Column::Version)
             .into_tuple()
             .one(db)
             .await?;
         match row {
-            Some((version_hash, true)) => {
-                let meta = Arc::new(PublishedMeta::new(version_hash)?);
+            Some((version_hash, true, Some(published_at), scope, scope_key, version)) => {
+                let meta = Arc::new(PublishedMeta::new(
+                    version_hash,
+                    published_at,
+                    scope,
+                    scope_key,
+                    version,
+                )?);
                 Ok(Some(self.meta.insert(id, meta, 1)))
             }
             _ => Ok(None),
@@ -207,8 +326,148 @@ impl PackageStore {
             .map_err(|e| AppError::internal(format!("building a package body: {e}")))??;
         let bodies = Arc::new(bodies);
         self.meta.insert(id, bodies.meta.clone(), 1);
+        self.record_dictionary(db, bodies.sha256, id).await;
         let weight = bodies.weight();
         Ok(Some(self.bodies.insert(id, bodies, weight)))
+    }
+
+    /// Records the dictionary digest of a download (here and for every instance).
+    async fn record_dictionary(&self, db: &DatabaseConnection, sha256: [u8; 32], id: Uuid) {
+        self.dictionaries.insert(sha256, Arc::new(id), 1);
+        let row = package_dictionary::ActiveModel {
+            sha256: Set(hex::encode(sha256)),
+            package_id: Set(id),
+        };
+        let inserted = package_dictionary::Entity::insert(row)
+            .on_conflict_do_nothing_on([package_dictionary::Column::Sha256])
+            .exec(db)
+            .await;
+        if let Err(err) = inserted {
+            // Not fatal: this download is served; another instance asked for this digest
+            // answers with br instead of dcz until an instance records it.
+            tracing::warn!(package_id = %id, error = %err, "could not record a dictionary digest");
+        }
+    }
+
+    /// The published package whose download's identity bytes have this SHA-256.
+    pub async fn dictionary(
+        &self,
+        db: &DatabaseConnection,
+        sha256: &[u8; 32],
+    ) -> AppResult<Option<Uuid>> {
+        if let Some(id) = self.dictionaries.get(sha256) {
+            return Ok(Some(*id));
+        }
+        let row = package_dictionary::Entity::find_by_id(hex::encode(sha256))
+            .one(db)
+            .await?;
+        Ok(row.map(|r| *self.dictionaries.insert(*sha256, Arc::new(r.package_id), 1)))
+    }
+
+    /// The `dcz` body of package `id` with package `dictionary`'s download as the
+    /// dictionary, computed once per pair.
+    pub async fn dcz_body(
+        &self,
+        target: &Arc<PackageBodies>,
+        id: Uuid,
+        dictionary: &Arc<PackageBodies>,
+        dictionary_id: Uuid,
+    ) -> AppResult<Bytes> {
+        if let Some(body) = self.dcz.get(&(id, dictionary_id)) {
+            return Ok((*body).clone());
+        }
+        let (target, dictionary) = (target.clone(), dictionary.clone());
+        let body = tokio::task::spawn_blocking(move || {
+            super::dcz::encode(
+                &dictionary.bodies.identity,
+                &dictionary.sha256,
+                &target.bodies.identity,
+            )
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("dcz: {e}")))?
+        .map_err(|e| AppError::internal(format!("dcz: {e}")))?;
+        let body = Bytes::from(body);
+        let weight = body.len() + 64;
+        Ok((*self.dcz.insert((id, dictionary_id), Arc::new(body), weight)).clone())
+    }
+
+    /// The delta from `from` to `id`, both published, computed once per pair.
+    /// `DELTA_SCOPE_MISMATCH` when they are of different scopes or scope data.
+    pub async fn delta_bodies(
+        &self,
+        db: &DatabaseConnection,
+        id: Uuid,
+        from: Uuid,
+    ) -> AppResult<DeltaLookup<Arc<DeltaBodies>>> {
+        if let Some(bodies) = self.deltas.get(&(id, from)) {
+            return Ok(DeltaLookup::Found(bodies));
+        }
+        let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
+            return Ok(DeltaLookup::NotFound);
+        };
+        let mut json = super::load_questions_json(db, &[id, from]).await?;
+        let to_json = json.remove(&id);
+        // `from == id` (an empty delta): the map holds one entry.
+        let from_json = if from == id {
+            to_json.clone()
+        } else {
+            json.remove(&from)
+        };
+        let (Some(to_json), Some(from_json)) = (to_json, from_json) else {
+            return Ok(DeltaLookup::NotFound);
+        };
+        let built = tokio::task::spawn_blocking(move || -> AppResult<DeltaBodies> {
+            let to = super::parse_snapshots(&to_json)?;
+            let held = super::parse_snapshots(&from_json)?;
+            let delta = super::delta::diff(&held, &to);
+            let ends = super::delta::DeltaEnds {
+                package_id: id,
+                version: to_meta.version,
+                version_hash: &to_meta.version_hash,
+                question_count: i32::try_from(to.len())
+                    .map_err(|_| AppError::internal("question count"))?,
+                from_package_id: from,
+                from_version: from_meta.version,
+                from_version_hash: &from_meta.version_hash,
+            };
+            let identity = super::delta::delta_body_bytes(ends, &delta)
+                .map_err(|e| AppError::internal(format!("delta body: {e}")))?;
+            Ok(DeltaBodies {
+                etag: delta_etag(&from_meta.version_hash, &to_meta.version_hash)?,
+                last_modified: http_date(to_meta.published_at.max(from_meta.published_at)),
+                bodies: Encoded::new(identity)?,
+            })
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("building a delta: {e}")))??;
+        let weight = built.bodies.weight();
+        Ok(DeltaLookup::Found(self.deltas.insert(
+            (id, from),
+            Arc::new(built),
+            weight,
+        )))
+    }
+
+    /// Both ends of a delta, checked: `None` when either is unknown or unpublished,
+    /// `DELTA_SCOPE_MISMATCH` when they are of different lines of versions.
+    pub async fn delta_ends(
+        &self,
+        db: &DatabaseConnection,
+        id: Uuid,
+        from: Uuid,
+    ) -> AppResult<Option<(Arc<PublishedMeta>, Arc<PublishedMeta>)>> {
+        let Some(to_meta) = self.published_meta(db, id).await? else {
+            return Ok(None);
+        };
+        let Some(from_meta) = self.published_meta(db, from).await? else {
+            return Ok(None);
+        };
+        super::check_delta_scope(
+            (&to_meta.scope, &to_meta.scope_key),
+            (&from_meta.scope, &from_meta.scope_key),
+        )?;
+        Ok(Some((to_meta, from_meta)))
     }
 
     /// Scoring keys of the given packages that exist and are published (others are absent).
@@ -264,15 +523,15 @@ impl PackageStore {
 
 /// A map bounded by total weight and entry count; when full, the least recently used
 /// entries are evicted. Reads take a shared lock and bump an atomic clock.
-struct Bounded<V> {
-    inner: RwLock<BoundedInner<V>>,
+struct Bounded<K, V> {
+    inner: RwLock<BoundedInner<K, V>>,
     clock: AtomicU64,
     max_weight: usize,
     max_entries: usize,
 }
 
-struct BoundedInner<V> {
-    map: HashMap<Uuid, Slot<V>>,
+struct BoundedInner<K, V> {
+    map: HashMap<K, Slot<V>>,
     weight: usize,
 }
 
@@ -282,7 +541,7 @@ struct Slot<V> {
     used: AtomicU64,
 }
 
-impl<V> Bounded<V> {
+impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     fn new(max_weight: usize, max_entries: usize) -> Self {
         Bounded {
             inner: RwLock::new(BoundedInner {
@@ -299,7 +558,7 @@ impl<V> Bounded<V> {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn get(&self, id: &Uuid) -> Option<Arc<V>> {
+    fn get(&self, id: &K) -> Option<Arc<V>> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner.map.get(id).map(|slot| {
             slot.used.store(self.tick(), Ordering::Relaxed);
@@ -317,7 +576,7 @@ impl<V> Bounded<V> {
 
     /// Inserts unless present; returns the cached value (the existing one if any). A value
     /// heavier than the whole budget is returned without being cached.
-    fn insert(&self, id: Uuid, value: Arc<V>, weight: usize) -> Arc<V> {
+    fn insert(&self, id: K, value: Arc<V>, weight: usize) -> Arc<V> {
         if weight > self.max_weight {
             return value;
         }
@@ -363,7 +622,7 @@ mod tests {
 
     #[test]
     fn bounded_evicts_least_recently_used_by_weight() {
-        let cache: Bounded<u32> = Bounded::new(10, 100);
+        let cache: Bounded<Uuid, u32> = Bounded::new(10, 100);
         cache.insert(id(1), Arc::new(1), 4);
         cache.insert(id(2), Arc::new(2), 4);
         assert_eq!(cache.get(&id(1)).as_deref(), Some(&1)); // 1 is now newer than 2
@@ -381,7 +640,7 @@ mod tests {
 
     #[test]
     fn bounded_evicts_by_count() {
-        let cache: Bounded<u32> = Bounded::new(1000, 3);
+        let cache: Bounded<Uuid, u32> = Bounded::new(1000, 3);
         for n in 0..10 {
             cache.insert(id(n), Arc::new(n as u32), 1);
         }

@@ -282,6 +282,6 @@ async fn two_instances_start_together_on_a_fresh_database() {
     );
     let migrations = crate::helpers::count_rows(&a.state().db, "seaql_migrations", "").await;
     use migration::MigratorTrait;
-    assert_eq!(migrations, migration::Migrator::migrations().len() as i64);
+    assert_eq!(migrations as usize, migration::Migrator::migrations().len());
     drop((a, b, database, redis));
 }

@@ -25,6 +25,7 @@ const BUILD: &str = "mutation($input: BuildPackageInput!) { buildPackage(input: 
     publishedAt updatedAt downloadPath } }";
 
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
+const VARY: &str = "Authorization, Accept-Encoding, Available-Dictionary";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -276,6 +277,11 @@ backend_tests!(
     concurrent_builds_make_one_version,
     caching_client_revalidates_with_304,
     scoring_keys_for_sync,
+    deltas_turn_the_held_version_into_the_new_one,
+    delta_errors,
+    graphql_package_delta,
+    ranges_resume_against_another_instance,
+    dcz_with_a_published_download_as_dictionary,
 );
 
 async fn builds_each_scope(backend: Backend) {
@@ -745,7 +751,7 @@ async fn if_none_match_forms(backend: Backend) {
     let etag = format!("W/\"{hash}\"");
     assert_eq!(full.header("etag"), Some(etag.as_str()));
     assert_eq!(full.header("cache-control"), Some(CACHE_CONTROL));
-    assert_eq!(full.header("vary"), Some("Authorization, Accept-Encoding"));
+    assert_eq!(full.header("vary"), Some(VARY));
     assert_eq!(full.header("content-type"), Some("application/json"));
     assert_eq!(full.header("content-encoding"), None);
     assert_eq!(
@@ -776,7 +782,7 @@ async fn if_none_match_forms(backend: Backend) {
             assert!(r.body.is_empty());
             assert_eq!(r.header("etag"), Some(etag.as_str()));
             assert_eq!(r.header("cache-control"), Some(CACHE_CONTROL));
-            assert_eq!(r.header("vary"), Some("Authorization, Accept-Encoding"));
+            assert_eq!(r.header("vary"), Some(VARY));
             assert_eq!(r.header("content-encoding"), None);
         }
     }
@@ -881,7 +887,7 @@ async fn encodings_keep_the_etag(backend: Backend) {
         assert_eq!(r.status, 200, "{accept}");
         assert_eq!(r.header("content-encoding"), expected, "{accept}");
         assert_eq!(r.header("etag"), Some(etag.as_str()), "{accept}");
-        assert_eq!(r.header("vary"), Some("Authorization, Accept-Encoding"));
+        assert_eq!(r.header("vary"), Some(VARY));
         assert_eq!(r.header("cache-control"), Some(CACHE_CONTROL));
         assert_eq!(
             r.header("content-length").unwrap(),
@@ -1583,4 +1589,657 @@ async fn cli_package_build() {
         hash
     };
     assert_eq!(hash.len(), 64);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deltas, ranges and dictionary transport (SPEC sections 5 and 5.1)
+
+/// Two published versions of the YEAR `year` line: v1 of four questions, then v2 with one
+/// stem edited, one option list edited, one question retired and one added.
+/// Returns (v1, v2, the four first ids followed by the added one).
+async fn two_versions(app: &TestApp, year: i32) -> (Value, Value, Vec<Uuid>) {
+    let ids = app
+        .import_questions(json!([
+            question("Alpha?", &["a", "b"], 0, year, Some(1), None),
+            question("Beta?", &["a", "b", "c"], 2, year, None, None),
+            question("Gamma — “γ”?", &["x", "y"], 1, year, None, Some(3)),
+            question("Delta?", &["p", "q", "r", "s"], 3, year, None, None),
+        ]))
+        .await;
+    let v1 = build_ok(
+        app,
+        json!({"name": "v1", "scope": "YEAR", "yearId": year, "publish": true}),
+    )
+    .await;
+    let mut edited = question("Alpha (edited)?", &["a", "b"], 0, year, Some(1), None);
+    edited["id"] = json!(ids[0]);
+    let mut options = question("Beta?", &["a", "b", "c", "d"], 2, year, None, None);
+    options["id"] = json!(ids[1]);
+    let mut retired = question("Gamma — “γ”?", &["x", "y"], 1, year, None, Some(3));
+    retired["id"] = json!(ids[2]);
+    retired["status"] = json!("DRAFT");
+    let second = app
+        .import_questions(json!([
+            edited,
+            options,
+            retired,
+            question("Epsilon?", &["e", "f"], 1, year, None, None)
+        ]))
+        .await;
+    let mut ids = ids;
+    ids.push(second[3]);
+    let v2 = build_ok(
+        app,
+        json!({"name": "v2", "scope": "YEAR", "yearId": year, "publish": true}),
+    )
+    .await;
+    assert_eq!(v2["version"], 2, "{v2}");
+    (v1, v2, ids)
+}
+
+async fn get_delta(
+    app: &TestApp,
+    id: &str,
+    from: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Download {
+    fetch(
+        app,
+        Method::GET,
+        &format!("/api/v1/tests/packages/{id}/delta?from={from}"),
+        Some(token),
+        headers,
+    )
+    .await
+}
+
+/// Applies a delta body to held snapshots as the mobile recipes do.
+fn apply_delta(held: &[Value], delta: &Value) -> Vec<Value> {
+    let removed: HashSet<&str> = delta["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut by_id: BTreeMap<String, Value> = held
+        .iter()
+        .filter(|q| !removed.contains(q["question_id"].as_str().unwrap()))
+        .map(|q| {
+            (
+                q["question_id"].as_str().unwrap().to_ascii_lowercase(),
+                q.clone(),
+            )
+        })
+        .collect();
+    for q in delta["upserted"].as_array().unwrap() {
+        by_id.insert(
+            q["question_id"].as_str().unwrap().to_ascii_lowercase(),
+            q.clone(),
+        );
+    }
+    by_id.into_values().collect()
+}
+
+async fn deltas_turn_the_held_version_into_the_new_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (v1, v2, ids) = two_versions(&app, 31).await;
+    let (id1, id2) = (v1["id"].as_str().unwrap(), v2["id"].as_str().unwrap());
+    let (h1, h2) = (
+        v1["versionHash"].as_str().unwrap(),
+        v2["versionHash"].as_str().unwrap(),
+    );
+    let (_, student) = app.student();
+    let old = get_package(&app, id1, &student, &[]).await.json();
+    let new = get_package(&app, id2, &student, &[]).await.json();
+
+    let r = get_delta(&app, id2, id1, &student, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let delta = r.json();
+    assert_eq!(delta["package_id"], id2);
+    assert_eq!(delta["version"], 2);
+    assert_eq!(delta["version_hash"], h2);
+    assert_eq!(delta["question_count"], 4);
+    assert_eq!(delta["from_package_id"], id1);
+    assert_eq!(delta["from_version"], 1);
+    assert_eq!(delta["from_version_hash"], h1);
+    assert_eq!(delta["removed"], json!([ids[2]]));
+    let upserted: Vec<&str> = delta["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(upserted.len(), 3, "{delta}"); // edited stem, edited options, added
+    let mut sorted = upserted.clone();
+    sorted.sort();
+    assert_eq!(upserted, sorted, "upserted is ordered by question_id");
+    assert!(
+        !upserted.contains(&ids[3].to_string().as_str()),
+        "unchanged is not sent"
+    );
+    for q in delta["upserted"].as_array().unwrap() {
+        assert_eq!(q.as_object().unwrap().len(), 14, "{q}");
+    }
+
+    // Applying it gives exactly the new download, and its hash verifies.
+    let applied = apply_delta(old["questions"].as_array().unwrap(), &delta);
+    assert_eq!(Value::Array(applied.clone()), new["questions"]);
+    assert_eq!(version_hash_of(&applied).1, h2);
+
+    // Caching: weak ETag from the two hashes, immutable, 304, Last-Modified.
+    let etag = format!("W/\"{h1}.{h2}\"");
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("cache-control"), Some(CACHE_CONTROL));
+    assert_eq!(r.header("vary"), Some(VARY));
+    assert!(r.header("last-modified").unwrap().ends_with(" GMT"));
+    assert_eq!(r.header("use-as-dictionary"), None);
+    for inm in [
+        etag.clone(),
+        format!("\"{h1}.{h2}\""),
+        format!("\"x\", {etag}"),
+        "*".into(),
+    ] {
+        let nm = get_delta(&app, id2, id1, &student, &[("if-none-match", &inm)]).await;
+        assert_eq!(nm.status, 304, "{inm}");
+        assert!(nm.body.is_empty());
+        assert_eq!(nm.header("etag"), Some(etag.as_str()));
+        assert_eq!(nm.header("cache-control"), Some(CACHE_CONTROL));
+        assert_eq!(nm.header("vary"), Some(VARY));
+        assert_eq!(nm.header("last-modified"), r.header("last-modified"));
+    }
+    let other = get_delta(
+        &app,
+        id2,
+        id1,
+        &student,
+        &[("if-none-match", &format!("W/\"{h2}\""))],
+    )
+    .await;
+    assert_eq!(other.status, 200, "the download's ETag is not the delta's");
+
+    // gzip and br: same ETag, same bytes once decoded.
+    for coding in ["gzip", "br"] {
+        let c = get_delta(&app, id2, id1, &student, &[("accept-encoding", coding)]).await;
+        assert_eq!(c.header("content-encoding"), Some(coding));
+        assert_eq!(c.header("etag"), Some(etag.as_str()));
+        assert_eq!(decode(Some(coding), &c.body), r.body);
+    }
+    // HEAD: the GET's status and headers, no body.
+    let head = fetch(
+        &app,
+        Method::HEAD,
+        &format!("/api/v1/tests/packages/{id2}/delta?from={id1}"),
+        Some(&student),
+        &[],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(comparable(&head.headers), comparable(&r.headers));
+
+    // Backwards (from the newer) and the same id twice.
+    let back = get_delta(&app, id1, id2, &student, &[]).await.json();
+    let applied = apply_delta(new["questions"].as_array().unwrap(), &back);
+    assert_eq!(Value::Array(applied), old["questions"]);
+    assert_eq!(back["removed"], json!([ids[4]]), "v2's added question");
+    let same = get_delta(&app, id2, id2, &student, &[]).await;
+    assert_eq!(same.status, 200);
+    assert_eq!(same.json()["upserted"], json!([]));
+    assert_eq!(same.json()["removed"], json!([]));
+
+    // Another instance (nothing cached there) sends the same bytes and validators.
+    let (base, handle) = crate::graphql::second_instance(&app).await;
+    let there = raw_client()
+        .get(format!(
+            "{base}/api/v1/tests/packages/{id2}/delta?from={id1}"
+        ))
+        .bearer_auth(&student)
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(there.headers()["etag"].to_str().unwrap(), etag);
+    let here = get_delta(&app, id2, id1, &student, &[("accept-encoding", "br")]).await;
+    assert_eq!(there.bytes().await.unwrap().to_vec(), here.body);
+    handle.abort();
+}
+
+async fn delta_errors(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (v1, v2, _) = two_versions(&app, 32).await;
+    let (id1, id2) = (v1["id"].as_str().unwrap(), v2["id"].as_str().unwrap());
+    let (other, _) = published_year(&app, 33).await;
+    let other = other["id"].as_str().unwrap();
+    let (_, student) = app.student();
+    let unknown = Uuid::new_v4().to_string();
+
+    for (id, from, status, code) in [
+        (id2, unknown.as_str(), 404, "NOT_FOUND"),
+        (unknown.as_str(), id1, 404, "NOT_FOUND"),
+        ("not-a-uuid", id1, 400, "VALIDATION_ERROR"),
+        (id2, "nope", 400, "VALIDATION_ERROR"),
+        (id2, "", 400, "VALIDATION_ERROR"),
+        (id2, other, 409, "DELTA_SCOPE_MISMATCH"),
+        (other, id1, 409, "DELTA_SCOPE_MISMATCH"),
+    ] {
+        let r = get_delta(&app, id, from, &student, &[]).await;
+        assert_eq!(r.status.as_u16(), status, "{id} {from}");
+        assert_eq!(r.json()["error_code"], code, "{id} {from}");
+        // The 304 path checks the same rules before comparing validators.
+        let r = get_delta(&app, id, from, &student, &[("if-none-match", "*")]).await;
+        assert_eq!(r.status.as_u16(), status, "{id} {from} with If-None-Match");
+    }
+    // No `from` at all.
+    let r = fetch(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tests/packages/{id2}/delta"),
+        Some(&student),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // Unauthenticated.
+    let r = fetch(
+        &app,
+        Method::GET,
+        &format!("/api/v1/tests/packages/{id2}/delta?from={id1}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // An unpublished version is invisible: 404.
+    app.import_questions(json!([question("Zeta?", &["a", "b"], 0, 32, None, None)]))
+        .await;
+    let draft = build_ok(&app, json!({"name": "v3", "scope": "YEAR", "yearId": 32})).await;
+    assert_eq!(draft["isPublished"], false);
+    let r = get_delta(&app, draft["id"].as_str().unwrap(), id1, &student, &[]).await;
+    assert_eq!(r.status, 404);
+    let r = get_delta(&app, id1, draft["id"].as_str().unwrap(), &student, &[]).await;
+    assert_eq!(r.status, 404);
+}
+
+async fn graphql_package_delta(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (v1, v2, ids) = two_versions(&app, 34).await;
+    let (id1, id2) = (v1["id"].as_str().unwrap(), v2["id"].as_str().unwrap());
+    let (other, _) = published_year(&app, 35).await;
+    let (_, student) = app.student();
+    const Q: &str = "query($id: UUID!, $from: UUID!) { packageDelta(id: $id, from: $from) { \
+        package { id version versionHash } from { id version versionHash } \
+        upserted { id questionId stem options correctIndex } removed } }";
+    let (status, body) = app
+        .graphql(Some(&student), Q, json!({"id": id2, "from": id1}))
+        .await;
+    assert_eq!(status, 200);
+    let d = &body["data"]["packageDelta"];
+    assert_eq!(d["package"]["id"], id2, "{body}");
+    assert_eq!(d["from"]["versionHash"], v1["versionHash"]);
+    assert_eq!(d["removed"], json!([ids[2]]));
+    let rest = get_delta(&app, id2, id1, &student, &[]).await.json();
+    let rest_ids: Vec<&Value> = rest["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| &q["question_id"])
+        .collect();
+    let gql_ids: Vec<&Value> = d["upserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| &q["questionId"])
+        .collect();
+    assert_eq!(gql_ids, rest_ids);
+    assert_eq!(
+        d["upserted"][0]["id"],
+        format!("{id2}:{}", rest_ids[0].as_str().unwrap())
+    );
+    // Unknown: null. Another scope: BAD_USER_INPUT.
+    let (_, body) = app
+        .graphql(
+            Some(&student),
+            Q,
+            json!({"id": id2, "from": Uuid::new_v4()}),
+        )
+        .await;
+    assert_eq!(body["data"]["packageDelta"], Value::Null, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+    let (_, body) = app
+        .graphql(Some(&student), Q, json!({"id": id2, "from": other["id"]}))
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["data"]["packageDelta"], Value::Null);
+}
+
+async fn ranges_resume_against_another_instance(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (package, _) = published_year(&app, 36).await;
+    let id = package["id"].as_str().unwrap();
+    let (_, student) = app.student();
+    let (other_base, handle) = crate::graphql::second_instance(&app).await;
+    let path = format!("/api/v1/tests/packages/{id}");
+
+    for coding in ["identity", "gzip", "br"] {
+        let full = get_package(&app, id, &student, &[("accept-encoding", coding)]).await;
+        assert_eq!(full.status, 200);
+        assert_eq!(full.header("accept-ranges"), Some("bytes"));
+        let last_modified = full.header("last-modified").unwrap().to_owned();
+        assert!(last_modified.ends_with(" GMT"), "{last_modified}");
+        let total = full.body.len();
+        let cut = total / 3;
+
+        // The first part from this instance…
+        let first = get_package(
+            &app,
+            id,
+            &student,
+            &[
+                ("accept-encoding", coding),
+                ("range", &format!("bytes=0-{}", cut - 1)),
+            ],
+        )
+        .await;
+        assert_eq!(first.status, 206, "{coding}");
+        assert_eq!(
+            first.header("content-range"),
+            Some(format!("bytes 0-{}/{total}", cut - 1).as_str())
+        );
+        assert_eq!(first.header("etag"), full.header("etag"));
+        assert_eq!(first.header("use-as-dictionary"), None);
+        // …the rest from the other one, guarded by If-Range.
+        let rest = raw_client()
+            .get(format!("{other_base}{path}"))
+            .bearer_auth(&student)
+            .header("accept-encoding", coding)
+            .header("range", format!("bytes={cut}-"))
+            .header("if-range", &last_modified)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rest.status(), 206, "{coding}");
+        assert_eq!(
+            rest.headers()["content-range"].to_str().unwrap(),
+            format!("bytes {cut}-{}/{total}", total - 1)
+        );
+        let mut assembled = first.body.clone();
+        assembled.extend_from_slice(&rest.bytes().await.unwrap());
+        assert_eq!(assembled, full.body, "{coding} assembles");
+
+        // Suffix range; a stale If-Range date gets the whole 200; 416 past the end.
+        let tail = get_package(
+            &app,
+            id,
+            &student,
+            &[("accept-encoding", coding), ("range", "bytes=-10")],
+        )
+        .await;
+        assert_eq!(tail.status, 206);
+        assert_eq!(tail.body, full.body[total - 10..]);
+        let stale = get_package(
+            &app,
+            id,
+            &student,
+            &[
+                ("accept-encoding", coding),
+                ("range", "bytes=0-9"),
+                ("if-range", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+        )
+        .await;
+        assert_eq!(stale.status, 200);
+        assert_eq!(stale.body, full.body);
+        let weak = get_package(
+            &app,
+            id,
+            &student,
+            &[
+                ("range", "bytes=0-9"),
+                ("if-range", full.header("etag").unwrap()),
+            ],
+        )
+        .await;
+        assert_eq!(weak.status, 200, "a weak ETag never satisfies If-Range");
+        let past = get_package(
+            &app,
+            id,
+            &student,
+            &[
+                ("accept-encoding", coding),
+                ("range", &format!("bytes={total}-")),
+            ],
+        )
+        .await;
+        assert_eq!(past.status, 416);
+        assert_eq!(
+            past.header("content-range"),
+            Some(format!("bytes */{total}").as_str())
+        );
+        assert_eq!(past.json()["error_code"], "RANGE_NOT_SATISFIABLE");
+        // Several ranges: the whole body.
+        let multi = get_package(
+            &app,
+            id,
+            &student,
+            &[("accept-encoding", coding), ("range", "bytes=0-1,5-6")],
+        )
+        .await;
+        assert_eq!(multi.status, 200);
+    }
+    // A 304 carries Last-Modified too.
+    let nm = get_package(
+        &app,
+        id,
+        &student,
+        &[(
+            "if-none-match",
+            &format!("W/\"{}\"", package["versionHash"].as_str().unwrap()),
+        )],
+    )
+    .await;
+    assert_eq!(nm.status, 304);
+    assert!(nm.header("last-modified").is_some());
+    handle.abort();
+}
+
+/// Runs the independent Python decoder; `None` when python3 with zstandard is missing.
+async fn python_dcz_decode(dictionary: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import zstandard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        if crate::helpers::services_required() {
+            panic!(
+                "python3 with zstandard is required (pip install -r tests/interop/requirements.txt)"
+            );
+        }
+        eprintln!("SKIPPED: python3 with zstandard missing");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (d, b, o) = (
+        dir.path().join("dict"),
+        dir.path().join("body"),
+        dir.path().join("out"),
+    );
+    std::fs::write(&d, dictionary).unwrap();
+    std::fs::write(&b, body).unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/dcz_decode.py"
+        ))
+        .args([&d, &b, &o])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dcz_decode.py: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(std::fs::read(&o).unwrap())
+}
+
+async fn dcz_with_a_published_download_as_dictionary(backend: Backend) {
+    use base64::Engine;
+    let app = spawn_app(backend).await;
+    let (v1, v2, _) = two_versions(&app, 37).await;
+    let (id1, id2) = (v1["id"].as_str().unwrap(), v2["id"].as_str().unwrap());
+    let (_, student) = app.student();
+    let old = get_package(&app, id1, &student, &[]).await;
+    assert_eq!(
+        old.header("use-as-dictionary"),
+        Some("match=\"/api/v1/tests/packages/*\"")
+    );
+    let new = get_package(&app, id2, &student, &[]).await;
+    let sha: [u8; 32] = Sha256::digest(&old.body).into();
+    let available = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha)
+    );
+    let before = dcz_metric(&app).await;
+
+    // On another instance, which never served v1: the digest is found in the database.
+    let (other_base, handle) = crate::graphql::second_instance(&app).await;
+    for base in [app.base.clone(), other_base] {
+        let r = raw_client()
+            .get(format!("{base}/api/v1/tests/packages/{id2}"))
+            .bearer_auth(&student)
+            .header("accept-encoding", "gzip, deflate, br, zstd, dcb, dcz")
+            .header("available-dictionary", &available)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(h["content-encoding"], "dcz", "{base}");
+        assert_eq!(h["etag"], new.header("etag").unwrap());
+        assert_eq!(h["vary"], VARY);
+        assert_eq!(h["use-as-dictionary"], "match=\"/api/v1/tests/packages/*\"");
+        let body = r.bytes().await.unwrap().to_vec();
+        assert_eq!(
+            h["content-length"].to_str().unwrap(),
+            body.len().to_string()
+        );
+        assert_eq!(&body[..8], &[0x5e, 0x2a, 0x4d, 0x18, 0x20, 0, 0, 0]);
+        assert_eq!(&body[8..40], &sha);
+        assert!(
+            body.len() < new.body.len() / 2,
+            "{} vs {}",
+            body.len(),
+            new.body.len()
+        );
+        if let Some(decoded) = python_dcz_decode(&old.body, &body).await {
+            assert_eq!(decoded, new.body, "decoded by Python zstandard");
+        }
+    }
+    handle.abort();
+    assert!(dcz_metric(&app).await >= before + 1.0);
+
+    // A dictionary the server does not know, or no `dcz` in Accept-Encoding: br.
+    let unknown = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+    );
+    for (accept, dictionary) in [
+        ("br, dcz", unknown.as_str()),
+        ("br", available.as_str()),
+        ("br, dcz", "garbage"),
+        ("br, dcz;q=0", available.as_str()),
+    ] {
+        let r = get_package(
+            &app,
+            id2,
+            &student,
+            &[
+                ("accept-encoding", accept),
+                ("available-dictionary", dictionary),
+            ],
+        )
+        .await;
+        assert_eq!(
+            r.header("content-encoding"),
+            Some("br"),
+            "{accept} {dictionary}"
+        );
+        assert_eq!(decode(Some("br"), &r.body), new.body);
+    }
+    // A 304 wins over any encoding.
+    let r = get_package(
+        &app,
+        id2,
+        &student,
+        &[
+            ("accept-encoding", "dcz"),
+            ("available-dictionary", &available),
+            ("if-none-match", new.header("etag").unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+}
+
+async fn dcz_metric(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("examsync_package_downloads_total{") && l.contains("encoding=\"dcz\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Chromium (RFC 9842): version N, then N+1 as `dcz`, bytes identical to the identity
+/// download, counted by the server's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_dcz_updates() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dcz.mjs");
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules");
+    let ready = std::path::Path::new("/usr/bin/chromium").exists()
+        && std::path::Path::new(modules).exists();
+    if !ready {
+        if crate::helpers::services_required() {
+            panic!("chromium or tests/browser/node_modules missing");
+        }
+        eprintln!("SKIPPED: chromium or tests/browser/node_modules missing");
+        return;
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    let (v1, v2, _) = two_versions(&app, 38).await;
+    let (_, student) = app.student();
+    let before = dcz_metric(&app).await;
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .env(
+            "EXAMSYNC_URL",
+            format!("http://localhost:{}", app.addr.port()),
+        )
+        .env("EXAMSYNC_TOKEN", &student)
+        .env("OLD_ID", v1["id"].as_str().unwrap())
+        .env("NEW_ID", v2["id"].as_str().unwrap())
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "browser check failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        dcz_metric(&app).await >= before + 1.0,
+        "the server counted a dcz response"
+    );
 }

@@ -301,7 +301,7 @@ async fn seed(db: &DatabaseConnection, count: usize) -> Vec<(Uuid, usize)> {
                 theme_id: None,
                 cognitive_level: None,
                 difficulty: None,
-                status: QuestionStatus::Published,
+                status: Some(QuestionStatus::Published),
             }
         })
         .collect();

@@ -18,6 +18,7 @@ const vectorsDir = path.join(repoRoot, 'vectors');
 
 const payloadVectors = JSON.parse(readFileSync(path.join(vectorsDir, 'payload_hash.json'), 'utf8'));
 const versionVector = JSON.parse(readFileSync(path.join(vectorsDir, 'version_hash.json'), 'utf8'));
+const deltaVector = JSON.parse(readFileSync(path.join(vectorsDir, 'delta.json'), 'utf8'));
 
 /** Every fenced code block of a Markdown document: { info, body }. */
 function fencedBlocks(markdown) {
@@ -50,6 +51,7 @@ const doc = readFileSync(docPath, 'utf8');
 let workDir;
 let payloadRecipe;
 let versionRecipe;
+let deltaRecipe;
 
 /** Evaluate a recipe block as an ES module and collect the named functions (undefined if absent). */
 async function loadRecipe(firstLine, fileName, names) {
@@ -65,6 +67,12 @@ before(async () => {
   workDir = mkdtempSync(path.join(tmpdir(), 'examsync-recipes-'));
   payloadRecipe = await loadRecipe('// recipe: payload-hash.js', 'payload-hash.mjs', ['payloadHash', 'canonicalPayload']);
   versionRecipe = await loadRecipe('// recipe: version-hash.js', 'version-hash.mjs', ['versionHash', 'canonicalSnapshotArray']);
+  // The delta recipe builds on the version-hash one (versionHash), as the guide says.
+  const deltaBlock = recipeBlock(doc, '// recipe: apply-delta.js');
+  const versionBlock = recipeBlock(doc, '// recipe: version-hash.js');
+  const deltaFile = path.join(workDir, 'apply-delta.mjs');
+  writeFileSync(deltaFile, `${versionBlock.body}\n\n${deltaBlock.body}\n\nexport default { applyDelta, versionHash };\n`);
+  deltaRecipe = { block: deltaBlock, fns: (await import(pathToFileURL(deltaFile).href)).default };
 });
 
 after(() => {
@@ -181,5 +189,51 @@ describe('version_hash recipe (version_hash.json)', () => {
       return copy;
     });
     assert.notEqual(await versionRecipe.fns.versionHash(withoutNull), v.version_hash);
+  });
+});
+
+describe('apply-delta recipe (delta.json)', () => {
+  const v = deltaVector;
+
+  test('is self-contained: no imports, no require, JavaScript fence', () => {
+    assert.match(deltaRecipe.block.info, /^(js|javascript|mjs)\b/i);
+    assert.doesNotMatch(deltaRecipe.block.body, /^\s*import\s/m);
+    assert.doesNotMatch(deltaRecipe.block.body, /\brequire\s*\(/);
+    assert.equal(deltaRecipe.fns.applyDelta.constructor.name, 'AsyncFunction');
+  });
+
+  test('the vector packages hash as stated', async () => {
+    assert.equal(await deltaRecipe.fns.versionHash(v.held.questions), v.held.version_hash);
+    assert.equal(await deltaRecipe.fns.versionHash(v.new.questions), v.new.version_hash);
+  });
+
+  const body = {
+    version_hash: v.result_version_hash,
+    from_version_hash: v.held.version_hash,
+    upserted: v.delta.upserted,
+    removed: v.delta.removed,
+  };
+
+  test('applying the delta gives the new package, verified', async () => {
+    const result = await deltaRecipe.fns.applyDelta(v.held.questions, v.held.version_hash, body);
+    assert.deepEqual(result, v.new.questions);
+    assert.equal(await deltaRecipe.fns.versionHash(result), v.result_version_hash);
+  });
+
+  test('the held order and the hash letter case do not matter', async () => {
+    const held = [...v.held.questions].reverse();
+    const result = await deltaRecipe.fns.applyDelta(held, v.held.version_hash.toUpperCase(), body);
+    assert.deepEqual(result, v.new.questions);
+  });
+
+  test('refuses a delta from another version', async () => {
+    await assert.rejects(deltaRecipe.fns.applyDelta(v.new.questions, v.new.version_hash, body));
+  });
+
+  test('refuses a result that does not verify', async () => {
+    const tampered = { ...body, upserted: body.upserted.map((q, i) => (i === 0 ? { ...q, stem: q.stem + ' ' } : q)) };
+    await assert.rejects(deltaRecipe.fns.applyDelta(v.held.questions, v.held.version_hash, tampered), /does not hash/);
+    const dropped = { ...body, removed: [] };
+    await assert.rejects(deltaRecipe.fns.applyDelta(v.held.questions, v.held.version_hash, dropped), /does not hash/);
   });
 });
