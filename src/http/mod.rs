@@ -1,9 +1,8 @@
 //! HTTP surface: the router, REST handlers (thin: parse, call a rule module, render)
 //! and the GraphQL transport.
-use std::time::Duration;
 
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, routing::get};
-use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
+use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
+use tower_http::compression::CompressionLayer;
 
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -43,8 +42,13 @@ pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
 
 /// The whole HTTP application.
 pub fn router(state: AppState, schema: AppSchema) -> Router {
+    router_with(state, schema, Router::new())
+}
+
+/// The application plus `extra` routes under the same layers (see
+/// [`crate::Application::with_routes`]; tests only).
+pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let timeout = state.config.request_timeout();
 
     let graphql_routes = Router::new()
         .route(
@@ -62,12 +66,9 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
+        .merge(extra)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             middleware_layer::request_context,
@@ -78,6 +79,3 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
 async fn not_found() -> crate::error::AppError {
     crate::error::AppError::NotFound("no such route".into())
 }
-
-/// How long a client should wait before retrying after a transient failure.
-pub const RETRY_AFTER: Duration = Duration::from_secs(2);

@@ -650,7 +650,8 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
     let (user, token) = student_token();
     let client = http_client();
     let base = app.base.clone();
-    let idem_pattern = format!("{prefix}{{{user}}}:idem:*");
+    let namespace = app.state.cache.namespace().to_owned();
+    let idem_pattern = format!("{namespace}{{{user}}}:idem:*");
     let mut ledger = Ledger::default();
     let mut keys: HashSet<Uuid> = HashSet::new();
 
