@@ -746,7 +746,7 @@ fn bank(count: usize) -> Vec<QuestionInput> {
                 theme_id: Some(100 + (n % 100) as i32),
                 cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                 difficulty: Some(["EASY", "MEDIUM", "HARD"][n % 3].to_owned()),
-                status: QuestionStatus::Published,
+                status: Some(QuestionStatus::Published),
             }
         })
         .collect()
@@ -804,7 +804,7 @@ fn update(count: usize) -> Vec<QuestionInput> {
                 .map(|e| format!("{e} Reviewed: see the 2026 guideline."));
             out.push(q);
         } else if n % 200 == 3 {
-            q.status = QuestionStatus::Draft;
+            q.status = Some(QuestionStatus::Draft);
             out.push(q);
         }
     }

@@ -719,7 +719,7 @@ async fn seed(db: &DatabaseConnection, count: usize) -> Result<Bank, String> {
                     theme_id: Some(1 + (n % 120) as i32),
                     cognitive_level: None,
                     difficulty: None,
-                    status: QuestionStatus::Published,
+                    status: Some(QuestionStatus::Published),
                 }
             })
             .collect()

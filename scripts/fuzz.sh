@@ -18,9 +18,14 @@ seconds=${FUZZ_SECONDS:-30}
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
 
+# CARGO_FUZZ_ROOT: where cargo-fuzz is installed when missing (CI keeps it in its cache).
+# FUZZ_TARGET_DIR: the fuzz build directory (default fuzz/target), so a cache can outlive a clone.
+if [ -n "${CARGO_FUZZ_ROOT:-}" ]; then
+  export PATH="$CARGO_FUZZ_ROOT/bin:$PATH"
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  cargo install cargo-fuzz --locked ${CARGO_FUZZ_ROOT:+--root "$CARGO_FUZZ_ROOT"}
 fi
 
 if [ "$#" -gt 0 ]; then
@@ -29,7 +34,7 @@ else
   mapfile -t targets < <(cargo fuzz list)
 fi
 
-build=(--sanitizer "$sanitizer" --debug-assertions)
+build=(--sanitizer "$sanitizer" --debug-assertions --target-dir "${FUZZ_TARGET_DIR:-fuzz/target}")
 echo "==> building fuzz targets (${targets[*]})"
 cargo fuzz build "${build[@]}"
 

@@ -18,7 +18,9 @@ use crate::{
     auth::{TokenVerifier, UserRegistry},
     cache::Cache,
     config::Config,
-    db, graphql, http,
+    db, graphql,
+    graphql::trusted_documents::TrustedDocuments,
+    http,
     packages::PackageStore,
     rate_limit::RateLimiter,
 };
@@ -32,6 +34,8 @@ pub struct App {
     pub users: UserRegistry,
     pub packages: PackageStore,
     pub rate_limiter: RateLimiter,
+    /// The operations allowed to run, when `EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS` is set.
+    pub trusted_documents: Option<Arc<TrustedDocuments>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// SQL statements this instance has run (also in `/metrics`); tests use it to show
     /// that listing N items costs a bounded number of queries.
@@ -56,6 +60,8 @@ pub enum StartupError {
     Database(#[from] sea_orm::DbErr),
     #[error("redis: {0}")]
     Cache(#[from] crate::cache::CacheError),
+    #[error("{0}")]
+    TrustedDocuments(#[from] crate::graphql::trusted_documents::ManifestError),
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,6 +76,18 @@ impl App {
             &secret.0,
             config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
         );
+        // Read the manifests first: a bad one stops the start before anything connects.
+        let trusted_documents = if config.graphql_trusted_documents.is_empty() {
+            None
+        } else {
+            let documents = TrustedDocuments::load(&config.graphql_trusted_documents)?;
+            tracing::info!(
+                operations = documents.len(),
+                manifests = documents.files().len(),
+                "GraphQL trusted documents: only listed operations run"
+            );
+            Some(Arc::new(documents))
+        };
         let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         db::migrate(&db).await?;
         let db_statements = Arc::new(AtomicU64::new(0));
@@ -94,6 +112,7 @@ impl App {
             users: UserRegistry::default(),
             packages: PackageStore::default(),
             rate_limiter,
+            trusted_documents,
             metrics: crate::metrics::handle(),
             db_statements,
         })))

@@ -162,6 +162,18 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = defaults::GRAPHQL_INTROSPECTION, action = clap::ArgAction::Set, global = true)]
     pub graphql_introspection: bool,
 
+    /// Trusted documents: persisted query manifests (Apollo's
+    /// `apollo-persisted-query-manifest` format), comma-separated; each path is a manifest
+    /// file or a directory of `*.json` manifests. When set, only the operations they list
+    /// run (their union, for several app versions at once).
+    #[arg(
+        long,
+        env = "EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub graphql_trusted_documents: Vec<std::path::PathBuf>,
+
     /// Production mode: no "did you mean" field suggestions in GraphQL errors.
     #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = defaults::PRODUCTION, action = clap::ArgAction::Set, global = true)]
     pub production: bool,
@@ -195,6 +207,7 @@ impl Config {
             graphql_max_complexity: defaults::GRAPHQL_MAX_COMPLEXITY,
             graphql_max_aliases: defaults::GRAPHQL_MAX_ALIASES,
             graphql_introspection: defaults::GRAPHQL_INTROSPECTION,
+            graphql_trusted_documents: Vec::new(),
             production: defaults::PRODUCTION,
             max_body_bytes: defaults::MAX_BODY_BYTES,
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,

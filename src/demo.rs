@@ -108,7 +108,7 @@ pub fn demo_questions() -> Vec<QuestionInput> {
                         theme_id: Some(theme),
                         cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                         difficulty: Some(["EASY", "MEDIUM", "HARD"][(n / 2) % 3].to_owned()),
-                        status: QuestionStatus::Published,
+                        status: Some(QuestionStatus::Published),
                     });
                 }
             }

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 tokio::task_local! {
     /// The current request's id, set by the request-id middleware, so that error
@@ -23,7 +23,7 @@ pub fn current_request_id() -> Option<String> {
 /// Every error code this server puts on the wire: REST `error_code` and GraphQL
 /// `extensions.code`. The variant names are the wire names (UPPER_SNAKE_CASE via serde), so
 /// a code is written once and a typo cannot compile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     // Shared by both surfaces.
@@ -266,6 +266,15 @@ impl AppError {
         }
     }
 
+    /// The message for an operator at a terminal (the CLI): unlike
+    /// [`AppError::public_message`], it names the cause of an internal error.
+    pub fn operator_message(&self) -> String {
+        match self {
+            AppError::Internal(detail) => format!("internal error: {detail}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The client-facing message: internal details are never shown.
     pub fn public_message(&self) -> String {
         self.to_string()
@@ -280,14 +289,25 @@ impl AppError {
     }
 }
 
-/// The REST error envelope of SPEC section 5.
-pub fn error_body(code: ErrorCode, message: &str, details: Value) -> Value {
-    json!({
-        "error_code": code.as_str(),
-        "message": message,
-        "details": details,
-        "request_id": current_request_id(),
-    })
+/// The REST error envelope: the body of every REST error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error_code: ErrorCode,
+    pub message: String,
+    /// What exactly was wrong, when there is more to say (e.g. the field, line and column).
+    pub details: Value,
+    /// Equals the `X-Request-Id` response header.
+    pub request_id: Option<String>,
+}
+
+/// The envelope for `code` in the current request.
+pub fn error_body(code: ErrorCode, message: &str, details: Value) -> ErrorBody {
+    ErrorBody {
+        error_code: code,
+        message: message.to_owned(),
+        details,
+        request_id: current_request_id(),
+    }
 }
 
 impl IntoResponse for AppError {

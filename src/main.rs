@@ -51,14 +51,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let items = questions::parse_import_file(&text).map_err(|e| e.to_string())?;
+            let items = questions::parse_import_file(&text).map_err(|e| e.operator_message())?;
             let db = connect(&config).await?;
             db::migrate(&db)
                 .await
                 .map_err(|e| format!("migration failed: {e}"))?;
             let result = questions::import_questions(&db, items)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.operator_message())?;
             println!(
                 "imported {} questions: {} created, {} updated",
                 result.ids.len(),
@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let package = packages::build_package(&db, request)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.operator_message())?;
             println!(
                 "package {} version {} ({} questions, hash {}, {})",
                 package.id,
@@ -145,7 +145,7 @@ async fn serve(mut config: Config, demo: bool) -> Result<(), String> {
     if demo {
         let seeded = demo::seed_if_empty(&state.db)
             .await
-            .map_err(|e| format!("seeding the demo bank failed: {e}"))?;
+            .map_err(|e| format!("seeding the demo bank failed: {}", e.operator_message()))?;
         if seeded {
             tracing::info!("seeded the demo question bank and packages");
         }

@@ -104,6 +104,12 @@ fn status_label(status: u16) -> &'static str {
 }
 
 /// A cache call failed or timed out and the database answered instead.
+/// A GraphQL request refused before execution, by its error code (a fixed set:
+/// trusted-document refusals, persisted-query misses, parse and validation failures).
+pub fn graphql_refused(code: &'static str) {
+    counter!("examsync_graphql_refused_total", "code" => code).increment(1);
+}
+
 pub fn cache_fallback(operation: &'static str, kind: &'static str) {
     counter!("examsync_redis_fallbacks_total", "operation" => operation, "kind" => kind)
         .increment(1);

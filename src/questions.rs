@@ -31,9 +31,11 @@ pub struct QuestionInput {
     pub theme_id: Option<i32>,
     pub cognitive_level: Option<String>,
     pub difficulty: Option<String>,
-    #[graphql(default_with = "QuestionStatus::Published")]
+    /// PUBLISHED when absent or null.
+    // Nullable with a default, as SPEC section 6 writes it.
+    #[graphql(default_with = "Some(QuestionStatus::Published)")]
     #[serde(default)]
-    pub status: QuestionStatus,
+    pub status: Option<QuestionStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, SimpleObject, Serialize)]
@@ -175,7 +177,7 @@ pub async fn import_questions(
             theme_id: Set(item.theme_id),
             cognitive_level: Set(item.cognitive_level),
             difficulty: Set(item.difficulty),
-            status: Set(item.status),
+            status: Set(item.status.unwrap_or_default()),
             created_at: Set(existing.get(id).copied().unwrap_or(now)),
             updated_at: Set(now),
         })
@@ -234,7 +236,7 @@ mod tests {
             theme_id: None,
             cognitive_level: None,
             difficulty: None,
-            status: QuestionStatus::Published,
+            status: Some(QuestionStatus::Published),
         }
     }
 

@@ -139,7 +139,7 @@ async fn phones_sync_exactly_once_through_faults() {
                 !services_required(),
                 "{missing}, but EXAMSYNC_REQUIRE_SERVICES=1"
             );
-            eprintln!("SKIPPED: fault_injection: {missing}");
+            examsync_test_support::report_skip("fault_injection: {missing}");
             return;
         }
     };

@@ -8,11 +8,13 @@ use crate::{
     error::{AppError, AppResult, ErrorCode},
 };
 
+pub mod document;
 pub mod loaders;
 pub mod packages;
 pub mod questions;
 pub mod sessions;
 pub mod sync;
+pub mod trusted_documents;
 pub mod types;
 
 #[derive(MergedObject, Default)]
@@ -56,9 +58,11 @@ pub fn build_schema(state: AppState) -> AppSchema {
 
 /// The schema's SDL, as `schema.graphql` holds it (no server needed).
 pub fn sdl() -> String {
+    // `@specifiedBy` as introspection reports it (`specifiedByURL`), so the file is the
+    // served schema.
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .finish()
-        .sdl()
+        .sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 /// The application state from the resolver context.
@@ -85,9 +89,10 @@ pub fn require_admin(ctx: &Context<'_>) -> AppResult<AuthUser> {
 /// What kind of failure a GraphQL response carries, for the HTTP status.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponseKind {
+    /// Executed (possibly with field errors): the response has `data`.
     Ok,
-    /// Validation failed before execution (HTTP 400).
-    ValidationFailed,
+    /// Refused before execution (validation, variable coercion): no `data`.
+    RequestError,
 }
 
 /// Gives every error an `extensions.code`: errors raised by our resolvers already have
@@ -96,6 +101,13 @@ pub enum ResponseKind {
 pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
     let mut kind = ResponseKind::Ok;
     let pre_execution = response.data == async_graphql::Value::Null;
+    // Errors raised before execution carry no path, and nothing was executed.
+    if pre_execution
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+    {
+        kind = ResponseKind::RequestError;
+    }
     for error in &mut response.errors {
         // Errors raised by our resolvers carry the AppError they came from (`?` keeps it
         // as the error's source): map it to its code here, once.
@@ -109,13 +121,13 @@ pub fn classify_errors(response: &mut async_graphql::Response) -> ResponseKind {
         if error_code(error).is_some() {
             continue;
         }
-        let code = if error.path.is_empty() && pre_execution {
-            kind = ResponseKind::ValidationFailed;
-            ErrorCode::GraphqlValidationFailed
-        } else if error.message.starts_with("Failed to parse")
+        let code = if error.message.starts_with("Failed to parse")
             || error.message.starts_with("Invalid value")
+            || error.message.starts_with("Variable ")
         {
             ErrorCode::BadUserInput
+        } else if kind == ResponseKind::RequestError {
+            ErrorCode::GraphqlValidationFailed
         } else {
             ErrorCode::InternalServerError
         };

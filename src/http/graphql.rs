@@ -1,29 +1,151 @@
-//! GraphQL over HTTP: POST and GET (GET also serves GraphiQL to browsers), bearer auth,
-//! the per-user rate limit, automatic persisted queries, and the HTTP status of errors
-//! (parse and validation failures are 400).
+//! GraphQL over HTTP (the GraphQL-over-HTTP specification, September 2026 release): POST
+//! and GET (GET also serves GraphiQL to browsers), media-type negotiation, bearer auth,
+//! the per-user rate limit, automatic persisted queries or trusted documents, the checks
+//! that run before the schema sees a document, and the HTTP status of every outcome.
+//!
+//! Statuses: a malformed HTTP request (not JSON, parameters of the wrong JSON type, no
+//! query) is `400`; a document refused before execution (parse, limits, validation,
+//! variable coercion, persisted-query misses, trusted-document refusals) has no `data`
+//! and is `400` with `application/graphql-response+json`, `200` with `application/json`
+//! (the specification's rule for legacy clients); a response with `data` is `200`.
 use std::collections::HashMap;
 
 use axum::{
     Extension,
     body::Bytes,
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::{
     app::AppState,
     auth::bearer_token,
     error::{AppError, ErrorCode},
-    graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors},
+    graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors, document},
     hashing::sha256_hex,
-    http::{extract::parse_json, graphiql, middleware_layer::record_user},
+    http::{graphiql, middleware_layer::record_user},
     metrics,
 };
 
 /// How long a registered persisted query is kept in the cache.
 const APQ_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Every response varies with these request headers (the media type with `Accept`).
+const VARY: &str = "Accept, Authorization, Accept-Encoding";
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// The media type of a GraphQL response, negotiated from `Accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseMedia {
+    /// `application/graphql-response+json`: the status tells request errors apart.
+    GraphqlResponseJson,
+    /// `application/json`: every well-formed GraphQL request gets `200`.
+    Json,
+}
+
+impl ResponseMedia {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            ResponseMedia::GraphqlResponseJson => {
+                "application/graphql-response+json; charset=utf-8"
+            }
+            ResponseMedia::Json => "application/json; charset=utf-8",
+        })
+    }
+
+    /// The status of a document refused before execution (the response has no `data`).
+    fn request_error_status(self) -> StatusCode {
+        match self {
+            ResponseMedia::GraphqlResponseJson => StatusCode::BAD_REQUEST,
+            ResponseMedia::Json => StatusCode::OK,
+        }
+    }
+}
+
+/// Picks the response media type for an `Accept` header; `None` when neither GraphQL
+/// media type is acceptable (`406`).
+///
+/// The highest `q` wins. On a tie a type named exactly beats one reached through a
+/// wildcard, and `application/graphql-response+json` beats `application/json` only when
+/// named: `*/*` and a missing `Accept` get `application/json`, which every client reads.
+pub fn negotiate(accept: Option<&str>) -> Option<ResponseMedia> {
+    let accept = match accept.map(str::trim) {
+        None | Some("") => return Some(ResponseMedia::Json),
+        Some(a) => a,
+    };
+    // (q, specificity) of each of our types: 2 exact, 1 `application/*`, 0 `*/*`.
+    let mut best: [Option<(f32, u8)>; 2] = [None, None];
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        for param in parts {
+            if let Some((name, value)) = param.split_once('=')
+                && name.trim().eq_ignore_ascii_case("q")
+            {
+                q = value.trim().parse().unwrap_or(0.0);
+            }
+        }
+        for (index, ours) in [GRAPHQL_RESPONSE_JSON, JSON].into_iter().enumerate() {
+            let specificity = match essence.as_str() {
+                e if e == ours => 2,
+                "application/*" => 1,
+                "*/*" => 0,
+                _ => continue,
+            };
+            // The most specific matching range decides a type's q (RFC 9110 12.5.1).
+            if best[index].is_none_or(|(_, s)| specificity > s) {
+                best[index] = Some((q, specificity));
+            }
+        }
+    }
+    let score = |b: Option<(f32, u8)>| b.filter(|(q, _)| *q > 0.0);
+    match (score(best[0]), score(best[1])) {
+        (None, None) => None,
+        (Some(_), None) => Some(ResponseMedia::GraphqlResponseJson),
+        (None, Some(_)) => Some(ResponseMedia::Json),
+        (Some((qg, sg)), Some((qj, sj))) => {
+            if qg > qj || (qg == qj && sg == 2 && sg >= sj) {
+                Some(ResponseMedia::GraphqlResponseJson)
+            } else {
+                Some(ResponseMedia::Json)
+            }
+        }
+    }
+}
+
+/// True for `application/json` with no charset or UTF-8 (the only request encoding).
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    if !parts
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(JSON))
+    {
+        return false;
+    }
+    parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    })
+}
+
+fn accept_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::ACCEPT)
+        .map(|v| v.to_str().unwrap_or("invalid"))
+}
 
 pub async fn graphql_post(
     State(state): State<AppState>,
@@ -31,35 +153,59 @@ pub async fn graphql_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body: Value = match parse_json(&body) {
+    let Some(media) = negotiate(accept_header(&headers)) else {
+        return not_acceptable();
+    };
+    if !is_json_content_type(&headers) {
+        return refusal(
+            media,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "send the request with `Content-Type: application/json`",
+        );
+    }
+    let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return graphql_error(
+            return refusal(
+                media,
                 StatusCode::BAD_REQUEST,
                 ErrorCode::GraphqlParseFailed,
-                &e.to_string(),
-                false,
+                &format!("the request body is not JSON: {e}"),
             );
         }
     };
-    if body.is_array() {
-        return graphql_error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            "batched GraphQL requests are not supported; send one operation per request",
-            false,
-        );
-    }
-    let fields = RequestFields {
-        query: body.get("query").and_then(Value::as_str).map(str::to_owned),
-        operation_name: body
-            .get("operationName")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        variables: body.get("variables").cloned().filter(|v| !v.is_null()),
-        extensions: body.get("extensions").cloned().filter(|v| !v.is_null()),
+    let object = match body {
+        Value::Object(object) => object,
+        Value::Array(_) => {
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                "batched GraphQL requests are not supported; send one operation per request",
+            );
+        }
+        _ => {
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                "the request body must be a JSON object",
+            );
+        }
     };
-    execute(state, schema, headers, fields, false).await
+    let fields = match RequestFields::from_post(object) {
+        Ok(fields) => fields,
+        Err(message) => {
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &message,
+            );
+        }
+    };
+    execute(state, schema, headers, fields, media, false).await
 }
 
 pub async fn graphql_get(
@@ -68,48 +214,133 @@ pub async fn graphql_get(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
+    let accept = accept_header(&headers);
+    let wants_html = accept.is_some_and(|v| v.contains("text/html"));
     if wants_html && !params.contains_key("query") && !params.contains_key("extensions") {
         return graphiql::graphiql_page().await;
     }
-    let parse_param = |name: &str| -> Result<Option<Value>, Box<Response>> {
-        match params.get(name) {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
-                Box::new(graphql_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadUserInput,
-                    &format!("`{name}` is not valid JSON: {e}"),
-                    false,
-                ))
-            }),
+    let Some(media) = negotiate(accept) else {
+        return not_acceptable();
+    };
+    let fields = match RequestFields::from_get(params) {
+        Ok(fields) => fields,
+        Err(message) => {
+            return refusal(
+                media,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &message,
+            );
         }
     };
-    let variables = match parse_param("variables") {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let extensions = match parse_param("extensions") {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let fields = RequestFields {
-        query: params.get("query").cloned(),
-        operation_name: params.get("operationName").cloned(),
-        variables,
-        extensions,
-    };
-    execute(state, schema, headers, fields, true).await
+    execute(state, schema, headers, fields, media, true).await
 }
 
+/// The GraphQL request parameters, each of its JSON type.
 struct RequestFields {
     query: Option<String>,
     operation_name: Option<String>,
-    variables: Option<Value>,
-    extensions: Option<Value>,
+    variables: Option<Map<String, Value>>,
+    extensions: Option<Map<String, Value>>,
+}
+
+impl RequestFields {
+    /// From a POST body: `query` and `operationName` strings, `variables` and
+    /// `extensions` objects; each may be `null` or absent.
+    fn from_post(mut body: Map<String, Value>) -> Result<Self, String> {
+        let mut string = |name: &str| match body.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("`{name}` must be a string")),
+        };
+        let query = string("query")?;
+        let operation_name = string("operationName")?;
+        let mut object = |name: &str| match body.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(o)) => Ok(Some(o)),
+            Some(_) => Err(format!("`{name}` must be an object")),
+        };
+        Ok(RequestFields {
+            query,
+            operation_name,
+            variables: object("variables")?,
+            extensions: object("extensions")?,
+        })
+    }
+
+    /// From GET parameters: `variables` and `extensions` are JSON-encoded objects.
+    fn from_get(mut params: HashMap<String, String>) -> Result<Self, String> {
+        let mut object = |name: &str| -> Result<Option<Map<String, Value>>, String> {
+            match params.remove(name) {
+                None => Ok(None),
+                Some(text) => match serde_json::from_str(&text) {
+                    Ok(Value::Object(o)) => Ok(Some(o)),
+                    Ok(Value::Null) => Ok(None),
+                    Ok(_) => Err(format!("`{name}` must be a JSON object")),
+                    Err(e) => Err(format!("`{name}` is not valid JSON: {e}")),
+                },
+            }
+        };
+        let variables = object("variables")?;
+        let extensions = object("extensions")?;
+        Ok(RequestFields {
+            query: params.remove("query"),
+            operation_name: params.remove("operationName"),
+            variables,
+            extensions,
+        })
+    }
+}
+
+/// Where the document text came from, which decides what may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DocumentSource {
+    /// No trusted documents configured: any document (APQ included).
+    Open,
+    /// A trusted document, by id or by its exact text.
+    Listed,
+    /// Other text while trusted documents are on: only introspection may run.
+    Unlisted,
+}
+
+/// A refusal before execution: its status, code and message.
+struct Refusal {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    /// `no-store` (not even private caches): persisted-query misses must never be reused.
+    no_store: bool,
+}
+
+impl Refusal {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::BadUserInput,
+            message: message.into(),
+            no_store: false,
+        }
+    }
+
+    /// A document refused before execution: its status depends on the media type.
+    fn document(media: ResponseMedia, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status: media.request_error_status(),
+            code,
+            message: message.into(),
+            no_store: false,
+        }
+    }
+
+    fn into_response(self, media: ResponseMedia) -> Response {
+        let mut response = refusal(media, self.status, self.code, &self.message);
+        if self.no_store {
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        response
+    }
 }
 
 async fn execute(
@@ -117,41 +348,79 @@ async fn execute(
     schema: AppSchema,
     headers: HeaderMap,
     fields: RequestFields,
+    media: ResponseMedia,
     is_get: bool,
 ) -> Response {
-    let query = match resolve_persisted_query(&state, &fields).await {
-        Ok(query) => query,
-        Err(response) => return response,
-    };
-    let document = match async_graphql::parser::parse_query(&query) {
-        Ok(document) => document,
-        Err(e) => {
-            return graphql_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::GraphqlParseFailed,
-                &e.to_string(),
-                false,
-            );
+    match prepare(&state, &fields, media, is_get).await {
+        Ok((query, document)) => {
+            run(
+                state, schema, headers, fields, media, is_get, query, document,
+            )
+            .await
         }
-    };
-    // GET is for queries only: a mutation over GET could be replayed by any cache or link.
-    if is_get && selects_mutation(&document, fields.operation_name.as_deref()) {
-        return graphql_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::BadUserInput,
-            "mutations must be sent with POST",
-            false,
-        );
+        Err(refused) => {
+            metrics::graphql_refused(refused.code.as_str());
+            refused.into_response(media)
+        }
     }
-    if let Err(message) = check_alias_limit(&document, state.config.graphql_max_aliases as usize) {
-        return graphql_error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::GraphqlValidationFailed,
-            &message,
-            false,
-        );
-    }
+}
 
+/// Everything before authentication: the document's text (persisted or trusted), the
+/// nesting scan, parsing, the safelist, GET's no-mutation rule and the alias limit.
+async fn prepare(
+    state: &AppState,
+    fields: &RequestFields,
+    media: ResponseMedia,
+    is_get: bool,
+) -> Result<(String, async_graphql::parser::types::ExecutableDocument), Refusal> {
+    let (query, source) = resolve_document(state, fields, media).await?;
+    // A flat scan first: hostile nesting or size never reaches the recursive parser.
+    document::check_size(&query, document::MAX_NESTING, document::MAX_TOKENS)
+        .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
+    let parsed = async_graphql::parser::parse_query(&query).map_err(|e| match e {
+        // The parser's own depth limit is a limit like the others.
+        async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
+            media,
+            ErrorCode::GraphqlValidationFailed,
+            "the document nests too deeply",
+        ),
+        other => Refusal::document(media, ErrorCode::GraphqlParseFailed, other.to_string()),
+    })?;
+    if source == DocumentSource::Unlisted
+        && !(state.config.graphql_introspection
+            && document::is_introspection_only(&parsed, fields.operation_name.as_deref()))
+    {
+        return Err(Refusal::document(
+            media,
+            ErrorCode::QueryNotInSafelist,
+            "this operation is not in the server's trusted documents",
+        ));
+    }
+    // GET is for queries only: a mutation over GET could be replayed by any cache or link.
+    if is_get && document::selects_mutation(&parsed, fields.operation_name.as_deref()) {
+        return Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: ErrorCode::BadUserInput,
+            message: "mutations must be sent with POST".into(),
+            no_store: false,
+        });
+    }
+    document::check_alias_limit(&parsed, state.config.graphql_max_aliases as usize)
+        .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
+    Ok((query, parsed))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    state: AppState,
+    schema: AppSchema,
+    headers: HeaderMap,
+    fields: RequestFields,
+    media: ResponseMedia,
+    is_get: bool,
+    query: String,
+    parsed: async_graphql::parser::types::ExecutableDocument,
+) -> Response {
     let auth_header = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
@@ -160,7 +429,7 @@ async fn execute(
         Some(_) => match bearer_token(auth_header).and_then(|t| state.tokens.verify(t)) {
             Ok(user) => match state.users.ensure(&state.db, &user).await {
                 Ok(()) => Ok(user),
-                Err(e) => return app_error_response(e),
+                Err(e) => return app_error_response(media, e),
             },
             Err(e) => Err(e.to_string()),
         },
@@ -172,214 +441,220 @@ async fn execute(
             .check(&state.cache, user.id, "graphql")
             .await
         {
-            return app_error_response(e);
+            return app_error_response(media, e);
         }
     }
 
     let mut request = async_graphql::Request::new(query).data(RequestAuth(auth));
+    // Parsed once: the schema runs the document the checks above looked at.
+    request.set_parsed_query(parsed);
     if let Some(name) = fields.operation_name {
         request = request.operation_name(name);
     }
     if let Some(variables) = fields.variables {
-        request = request.variables(async_graphql::Variables::from_json(variables));
+        request = request.variables(async_graphql::Variables::from_json(Value::Object(
+            variables,
+        )));
     }
     let mut response = schema.execute(request).await;
     let kind = classify_errors(&mut response);
-    let status = if kind == ResponseKind::ValidationFailed {
-        StatusCode::BAD_REQUEST
+    let mut body = match serde_json::to_value(&response) {
+        Ok(b) => b,
+        Err(e) => return app_error_response(media, AppError::internal(e.to_string())),
+    };
+    let status = if kind == ResponseKind::RequestError {
+        if let Some(code) = response
+            .errors
+            .first()
+            .and_then(|e| e.extensions.as_ref())
+            .and_then(|ext| ext.get("code"))
+            .and_then(|code| match code {
+                async_graphql::Value::String(s) => Some(s.as_str()),
+                _ => None,
+            })
+        {
+            metrics::graphql_refused(refused_code(code));
+        }
+        // Nothing was executed: the response has no `data` entry.
+        if let Value::Object(object) = &mut body {
+            object.remove("data");
+        }
+        media.request_error_status()
     } else {
         StatusCode::OK
-    };
-    let body = match serde_json::to_vec(&response) {
-        Ok(b) => b,
-        Err(e) => return app_error_response(AppError::internal(e.to_string())),
     };
     let cache_control = if is_get && response.errors.is_empty() && auth_header.is_none() {
         "public, max-age=60"
     } else {
         "private, no-store"
     };
-    (
-        status,
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/graphql-response+json; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, cache_control),
-            (header::VARY, "Accept, Authorization, Accept-Encoding"),
-        ],
-        body,
-    )
-        .into_response()
+    let mut response = (status, body.to_string()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, media.content_type());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    h.insert(header::VARY, HeaderValue::from_static(VARY));
+    response
 }
 
-/// Automatic persisted queries (Apollo's protocol): a hash alone is looked up; a query
-/// with a hash is checked against it and registered for every instance (through Redis).
-async fn resolve_persisted_query(
+/// The metrics label of a refusal found by the schema (a fixed set).
+fn refused_code(code: &str) -> &'static str {
+    [ErrorCode::GraphqlValidationFailed, ErrorCode::BadUserInput]
+        .into_iter()
+        .map(ErrorCode::as_str)
+        .find(|known| *known == code)
+        .unwrap_or("OTHER")
+}
+
+/// The document to run: with trusted documents, a listed one (by id or exact text) or
+/// other text that must turn out to be introspection; otherwise the query text or an
+/// automatic persisted query.
+async fn resolve_document(
     state: &AppState,
     fields: &RequestFields,
-) -> Result<String, Response> {
+    media: ResponseMedia,
+) -> Result<(String, DocumentSource), Refusal> {
+    let hash = persisted_query_hash(fields)?;
+    if let Some(trusted) = &state.trusted_documents {
+        return match (&hash, &fields.query) {
+            // An id alone: the listed body, or nothing.
+            (Some(hash), None) => match trusted.body(hash) {
+                Some(body) => Ok((body.to_owned(), DocumentSource::Listed)),
+                None => Err(Refusal::document(
+                    media,
+                    ErrorCode::PersistedQueryNotInList,
+                    "PersistedQueryNotInList",
+                )),
+            },
+            // Text with its id (an APQ registration): checked, then judged as text, so
+            // registration can never add an operation.
+            (Some(hash), Some(query)) => {
+                if sha256_hex(query.as_bytes()) != *hash {
+                    return Err(Refusal::bad_request("provided sha does not match query"));
+                }
+                let source = if trusted.body(hash).is_some() {
+                    DocumentSource::Listed
+                } else {
+                    DocumentSource::Unlisted
+                };
+                Ok((query.clone(), source))
+            }
+            (None, Some(query)) if !query.trim().is_empty() => {
+                let source = if trusted.contains_body(query) {
+                    DocumentSource::Listed
+                } else {
+                    DocumentSource::Unlisted
+                };
+                Ok((query.clone(), source))
+            }
+            (None, _) => Err(Refusal::bad_request("the request has no `query`")),
+        };
+    }
+    let Some(hash) = hash else {
+        return fields
+            .query
+            .clone()
+            .filter(|q| !q.trim().is_empty())
+            .map(|q| (q, DocumentSource::Open))
+            .ok_or_else(|| Refusal::bad_request("the request has no `query`"));
+    };
+    // Automatic persisted queries (Apollo's protocol): a hash alone is looked up; a query
+    // with a hash is checked against it and registered for every instance (through Redis).
+    let key = state.cache.key("apq", &hash);
+    match &fields.query {
+        Some(query) => {
+            if sha256_hex(query.as_bytes()) != hash {
+                return Err(Refusal::bad_request("provided sha does not match query"));
+            }
+            if let Err(e) = state.cache.set(&key, query, APQ_TTL).await {
+                metrics::cache_fallback("apq_register", e.kind());
+            }
+            Ok((query.clone(), DocumentSource::Open))
+        }
+        None => {
+            let found = match state.cache.get(&key).await {
+                Ok(found) => found,
+                Err(e) => {
+                    metrics::cache_fallback("apq_lookup", e.kind());
+                    None
+                }
+            };
+            found
+                .map(|q| (q, DocumentSource::Open))
+                .ok_or_else(|| Refusal {
+                    no_store: true,
+                    ..Refusal::document(
+                        media,
+                        ErrorCode::PersistedQueryNotFound,
+                        "PersistedQueryNotFound",
+                    )
+                })
+        }
+    }
+}
+
+/// `extensions.persistedQuery.sha256Hash` (lowercased), when the request has one.
+fn persisted_query_hash(fields: &RequestFields) -> Result<Option<String>, Refusal> {
     let persisted = fields
         .extensions
         .as_ref()
         .and_then(|e| e.get("persistedQuery"))
         .filter(|p| !p.is_null());
     let Some(persisted) = persisted else {
-        return fields
-            .query
-            .clone()
-            .filter(|q| !q.trim().is_empty())
-            .ok_or_else(|| {
-                graphql_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadUserInput,
-                    "the request has no `query`",
-                    false,
-                )
-            });
+        return Ok(None);
     };
     let hash = persisted
         .get("sha256Hash")
         .and_then(Value::as_str)
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_ascii_lowercase)
-        .ok_or_else(|| {
-            graphql_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadUserInput,
-                "persistedQuery.sha256Hash must be 64 hex digits",
-                false,
-            )
-        })?;
+        .ok_or_else(|| Refusal::bad_request("persistedQuery.sha256Hash must be 64 hex digits"))?;
     if persisted.get("version").and_then(Value::as_i64) != Some(1) {
-        return Err(graphql_error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            "persistedQuery.version must be 1",
-            false,
-        ));
+        return Err(Refusal::bad_request("persistedQuery.version must be 1"));
     }
-    let key = state.cache.key("apq", &hash);
-    match &fields.query {
-        Some(query) => {
-            if sha256_hex(query.as_bytes()) != hash {
-                return Err(graphql_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadUserInput,
-                    "provided sha does not match query",
-                    false,
-                ));
-            }
-            if let Err(e) = state.cache.set(&key, query, APQ_TTL).await {
-                metrics::cache_fallback("apq_register", e.kind());
-            }
-            Ok(query.clone())
-        }
-        None => match state.cache.get(&key).await {
-            Ok(Some(query)) => Ok(query),
-            Ok(None) => Err(graphql_error(
-                StatusCode::OK,
-                ErrorCode::PersistedQueryNotFound,
-                "PersistedQueryNotFound",
-                true,
-            )),
-            Err(e) => {
-                metrics::cache_fallback("apq_lookup", e.kind());
-                Err(graphql_error(
-                    StatusCode::OK,
-                    ErrorCode::PersistedQueryNotFound,
-                    "PersistedQueryNotFound",
-                    true,
-                ))
-            }
-        },
-    }
+    Ok(Some(hash))
 }
 
-/// True when the operation to run (by name, or the only one) is a mutation.
-fn selects_mutation(
-    document: &async_graphql::parser::types::ExecutableDocument,
-    name: Option<&str>,
-) -> bool {
-    use async_graphql::parser::types::OperationType;
-    document.operations.iter().any(|(op_name, op)| {
-        let selected = match (name, op_name) {
-            (Some(wanted), Some(actual)) => actual.as_str() == wanted,
-            (None, _) => true,
-            (Some(_), None) => false,
-        };
-        selected && op.node.ty == OperationType::Mutation
-    })
-}
-
-/// Refuses documents with more aliased fields than allowed (cheap amplification guard).
-fn check_alias_limit(
-    doc: &async_graphql::parser::types::ExecutableDocument,
-    max_aliases: usize,
-) -> Result<(), String> {
-    use async_graphql::parser::types::{Selection, SelectionSet};
-    fn count(set: &SelectionSet) -> usize {
-        set.items
-            .iter()
-            .map(|item| match &item.node {
-                Selection::Field(f) => {
-                    usize::from(f.node.alias.is_some()) + count(&f.node.selection_set.node)
-                }
-                Selection::InlineFragment(f) => count(&f.node.selection_set.node),
-                Selection::FragmentSpread(_) => 0,
-            })
-            .sum()
-    }
-    let mut aliases: usize = doc
-        .operations
-        .iter()
-        .map(|(_, op)| count(&op.node.selection_set.node))
-        .sum();
-    aliases += doc
-        .fragments
-        .values()
-        .map(|f| count(&f.node.selection_set.node))
-        .sum::<usize>();
-    if aliases > max_aliases {
-        return Err(format!(
-            "the query uses {aliases} aliases; at most {max_aliases} are allowed"
-        ));
-    }
-    Ok(())
-}
-
-/// A GraphQL-shaped error response (`{"errors": [...]}`) with an `extensions.code`.
-fn graphql_error(status: StatusCode, code: ErrorCode, message: &str, no_store: bool) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": code}}]});
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            "application/graphql-response+json; charset=utf-8",
-        )],
-        body.to_string(),
-    )
-        .into_response();
-    let cache = if no_store {
-        "no-store"
-    } else {
-        "private, no-store"
-    };
-    response.headers_mut().insert(
+/// A GraphQL-shaped error response (`{"errors": [...]}`, no `data`) with an
+/// `extensions.code`.
+fn refusal(media: ResponseMedia, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = json!({"errors": [{"message": message, "extensions": {"code": code.as_str()}}]});
+    let mut response = (status, body.to_string()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, media.content_type());
+    h.insert(
         header::CACHE_CONTROL,
-        header::HeaderValue::from_static(cache),
+        HeaderValue::from_static("private, no-store"),
     );
+    h.insert(header::VARY, HeaderValue::from_static(VARY));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
     response
 }
 
-/// An application error before execution (rate limit, database down) as a GraphQL error.
-fn app_error_response(error: AppError) -> Response {
-    let status = match &error {
-        AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::OK,
-    };
+/// `406`: the client accepts neither GraphQL media type. The body is plain JSON, the
+/// most widely readable choice when the client accepts nothing we serve.
+fn not_acceptable() -> Response {
+    let mut response = refusal(
+        ResponseMedia::Json,
+        StatusCode::NOT_ACCEPTABLE,
+        ErrorCode::NotAcceptable,
+        "accept application/graphql-response+json or application/json",
+    );
+    metrics::graphql_refused("NOT_ACCEPTABLE");
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static(VARY));
+    response
+}
+
+/// An application error before execution (rate limit, database down) as a GraphQL
+/// error, with that error's HTTP status (the response has no `data`).
+fn app_error_response(media: ResponseMedia, error: AppError) -> Response {
+    let status = error.status();
     let gql = async_graphql::ErrorExtensions::extend(&error);
     let server_error = gql.into_server_error(async_graphql::Pos::default());
     let retry_after = server_error
@@ -388,20 +663,115 @@ fn app_error_response(error: AppError) -> Response {
         .and_then(|e| e.get("retryAfter"))
         .map(|v| v.to_string());
     let body = json!({"errors": [server_error]});
-    let mut response = (
-        status,
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/graphql-response+json; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "private, no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(secs) = retry_after.and_then(|s| header::HeaderValue::from_str(&s).ok()) {
-        response.headers_mut().insert(header::RETRY_AFTER, secs);
+    let mut response = (status, body.to_string()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, media.content_type());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static(VARY));
+    if let Some(secs) = retry_after.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        h.insert(header::RETRY_AFTER, secs);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_the_response_media_type() {
+        use ResponseMedia::*;
+        assert_eq!(negotiate(None), Some(Json));
+        assert_eq!(negotiate(Some("")), Some(Json));
+        assert_eq!(negotiate(Some("*/*")), Some(Json));
+        assert_eq!(negotiate(Some("application/*")), Some(Json));
+        assert_eq!(negotiate(Some("application/json")), Some(Json));
+        assert_eq!(
+            negotiate(Some("application/graphql-response+json")),
+            Some(GraphqlResponseJson)
+        );
+        // Apollo Client and Apollo Kotlin.
+        assert_eq!(
+            negotiate(Some(
+                "application/graphql-response+json,application/json;q=0.9"
+            )),
+            Some(GraphqlResponseJson)
+        );
+        assert_eq!(
+            negotiate(Some(
+                "multipart/mixed;deferSpec=20220824, application/graphql-response+json, application/json"
+            )),
+            Some(GraphqlResponseJson)
+        );
+        assert_eq!(
+            negotiate(Some(
+                "application/graphql-response+json;q=0.5, application/json"
+            )),
+            Some(Json)
+        );
+        assert_eq!(
+            negotiate(Some("application/graphql-response+json, */*;q=0.1")),
+            Some(GraphqlResponseJson)
+        );
+        assert_eq!(
+            negotiate(Some("text/html,application/xhtml+xml,*/*;q=0.8")),
+            Some(Json)
+        );
+        // A refused type stays refused even when a wildcard would match it.
+        assert_eq!(
+            negotiate(Some("application/json;q=0, */*")),
+            Some(GraphqlResponseJson)
+        );
+        assert_eq!(negotiate(Some("text/html")), None);
+        assert_eq!(negotiate(Some("application/xml, text/plain")), None);
+        assert_eq!(negotiate(Some("application/json;q=0")), None);
+    }
+
+    #[test]
+    fn json_content_type_allows_only_utf8() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json_content_type(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=UTF-8"));
+        assert!(with("application/json; charset=\"utf-8\""));
+        assert!(!with("application/json; charset=latin1"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/graphql"));
+        assert!(!is_json_content_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn post_parameters_of_the_wrong_type_are_refused() {
+        let parse = |v: Value| match v {
+            Value::Object(o) => RequestFields::from_post(o),
+            _ => unreachable!(),
+        };
+        assert!(parse(json!({"query": "{ a }", "variables": null, "extensions": null, "operationName": null})).is_ok());
+        for bad in [
+            json!({"query": 1}),
+            json!({"query": "{ a }", "operationName": false}),
+            json!({"query": "{ a }", "variables": "x"}),
+            json!({"query": "{ a }", "variables": []}),
+            json!({"query": "{ a }", "extensions": 0}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        let get = |pairs: &[(&str, &str)]| {
+            RequestFields::from_get(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert!(get(&[("query", "{ a }"), ("variables", "{\"x\": 1}")]).is_ok());
+        assert!(get(&[("query", "{ a }"), ("variables", "[1]")]).is_err());
+        assert!(get(&[("query", "{ a }"), ("extensions", "nope")]).is_err());
+    }
 }

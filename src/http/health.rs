@@ -6,30 +6,81 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::{app::AppState, db, metrics};
 
 const HEALTH_JSON: &str = "application/health+json";
 
-fn health_response(status: StatusCode, body: serde_json::Value) -> Response {
+/// The state of the service or of one dependency (draft-inadarei-api-health-check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One check of a dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthCheck {
+    pub status: HealthStatus,
+}
+
+/// The `application/health+json` body of `/livez` and `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'static str>,
+    /// By component, e.g. `database:connectivity`, `redis:connectivity`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<&'static str, Vec<HealthCheck>>,
+}
+
+fn health_response(status: StatusCode, body: &Health) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_default();
     (
         status,
         [
             (header::CONTENT_TYPE, HEALTH_JSON),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body.to_string(),
+        text,
     )
         .into_response()
 }
 
 /// Liveness: the process answers. Depends on nothing.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "The process answers", body = Health, content_type = "application/health+json"))
+)]
 pub async fn livez() -> Response {
-    health_response(StatusCode::OK, json!({"status": "pass"}))
+    let body = Health {
+        status: HealthStatus::Pass,
+        description: None,
+        checks: BTreeMap::new(),
+    };
+    health_response(StatusCode::OK, &body)
 }
 
 /// Readiness: database reachable → pass; Redis down → warn (still 200); database down → 503 fail.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: the database answers (`warn` when Redis does not)", body = Health, content_type = "application/health+json"),
+        (status = 503, description = "Not ready: the database does not answer", body = Health, content_type = "application/health+json"),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let database_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), db::ping(&state.db)).await,
@@ -38,32 +89,34 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let cache_result = state.cache.ping().await;
     let cache_ok = cache_result.is_ok();
     let status = match (database_ok, cache_ok) {
-        (false, _) => "fail",
-        (true, false) => "warn",
-        (true, true) => "pass",
+        (false, _) => HealthStatus::Fail,
+        (true, false) => HealthStatus::Warn,
+        (true, true) => HealthStatus::Pass,
     };
     let check = |ok: bool, warn_only: bool| {
         let status = match (ok, warn_only) {
-            (true, _) => "pass",
-            (false, true) => "warn",
-            (false, false) => "fail",
+            (true, _) => HealthStatus::Pass,
+            (false, true) => HealthStatus::Warn,
+            (false, false) => HealthStatus::Fail,
         };
-        json!([{ "status": status }])
+        vec![HealthCheck { status }]
     };
-    let mut checks = serde_json::Map::new();
-    checks.insert("database:connectivity".into(), check(database_ok, false));
+    let mut checks = BTreeMap::new();
+    checks.insert("database:connectivity", check(database_ok, false));
     if state.cache.is_redis() {
-        checks.insert("redis:connectivity".into(), check(cache_ok, true));
+        checks.insert("redis:connectivity", check(cache_ok, true));
     }
     let http_status = if database_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    health_response(
-        http_status,
-        json!({"status": status, "description": "examsync readiness", "checks": checks}),
-    )
+    let body = Health {
+        status,
+        description: Some("examsync readiness"),
+        checks,
+    };
+    health_response(http_status, &body)
 }
 
 /// Prometheus text exposition.

@@ -14,7 +14,7 @@ fn schemathesis_available() -> bool {
         if crate::helpers::services_required() {
             panic!("schemathesis is required (pip install -r tests/schemathesis/requirements.txt)");
         }
-        eprintln!("SKIPPED: schemathesis missing");
+        examsync_test_support::report_skip("schemathesis missing");
     }
     ok
 }

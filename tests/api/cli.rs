@@ -62,6 +62,38 @@ async fn questions_import_valid_file() {
     assert_eq!(count_rows(&db, "questions", "").await, 3);
 }
 
+/// A database failure during `questions import` names its cause on stderr (an operator
+/// needs it), instead of the "internal error" a client would see.
+#[test]
+fn questions_import_names_the_cause_of_a_database_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let out = run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("questions.json");
+    std::fs::write(
+        &file,
+        json!([{"stem": "S", "options": ["a", "b"], "correctIndex": 0, "yearId": 1}]).to_string(),
+    )
+    .unwrap();
+    // The same, migrated file opened read-only: the import's write fails in the database.
+    let read_only = url.replace("mode=rwc", "mode=ro");
+    let out = run(
+        &["questions", "import", file.to_str().unwrap()],
+        &[("DATABASE_URL", &read_only)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("readonly"),
+        "the cause is missing: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn questions_import_refuses_an_invalid_file_whole() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,7 @@ fn start_cluster() -> Option<Cluster> {
         if crate::helpers::services_required() {
             panic!("redis-server is required for the cluster test");
         }
-        eprintln!("SKIPPED: redis-server missing");
+        examsync_test_support::report_skip("redis-server missing");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

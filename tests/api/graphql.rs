@@ -1,11 +1,20 @@
-//! GraphQL transport: error codes, HTTP statuses, limits, persisted queries, GraphiQL.
+//! GraphQL transport: error codes, HTTP statuses, media types, limits, persisted queries,
+//! trusted documents, GraphiQL, the SDL and third-party clients.
 use serde_json::{Value, json};
 
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, spawn_app};
 
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// POSTs as current clients do (`Accept: application/graphql-response+json`), so request
+/// errors get 4xx statuses.
 async fn post_raw(app: &TestApp, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut request = app.client.post(app.url("/graphql")).json(&body);
+    let mut request = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", GRAPHQL_RESPONSE_JSON)
+        .json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -221,7 +230,7 @@ async fn graphiql_works_offline_in_a_real_browser() {
                 "chromium or tests/browser/node_modules missing (run: apt-get install chromium; cd tests/browser && npm ci)"
             );
         }
-        eprintln!("SKIPPED: chromium or tests/browser/node_modules missing");
+        examsync_test_support::report_skip("chromium or tests/browser/node_modules missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;
@@ -252,7 +261,7 @@ async fn documented_javascript_recipes_match_the_vectors() {
         if crate::helpers::services_required() {
             panic!("node is required");
         }
-        eprintln!("SKIPPED: node missing");
+        examsync_test_support::report_skip("node missing");
         return;
     }
     let output = tokio::process::Command::new("node")
@@ -388,7 +397,7 @@ async fn third_party_client_interop() {
         if crate::helpers::services_required() {
             panic!("python3 with gql is required (pip install -r tests/interop/requirements.txt)");
         }
-        eprintln!("SKIPPED: python gql missing");
+        examsync_test_support::report_skip("python gql missing");
         return;
     }
     let app = spawn_app(Backend::Sqlite).await;
@@ -481,4 +490,707 @@ async fn production_mode_and_introspection_switch() {
     )
     .await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// A raw request's outcome: status, `Content-Type`, `Cache-Control`, body.
+struct Outcome {
+    status: u16,
+    content_type: String,
+    cache_control: String,
+    body: Value,
+}
+
+async fn outcome(request: reqwest::RequestBuilder) -> Outcome {
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (content_type, cache_control) = (header("content-type"), header("cache-control"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Outcome {
+        status,
+        content_type,
+        cache_control,
+        body,
+    }
+}
+
+fn post_with(
+    app: &TestApp,
+    token: &str,
+    accept: Option<&str>,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let mut request = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    request
+}
+
+backend_tests!(media_types_and_statuses_follow_graphql_over_http);
+
+/// GraphQL over HTTP: the response media type follows `Accept`; request errors are 4xx
+/// without `data` for `application/graphql-response+json` and 200 for `application/json`;
+/// malformed requests are 4xx either way.
+async fn media_types_and_statuses_follow_graphql_over_http(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, token) = app.student();
+    let ok = r#"{"query": "{ syncStatus { ackedCount } }"}"#;
+    for (accept, expected) in [
+        (None, "application/json"),
+        (Some("*/*"), "application/json"),
+        (Some("application/json"), "application/json"),
+        (Some(GRAPHQL_RESPONSE_JSON), GRAPHQL_RESPONSE_JSON),
+        (
+            Some("application/graphql-response+json, application/json;q=0.9"),
+            GRAPHQL_RESPONSE_JSON,
+        ),
+    ] {
+        let o = outcome(post_with(&app, &token, accept, ok)).await;
+        assert_eq!(o.status, 200, "{accept:?}: {}", o.body);
+        assert!(
+            o.content_type.starts_with(expected),
+            "{accept:?}: {}",
+            o.content_type
+        );
+        assert!(
+            o.content_type.contains("charset=utf-8"),
+            "{}",
+            o.content_type
+        );
+        assert_eq!(o.body["data"]["syncStatus"]["ackedCount"], 0);
+    }
+    let o = outcome(post_with(&app, &token, Some("text/html"), ok)).await;
+    assert_eq!(o.status, 406, "{}", o.body);
+    assert_eq!(o.body["errors"][0]["extensions"]["code"], "NOT_ACCEPTABLE");
+
+    // Request errors: parse, validation, variable coercion.
+    let cases = [
+        (r#"{"query": "{"}"#, "GRAPHQL_PARSE_FAILED"),
+        (
+            r#"{"query": "{ noSuchField }"}"#,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            r#"{"query": "query($id: UUID!) { package(id: $id) { id } }", "variables": {"id": null}}"#,
+            "BAD_USER_INPUT",
+        ),
+        (
+            r#"{"query": "query($n: Int) { packages(filter: {yearId: $n}) { id } }", "variables": {"n": "three"}}"#,
+            "BAD_USER_INPUT",
+        ),
+    ];
+    for (body, code) in cases {
+        let o = outcome(post_with(&app, &token, Some(GRAPHQL_RESPONSE_JSON), body)).await;
+        assert_eq!(
+            (o.status, o.body["errors"][0]["extensions"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {}",
+            o.body
+        );
+        assert!(
+            o.body.get("data").is_none(),
+            "no data on a request error: {}",
+            o.body
+        );
+        let o = outcome(post_with(&app, &token, Some("application/json"), body)).await;
+        assert_eq!(
+            (o.status, o.body["errors"][0]["extensions"]["code"].as_str()),
+            (200, Some(code)),
+            "{body}: {}",
+            o.body
+        );
+        assert!(o.content_type.starts_with("application/json"));
+    }
+    // An execution error keeps `data` (null) and 200 with either media type.
+    let mut request = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", GRAPHQL_RESPONSE_JSON)
+        .json(&json!({"query": "{ syncStatus { ackedCount } }"}));
+    request = request.header("authorization", "Bearer nope");
+    let o = outcome(request).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert!(o.body.get("data").is_some_and(Value::is_null), "{}", o.body);
+    assert_eq!(o.body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+
+    // Malformed requests: 4xx whatever the Accept.
+    for accept in [Some(GRAPHQL_RESPONSE_JSON), Some("application/json"), None] {
+        for body in [
+            "{not json",
+            r#"{"query": 1}"#,
+            r#"{"query": "{ __typename }", "operationName": {"a": 1}}"#,
+            r#"{"query": "{ __typename }", "variables": "x"}"#,
+            r#"{"query": "{ __typename }", "variables": [1]}"#,
+            r#"{"query": "{ __typename }", "extensions": false}"#,
+            r#"{"notquery": "{ __typename }"}"#,
+            r#"[{"query": "{ __typename }"}]"#,
+            "",
+        ] {
+            let o = outcome(post_with(&app, &token, accept, body)).await;
+            assert_eq!(o.status, 400, "{accept:?} {body}: {}", o.body);
+            assert!(
+                o.body["errors"][0]["extensions"]["code"].is_string(),
+                "{}",
+                o.body
+            );
+        }
+    }
+    // null parameters are allowed.
+    let o = outcome(post_with(&app, &token, Some("application/json"), r#"{"query": "{ __typename }", "operationName": null, "variables": null, "extensions": null}"#)).await;
+    assert_eq!(
+        (o.status, &o.body),
+        (200, &json!({"data": {"__typename": "Query"}}))
+    );
+    // A POST without a JSON Content-Type.
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/json; charset=latin1"),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(&token)
+            .body(ok);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let o = outcome(request).await;
+        assert_eq!(o.status, 415, "{content_type:?}: {}", o.body);
+        assert_eq!(
+            o.body["errors"][0]["extensions"]["code"],
+            "UNSUPPORTED_MEDIA_TYPE"
+        );
+    }
+    // GET: queries run, mutations are 405, variables must be an object.
+    let get = |pairs: Vec<(&'static str, String)>, accept: &'static str| {
+        app.client
+            .get(app.url("/graphql"))
+            .bearer_auth(&token)
+            .header("accept", accept)
+            .query(&pairs)
+    };
+    let o = outcome(get(
+        vec![("query", "{ syncStatus { ackedCount } }".into())],
+        "application/json",
+    ))
+    .await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(
+        o.cache_control, "private, no-store",
+        "an authenticated answer stays private"
+    );
+    let response = get(
+        vec![(
+            "query",
+            "mutation { submitSession(id: \"00000000-0000-0000-0000-000000000000\") { id } }"
+                .into(),
+        )],
+        GRAPHQL_RESPONSE_JSON,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let o = outcome(get(
+        vec![
+            ("query", "{ __typename }".into()),
+            ("variables", "[1]".into()),
+        ],
+        GRAPHQL_RESPONSE_JSON,
+    ))
+    .await;
+    assert_eq!(o.status, 400, "{}", o.body);
+    let o = outcome(get(vec![("query", "{ __typename }".into())], "text/plain")).await;
+    assert_eq!(o.status, 406, "{}", o.body);
+    assert_eq!(o.body["errors"][0]["extensions"]["code"], "NOT_ACCEPTABLE");
+}
+
+/// Hostile nesting of any depth, and width, is `GRAPHQL_VALIDATION_FAILED`: never a parse
+/// error, a panic or a stack overflow; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_nesting_is_a_validation_failure() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, token) = app.student();
+    let t = Some(token.as_str());
+    let nested_fields = |n: usize| format!("{{ {}x{} }}", "a { ".repeat(n), " }".repeat(n));
+    let mut documents = vec![];
+    for n in [20, 47, 60, 64, 65, 200, 10_000, 100_000] {
+        documents.push((format!("{n} selection sets"), nested_fields(n)));
+    }
+    documents.push(("ofType 200".into(), nested_of_type(200)));
+    let list = |n: usize| {
+        format!(
+            "{{ packages(filter: {{yearId: {}1{}}}) {{ id }} }}",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    documents.push(("list value 100000".into(), list(100_000)));
+    let object = |n: usize| {
+        format!(
+            "{{ packages(filter: {}{{}}{}) {{ id }} }}",
+            "{scope: ".repeat(n),
+            "}".repeat(n)
+        )
+    };
+    documents.push(("object value 100000".into(), object(100_000)));
+    documents.push((
+        "fragments 50 deep".into(),
+        {
+            let mut text = String::from("{ ...F0 }");
+            for i in 0..50 {
+                text.push_str(&format!(" fragment F{i} on Query {{ __type(name: \"Query\") {{ ofType {{ ...G{i} }} }} }} fragment G{i} on __Type {{ ofType {{ name }} }}"));
+            }
+            text
+        },
+    ));
+    documents.push((
+        "wide 1 MB of fields".into(),
+        format!("{{ {} }}", "a ".repeat(500_000)),
+    ));
+    documents.push((
+        "wide 40000 fields".into(),
+        format!("{{ {} }}", "syncStatus { ackedCount } ".repeat(20_000)),
+    ));
+    documents.push((
+        "aliases 5000".into(),
+        format!(
+            "{{ {} }}",
+            (0..5000)
+                .map(|i| format!("a{i}: __typename"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    ));
+    for (name, query) in &documents {
+        let started = std::time::Instant::now();
+        let (s, b) = post_raw(&app, t, json!({"query": query})).await;
+        let code = code(&b);
+        // The fragment chain fails on its unknown fragments or its depth: validation
+        // either way.
+        assert_eq!(
+            (s, code),
+            (400, Some("GRAPHQL_VALIDATION_FAILED")),
+            "{name}: {b}"
+        );
+        assert!(b.get("data").is_none(), "{name}");
+        eprintln!(
+            "{name}: {} bytes refused in {:?}",
+            query.len(),
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+    let (s, b) = post_raw(&app, t, json!({"query": "{ syncStatus { ackedCount } }"})).await;
+    assert_eq!(
+        (s, &b["data"]["syncStatus"]["ackedCount"]),
+        (200, &json!(0)),
+        "still serving: {b}"
+    );
+}
+
+/// Runs a node script of tests/graphql-http against `app`; `None` when node or its
+/// modules are missing here (then the caller skips, unless CI requires it).
+async fn node_script(script: &str, envs: &[(&str, &str)]) -> Option<std::process::Output> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/graphql-http");
+    if !std::path::Path::new(dir).join("node_modules").exists() {
+        if crate::helpers::services_required() {
+            panic!(
+                "tests/graphql-http/node_modules missing (run: cd tests/graphql-http && npm ci)"
+            );
+        }
+        examsync_test_support::report_skip("tests/graphql-http/node_modules missing");
+        return None;
+    }
+    let mut command = tokio::process::Command::new("node");
+    command.arg(script).current_dir(dir);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    Some(command.output().await.expect("node runs"))
+}
+
+fn print_output(output: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+backend_tests!(graphql_over_http_audit_passes);
+
+/// The GraphQL-over-HTTP audit (npm graphql-http `auditServer`) with a token: every MUST
+/// and SHOULD, and the 400s for mistyped parameters, are ok.
+async fn graphql_over_http_audit_passes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, token) = app.student();
+    let Some(output) = node_script(
+        "audit.mjs",
+        &[("EXAMSYNC_URL", &app.base), ("EXAMSYNC_TOKEN", &token)],
+    )
+    .await
+    else {
+        return;
+    };
+    let printed = print_output(&output);
+    eprintln!("{printed}");
+    assert!(output.status.success(), "audit failed:\n{printed}");
+}
+
+/// `schema.graphql` is the served schema, as an independent implementation (graphql-js
+/// `buildClientSchema` + `printSchema`) reads the live introspection result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_sdl_matches_live_introspection_in_graphql_js() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let sdl = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
+    let Some(output) = node_script(
+        "print-sdl.mjs",
+        &[("EXAMSYNC_URL", &app.base), ("EXAMSYNC_SDL", sdl)],
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "schema.graphql differs from the served schema (run: cargo run -- schema > schema.graphql):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let live = String::from_utf8_lossy(&output.stdout);
+    assert!(live.contains("scalar UUID @specifiedBy(url:"), "{live}");
+    assert!(
+        live.contains("status: QuestionStatus = PUBLISHED"),
+        "{live}"
+    );
+}
+
+fn manifest(operations: &[(&str, &str)]) -> Value {
+    let operations: Vec<Value> = operations
+        .iter()
+        .map(|(name, body)| {
+            json!({"id": examsync::hashing::sha256_hex(body.as_bytes()), "name": name, "type": "query", "body": body})
+        })
+        .collect();
+    json!({"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations})
+}
+
+fn metric(text: &str, code: &str) -> f64 {
+    let prefix = format!("examsync_graphql_refused_total{{code=\"{code}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+backend_tests!(trusted_documents_run_only_listed_operations);
+
+/// With trusted documents (two app versions: a directory and a file), listed operations
+/// run by id (POST and GET) or exact text; other ids and texts are refused and counted;
+/// introspection follows its switch; a listed GET by id without a token is cacheable.
+async fn trusted_documents_run_only_listed_operations(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let status = "query Status { syncStatus { ackedCount } }";
+    let sessions = "query Sessions { mySessions { id } }";
+    let public = "query Name { __typename }";
+    let versions = dir.path().join("android");
+    std::fs::create_dir(&versions).unwrap();
+    std::fs::write(
+        versions.join("1.0.json"),
+        manifest(&[("Status", status)]).to_string(),
+    )
+    .unwrap();
+    let ios = dir.path().join("ios-2.0.json");
+    std::fs::write(
+        &ios,
+        manifest(&[("Sessions", sessions), ("Name", public)]).to_string(),
+    )
+    .unwrap();
+    let paths = vec![versions, ios];
+    let app =
+        crate::helpers::spawn_app_with(backend, |c| c.graphql_trusted_documents = paths.clone())
+            .await;
+    let (_, token) = app.student();
+    let t = Some(token.as_str());
+    let id = |body: &str| examsync::hashing::sha256_hex(body.as_bytes());
+    let by_id = |hash: String| json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}});
+    let metrics_text = || async {
+        app.client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics_text().await;
+
+    // Listed: by id (from either manifest) and by exact text.
+    let (s, b) = post_raw(&app, t, by_id(id(status))).await;
+    assert_eq!(
+        (s, &b["data"]["syncStatus"]["ackedCount"]),
+        (200, &json!(0)),
+        "{b}"
+    );
+    let (s, b) = post_raw(&app, t, by_id(id(sessions))).await;
+    assert_eq!((s, &b["data"]["mySessions"]), (200, &json!([])), "{b}");
+    let (s, b) = post_raw(&app, t, json!({"query": status})).await;
+    assert_eq!(s, 200, "{b}");
+    let mut with_both = by_id(id(status));
+    with_both["query"] = json!(status);
+    let (s, _) = post_raw(&app, t, with_both).await;
+    assert_eq!(s, 200);
+    // Over GET by id; without a token a listed GET with no errors is CDN-cacheable.
+    let ext = by_id(id(public))["extensions"].to_string();
+    let o = outcome(
+        app.client
+            .get(app.url("/graphql"))
+            .query(&[("extensions", ext.as_str())]),
+    )
+    .await;
+    assert_eq!(
+        (o.status, &o.body),
+        (200, &json!({"data": {"__typename": "Query"}}))
+    );
+    assert_eq!(o.cache_control, "public, max-age=60");
+    let ext = by_id(id(status))["extensions"].to_string();
+    let o = outcome(
+        app.client
+            .get(app.url("/graphql"))
+            .bearer_auth(&token)
+            .query(&[("extensions", ext.as_str())]),
+    )
+    .await;
+    assert_eq!(
+        (o.status, &o.body["data"]["syncStatus"]["ackedCount"]),
+        (200, &json!(0)),
+        "{}",
+        o.body
+    );
+    assert_eq!(o.cache_control, "private, no-store");
+
+    // Refused: another id (also when it comes with its text: no registration), other
+    // text (one space differs), and introspection stays allowed while its switch is on.
+    let other = "query Status { syncStatus { ackedCount rejectedCount } }";
+    let (s, b) = post_raw(&app, t, by_id(id(other))).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, Some("PERSISTED_QUERY_NOT_IN_LIST")),
+        "{b}"
+    );
+    // Registration (text with its id) cannot add an operation.
+    let mut register = by_id(id(other));
+    register["query"] = json!(other);
+    let (s, b) = post_raw(&app, t, register).await;
+    assert_eq!((s, code(&b)), (400, Some("QUERY_NOT_IN_SAFELIST")), "{b}");
+    let (s, b) = post_raw(&app, t, by_id(id(other))).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, Some("PERSISTED_QUERY_NOT_IN_LIST")),
+        "{b}"
+    );
+    let (s, b) = post_raw(&app, t, json!({"query": format!("{status} ")})).await;
+    assert_eq!((s, code(&b)), (400, Some("QUERY_NOT_IN_SAFELIST")), "{b}");
+    let (s, b) = post_raw(
+        &app,
+        t,
+        json!({"query": "{ __typename syncStatus { ackedCount } }"}),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, Some("QUERY_NOT_IN_SAFELIST")), "{b}");
+    let o = outcome(post_with(
+        &app,
+        &token,
+        Some("application/json"),
+        &json!({"query": other}).to_string(),
+    ))
+    .await;
+    assert_eq!(
+        (o.status, o.body["errors"][0]["extensions"]["code"].as_str()),
+        (200, Some("QUERY_NOT_IN_SAFELIST"))
+    );
+    let o = outcome(
+        app.client
+            .get(app.url("/graphql"))
+            .query(&[("extensions", by_id(id(other))["extensions"].to_string())]),
+    )
+    .await;
+    assert_eq!(
+        o.body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_NOT_IN_LIST"
+    );
+    assert!(
+        o.cache_control.contains("no-store"),
+        "a refusal is never cached"
+    );
+    let (s, b) = post_raw(&app, t, json!({"query": INTROSPECTION_QUERY})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["data"]["__schema"]["types"].is_array());
+
+    let after = metrics_text().await;
+    assert!(
+        metric(&after, "PERSISTED_QUERY_NOT_IN_LIST")
+            >= metric(&before, "PERSISTED_QUERY_NOT_IN_LIST") + 3.0,
+        "{after}"
+    );
+    assert!(
+        metric(&after, "QUERY_NOT_IN_SAFELIST") >= metric(&before, "QUERY_NOT_IN_SAFELIST") + 3.0,
+        "{after}"
+    );
+
+    // With introspection off, introspection text is just unlisted text.
+    let closed = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
+        c.graphql_trusted_documents = paths.clone();
+        c.graphql_introspection = false;
+    })
+    .await;
+    let (s, b) = post_raw(&closed, t, json!({"query": INTROSPECTION_QUERY})).await;
+    assert_eq!((s, code(&b)), (400, Some("QUERY_NOT_IN_SAFELIST")), "{b}");
+    let (s, b) = post_raw(&closed, t, by_id(id(status))).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// A manifest that does not parse, or an entry whose id is not its body's hash, stops
+/// `serve` with a message naming the file and the entry.
+#[test]
+fn bad_manifest_stops_serve_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = manifest(&[("Status", "query Status { syncStatus { ackedCount } }")]);
+    let mut wrong = good.clone();
+    wrong["operations"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "0".repeat(64), "name": "Tampered", "type": "query", "body": "query Tampered { mySessions { id } }"}));
+    let cases = [
+        (
+            "wrong-id.json",
+            wrong.to_string(),
+            vec!["wrong-id.json", "operation 1", "Tampered", "SHA-256"],
+        ),
+        (
+            "truncated.json",
+            good.to_string()[..40].to_owned(),
+            vec!["truncated.json", "not a persisted query manifest"],
+        ),
+    ];
+    for (file, text, expected) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let output = std::process::Command::new(crate::helpers::binary())
+            .arg("serve")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display()),
+            )
+            .env_remove("REDIS_URL")
+            .env("JWT_SECRET", crate::helpers::SECRET)
+            .env("EXAMSYNC_BIND", "127.0.0.1:0")
+            .env(
+                "EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS",
+                path.display().to_string(),
+            )
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{file} must stop start-up");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for part in expected {
+            assert!(stderr.contains(part), "{file}: {part} missing in {stderr}");
+        }
+    }
+}
+
+/// Apollo's own JavaScript client with its persisted-queries link, against a server
+/// running the manifest that Apollo's generator makes from tests/graphql-http/operations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apollo_client_runs_trusted_documents() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/graphql-http");
+    if !std::path::Path::new(root).join("node_modules").exists() {
+        if crate::helpers::services_required() {
+            panic!(
+                "tests/graphql-http/node_modules missing (run: cd tests/graphql-http && npm ci)"
+            );
+        }
+        examsync_test_support::report_skip("tests/graphql-http/node_modules missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("persisted-query-manifest.json");
+    let config = dir.path().join("persisted-query-manifest.config.json");
+    std::fs::write(
+        &config,
+        json!({"documents": [format!("{root}/operations/*.graphql")], "output": manifest_path})
+            .to_string(),
+    )
+    .unwrap();
+    let generated = tokio::process::Command::new("node")
+        .arg("node_modules/.bin/generate-persisted-query-manifest")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(root)
+        .output()
+        .await
+        .unwrap();
+    assert!(generated.status.success(), "{}", print_output(&generated));
+    // Seed a published package, then serve the same database with the app's manifest.
+    let app = spawn_app(Backend::Sqlite).await;
+    app.import_questions(json!([crate::helpers::question(
+        "Apollo",
+        &["a", "b"],
+        0,
+        3,
+        None,
+        None
+    )]))
+    .await;
+    let (_, built) = app
+        .graphql(
+            Some(&app.admin_token()),
+            "mutation { buildPackage(input: {name: \"Y3\", scope: YEAR, yearId: 3, publish: true}) { id } }",
+            Value::Null,
+        )
+        .await;
+    assert!(built.get("errors").is_none(), "{built}");
+    let mut config = app.config.clone();
+    config.graphql_trusted_documents = vec![manifest_path.clone()];
+    let trusted = examsync::Application::build(config).await.unwrap();
+    let base = format!("http://{}", trusted.local_addr().unwrap());
+    let _server = tokio::spawn(async move {
+        let _ = trusted.run_until_stopped(std::future::pending()).await;
+    });
+    let (_, token) = app.student();
+    let manifest_text = manifest_path.display().to_string();
+    let Some(output) = node_script(
+        "apollo-client.mjs",
+        &[
+            ("EXAMSYNC_URL", &base),
+            ("EXAMSYNC_TOKEN", &token),
+            ("EXAMSYNC_MANIFEST", &manifest_text),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(output.status.success(), "{}", print_output(&output));
 }

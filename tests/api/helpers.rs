@@ -62,7 +62,7 @@ pub fn skip_postgres() -> bool {
     if services_required() {
         panic!("TEST_DATABASE_URL is not set but EXAMSYNC_REQUIRE_SERVICES=1");
     }
-    eprintln!("SKIPPED: TEST_DATABASE_URL not set");
+    examsync_test_support::report_skip("TEST_DATABASE_URL not set");
     true
 }
 
@@ -120,23 +120,7 @@ impl TestDatabase {
 }
 
 /// `postgres://u@h:p/db?x` with another database name.
-pub fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], name);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+pub use examsync_test_support::replace_database;
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {

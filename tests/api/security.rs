@@ -220,11 +220,16 @@ async fn oversized_and_deeply_nested_bodies() {
     let deep_query = format!("{{ {} }}", "a { ".repeat(5_000) + &"}".repeat(5_000));
     let r = app
         .post("/graphql", &token)
+        .header("accept", "application/graphql-response+json")
         .json(&json!({"query": deep_query}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
     let deep_variables = json!({"query": "query($v: JSON) { syncStatus { ackedCount } }", "variables": {"v": serde_json::from_str::<Value>(&format!("{}1{}", "[".repeat(120), "]".repeat(120))).unwrap()}});
     let r = app
         .post("/graphql", &token)

@@ -1,6 +1,7 @@
 //! Every rule of SPEC sections 7 and 8, over real HTTP, through REST and GraphQL, on
 //! SQLite and on PostgreSQL + Redis. Answers are counted in the database too.
 use chrono::{Duration, SecondsFormat, Utc};
+use examsync_test_support::Attempt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -18,29 +19,12 @@ const SURFACES: [Surface; 2] = [Surface::Rest, Surface::Graphql];
 
 /// The v1 payload hash, written independently of the server's code.
 pub fn v1_hash(question: Uuid, index: i64, answered_at: &str) -> String {
-    let at = chrono::DateTime::parse_from_rfc3339(answered_at)
-        .unwrap()
-        .with_timezone(&Utc)
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
-    let canonical = format!(
-        r#"{{"answered_at":"{at}","question_id":"{question}","selected_option_index":{index}}}"#
-    );
-    hex::encode(Sha256::digest(canonical.as_bytes()))
+    Attempt::at_text(question, index, answered_at, None).payload_hash
 }
 
 /// A REST-shaped attempt with a correct v1 hash and fresh ids.
 pub fn attempt(question: Uuid, index: i64, answered_at: &str, offline: Option<Uuid>) -> Value {
-    json!({
-        "client_attempt_id": Uuid::new_v4(),
-        "idempotency_key": Uuid::new_v4(),
-        "offline_session_id": offline,
-        "session_id": null,
-        "question_id": question,
-        "selected_option_index": index,
-        "answered_at": answered_at,
-        "payload_hash": v1_hash(question, index, answered_at),
-        "package_id": null,
-    })
+    Attempt::at_text(question, index, answered_at, offline).rest_item()
 }
 
 pub fn ago(minutes: i64) -> String {

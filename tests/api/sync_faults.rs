@@ -301,7 +301,7 @@ async fn seed(db: &DatabaseConnection, count: usize) -> Vec<(Uuid, usize)> {
                 theme_id: None,
                 cognitive_level: None,
                 difficulty: None,
-                status: QuestionStatus::Published,
+                status: Some(QuestionStatus::Published),
             }
         })
         .collect();
@@ -631,7 +631,7 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
             !helpers::services_required(),
             "redis-server is not installed but EXAMSYNC_REQUIRE_SERVICES=1"
         );
-        eprintln!("SKIPPED: redis-server not installed");
+        examsync_test_support::report_skip("redis-server not installed");
         return;
     }
     let port = free_port();
