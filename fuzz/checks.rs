@@ -807,3 +807,104 @@ pub fn check_if_none_match(data: &[u8]) {
     let _ = negotiate_encoding(lines.iter().copied());
     let _ = negotiate_encoding([data]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// sync_inputs: both surfaces' sync inputs through the rule core (SPEC section 7, "Times")
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary bytes; when they are JSON, read as a REST body and as a GraphQL `syncAttempts`
+/// input, then through the rule core (skew, range, precheck, checks). Nothing may panic,
+/// a `sent_at` outside 1970..=9999 refuses the batch, and corrected times stay in range.
+pub fn check_sync_inputs(data: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_default();
+    if let Ok(batch) = parse_body(&body) {
+        check_core(now, batch.sent_at, &batch.attempts);
+    }
+    if let Ok((sent_at, items)) = examsync::graphql::sync::parse_input(body) {
+        check_core(now, sent_at, &items);
+    }
+}
+
+fn check_core(
+    now: DateTime<chrono::Utc>,
+    sent_at: Option<DateTime<FixedOffset>>,
+    items: &[ParsedAttempt],
+) {
+    use examsync::packages::ScoringKey;
+    use examsync::sync::{SyncErrorCode, rules};
+    let skew = match rules::skew_of(now, sent_at.as_ref()) {
+        Err(_) => {
+            let sent_at = sent_at.expect("only a given sent_at is refused");
+            assert!(
+                !rules::in_range(&sent_at),
+                "refused an in-range sent_at {sent_at}"
+            );
+            return;
+        }
+        Ok(skew) => skew,
+    };
+    if let Some(sent_at) = sent_at {
+        assert!(rules::in_range(&sent_at), "accepted sent_at {sent_at}");
+    }
+    for item in items {
+        let ParsedAttempt::Valid(input) = item else {
+            continue;
+        };
+        let pre = rules::precheck(input);
+        if !rules::in_range(&input.answered_at) {
+            assert_eq!(pre.map_err(|e| e.0), Err(SyncErrorCode::InvalidAttempt));
+        }
+        let corrected = rules::corrected_time(&input.answered_at, skew);
+        if let Some(t) = corrected {
+            assert!(t >= rules::min_time() && t <= rules::max_time(), "{t}");
+        }
+        // Facts under which every check but the option index and the time passes.
+        let mut facts = rules::Facts::default();
+        facts.questions.insert(
+            input.question_id,
+            rules::QuestionFact {
+                key: ScoringKey {
+                    option_count: 5,
+                    correct_index: 0,
+                },
+                scope: (1, None, None),
+                answerable: true,
+            },
+        );
+        if let Some(id) = input.session_id {
+            facts.sessions_by_id.insert(
+                id,
+                rules::SessionFact {
+                    id,
+                    state: rules::SessionState::Active,
+                },
+            );
+        }
+        let mut input = input.clone();
+        input.package_id = None;
+        if input.session_id.is_none() && input.offline_session_id.is_none() {
+            input.offline_session_id = Some(input.client_attempt_id);
+        }
+        match rules::check(&input, &facts, now, skew) {
+            Ok(checked) => {
+                assert_eq!(Some(checked.effective_at), corrected);
+                assert!(checked.effective_at <= now + rules::FUTURE_TOLERANCE);
+                assert!((0..5).contains(&input.selected_option_index));
+            }
+            Err((code, _)) => assert!(
+                matches!(
+                    code,
+                    SyncErrorCode::InvalidOptionIndex
+                        | SyncErrorCode::AnsweredAtInFuture
+                        | SyncErrorCode::InvalidAttempt
+                ),
+                "{code:?}"
+            ),
+        }
+    }
+}

@@ -40,6 +40,8 @@ pub struct App {
     /// SQL statements this instance has run (also in `/metrics`); tests use it to show
     /// that listing N items costs a bounded number of queries.
     pub db_statements: Arc<AtomicU64>,
+    /// Sync bookkeeping: counters added up off the write path, commits made.
+    pub sync: Arc<crate::sync::SyncState>,
 }
 
 #[derive(Clone)]
@@ -115,6 +117,7 @@ impl App {
             trusted_documents,
             metrics: crate::metrics::handle(),
             db_statements,
+            sync: Arc::default(),
         })))
     }
 }
@@ -154,6 +157,12 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        // Sync counters summed off the write path are written before the pool closes.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.state.sync.flush(&self.state.db),
+        )
+        .await;
         // Give pending cache writes no chance to outlive the pool: close the database last.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.db.clone().close()).await;
         Ok(())

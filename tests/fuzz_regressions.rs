@@ -15,8 +15,9 @@ use serde_json::json;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 3] = [
+const TARGETS: [(&str, Check); 4] = [
     ("sync_batch_parser", checks::check_sync_batch_parser),
+    ("sync_inputs", checks::check_sync_inputs),
     ("payload_hash", checks::check_payload_hash),
     ("if_none_match", checks::check_if_none_match),
 ];
@@ -265,4 +266,33 @@ fn if_none_match_inputs() {
     .chain([vec![0xff, 0xfe, b'"', 0x80]])
     .collect();
     replay("if_none_match", target_check("if_none_match"), &inline);
+}
+
+#[test]
+fn sync_inputs_inputs() {
+    let graphql = json!({"sentAt": "+262000-01-01T00:00:00Z", "attempts": [{
+        "clientAttemptId": "0b7f0c1e-8a9e-4b7a-9c55-3b8f3a1d2e01",
+        "idempotencyKey": "9d1c5b0a-2f3e-4c6d-8e7f-0a1b2c3d4e5f",
+        "questionId": "550e8400-e29b-41d4-a716-446655440000",
+        "selectedOptionIndex": 4,
+        "answeredAt": "1969-12-31T23:59:59.999-00:01",
+        "payloadHash": "00"
+    }]});
+    let rest = json!({"sent_at": "1970-01-01T00:00:00.000001Z", "attempts": [{
+        "client_attempt_id": "0b7f0c1e-8a9e-4b7a-9c55-3b8f3a1d2e01",
+        "idempotency_key": "9d1c5b0a-2f3e-4c6d-8e7f-0a1b2c3d4e5f",
+        "question_id": "550e8400-e29b-41d4-a716-446655440000",
+        "selected_option_index": 0,
+        "answered_at": "9999-12-31T23:59:59.999999999+14:00",
+        "payload_hash": "00"
+    }]});
+    // The GraphQL scalar lets such years through to the rule core (where they panicked).
+    let (sent_at, items) = examsync::graphql::sync::parse_input(graphql.clone()).unwrap();
+    assert!(sent_at.is_some());
+    assert_eq!(items.len(), 1);
+    let inline: Vec<Vec<u8>> = [graphql, rest]
+        .iter()
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .collect();
+    replay("sync_inputs", target_check("sync_inputs"), &inline);
 }

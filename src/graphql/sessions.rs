@@ -23,7 +23,8 @@ impl SessionQuery {
     /// The caller's own sync counts.
     async fn sync_status(&self, ctx: &Context<'_>) -> async_graphql::Result<SyncStatusSummary> {
         let user = require_user(ctx)?;
-        let counters = sessions::sync_counters(&state(ctx).db, user.id).await?;
+        let app = state(ctx);
+        let counters = app.sync.status(&app.db, user.id).await?;
         let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         Ok(SyncStatusSummary {
             last_sync_at: counters.last_sync_at,

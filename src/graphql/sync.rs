@@ -67,3 +67,21 @@ impl SyncMutation {
         })
     }
 }
+
+/// Reads a `syncAttempts` `input` given as JSON through the schema's own input types and
+/// scalars (what a GraphQL request's variables go through); the fuzz target's entry point.
+pub fn parse_input(
+    input: serde_json::Value,
+) -> Result<(Option<DateTime<FixedOffset>>, Vec<ParsedAttempt>), String> {
+    let value = async_graphql::Value::from_json(input).map_err(|e| e.to_string())?;
+    let input = <SyncAttemptsInput as async_graphql::InputType>::parse(Some(value))
+        .map_err(|e| e.into_server_error(Default::default()).message)?;
+    Ok((
+        input.sent_at,
+        input
+            .attempts
+            .into_iter()
+            .map(ParsedAttempt::from)
+            .collect(),
+    ))
+}

@@ -2,14 +2,11 @@
 //! and the GraphQL transport.
 use std::time::Duration;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    http::StatusCode,
-    middleware,
-    routing::{get, post},
-};
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, middleware, routing::get};
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
+
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, graphql::AppSchema};
 
@@ -21,6 +18,28 @@ pub mod middleware_layer;
 pub mod openapi;
 pub mod packages;
 pub mod sync;
+
+/// The REST routes, each registered together with the `#[utoipa::path]` operation of its
+/// real handler (methods and path come from the annotation), so a REST route cannot be served
+/// without being documented: the OpenAPI document is split off this same router.
+pub fn rest_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(packages::list_packages))
+        .routes(routes!(packages::get_package))
+        .routes(routes!(packages::get_delta))
+        .routes(routes!(sync::sync_batch))
+}
+
+/// The routes that are not REST operations, and so not in the OpenAPI document: Prometheus
+/// text, static GraphiQL assets, the document itself, and GraphQL (described by its SDL).
+pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
+    "/metrics",
+    "/graphiql/assets/{file}",
+    "/api/v1/openapi.json",
+    "/graphql",
+];
 
 /// The whole HTTP application.
 pub fn router(state: AppState, schema: AppSchema) -> Router {
@@ -35,21 +54,12 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
         .layer(CompressionLayer::new().gzip(true).br(true))
         .layer(axum::Extension(schema));
 
+    let (rest, _document) = rest_routes().split_for_parts();
+    // Only these routes are outside the OpenAPI document (`UNDOCUMENTED_ROUTES`).
     Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
+        .merge(rest)
         .route("/metrics", get(health::metrics))
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
-        .route("/api/v1/tests/packages", get(packages::list_packages))
-        .route(
-            "/api/v1/tests/packages/{package_id}",
-            get(packages::get_package).head(packages::get_package),
-        )
-        .route(
-            "/api/v1/tests/packages/{package_id}/delta",
-            get(packages::get_delta).head(packages::get_delta),
-        )
-        .route("/api/v1/sync/attempts:batch", post(sync::sync_batch))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
         .fallback(not_found)

@@ -124,7 +124,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}` (axum drops the body of a HEAD
 /// response and keeps the GET's `Content-Length`).
 #[utoipa::path(
-    get,
+    method(get, head),
     path = "/api/v1/tests/packages/{package_id}",
     tag = "packages",
     params(("package_id" = Uuid, Path, description = "the package id")),
@@ -247,7 +247,7 @@ pub struct DeltaQuery {
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}/delta?from={held_package_id}`
 /// (SPEC section 5.1).
 #[utoipa::path(
-    get,
+    method(get, head),
     path = "/api/v1/tests/packages/{package_id}/delta",
     tag = "packages",
     params(("package_id" = Uuid, Path, description = "the package to reach"), DeltaQuery),

@@ -4,9 +4,13 @@ pub mod batch;
 pub mod model;
 pub mod payload_hash;
 pub mod rest;
+pub mod rules;
+pub mod store;
+pub mod tally;
 
 pub use batch::process_batch;
 pub use model::{AttemptInput, AttemptResult, ParsedAttempt, SyncErrorCode, SyncStatus};
+pub use tally::SyncState;
 
 /// Most attempts accepted in one request.
 pub const MAX_BATCH: usize = 100;

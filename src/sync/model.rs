@@ -29,8 +29,10 @@ pub enum ParsedAttempt {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+// Upper case on GraphQL, lower case on REST (serde).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, utoipa::ToSchema)]
 #[graphql(name = "SyncStatus")]
+#[serde(rename_all = "lowercase")]
 pub enum SyncStatus {
     Acked,
     Duplicate,
@@ -48,8 +50,10 @@ impl SyncStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+// The same upper-case names on both surfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, serde::Serialize, utoipa::ToSchema)]
 #[graphql(name = "SyncErrorCode")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SyncErrorCode {
     InvalidAttempt,
     PayloadHashMismatch,

@@ -878,3 +878,608 @@ async fn database_down_is_503_not_rejected() {
     .await;
     assert_eq!(code.as_deref(), Some("UNAVAILABLE"));
 }
+
+// ---- Times, drafts, claim first, exact counters, fallback, round-trip budget ----
+
+backend_tests!(
+    times_outside_1970_to_9999,
+    a_reset_phone_clock_is_corrected_not_refused,
+    drafts_are_not_answerable,
+    round_trip_budget,
+);
+
+/// The first result's (status, error code, message) through a surface.
+async fn one(
+    app: &TestApp,
+    surface: Surface,
+    token: &str,
+    item: &Value,
+    sent_at: Option<&str>,
+) -> (u16, Vec<String>, Option<String>, Option<String>) {
+    let (status, results, code) =
+        sync(app, surface, token, std::slice::from_ref(item), sent_at).await;
+    let message = results
+        .first()
+        .and_then(|r| r["message"].as_str())
+        .map(str::to_owned);
+    (status, statuses(&results), code, message)
+}
+
+async fn times_outside_1970_to_9999(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        // answered_at out of range: INVALID_ATTEMPT naming the field (was ACKED for 1969).
+        for at in ["1969-12-31T23:59:59.999Z", "1970-01-01T00:30:00+01:00"] {
+            let item = attempt(q[0], 1, at, Some(Uuid::new_v4()));
+            let (status, s, _, message) = one(&app, surface, &token, &item, None).await;
+            assert_eq!(status, 200, "{surface:?} {at}");
+            assert_eq!(s, ["rejected:INVALID_ATTEMPT"], "{surface:?} {at}");
+            assert!(
+                message.unwrap_or_default().contains("answered_at"),
+                "{surface:?}"
+            );
+        }
+        // The range's ends are accepted (1970 with a skew from the same clock).
+        let item = attempt(q[0], 1, "1970-01-01T00:00:00.000Z", Some(Uuid::new_v4()));
+        let (_, s, _, _) = one(&app, surface, &token, &item, Some("1970-01-01T00:01:00Z")).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+        // sent_at out of range or malformed refuses the whole request; nothing applied.
+        let before = app.count("attempts").await;
+        let mut refused = vec![
+            "1969-12-31T23:59:59Z",
+            "-262000-01-01T00:00:00Z",
+            "+262000-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "",
+        ];
+        if surface == Surface::Graphql {
+            // GraphQL: an empty string is refused by the scalar itself.
+            refused.pop();
+        }
+        for sent_at in refused {
+            let item = attempt(q[0], 1, &ago(1), Some(Uuid::new_v4()));
+            let (status, s, code, _) = one(&app, surface, &token, &item, Some(sent_at)).await;
+            match surface {
+                Surface::Rest => {
+                    assert_eq!(
+                        (status, code.as_deref()),
+                        (400, Some("VALIDATION_ERROR")),
+                        "{sent_at}"
+                    );
+                }
+                Surface::Graphql => {
+                    assert_eq!(code.as_deref(), Some("BAD_USER_INPUT"), "{sent_at}");
+                }
+            }
+            assert!(s.is_empty(), "{surface:?} {sent_at}: {s:?}");
+        }
+        assert_eq!(app.count("attempts").await, before, "{surface:?}");
+    }
+    // The widest skew in range cannot overflow: a phone claiming 9999 at send time.
+    let item = attempt(q[0], 1, "1970-01-01T00:00:00Z", Some(Uuid::new_v4()));
+    let (status, s, _, _) = one(
+        &app,
+        Surface::Graphql,
+        &token,
+        &item,
+        Some("9999-12-31T23:59:59Z"),
+    )
+    .await;
+    assert_eq!(
+        (status, s),
+        (200, vec!["rejected:INVALID_ATTEMPT".to_owned()])
+    );
+    let item = attempt(q[0], 1, "9999-12-31T23:59:59Z", Some(Uuid::new_v4()));
+    let (status, s, _, _) = one(
+        &app,
+        Surface::Rest,
+        &token,
+        &item,
+        Some("1970-01-01T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].starts_with("rejected:"), "{s:?}");
+}
+
+async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        // The phone's clock restarted at 1970: answered 3 minutes before sending.
+        let offline = Uuid::new_v4();
+        let item = attempt(q[0], 1, "1970-01-01T00:07:00.000Z", Some(offline));
+        let (status, s, _, _) = one(
+            &app,
+            surface,
+            &token,
+            &item,
+            Some("1970-01-01T00:10:00.000Z"),
+        )
+        .await;
+        assert_eq!((status, s), (200, vec!["acked".to_owned()]), "{surface:?}");
+        let session = entity::test_session::Entity::find()
+            .filter(entity::test_session::Column::OfflineSessionId.eq(offline))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = entity::session_answer::Entity::find()
+            .filter(entity::session_answer::Column::SessionId.eq(session.id))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let age = Utc::now() - answer.answered_at;
+        assert!(
+            age > Duration::minutes(2) && age < Duration::minutes(4),
+            "{surface:?}: corrected to {}",
+            answer.answered_at
+        );
+        // The history keeps the time as sent, not corrected.
+        let history = entity::attempt::Entity::find()
+            .filter(entity::attempt::Column::SessionId.eq(session.id))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                history.answered_at.to_rfc3339(),
+                history.answered_at_raw.as_str()
+            ),
+            (
+                "1970-01-01T00:07:00+00:00".to_owned(),
+                "1970-01-01T00:07:00+00:00"
+            )
+        );
+    }
+    // The client's offset and microseconds are kept in the history.
+    let at = (Utc::now() - Duration::minutes(2))
+        .with_timezone(&chrono::FixedOffset::east_opt(19_800).unwrap())
+        .to_rfc3339_opts(SecondsFormat::Micros, false);
+    let offline = Uuid::new_v4();
+    let (_, s, _, _) = one(
+        &app,
+        Surface::Rest,
+        &token,
+        &attempt(q[0], 1, &at, Some(offline)),
+        None,
+    )
+    .await;
+    assert_eq!(s, ["acked"]);
+    let history = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::ClientAttemptId.is_not_null())
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.answered_at_raw == at)
+        .unwrap_or_else(|| panic!("no attempt with answered_at_raw {at}"));
+    assert_eq!(
+        history.answered_at,
+        chrono::DateTime::parse_from_rfc3339(&at)
+            .unwrap()
+            .with_timezone(&Utc)
+    );
+}
+
+async fn drafts_are_not_answerable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token();
+    let ids = app
+        .import_questions(json!([
+            {"stem": "Draft", "options": ["a", "b"], "correctIndex": 1, "yearId": 8, "status": "DRAFT"},
+            {"stem": "Retired", "options": ["a", "b", "c"], "correctIndex": 2, "yearId": 9},
+        ]))
+        .await;
+    let (_, built) = app
+        .graphql(
+            Some(&admin),
+            "mutation { buildPackage(input: {name: \"Y9\", scope: YEAR, yearId: 9, publish: true}) { id } }",
+            Value::Null,
+        )
+        .await;
+    let package = built["data"]["buildPackage"]["id"].clone();
+    assert!(package.is_string(), "{built}");
+    // Back to review after publication: still in a published package, so answerable.
+    app.import_questions(json!([
+        {"id": ids[1], "stem": "Retired", "options": ["a", "b", "c"], "correctIndex": 2, "yearId": 9, "status": "IN_REVIEW"},
+    ]))
+    .await;
+    let (_, token) = app.student();
+    for surface in SURFACES {
+        let offline = Some(Uuid::new_v4());
+        let draft = attempt(ids[0], 1, &ago(5), offline);
+        let (_, s, _, _) = one(&app, surface, &token, &draft, None).await;
+        assert_eq!(
+            s,
+            ["rejected:QUESTION_NOT_FOUND"],
+            "{surface:?}: a draft is private"
+        );
+        let retired = attempt(ids[1], 2, &ago(4), offline);
+        let (_, s, _, _) = one(&app, surface, &token, &retired, None).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+        let mut in_package = attempt(ids[1], 2, &ago(3), offline);
+        in_package["package_id"] = package.clone();
+        let (_, s, _, _) = one(&app, surface, &token, &in_package, None).await;
+        assert_eq!(s, ["acked"], "{surface:?}");
+    }
+    // Nothing of the draft leaks through the score.
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let draft_attempts = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::QuestionId.eq(ids[0]))
+        .count(&app.db)
+        .await
+        .unwrap();
+    let retired_attempts = entity::attempt::Entity::find()
+        .filter(entity::attempt::Column::QuestionId.eq(ids[1]))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((draft_attempts, retired_attempts), (0, 4));
+}
+
+/// Statements and commits of the sync path, pinned: a fresh batch, a replay, a batch that
+/// creates a session. The counts do not depend on the batch size.
+async fn round_trip_budget(backend: Backend) {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    // The background flush of duplicate/rejected counts is off every request's path:
+    // its statements are left out.
+    let counters = || {
+        (
+            app.state.db_statements.load(Ordering::SeqCst)
+                - app.state.sync.flush_statements.load(Ordering::SeqCst),
+            app.state.sync.commits.load(Ordering::SeqCst),
+        )
+    };
+    // Waits for any flush under way and runs one, so that every flush statement is
+    // accounted for when the counters are read.
+    let flush = || app.state.sync.flush(&app.state.db);
+    let measure = |before: (u64, u64)| {
+        let after = counters();
+        (after.0 - before.0, after.1 - before.1)
+    };
+    // Items over questions 1 and 2 (question 0 is the warm-up's).
+    let batch_of = |n: usize, offline: Uuid| -> Vec<Value> {
+        (0..n)
+            .map(|i| attempt(q[1 + i % 2], 0, &ago(60 - i as i64 % 50), Some(offline)))
+            .collect()
+    };
+    for n in [3, 100] {
+        // Warm up: the user row, a session holding an answer to question 0 only.
+        let offline = Uuid::new_v4();
+        let warm_up = [attempt(q[0], 1, &ago(70), Some(offline))];
+        let (status, first, _) = sync(&app, Surface::Rest, &token, &warm_up, None).await;
+        assert_eq!((status, statuses(&first)), (200, vec!["acked".to_owned()]));
+
+        let creating = batch_of(n, Uuid::new_v4());
+        flush().await;
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &creating, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "acked"), "{s:?}");
+        // Records, sessions, questions; then in one transaction: create the session,
+        // claim, lock, answers, attempts, answers, scores, ackedCount.
+        assert_eq!(
+            (statements, commits),
+            (11, 1),
+            "a batch of {n} creating a session"
+        );
+
+        let fresh = batch_of(n, offline);
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &fresh, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "acked"), "{s:?}");
+        assert_eq!((statements, commits), (10, 1), "a fresh batch of {n}");
+
+        let before = counters();
+        let s = statuses(&sync(&app, Surface::Rest, &token, &fresh, None).await.1);
+        flush().await;
+        let (statements, commits) = measure(before);
+        assert!(s.iter().all(|s| s == "duplicate"), "{s:?}");
+        // Records come from the cache (Redis on PostgreSQL runs, in-process on SQLite):
+        // a replay makes no database statement at all, let alone a write.
+        assert_eq!((statements, commits), (0, 0), "a replay of {n}");
+    }
+}
+
+// ---- PostgreSQL only: races and faults made deterministic with locks and triggers ----
+
+async fn pg_app() -> Option<TestApp> {
+    if crate::helpers::skip_postgres() {
+        return None;
+    }
+    Some(spawn_app(Backend::Postgres).await)
+}
+
+async fn exec(db: &impl sea_orm::ConnectionTrait, sql: &str) {
+    db.execute_unprepared(sql).await.unwrap();
+}
+
+async fn acked_count(app: &TestApp, token: &str) -> i64 {
+    let (_, body) = app
+        .graphql(Some(token), "{ syncStatus { ackedCount } }", Value::Null)
+        .await;
+    body["data"]["syncStatus"]["ackedCount"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
+/// Claim first: a retry that read no record, then finds its session submitted, because
+/// its original committed and a submitSession landed in between, is DUPLICATE (it was
+/// REJECTED SESSION_CLOSED for an answer that had been applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_racing_its_original_and_a_submit_is_duplicate() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(app) = pg_app().await else { return };
+    let q = bank(&app).await;
+    let (user, token) = app.student();
+    let (_, r, _) = sync(
+        &app,
+        Surface::Rest,
+        &token,
+        &[attempt(q[0], 1, &ago(10), Some(Uuid::new_v4()))],
+        None,
+    )
+    .await;
+    let session = r[0]["server_session_id"].as_str().unwrap().to_owned();
+    let mut retry = attempt(q[1], 0, &ago(5), None);
+    retry["session_id"] = json!(session);
+
+    // Hold the retry between its idempotency lookup and its session check.
+    let txn = app.db.begin().await.unwrap();
+    exec(&txn, "LOCK TABLE test_sessions IN ACCESS EXCLUSIVE MODE").await;
+    let sender = {
+        let (base, client, token, retry) = (
+            app.base.clone(),
+            app.client.clone(),
+            token.clone(),
+            retry.clone(),
+        );
+        tokio::spawn(async move {
+            let response = client
+                .post(format!("{base}/api/v1/sync/attempts:batch"))
+                .bearer_auth(token)
+                .json(&json!({"attempts": [retry]}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let waiting = "SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND relation = 'test_sessions'::regclass";
+    let mut blocked = false;
+    for _ in 0..200 {
+        let row = app
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                waiting,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get::<i64>("", "n").unwrap() > 0 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(blocked, "the retry never reached the session check");
+    // Meanwhile the original commits and the session is submitted.
+    let original_attempt = Uuid::new_v4();
+    exec(
+        &txn,
+        &format!(
+            "INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             VALUES ('{user}', '{}', '{}', '{original_attempt}', '{session}', now())",
+            retry["idempotency_key"].as_str().unwrap(),
+            retry["payload_hash"].as_str().unwrap(),
+        ),
+    )
+    .await;
+    exec(
+        &txn,
+        &format!("UPDATE test_sessions SET status = 'SUBMITTED', submitted_at = now() WHERE id = '{session}'"),
+    )
+    .await;
+    txn.commit().await.unwrap();
+    let (status, body) = sender.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["status"], "duplicate", "{body}");
+    assert_eq!(result["server_attempt_id"], json!(original_attempt));
+    assert_eq!(result["server_session_id"], json!(session));
+}
+
+/// `ackedCount` is counted in the applying transaction: when a later round of the same
+/// request fails, what the first round applied is counted (it was lost to `?`).
+/// A transient fault fails the request as a whole (503), never an item; a non-transient
+/// one rejects only its own item (the item-by-item fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exact_and_faults_never_become_item_results() {
+    let Some(app) = pg_app().await else { return };
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let offline = Some(Uuid::new_v4());
+    let transient = Uuid::new_v4();
+    let permanent = Uuid::new_v4();
+    exec(
+        &app.db,
+        &format!(
+            "CREATE FUNCTION fail_marked() RETURNS trigger AS $$ BEGIN \
+               IF NEW.client_attempt_id = '{transient}' THEN \
+                 RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END IF; \
+               IF NEW.client_attempt_id = '{permanent}' THEN \
+                 RAISE EXCEPTION 'injected' USING ERRCODE = 'P0001'; END IF; \
+               RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER fail_marked BEFORE INSERT ON attempts \
+               FOR EACH ROW EXECUTE FUNCTION fail_marked();"
+        ),
+    )
+    .await;
+
+    // Round 1 applies `a`; `b` is rejected, so its key comes back in round 2 with `c`,
+    // whose insert fails transiently.
+    let a = attempt(q[0], 1, &ago(10), offline);
+    let b = attempt(q[1], 9, &ago(9), offline);
+    let mut c = attempt(q[1], 1, &ago(8), offline);
+    c["idempotency_key"] = b["idempotency_key"].clone();
+    c["client_attempt_id"] = json!(transient);
+    let batch = [a.clone(), b.clone(), c.clone()];
+    let (status, results, code) = sync(&app, Surface::Rest, &token, &batch, None).await;
+    assert_eq!(
+        (status, code.as_deref()),
+        (503, Some("UNAVAILABLE")),
+        "{results:?}"
+    );
+    assert_eq!(app.count("attempts").await, 1);
+    assert_eq!(
+        acked_count(&app, &token).await,
+        1,
+        "round 1 was applied and counted"
+    );
+
+    // A non-transient failure rejects only its item; the others are applied.
+    let d = attempt(q[2], 4, &ago(7), offline);
+    let mut e = attempt(q[2], 3, &ago(6), offline);
+    e["client_attempt_id"] = json!(permanent);
+    let f = attempt(q[0], 2, &ago(5), offline);
+    let (status, results, _) = sync(&app, Surface::Rest, &token, &[d, e.clone(), f], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&results),
+        ["acked", "rejected:INVALID_ATTEMPT", "acked"]
+    );
+    assert_eq!(acked_count(&app, &token).await, 3);
+
+    // The fault passes: the same requests converge.
+    exec(&app.db, "DROP TRIGGER fail_marked ON attempts").await;
+    let (status, results, _) = sync(&app, Surface::Rest, &token, &batch, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&results),
+        ["duplicate", "rejected:INVALID_OPTION_INDEX", "acked"]
+    );
+    let (_, results, _) = sync(&app, Surface::Graphql, &token, &[e], None).await;
+    assert_eq!(statuses(&results), ["acked"]);
+    assert_eq!(acked_count(&app, &token).await, 5);
+    assert_eq!(app.count("attempts").await, 5);
+}
+
+/// The idempotency lookup costs O(batch) whatever the history and the statistics: on a
+/// table never analyzed, holding 50,000 records of the user, the plan puts both key
+/// columns in the index condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
+    use sea_orm::ConnectionTrait;
+    let Some(app) = pg_app().await else { return };
+    let (user, token) = app.student();
+    let q = bank(&app).await;
+    // The user row exists once the user has synced.
+    sync(
+        &app,
+        Surface::Rest,
+        &token,
+        &[attempt(q[0], 1, &ago(5), Some(Uuid::new_v4()))],
+        None,
+    )
+    .await;
+    exec(
+        &app.db,
+        &format!(
+            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
+             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
+             FROM generate_series(1, 50000)"
+        ),
+    )
+    .await;
+    let keys: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    let row = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "EXPLAIN (FORMAT JSON) {}",
+                examsync::sync::store::FIND_RECORDS_PG
+            ),
+            vec![user.into(), examsync::sync::store::uuids(keys)],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let plan: Value = row.try_get("", "QUERY PLAN").unwrap();
+    let text = plan.to_string();
+    let index_cond = text
+        .split("\"Index Cond\":")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no index scan: {text}"));
+    let index_cond = index_cond.split("\",").next().unwrap_or_default();
+    assert!(
+        index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"Filter\""),
+        "keys applied as a filter: {text}"
+    );
+}
+
+/// Duplicate/rejected counts summed off the write path are written on graceful shutdown,
+/// not left to the next background flush (which a stopped instance never runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_counters_are_written_on_graceful_shutdown() {
+    use examsync::sync::store::Counts;
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    let (config, database, _redis) = crate::helpers::test_config(Backend::Sqlite).await;
+    let application = examsync::Application::build(config).await.unwrap();
+    let state = application.state().clone();
+    let user = Uuid::new_v4();
+    entity::user::Entity::insert(entity::user::ActiveModel {
+        id: Set(user),
+        role: Set("STUDENT".into()),
+        created_at: Set(Utc::now()),
+        last_sync_at: Set(None),
+        acked_count: Set(0),
+        duplicate_count: Set(0),
+        rejected_count: Set(0),
+    })
+    .exec(&state.db)
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let counts = Counts {
+        acked: 0,
+        duplicate: 2,
+        rejected: 1,
+    };
+    state.sync.add(&state.db, user, counts, Utc::now());
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    let row = entity::user::Entity::find_by_id(user)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.duplicate_count, row.rejected_count), (2, 1));
+}
