@@ -1,4 +1,4 @@
-//! HS256 JWT verification (SPEC section 3) and the authenticated user.
+//! HS256 JWT verification (docs/api.md section 3) and the authenticated user.
 //!
 //! Tokens come from the existing auth service: `sub` (user UUID), `role`, `exp`
 //! (required), optional `iat`, `jti`, `nbf` (refused before it, with [`NBF_LEEWAY_SECS`])
@@ -92,7 +92,7 @@ pub struct TokenVerifier {
     verified: Mutex<HashMap<String, (AuthUser, i64)>>,
 }
 
-/// How far ahead of our clock a token's `nbf` may lie (SPEC 3: at most 60 s): the auth
+/// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
 /// service's clock may run a little ahead of ours, and a token it issues "now" must work.
 pub const NBF_LEEWAY_SECS: i64 = 60;
 

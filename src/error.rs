@@ -357,7 +357,7 @@ impl async_graphql::ErrorExtensions for AppError {
 }
 
 /// True when a database error is a transient fault: the database, not the request, is
-/// at fault, so the same request succeeds once the fault has passed (SPEC 7.5). Sync uses
+/// at fault, so the same request succeeds once the fault has passed (docs/api.md §7.5). Sync uses
 /// this to refuse the whole request (503 / `UNAVAILABLE`) instead of rejecting an item:
 /// a false "permanent" here makes a phone delete an answer, so when in doubt about a
 /// condition of the server (not of the input) it is transient.

@@ -3,7 +3,7 @@
 //! produced outside our handlers (404 of unknown routes, 405, 413 from the body limit).
 //!
 //! The budget (`EXAMSYNC_REQUEST_TIMEOUT_SECS`) is a transient fault of the server once the
-//! body has arrived: REST `503` + `Retry-After`, GraphQL `UNAVAILABLE` (SPEC 7.5). Only a
+//! body has arrived: REST `503` + `Retry-After`, GraphQL `UNAVAILABLE` (docs/api.md §7.5). Only a
 //! client still sending its body gets `408`: the body is read here, inside the budget,
 //! before any handler runs. The handler's future is dropped at the
 //! deadline, which rolls back an open transaction, so nothing is half-applied.

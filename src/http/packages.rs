@@ -1,4 +1,4 @@
-//! REST routes of test packages (SPEC section 5), a drop-in for the previous server's:
+//! REST routes of test packages (docs/api.md section 5), a drop-in for the previous server's:
 //! `GET /api/v1/tests/packages` and `GET`/`HEAD /api/v1/tests/packages/{package_id}`.
 //!
 //! The download is served from `PackageStore`: a revalidation that ends in `304` needs the
@@ -250,7 +250,7 @@ pub struct DeltaQuery {
 }
 
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}/delta?from={held_package_id}`
-/// (SPEC section 5.1).
+/// (docs/api.md §5.5).
 #[utoipa::path(
     method(get, head),
     path = "/api/v1/tests/packages/{package_id}/delta",

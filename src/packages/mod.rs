@@ -1,4 +1,4 @@
-//! Test packages: build from the bank, version, publish, list and serve (SPEC sections 4–6).
+//! Test packages: build from the bank, version, publish, list and serve (docs/api.md sections 4–6).
 //! Both REST and GraphQL (and the CLI and the demo seed) call these functions; each rule
 //! lives here once.
 //!

@@ -69,7 +69,7 @@ impl ToSchema for SyncItem {
     }
 }
 
-/// One queued attempt (SPEC section 7). Unknown fields are ignored.
+/// One queued attempt (docs/api.md section 7). Unknown fields are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SyncAttempt {
     pub client_attempt_id: Uuid,
@@ -84,7 +84,7 @@ pub struct SyncAttempt {
     /// RFC 3339 with the client's UTC offset, from 1970-01-01 to 9999-12-31.
     #[schema(value_type = String, format = DateTime)]
     pub answered_at: String,
-    /// Lowercase hex SHA-256 (SPEC section 8; either form), compared case-insensitively.
+    /// Lowercase hex SHA-256 (docs/api.md section 8; either form), compared case-insensitively.
     #[schema(min_length = 1)]
     pub payload_hash: String,
     #[serde(default)]

@@ -1,4 +1,4 @@
-//! Every auth rule of SPEC section 3, on REST and GraphQL.
+//! Every auth rule of docs/api.md section 3, on REST and GraphQL.
 use examsync::auth::{Claims, Role};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};

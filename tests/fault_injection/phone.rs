@@ -45,7 +45,7 @@ impl Item {
     }
 }
 
-/// The v1 payload hash (SPEC section 8), written independently of the server's code.
+/// The v1 payload hash (docs/api.md section 8), written independently of the server's code.
 pub fn v1_hash(question: Uuid, index: i64, answered_at: &DateTime<Utc>) -> String {
     let at = answered_at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let canonical = format!(
