@@ -155,7 +155,7 @@ fn run() -> Result<(), String> {
                 Ok::<_, String>(())
             })?;
             (
-                replace_database(admin_url, &name),
+                examsync_test_support::replace_database(admin_url, &name),
                 Some((admin_url.clone(), name)),
             )
         }
@@ -809,24 +809,5 @@ fn update(count: usize) -> Vec<QuestionInput> {
         }
     }
     out.extend(bank(count + count / 100).into_iter().skip(count));
-    out
-}
-
-/// `postgres://u@h:p/db?x` with another database name.
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], name);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
     out
 }
