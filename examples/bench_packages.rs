@@ -36,7 +36,8 @@
 //!    (from `/proc/self/task/*/stat`: steadier than throughput when the machine is shared).
 //!    Every response's status and body length is checked.
 //!
-//! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`.
+//! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`;
+//! `BENCH_SCENARIO=304` (or `gzip`, `delta`) runs the scenarios whose name contains it.
 //!
 //! `BENCH_LOG=1` installs examsync's log subscriber (one line per request to stderr, as
 //! `examsync serve` does; redirect stderr). By default no subscriber is installed.
@@ -85,6 +86,7 @@ struct Settings {
     client_threads: usize,
     rounds: usize,
     only: Option<String>,
+    scenario: Option<String>,
     log: bool,
 }
 
@@ -100,6 +102,9 @@ impl Settings {
             client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
             rounds: env_or("BENCH_ROUNDS", 3)?,
             only: std::env::var("BENCH_ONLY").ok().filter(|v| !v.is_empty()),
+            scenario: std::env::var("BENCH_SCENARIO")
+                .ok()
+                .filter(|v| !v.is_empty()),
             log: std::env::var("BENCH_LOG").is_ok_and(|v| v == "1"),
         })
     }
@@ -150,7 +155,7 @@ fn run() -> Result<(), String> {
                 Ok::<_, String>(())
             })?;
             (
-                replace_database(admin_url, &name),
+                examsync_test_support::replace_database(admin_url, &name),
                 Some((admin_url.clone(), name)),
             )
         }
@@ -430,7 +435,12 @@ fn bench(
         },
     ];
     let mut rows = Vec::new();
-    for scenario in &scenarios {
+    for scenario in scenarios.iter().filter(|s| {
+        settings
+            .scenario
+            .as_deref()
+            .is_none_or(|only| s.name.contains(only))
+    }) {
         // Rounds alternate the two servers, so background noise hits both alike; the
         // median round of each is reported.
         let mut runs: Vec<(&str, Vec<Outcome>)> = Vec::new();
@@ -712,29 +722,25 @@ async fn load(
     })
 }
 
-/// A deterministic bank of realistic-looking questions, all published, 2–5 options.
+/// A deterministic bank of realistic-looking questions, all published, 2–5 options. The text
+/// is drawn from a vocabulary of made-up words by a fixed pseudo-random sequence, so that it
+/// compresses like prose (about 5:1 with br, as a real bank does) rather than like a
+/// template repeated 5,000 times: the shares of the full download below depend on it.
 fn bank(count: usize) -> Vec<QuestionInput> {
     (0..count)
         .map(|n| {
+            let mut words = Words::new(n as u64);
             let options = 2 + n % 4;
             QuestionInput {
                 id: Some(Uuid::from_u128(0xbe00_0000_0000_4000_8000_0000_0000_0000 + n as u128)),
                 stem: format!(
-                    "Question {n}: a {}-year-old presents with symptoms typical of condition {}. \
-                     Which of the following is the most appropriate next step in management?",
+                    "A {}-year-old presents with {}. Which of the following is the most appropriate next step?",
                     18 + n % 70,
-                    n % 97
+                    words.text(45)
                 ),
-                options: (0..options)
-                    .map(|i| format!("Option {i} for question {n}: investigation or treatment {}", (n * 7 + i) % 113))
-                    .collect(),
+                options: (0..options).map(|_| words.text(7)).collect(),
                 correct_index: (n % options) as i32,
-                explanation_md: Some(format!(
-                    "**Answer {}.** The classic presentation of condition {} points to it; the others \
-                     are distractors that share one feature each.",
-                    n % options,
-                    n % 97
-                )),
+                explanation_md: Some(format!("**Answer {}.** {}", n % options, words.text(95))),
                 year_id: 1 + (n % 5) as i32,
                 block_id: Some(10 + (n % 20) as i32),
                 theme_id: Some(100 + (n % 100) as i32),
@@ -744,6 +750,47 @@ fn bank(count: usize) -> Vec<QuestionInput> {
             }
         })
         .collect()
+}
+
+/// Made-up words from syllables, picked by a xorshift sequence seeded per question.
+struct Words(u64);
+
+impl Words {
+    const SYLLABLES: [&'static str; 48] = [
+        "ab", "ac", "al", "an", "ar", "bi", "ca", "ce", "co", "cy", "de", "di", "do", "en", "er",
+        "es", "fi", "ga", "ge", "he", "hy", "id", "in", "is", "la", "le", "li", "lo", "ma", "me",
+        "mi", "mo", "na", "ne", "ni", "no", "on", "or", "pa", "pe", "ra", "re", "ri", "ro", "sa",
+        "ta", "ti", "to",
+    ];
+
+    fn new(seed: u64) -> Words {
+        Words(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 as usize
+    }
+
+    fn word(&mut self) -> String {
+        // A vocabulary of about 2,000 words: Zipf-like, short common words more often.
+        let rank = self.next() % 2048;
+        let rank = rank * rank / 2048;
+        let mut w = String::new();
+        let mut r = rank + 7;
+        for _ in 0..(2 + rank % 3) {
+            w.push_str(Self::SYLLABLES[r % Self::SYLLABLES.len()]);
+            r /= Self::SYLLABLES.len();
+            r += rank;
+        }
+        w
+    }
+
+    fn text(&mut self, n: usize) -> String {
+        (0..n).map(|_| self.word()).collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// The week's edits of `bank(count)`: every 50th question's explanation rewritten (2%),
@@ -762,24 +809,5 @@ fn update(count: usize) -> Vec<QuestionInput> {
         }
     }
     out.extend(bank(count + count / 100).into_iter().skip(count));
-    out
-}
-
-/// `postgres://u@h:p/db?x` with another database name.
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], name);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
     out
 }

@@ -3,7 +3,7 @@
 //! and `fuzz/seeds/<target>/` through the same function). Each `check_*` takes the raw fuzz
 //! input and panics when an invariant does not hold.
 //!
-//! The references below are written by hand from SPEC sections 5, 7 and 8, on purpose without
+//! The references below are written by hand from docs/api.md sections 5, 7 and 8, on purpose without
 //! chrono's formatting or the JSON canonicalizer the server uses.
 #![allow(dead_code)]
 
@@ -21,11 +21,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
-// sync_batch_parser: the REST batch body (SPEC sections 5 and 7)
+// sync_batch_parser: the REST batch body (docs/api.md sections 5 and 7)
 // ---------------------------------------------------------------------------------------------
 
 /// Arbitrary bytes; when they are JSON, `parse_body` must agree with a reference reading of
-/// SPEC section 7 (and never panic).
+/// docs/api.md section 7 (and never panic).
 pub fn check_sync_batch_parser(data: &[u8]) {
     if let Ok(body) = serde_json::from_slice::<Value>(data) {
         check_batch_body(&body);
@@ -98,7 +98,7 @@ fn hash_value(value: Option<&Value>) -> Option<&str> {
     }
 }
 
-/// The fields of `object` that do not hold what SPEC section 7 asks for.
+/// The fields of `object` that do not hold what docs/api.md section 7 asks for.
 fn bad_fields(object: &Map<String, Value>) -> Vec<&'static str> {
     let mut bad = Vec::new();
     for name in REQUIRED_UUIDS {
@@ -188,10 +188,10 @@ fn check_item(i: usize, item: &Value, parsed: &ParsedAttempt) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// payload_hash: v1 and legacy canonical forms, verify, parse_timestamp (SPEC section 8)
+// payload_hash: v1 and legacy canonical forms, verify, parse_timestamp (docs/api.md section 8)
 // ---------------------------------------------------------------------------------------------
 
-/// SPEC 8 asks for what JavaScript's `toISOString()` prints. For a UTC year outside 0..=9999
+/// docs/api.md §8 asks for what JavaScript's `toISOString()` prints. For a UTC year outside 0..=9999
 /// (reachable from local years 0000 and 9999 with a ±23:59 offset) that is `+010000-…` or
 /// `-000001-…`; the server used to print chrono's `+10000-…` / `-0001-…` (found by this
 /// target, fixed in `payload_hash::to_iso_string`). `true` would tolerate the old spelling.
@@ -726,7 +726,7 @@ fn check_payload(question: [u8; 16], index: i64, dt: &DateTime<FixedOffset>, r: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// if_none_match: src/packages/etag.rs (SPEC section 5)
+// if_none_match: src/packages/etag.rs (docs/api.md section 5)
 // ---------------------------------------------------------------------------------------------
 
 const FIXED_HASH: &str = "fc873d72d04c91ffeaa46adcec080bc90c743feaf188526560aeda94795d11bb";
@@ -809,7 +809,7 @@ pub fn check_if_none_match(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// sync_inputs: both surfaces' sync inputs through the rule core (SPEC section 7, "Times")
+// sync_inputs: both surfaces' sync inputs through the rule core (docs/api.md section 7, "Times")
 // ---------------------------------------------------------------------------------------------
 
 /// Arbitrary bytes; when they are JSON, read as a REST body and as a GraphQL `syncAttempts`

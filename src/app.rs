@@ -90,7 +90,20 @@ impl App {
             );
             Some(Arc::new(documents))
         };
-        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
+        if config.db_statement_timeout() >= config.request_timeout() {
+            tracing::warn!(
+                statement_timeout_ms = config.db_statement_timeout_ms,
+                request_timeout_secs = config.request_timeout_secs,
+                "EXAMSYNC_DB_STATEMENT_TIMEOUT_MS is not below EXAMSYNC_REQUEST_TIMEOUT_SECS: \
+                 a hung statement will use up the whole request budget"
+            );
+        }
+        let mut db = db::connect_with(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_statement_timeout(),
+        )
+        .await?;
         db::migrate(&db).await?;
         let db_statements = Arc::new(AtomicU64::new(0));
         let counter = db_statements.clone();
@@ -98,9 +111,12 @@ impl App {
             counter.fetch_add(1, Ordering::Relaxed);
             crate::metrics::db_statement(info.elapsed.as_secs_f64(), info.failed);
         });
+        let epoch = crate::cache::database_epoch(&db).await?;
+        let namespace = crate::cache::namespace(&config.redis_prefix, &epoch);
+        tracing::info!(cache_namespace = %namespace, "cache namespace of this database");
         let cache = match &config.redis_url {
-            Some(url) => Cache::redis(url, &config.redis_prefix, config.redis_timeout())?,
-            None => Cache::memory(&config.redis_prefix),
+            Some(url) => Cache::redis(url, &namespace, config.redis_timeout())?,
+            None => Cache::memory(&namespace),
         };
         let rate_limiter = RateLimiter::new(
             config.rate_limit_per_minute,
@@ -126,6 +142,7 @@ impl App {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    extra_routes: axum::Router<AppState>,
 }
 
 impl Application {
@@ -133,7 +150,19 @@ impl Application {
         let bind = config.bind;
         let state = App::connect(config).await?;
         let listener = TcpListener::bind(bind).await?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            extra_routes: axum::Router::new(),
+        })
+    }
+
+    /// Adds routes inside every layer of the stack (budget, catch-panic, request id), for
+    /// tests that need a handler production never has, e.g. one that panics. The binary
+    /// never calls it, so such routes cannot exist in production.
+    pub fn with_routes(mut self, routes: axum::Router<AppState>) -> Self {
+        self.extra_routes = self.extra_routes.merge(routes);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -150,7 +179,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let schema = graphql::build_schema(self.state.clone());
-        let router = http::router(self.state.clone(), schema);
+        let router = http::router_with(self.state.clone(), schema, self.extra_routes);
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1,7 +1,8 @@
-//! HS256 JWT verification (SPEC section 3) and the authenticated user.
+//! HS256 JWT verification (docs/api.md section 3) and the authenticated user.
 //!
 //! Tokens come from the existing auth service: `sub` (user UUID), `role`, `exp`
-//! (required), optional `iat`, `jti` and `type` (must be `"access"` when present).
+//! (required), optional `iat`, `jti`, `nbf` (refused before it, with [`NBF_LEEWAY_SECS`])
+//! and `type` (must be `"access"` when present).
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
 use std::{
     collections::{HashMap, HashSet},
@@ -75,6 +76,9 @@ pub struct Claims {
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Not before (RFC 7519 4.1.5): the token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
 }
@@ -87,6 +91,10 @@ pub struct TokenVerifier {
     validation: Validation,
     verified: Mutex<HashMap<String, (AuthUser, i64)>>,
 }
+
+/// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
+/// service's clock may run a little ahead of ours, and a token it issues "now" must work.
+pub const NBF_LEEWAY_SECS: i64 = 60;
 
 /// Past this many remembered tokens the memory is cleared (and refilled as tokens come).
 const VERIFIED_TOKENS_CAP: usize = 100_000;
@@ -132,7 +140,9 @@ impl TokenVerifier {
         let mut last_error = None;
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return claims_to_user(&data.claims).map(|u| (u, data.claims.exp)),
+                Ok(data) => {
+                    return claims_to_user(&data.claims, unix_now()).map(|u| (u, data.claims.exp));
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last_error = Some(e),
                 Err(e) => return Err(token_error(&e)),
             }
@@ -156,7 +166,14 @@ fn token_error(e: &jsonwebtoken::errors::Error) -> AppError {
     AppError::Unauthenticated(reason.into())
 }
 
-fn claims_to_user(claims: &Claims) -> AppResult<AuthUser> {
+/// The claim rules past the signature and `exp`. `nbf` is checked here rather than by the
+/// library because its leeway would also loosen `exp`, which has none.
+fn claims_to_user(claims: &Claims, now: i64) -> AppResult<AuthUser> {
+    if let Some(nbf) = claims.nbf
+        && nbf > now.saturating_add(NBF_LEEWAY_SECS)
+    {
+        return Err(AppError::Unauthenticated("token is not valid yet".into()));
+    }
     if let Some(token_type) = &claims.token_type
         && token_type != "access"
     {
@@ -194,6 +211,7 @@ pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result
         exp: now + ttl_secs,
         iat: Some(now),
         jti: Some(Uuid::new_v4().to_string()),
+        nbf: None,
         token_type: Some("access".into()),
     };
     jsonwebtoken::encode(
@@ -288,6 +306,28 @@ mod tests {
                 .is_ok()
         );
         assert!(TokenVerifier::new(SECRET, None).verify(&token).is_err());
+    }
+
+    #[test]
+    fn nbf_is_refused_past_the_leeway_only() {
+        let claims = |nbf| Claims {
+            sub: Uuid::new_v4().to_string(),
+            role: "STUDENT".into(),
+            exp: 2_000_000_000,
+            iat: None,
+            jti: None,
+            nbf,
+            token_type: None,
+        };
+        let now = 1_800_000_000;
+        assert!(claims_to_user(&claims(None), now).is_ok());
+        assert!(claims_to_user(&claims(Some(now - 3600)), now).is_ok());
+        assert!(claims_to_user(&claims(Some(now + NBF_LEEWAY_SECS)), now).is_ok());
+        assert!(matches!(
+            claims_to_user(&claims(Some(now + NBF_LEEWAY_SECS + 1)), now),
+            Err(AppError::Unauthenticated(_))
+        ));
+        assert!(claims_to_user(&claims(Some(i64::MAX)), now).is_err());
     }
 
     #[test]

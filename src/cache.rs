@@ -4,6 +4,14 @@
 //!
 //! Keys of one user share a Redis Cluster hash tag (`{user-id}`) so multi-key reads of
 //! one user's records land on one node.
+//!
+//! Every key lives in a namespace `<EXAMSYNC_REDIS_PREFIX><epoch>:`, where the epoch
+//! identifies the database's contents ([`database_epoch`]): a random id stored in the
+//! database on first start, plus on PostgreSQL the database's OID. A new database (a new
+//! deployment, or a dump restored into a fresh database) has a new epoch by itself;
+//! `examsync cache reset` ([`reset_epoch`]) gives one to a database restored in place. A
+//! cached `DUPLICATE` for an attempt the restored database no longer holds is then never
+//! read: the phone's replay is applied again instead of deleted unapplied.
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -16,7 +24,74 @@ use redis::{
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
 };
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use tokio::sync::OnceCell;
+
+/// The cache epoch of a database's contents (see the module docs). Creates the stored
+/// id on first use; instances starting together agree on one (`ON CONFLICT DO NOTHING`).
+pub async fn database_epoch(db: &DatabaseConnection) -> Result<String, DbErr> {
+    let backend = db.get_database_backend();
+    db.execute_unprepared(&format!(
+        "INSERT INTO cache_epoch (id, epoch) VALUES (1, '{}') ON CONFLICT (id) DO NOTHING",
+        new_epoch()
+    ))
+    .await?;
+    let stored: String = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT epoch FROM cache_epoch WHERE id = 1",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("cache_epoch".into()))?
+        .try_get("", "epoch")?;
+    if backend != DbBackend::Postgres {
+        return Ok(stored);
+    }
+    // A dump restored into a new database brings the stored id along; its OID is new.
+    let oid: String = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT oid::text AS oid FROM pg_database WHERE datname = current_database()",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("pg_database".into()))?
+        .try_get("", "oid")?;
+    Ok(format!("{stored}-{oid}"))
+}
+
+/// Gives the database a new cache epoch (`examsync cache reset`): instances started
+/// afterwards use a fresh namespace and never read what was cached before. Returns
+/// (old, new) stored ids.
+pub async fn reset_epoch(db: &DatabaseConnection) -> Result<(Option<String>, String), DbErr> {
+    let backend = db.get_database_backend();
+    let old = match db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT epoch FROM cache_epoch WHERE id = 1",
+        ))
+        .await?
+    {
+        Some(row) => Some(row.try_get::<String>("", "epoch")?),
+        None => None,
+    };
+    let new = new_epoch();
+    db.execute_unprepared(&format!(
+        "INSERT INTO cache_epoch (id, epoch) VALUES (1, '{new}')
+         ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch"
+    ))
+    .await?;
+    Ok((old, new))
+}
+
+/// 64 random bits in hex: short keys, and no two databases or resets share one in practice.
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+/// The key namespace of a deployment prefix and a database epoch.
+pub fn namespace(prefix: &str, epoch: &str) -> String {
+    format!("{prefix}{epoch}:")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -96,6 +171,11 @@ impl Cache {
             prefix: prefix.to_owned(),
             backend,
         })
+    }
+
+    /// The namespace every key starts with: `<prefix><epoch>:`.
+    pub fn namespace(&self) -> &str {
+        &self.prefix
     }
 
     pub fn is_redis(&self) -> bool {

@@ -52,6 +52,19 @@ pub enum Command {
         #[command(subcommand)]
         command: PackageCommand,
     },
+    /// Cache commands.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Give the database a new cache epoch, so that nothing cached before (in Redis or
+    /// in a running instance) is read again. Run it after restoring a backup, before
+    /// starting the instances.
+    Reset,
 }
 
 #[derive(Debug, Subcommand)]

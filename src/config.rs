@@ -76,6 +76,8 @@ pub mod defaults {
     pub const PRODUCTION: bool = false;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+    /// A third of the request budget: a statement cut off by it leaves time to answer 503.
+    pub const DB_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// Every runtime setting of the server. Flags override env vars.
@@ -185,6 +187,12 @@ pub struct Config {
     /// Whole-request timeout in seconds (also bounds slow request bodies).
     #[arg(long, env = "EXAMSYNC_REQUEST_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub request_timeout_secs: u64,
+
+    /// Database-side bound on one statement in milliseconds (PostgreSQL
+    /// `statement_timeout`, SQLite busy timeout). Keep it below the request budget: a
+    /// statement that hits it fails as a transient fault (503) and its transaction rolls back.
+    #[arg(long, env = "EXAMSYNC_DB_STATEMENT_TIMEOUT_MS", default_value_t = defaults::DB_STATEMENT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
+    pub db_statement_timeout_ms: u64,
 }
 
 impl Config {
@@ -211,6 +219,7 @@ impl Config {
             production: defaults::PRODUCTION,
             max_body_bytes: defaults::MAX_BODY_BYTES,
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
+            db_statement_timeout_ms: defaults::DB_STATEMENT_TIMEOUT_MS,
         }
     }
 
@@ -220,6 +229,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn db_statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_statement_timeout_ms)
     }
 
     /// The database URL without password, for logs.

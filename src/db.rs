@@ -2,17 +2,41 @@
 //!
 //! SQLite is the embedded default: WAL mode, a busy timeout and a real pool (sea-orm
 //! would otherwise give SQLite a single connection). PostgreSQL in production.
-use std::time::Duration;
+//!
+//! Every connection carries a database-side bound on one statement
+//! (`EXAMSYNC_DB_STATEMENT_TIMEOUT_MS`): PostgreSQL's `statement_timeout`, SQLite's busy
+//! timeout. It sits below the request budget, so a hung or locked database fails a
+//! statement (a transient 57014 / SQLITE_BUSY, answered 503) and the transaction rolls
+//! back before the request runs out of time.
+use std::{sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
     TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-/// Opens the pool. SQLite files are created on first start (`mode=rwc`).
+/// Opens the pool with the default statement timeout (tools and tests).
 pub async fn connect(url: &str, pool_size: u32) -> Result<DatabaseConnection, DbErr> {
+    connect_with(
+        url,
+        pool_size,
+        Duration::from_millis(crate::config::defaults::DB_STATEMENT_TIMEOUT_MS),
+    )
+    .await
+}
+
+/// Opens the pool. SQLite files are created on first start (`mode=rwc`).
+pub async fn connect_with(
+    url: &str,
+    pool_size: u32,
+    statement_timeout: Duration,
+) -> Result<DatabaseConnection, DbErr> {
+    if url.starts_with("sqlite:") {
+        return connect_sqlite(url, pool_size, statement_timeout).await;
+    }
+    let statement_timeout_ms = statement_timeout.as_millis().to_string();
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(pool_size)
@@ -20,14 +44,60 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<DatabaseConnection, Db
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|opts| {
-            opts.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
-                .create_if_missing(true)
+        // A startup parameter: set on every new connection before its first statement,
+        // also after a reconnect, with no extra round trip.
+        .map_sqlx_postgres_opts(move |opts| {
+            opts.options([("statement_timeout", statement_timeout_ms.as_str())])
         });
     Database::connect(options).await
+}
+
+/// SQLite gets its own sqlx pool, for one hook sea-orm's options do not offer: a
+/// connection that comes back to the pool still inside a transaction is closed, not
+/// reused. After `SQLITE_FULL` or `SQLITE_IOERR` SQLite may roll a transaction back by
+/// itself; sqlx's own count of open transactions then disagrees with SQLite's, and a
+/// reused connection ran every later "transaction" inside one that never commits: its
+/// writes were answered ACKED but never became durable, and its write lock blocked every
+/// other connection (`SQLITE_BUSY`) for good. Closing the connection rolls back whatever
+/// it still holds.
+async fn connect_sqlite(
+    url: &str,
+    pool_size: u32,
+    statement_timeout: Duration,
+) -> Result<DatabaseConnection, DbErr> {
+    use sea_orm::sqlx::{
+        self, ConnectOptions as _, Connection as _, Executor as _,
+        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+    };
+    let to_db_err = |e: sqlx::Error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e)));
+    let options: SqliteConnectOptions = url.parse().map_err(to_db_err)?;
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(statement_timeout)
+        .foreign_keys(true)
+        .create_if_missing(true)
+        .disable_statement_logging();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(pool_size)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                // SQLite's own view: BEGIN fails inside an open transaction. It also waits
+                // for a rollback still queued by a dropped transaction, so sqlx's count
+                // is settled when it is read next.
+                if conn.execute("BEGIN").await.is_err() {
+                    return Ok(false);
+                }
+                let settled = !conn.is_in_transaction();
+                Ok(conn.execute("ROLLBACK").await.is_ok() && settled)
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(to_db_err)?;
+    Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
 /// Runs pending migrations. On PostgreSQL an advisory lock makes instances that start

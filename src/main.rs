@@ -6,7 +6,7 @@ use examsync::{
     Application,
     app::shutdown_signal,
     auth::sign_token,
-    cli::{Cli, Command, PackageCommand, QuestionsCommand},
+    cli::{CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
     config::{Config, Secret},
     db, demo, graphql, packages, questions, telemetry,
 };
@@ -67,6 +67,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Cache {
+            command: CacheCommand::Reset,
+        } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            let (old, new) = examsync::cache::reset_epoch(&db)
+                .await
+                .map_err(|e| format!("cache reset failed: {e}"))?;
+            println!(
+                "cache epoch {} -> {new}; restart every instance to use it",
+                old.as_deref().unwrap_or("(none)")
+            );
+            Ok(())
+        }
         Command::Schema => {
             print!("{}", graphql::sdl());
             Ok(())
@@ -118,14 +134,18 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
-    db::connect(&config.database_url, config.db_pool_size)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot open database {}: {e}",
-                config.database_url_redacted()
-            )
-        })
+    db::connect_with(
+        &config.database_url,
+        config.db_pool_size,
+        config.db_statement_timeout(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open database {}: {e}",
+            config.database_url_redacted()
+        )
+    })
 }
 
 async fn serve(mut config: Config, demo: bool) -> Result<(), String> {

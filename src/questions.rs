@@ -32,7 +32,7 @@ pub struct QuestionInput {
     pub cognitive_level: Option<String>,
     pub difficulty: Option<String>,
     /// PUBLISHED when absent or null.
-    // Nullable with a default, as SPEC section 6 writes it.
+    // Nullable with a default, as docs/api.md section 6 writes it.
     #[graphql(default_with = "Some(QuestionStatus::Published)")]
     #[serde(default)]
     pub status: Option<QuestionStatus>,

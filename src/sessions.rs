@@ -1,8 +1,7 @@
 //! Server sessions of a user: listing, submitting, and the caller's sync counters.
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, Set,
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -24,25 +23,35 @@ pub async fn list_for_user(
 
 /// Closes a session of the caller. A submitted session is returned unchanged; an unknown
 /// id or another user's session is `NOT_FOUND`.
+///
+/// The close is one guarded statement (`… WHERE status = 'ACTIVE'`), not a read then a
+/// write: of concurrent submits exactly one changes the row, the others (and any later
+/// submit) find it closed and return it as that one left it. On PostgreSQL the UPDATE
+/// takes the row lock that sync's session re-check also takes, so an attempt is either
+/// applied before the close or refused `SESSION_CLOSED` after it.
 pub async fn submit(
     db: &DatabaseConnection,
     user_id: Uuid,
     id: Uuid,
 ) -> AppResult<test_session::Model> {
-    let session = test_session::Entity::find_by_id(id)
+    let now = Utc::now();
+    test_session::Entity::update_many()
+        .col_expr(
+            test_session::Column::Status,
+            Expr::value(SessionStatus::Submitted),
+        )
+        .col_expr(test_session::Column::SubmittedAt, Expr::value(now))
+        .col_expr(test_session::Column::UpdatedAt, Expr::value(now))
+        .filter(test_session::Column::Id.eq(id))
+        .filter(test_session::Column::UserId.eq(user_id))
+        .filter(test_session::Column::Status.eq(SessionStatus::Active))
+        .exec(db)
+        .await?;
+    test_session::Entity::find_by_id(id)
         .filter(test_session::Column::UserId.eq(user_id))
         .one(db)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))?;
-    if session.status != SessionStatus::Active {
-        return Ok(session);
-    }
-    let now = Utc::now();
-    let mut active = session.into_active_model();
-    active.status = Set(SessionStatus::Submitted);
-    active.submitted_at = Set(Some(now));
-    active.updated_at = Set(now);
-    Ok(active.update(db).await?)
+        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))
 }
 
 /// The caller's own sync counters.

@@ -233,7 +233,7 @@ fn payload_hash_vectors() {
     }
 }
 
-/// SPEC 8: `answered_at` is what `toISOString()` prints, which for UTC years outside 0..=9999
+/// docs/api.md §8: `answered_at` is what `toISOString()` prints, which for UTC years outside 0..=9999
 /// is `+010000-…` / `-000001-…` (found by the payload_hash fuzz target; fixed).
 #[test]
 fn v1_extended_years_follow_to_iso_string() {

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_tables;
 mod m20261125_000002_immutable_packages;
 mod m20261201_000003_package_dictionaries;
+mod m20261201_000004_cache_epoch;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261125_000002_immutable_packages::Migration),
             Box::new(m20261201_000003_package_dictionaries::Migration),
+            Box::new(m20261201_000004_cache_epoch::Migration),
         ]
     }
 }

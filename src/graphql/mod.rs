@@ -1,4 +1,4 @@
-//! The GraphQL schema (SPEC section 6), independent of the transport (`http::graphql`).
+//! The GraphQL schema (docs/api.md section 6), independent of the transport (`http::graphql`).
 //! Resolvers are thin: they check the caller and call the rule modules.
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerError};
 

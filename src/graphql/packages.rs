@@ -186,7 +186,7 @@ impl TestPackage {
     }
 }
 
-/// What changed from one published version of a scope to another (SPEC section 5.1).
+/// What changed from one published version of a scope to another (docs/api.md §5.5).
 pub struct PackageDelta {
     package: PackageSummary,
     from: PackageSummary,

@@ -1,7 +1,7 @@
 //! Trusted documents: the operations an app version was built with, read at start from
 //! manifests in the format Apollo's client tooling generates
 //! (`apollo-persisted-query-manifest`, version 1). When configured, only these operations
-//! run, by id or by their exact text (SPEC section 6).
+//! run, by id or by their exact text (docs/api.md section 6).
 //!
 //! Several app versions are in the field at once, so the server serves the union of
 //! several manifests: each configured path is a manifest file or a directory of them.

@@ -1,4 +1,4 @@
-//! Offline GraphiQL (SPEC §6): `GET /graphql` from a browser serves a GraphiQL page whose
+//! Offline GraphiQL (docs/api.md §6): `GET /graphql` from a browser serves a GraphiQL page whose
 //! scripts and styles are vendored in `assets/graphiql/` and embedded in the binary, so it
 //! works with no internet access. The page loads only `/graphiql/assets/<file>` and posts
 //! queries to `/graphql`; its Content-Security-Policy forbids every other origin.

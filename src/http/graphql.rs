@@ -653,7 +653,7 @@ fn not_acceptable() -> Response {
 
 /// An application error before execution (rate limit, database down) as a GraphQL
 /// error, with that error's HTTP status (the response has no `data`).
-fn app_error_response(media: ResponseMedia, error: AppError) -> Response {
+pub(crate) fn app_error_response(media: ResponseMedia, error: AppError) -> Response {
     let status = error.status();
     let gql = async_graphql::ErrorExtensions::extend(&error);
     let server_error = gql.into_server_error(async_graphql::Pos::default());

@@ -1,12 +1,21 @@
-//! The per-request middleware: request id, one structured log line, HTTP metrics, and the
-//! error envelope for error responses produced outside our handlers (404 of unknown
-//! routes, 405, 408 timeouts, 413 from the body limit).
-use std::{cell::Cell, time::Instant};
+//! The per-request middleware: request id, one structured log line, HTTP metrics, the
+//! request's time budget, the catch-panic net, and the error envelope for error responses
+//! produced outside our handlers (404 of unknown routes, 405, 413 from the body limit).
+//!
+//! The budget (`EXAMSYNC_REQUEST_TIMEOUT_SECS`) is a transient fault of the server once the
+//! body has arrived: REST `503` + `Retry-After`, GraphQL `UNAVAILABLE` (docs/api.md §7.5). Only a
+//! client still sending its body gets `408`: the body is read here, inside the budget,
+//! before any handler runs. The handler's future is dropped at the
+//! deadline, which rolls back an open transaction, so nothing is half-applied.
+use std::{cell::Cell, panic::AssertUnwindSafe, time::Instant};
+
+use futures::FutureExt;
+use http_body_util::BodyExt;
 
 use axum::{
     body::Body,
     extract::{MatchedPath, Request, State},
-    http::{HeaderValue, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -14,7 +23,8 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    error::{ErrorCode, REQUEST_ID, error_body},
+    config::Config,
+    error::{AppError, ErrorCode, REQUEST_ID, error_body},
     metrics,
 };
 
@@ -41,8 +51,116 @@ fn request_id_of(request: &Request) -> String {
         .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
+/// Which error shape a request gets: the REST envelope or a GraphQL `{"errors": …}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    Rest,
+    /// With the response media type the client accepts.
+    Graphql(super::graphql::ResponseMedia),
+}
+
+impl Surface {
+    fn of(request: &Request) -> Self {
+        let path = request.uri().path();
+        if path == "/graphql" || path.starts_with("/graphql/") {
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            Surface::Graphql(
+                super::graphql::negotiate(accept).unwrap_or(super::graphql::ResponseMedia::Json),
+            )
+        } else {
+            Surface::Rest
+        }
+    }
+
+    fn error(self, error: AppError) -> Response {
+        match self {
+            Surface::Rest => error.into_response(),
+            Surface::Graphql(media) => super::graphql::app_error_response(media, error),
+        }
+    }
+}
+
+/// Reads the request body into memory, at most `limit + 1` bytes: a body past the limit
+/// reaches the handler one byte too long, so its extractor answers the usual 413. Buffering
+/// here tells a client still sending its body (408) from a server that is slow (503).
+async fn read_body(body: Body, limit: usize) -> Result<Body, axum::Error> {
+    let mut body = body;
+    let mut buffer = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = (limit + 1).saturating_sub(buffer.len());
+            buffer.extend_from_slice(&data[..data.len().min(room)]);
+            if buffer.len() > limit {
+                break;
+            }
+        }
+    }
+    Ok(Body::from(buffer))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+/// Runs the rest of the stack within the request's budget, catching a panic.
+async fn run_guarded(request: Request, next: Next, config: &Config, request_id: &str) -> Response {
+    let surface = Surface::of(&request);
+    let budget = config.request_timeout();
+    let deadline = tokio::time::Instant::now() + budget;
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout_at(deadline, read_body(body, config.max_body_bytes)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            let body = error_body(
+                ErrorCode::BadRequest,
+                "the request body could not be read",
+                serde_json::Value::Null,
+            );
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        Err(_) => {
+            // The client is too slow sending its body: its fault, not a server fault.
+            let body = error_body(
+                ErrorCode::RequestTimeout,
+                "the request body took too long to arrive",
+                serde_json::Value::Null,
+            );
+            return (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+        }
+    };
+    let run = AssertUnwindSafe(next.run(Request::from_parts(parts, body))).catch_unwind();
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(Ok(response)) => envelope_bare_errors(response),
+        Ok(Err(panic)) => {
+            // The last net, never the fix: a panic here is a bug to find in this log line.
+            tracing::error!(
+                request_id = %request_id,
+                panic = panic_message(panic.as_ref()),
+                "request handler panicked"
+            );
+            surface.error(AppError::internal("request handler panicked"))
+        }
+        Err(_) => {
+            tracing::warn!(
+                request_id = %request_id,
+                budget_secs = budget.as_secs_f64(),
+                "request ran out of its time budget"
+            );
+            surface.error(AppError::unavailable())
+        }
+    }
+}
+
 pub async fn request_context(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -59,8 +177,7 @@ pub async fn request_context(
         .scope(request_id.clone(), async {
             REQUEST_USER
                 .scope(Cell::new(None), async {
-                    let response = next.run(request).await;
-                    let response = envelope_bare_errors(response);
+                    let response = run_guarded(request, next, &state.config, &request_id).await;
                     (response, REQUEST_USER.with(|u| u.get()))
                 })
                 .await

@@ -1,15 +1,11 @@
 //! HTTP surface: the router, REST handlers (thin: parse, call a rule module, render)
 //! and the GraphQL transport.
-use std::time::Duration;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    http::StatusCode,
-    middleware,
-    routing::{get, post},
-};
-use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
+use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
+use tower_http::compression::CompressionLayer;
+
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, graphql::AppSchema};
 
@@ -22,10 +18,37 @@ pub mod openapi;
 pub mod packages;
 pub mod sync;
 
+/// The REST routes, each registered together with the `#[utoipa::path]` operation of its
+/// real handler (methods and path come from the annotation), so a REST route cannot be served
+/// without being documented: the OpenAPI document is split off this same router.
+pub fn rest_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(packages::list_packages))
+        .routes(routes!(packages::get_package))
+        .routes(routes!(packages::get_delta))
+        .routes(routes!(sync::sync_batch))
+}
+
+/// The routes that are not REST operations, and so not in the OpenAPI document: Prometheus
+/// text, static GraphiQL assets, the document itself, and GraphQL (described by its SDL).
+pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
+    "/metrics",
+    "/graphiql/assets/{file}",
+    "/api/v1/openapi.json",
+    "/graphql",
+];
+
 /// The whole HTTP application.
 pub fn router(state: AppState, schema: AppSchema) -> Router {
+    router_with(state, schema, Router::new())
+}
+
+/// The application plus `extra` routes under the same layers (see
+/// [`crate::Application::with_routes`]; tests only).
+pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let timeout = state.config.request_timeout();
 
     let graphql_routes = Router::new()
         .route(
@@ -35,29 +58,17 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
         .layer(CompressionLayer::new().gzip(true).br(true))
         .layer(axum::Extension(schema));
 
+    let (rest, _document) = rest_routes().split_for_parts();
+    // Only these routes are outside the OpenAPI document (`UNDOCUMENTED_ROUTES`).
     Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
+        .merge(rest)
         .route("/metrics", get(health::metrics))
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
-        .route("/api/v1/tests/packages", get(packages::list_packages))
-        .route(
-            "/api/v1/tests/packages/{package_id}",
-            get(packages::get_package).head(packages::get_package),
-        )
-        .route(
-            "/api/v1/tests/packages/{package_id}/delta",
-            get(packages::get_delta).head(packages::get_delta),
-        )
-        .route("/api/v1/sync/attempts:batch", post(sync::sync_batch))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
+        .merge(extra)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             middleware_layer::request_context,
@@ -68,6 +79,3 @@ pub fn router(state: AppState, schema: AppSchema) -> Router {
 async fn not_found() -> crate::error::AppError {
     crate::error::AppError::NotFound("no such route".into())
 }
-
-/// How long a client should wait before retrying after a transient failure.
-pub const RETRY_AFTER: Duration = Duration::from_secs(2);

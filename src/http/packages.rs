@@ -1,4 +1,4 @@
-//! REST routes of test packages (SPEC section 5), a drop-in for the previous server's:
+//! REST routes of test packages (docs/api.md section 5), a drop-in for the previous server's:
 //! `GET /api/v1/tests/packages` and `GET`/`HEAD /api/v1/tests/packages/{package_id}`.
 //!
 //! The download is served from `PackageStore`: a revalidation that ends in `304` needs the
@@ -44,7 +44,7 @@ pub const LIST_VARY: &str = "Authorization, Accept-Encoding";
     path = "/api/v1/tests/packages",
     tag = "packages",
     params(
-        ("scope" = Option<String>, Query, description = "PROGRAM, YEAR, BLOCK or THEME (any case); anything else, the empty value included, is 400 naming them"),
+        ("scope" = Option<String>, Query, pattern = r"^\s*([Pp][Rr][Oo][Gg][Rr][Aa][Mm]|[Yy][Ee][Aa][Rr]|[Bb][Ll][Oo][Cc][Kk]|[Tt][Hh][Ee][Mm][Ee])\s*$", description = "PROGRAM, YEAR, BLOCK or THEME (any case); anything else, the empty value included, is 400 naming them"),
         ("year_id" = Option<i32>, Query),
         ("block_id" = Option<i32>, Query),
         ("theme_id" = Option<i32>, Query),
@@ -81,9 +81,10 @@ pub async fn list_packages(
     Ok(response)
 }
 
-/// The list filters. An empty value is no filter; `0` is a filter like any number.
+/// The list filters. An absent parameter is no filter; `0` is a filter like any number, and
+/// an empty value (`year_id=`) is not a number: `400`, as the OpenAPI document says.
 pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter, AppError> {
-    let value = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let value = |name: &str| params.get(name).map(|v| v.trim());
     let int = |name: &'static str| -> Result<Option<i32>, AppError> {
         value(name)
             .map(|v| {
@@ -124,7 +125,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}` (axum drops the body of a HEAD
 /// response and keeps the GET's `Content-Length`).
 #[utoipa::path(
-    get,
+    method(get, head),
     path = "/api/v1/tests/packages/{package_id}",
     tag = "packages",
     params(("package_id" = Uuid, Path, description = "the package id")),
@@ -133,6 +134,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
         (status = 206, description = "one byte range of the chosen encoding"),
         (status = 304, description = "If-None-Match matched: no body"),
         (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "unknown or unpublished", body = crate::http::openapi::ErrorBody),
         (status = 416, description = "unsatisfiable range", body = crate::http::openapi::ErrorBody),
     ),
@@ -239,15 +241,18 @@ async fn dcz_body(
 
 /// `?from=` of the delta route.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeltaQuery {
-    /// The id of the published package the phone holds.
+    /// The id of the published package the phone holds (required; a missing or malformed one
+    /// is `400`).
+    #[param(value_type = Uuid, required = true)]
     pub from: Option<String>,
 }
 
 /// `GET` and `HEAD /api/v1/tests/packages/{package_id}/delta?from={held_package_id}`
-/// (SPEC section 5.1).
+/// (docs/api.md §5.5).
 #[utoipa::path(
-    get,
+    method(get, head),
     path = "/api/v1/tests/packages/{package_id}/delta",
     tag = "packages",
     params(("package_id" = Uuid, Path, description = "the package to reach"), DeltaQuery),
@@ -256,6 +261,7 @@ pub struct DeltaQuery {
         (status = 206, description = "one byte range of the chosen encoding"),
         (status = 304, description = "If-None-Match matched: no body"),
         (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "either package unknown or unpublished", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "DELTA_SCOPE_MISMATCH: another scope or scope_data", body = crate::http::openapi::ErrorBody),
     ),
@@ -464,9 +470,12 @@ mod tests {
         let f = parse_list_filter(&params(&[("year_id", "0"), ("latest", "true")])).unwrap();
         assert_eq!(f.year_id, Some(0));
         assert!(f.latest);
-        let f = parse_list_filter(&params(&[("scope", "theme"), ("block_id", "")])).unwrap();
+        let f = parse_list_filter(&params(&[("scope", "theme")])).unwrap();
         assert_eq!(f.scope, Some(PackageScope::Theme));
         assert_eq!(f.block_id, None);
+        // An empty value is not a number (the OpenAPI document says integer).
+        assert!(parse_list_filter(&params(&[("block_id", "")])).is_err());
+        assert!(parse_list_filter(&params(&[("latest", "")])).is_err());
         assert!(parse_list_filter(&params(&[("scope", "COURSE")])).is_err());
         assert!(parse_list_filter(&params(&[("scope", "")])).is_err());
         assert!(parse_list_filter(&params(&[("theme_id", "x")])).is_err());

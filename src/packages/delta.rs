@@ -1,4 +1,4 @@
-//! Package deltas (SPEC section 5.1): what a phone holding one published version needs to
+//! Package deltas (docs/api.md §5.5): what a phone holding one published version needs to
 //! turn it into another of the same scope and scope_data.
 //!
 //! The pure core (`diff`, `apply`) works on snapshots and knows nothing of HTTP or the
@@ -21,7 +21,7 @@ pub struct Delta {
     pub removed: Vec<Uuid>,
 }
 
-/// `question_id` order of SPEC section 4: compared as lowercase strings. A `Uuid`'s
+/// `question_id` order of docs/api.md section 4: compared as lowercase strings. A `Uuid`'s
 /// bytes compare like its lowercase hex, so `Uuid`'s own order is that order.
 fn by_id(a: &Snapshot, b: &Snapshot) -> std::cmp::Ordering {
     a.question_id.cmp(&b.question_id)

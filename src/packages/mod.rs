@@ -1,4 +1,4 @@
-//! Test packages: build from the bank, version, publish, list and serve (SPEC sections 4–6).
+//! Test packages: build from the bank, version, publish, list and serve (docs/api.md sections 4–6).
 //! Both REST and GraphQL (and the CLI and the demo seed) call these functions; each rule
 //! lives here once.
 //!
@@ -808,6 +808,56 @@ mod tests {
             err.to_string().contains("PROGRAM, YEAR, BLOCK, THEME"),
             "{err}"
         );
+    }
+
+    /// The spliced bytes are exactly the documented wire type, field for field.
+    #[test]
+    fn download_body_is_the_package_download_shape() {
+        let at = Utc::now().trunc_subsecs(6);
+        let snapshot = Snapshot {
+            question_id: Uuid::from_u128(7),
+            stem: "Stem “q”".into(),
+            option_a: Some("a".into()),
+            option_b: Some("b".into()),
+            option_c: None,
+            option_d: None,
+            option_e: None,
+            correct_index: 1,
+            explanation_md: None,
+            year_id: 1,
+            block_id: Some(2),
+            theme_id: None,
+            cognitive_level: None,
+            difficulty: Some("EASY".into()),
+        };
+        let (questions_json, version_hash) = canonical_questions(vec![snapshot.clone()]).unwrap();
+        let package = test_package::Model {
+            id: Uuid::from_u128(1),
+            name: "N".into(),
+            description: Some("D".into()),
+            scope: "BLOCK".into(),
+            scope_data: json!({"block_id": 2}),
+            scope_key: r#"{"block_id":2}"#.into(),
+            year_id: None,
+            block_id: Some(2),
+            theme_id: None,
+            version: 1,
+            version_hash: version_hash.clone(),
+            questions_json,
+            question_count: 1,
+            is_published: true,
+            published_at: Some(at),
+            created_by: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let body = download_body(&package).unwrap();
+        let typed: PackageDownload = serde_json::from_slice(&body).unwrap();
+        assert_eq!(typed.questions, vec![snapshot]);
+        assert_eq!(typed.version_hash, version_hash);
+        // Nothing more, nothing less: re-serializing the type gives the same JSON value.
+        let raw: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(serde_json::to_value(&typed).unwrap(), raw);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!    statement → `DUPLICATE` or `IDEMPOTENCY_KEY_REUSED` (a replay ends here, with no
 //!    database write);
 //! 3. one statement each for sessions and questions, cached package snapshots; the
-//!    remaining checks in SPEC order (`rules::check`). An item rejected here is looked up
+//!    remaining checks in the documented order (`rules::check`). An item rejected here is looked up
 //!    again by key: if another request committed it meanwhile it is `DUPLICATE`;
 //! 4. one transaction, committed once: sessions of first-seen offline sessions created,
 //!    keys claimed (`ON CONFLICT DO NOTHING RETURNING`: the claim decides before anything

@@ -1,4 +1,4 @@
-//! Attempt sync, exactly once (SPEC sections 7 and 8). REST and GraphQL parse into
+//! Attempt sync, exactly once (docs/api.md sections 7 and 8). REST and GraphQL parse into
 //! `AttemptInput`s and call `process_batch`; only parsing and rendering differ.
 pub mod batch;
 pub mod model;

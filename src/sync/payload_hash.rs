@@ -1,4 +1,4 @@
-//! `payload_hash` (SPEC section 8): the v1 form (JCS, UTC millisecond `Z` time) and the
+//! `payload_hash` (docs/api.md section 8): the v1 form (JCS, UTC millisecond `Z` time) and the
 //! legacy form the previous Python server computed (`json.dumps(sort_keys=True)` with
 //! Python's `isoformat()` and the client's own UTC offset).
 use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};

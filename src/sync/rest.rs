@@ -19,7 +19,8 @@ pub struct SyncBatchRequest {
     /// The device clock when the batch was sent (clock-skew correction). RFC 3339 from
     /// 1970-01-01 to 9999-12-31; anything else (an empty string too) refuses the request.
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    // The pattern holds the year to 1970..9999, which `format` alone cannot say.
+    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-")]
     pub sent_at: Option<Value>,
     /// 1 to 100 items (more or fewer: the request is refused, nothing applied).
     #[schema(min_items = 1, max_items = 100)]
@@ -30,15 +31,45 @@ pub struct SyncBatchRequest {
 /// so that one bad item never refuses the batch: an item that does not parse as
 /// `SyncAttempt` (even one that is not an object) is answered `rejected` /
 /// `INVALID_ATTEMPT` with a message naming the field.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum SyncItem {
     Attempt(SyncAttempt),
-    #[schema(value_type = Object)]
     Unparsed(Value),
 }
 
-/// One queued attempt (SPEC section 7). Unknown fields are ignored.
+/// Documented as `anyOf [SyncAttempt, any value]`, by hand: utoipa writes an untagged enum as
+/// `oneOf`, which a well-formed attempt (matching both branches) would violate, and the
+/// second branch really is any JSON value.
+impl utoipa::PartialSchema for SyncItem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, Object, SchemaType};
+        AnyOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("SyncAttempt"))
+            .item(Object::with_type(SchemaType::AnyValue))
+            .description(Some(
+                "An attempt; any other value is accepted too and answered rejected / INVALID_ATTEMPT naming the field",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for SyncItem {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "SyncAttempt".to_owned(),
+            <SyncAttempt as utoipa::PartialSchema>::schema(),
+        ));
+        <SyncAttempt as ToSchema>::schemas(schemas);
+    }
+}
+
+/// One queued attempt (docs/api.md section 7). Unknown fields are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SyncAttempt {
     pub client_attempt_id: Uuid,
@@ -53,7 +84,7 @@ pub struct SyncAttempt {
     /// RFC 3339 with the client's UTC offset, from 1970-01-01 to 9999-12-31.
     #[schema(value_type = String, format = DateTime)]
     pub answered_at: String,
-    /// Lowercase hex SHA-256 (SPEC section 8; either form), compared case-insensitively.
+    /// Lowercase hex SHA-256 (docs/api.md section 8; either form), compared case-insensitively.
     #[schema(min_length = 1)]
     pub payload_hash: String,
     #[serde(default)]

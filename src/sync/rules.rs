@@ -1,4 +1,4 @@
-//! The pure rule core of sync (SPEC section 7): plain functions over plain data, no I/O.
+//! The pure rule core of sync (docs/api.md section 7): plain functions over plain data, no I/O.
 //!
 //! `batch.rs` gathers the facts (idempotency records, sessions, questions, package
 //! snapshots, current answers) through `store.rs` and asks these functions what to do;
@@ -17,7 +17,7 @@ use crate::packages::{PackageScoring, ScoringKey};
 /// How far ahead of the server clock an answer may be (after skew correction).
 pub const FUTURE_TOLERANCE: Duration = Duration::minutes(5);
 
-/// The earliest time accepted for `answered_at` and `sent_at` (SPEC section 7 "Times").
+/// The earliest time accepted for `answered_at` and `sent_at` (docs/api.md section 7 "Times").
 pub fn min_time() -> DateTime<Utc> {
     Utc.timestamp_opt(0, 0)
         .single()
@@ -79,7 +79,7 @@ pub fn corrected_time(
     )
 }
 
-/// The first checks of SPEC 7.3 that need no stored state: `answered_at` in range, then
+/// The first checks of docs/api.md §7.2 that need no stored state: `answered_at` in range, then
 /// the payload hash. `Ok` is the v1 hash, the payload's identity for idempotency.
 pub fn precheck(input: &AttemptInput) -> Result<String, (SyncErrorCode, &'static str)> {
     if !in_range(&input.answered_at) {
@@ -234,7 +234,7 @@ pub struct Checked {
 /// A rejection: code and message.
 pub type Rejection = (SyncErrorCode, String);
 
-/// The checks of SPEC 7.3 after idempotency, in order: session, question (drafts
+/// The checks of docs/api.md §7.2 after idempotency, in order: session, question (drafts
 /// included), package, option index, time.
 pub fn check(
     input: &AttemptInput,

@@ -1,5 +1,5 @@
 //! `duplicateCount` / `rejectedCount` (and `lastSyncAt` of replays), added up off the write
-//! path (SPEC 7.7): a replay makes no synchronous database write. Counts are kept in
+//! path (docs/api.md §7.7): a replay makes no synchronous database write. Counts are kept in
 //! process and flushed to `users` about once a second; `ackedCount` is not here, it is
 //! counted in the transaction that applies the attempts.
 use std::{

@@ -72,7 +72,9 @@ async fn schemathesis_finds_nothing_on_rest_and_graphql() {
     run_schemathesis(
         &app.url("/api/v1/openapi.json"),
         &token,
-        "examsync_contract,not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth,unsupported_method",
+        // Every built-in check (positive and negative data acceptance included) plus ours,
+        // over every phase (examples, coverage, fuzzing, stateful).
+        "all",
     )
     .await;
     run_schemathesis(

@@ -1,4 +1,4 @@
-//! Every auth rule of SPEC section 3, on REST and GraphQL.
+//! Every auth rule of docs/api.md section 3, on REST and GraphQL.
 use examsync::auth::{Claims, Role};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -158,6 +158,26 @@ async fn auth_rules(backend: Backend) {
             )),
         ),
         (
+            "nbf an hour ahead",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    SECRET,
+                    &json!({"sub": user, "role": "STUDENT", "exp": now() + 7200, "nbf": now() + 3600})
+                )
+            )),
+        ),
+        (
+            "nbf past the leeway",
+            Some(format!(
+                "Bearer {}",
+                sign(
+                    SECRET,
+                    &json!({"sub": user, "role": "STUDENT", "exp": now() + 7200, "nbf": now() + 90})
+                )
+            )),
+        ),
+        (
             "HS512",
             Some(format!(
                 "Bearer {}",
@@ -193,6 +213,15 @@ async fn auth_rules(backend: Backend) {
             &json!({"sub": user, "role": "STUDENT", "exp": now() + 600}),
         ),
         examsync::auth::sign_token(SECRET, Uuid::new_v4(), Role::Admin, 60).unwrap(),
+        // `nbf` passed, now, or within the 60 s leeway (an issuer's clock slightly ahead).
+        sign(
+            SECRET,
+            &json!({"sub": user, "role": "STUDENT", "exp": now() + 600, "nbf": now() - 60}),
+        ),
+        sign(
+            SECRET,
+            &json!({"sub": user, "role": "STUDENT", "exp": now() + 600, "nbf": now() + 30}),
+        ),
     ];
     for token in &valid {
         let (status, _, body) = rest_status(&app, Some(&format!("Bearer {token}"))).await;

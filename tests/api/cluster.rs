@@ -168,7 +168,8 @@ async fn works_against_a_redis_cluster() {
     assert_eq!(status, 200);
     assert!(first.iter().all(|r| r["status"] == "acked"));
     // The idempotency records live in the cluster, under the user's hash tag.
-    let tag = format!("cluster-test:{{{user}}}:idem:*");
+    let namespace = app.state.cache.namespace().to_owned();
+    let tag = format!("{namespace}{{{user}}}:idem:*");
     let stored: usize = cluster
         .ports
         .iter()
@@ -191,7 +192,7 @@ async fn works_against_a_redis_cluster() {
             .await;
         assert_eq!(s, 200);
     }
-    let counted = redis_cli_any(&cluster, &format!("cluster-test:{{{user}}}:rl:minute"));
+    let counted = redis_cli_any(&cluster, &format!("{namespace}{{{user}}}:rl:minute"));
     assert_eq!(
         counted.trim(),
         "5",

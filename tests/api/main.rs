@@ -8,6 +8,7 @@ mod api_fuzz;
 mod auth;
 mod cli;
 mod cluster;
+mod edges;
 mod graphql;
 mod health;
 mod operations;

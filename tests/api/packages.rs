@@ -1,4 +1,4 @@
-//! Test packages end to end (SPEC sections 4–6), over real HTTP, on SQLite and on
+//! Test packages end to end (docs/api.md sections 4–6), over real HTTP, on SQLite and on
 //! PostgreSQL + Redis: building each scope, versioning, `version_hash` recomputed here
 //! independently of the server's code, database-enforced immutability, conditional
 //! requests, HEAD, encodings, visibility, filters, the CLI and an RFC 9111 caching client.
@@ -55,7 +55,7 @@ fn jcs(value: &Value) -> String {
     }
 }
 
-/// `version_hash` of snapshot objects, as SPEC section 4 defines it.
+/// `version_hash` of snapshot objects, as docs/api.md section 4 defines it.
 fn version_hash_of(questions: &[Value]) -> (String, String) {
     let mut sorted = questions.to_vec();
     sorted.sort_by_key(|q| q["question_id"].as_str().unwrap().to_ascii_lowercase());
@@ -1592,7 +1592,7 @@ async fn cli_package_build() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Deltas, ranges and dictionary transport (SPEC sections 5 and 5.1)
+// Deltas, ranges and dictionary transport (docs/api.md sections 5 and 5.1)
 
 /// Two published versions of the YEAR `year` line: v1 of four questions, then v2 with one
 /// stem edited, one option list edited, one question retired and one added.

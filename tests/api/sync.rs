@@ -1,4 +1,4 @@
-//! Every rule of SPEC sections 7 and 8, over real HTTP, through REST and GraphQL, on
+//! Every rule of docs/api.md sections 7 and 8, over real HTTP, through REST and GraphQL, on
 //! SQLite and on PostgreSQL + Redis. Answers are counted in the database too.
 use chrono::{Duration, SecondsFormat, Utc};
 use examsync_test_support::Attempt;

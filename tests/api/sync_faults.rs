@@ -12,14 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use examsync::{
     Application, Config,
     auth::{Role, sign_token},
     questions::{QuestionInput, QuestionStatus, import_questions},
-    sync::payload_hash::v1_hash,
 };
-use rand::Rng;
+use examsync_test_support::{Attempt, graphql_input, random_batch, rest_body};
 use reqwest::Client;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
@@ -33,100 +32,10 @@ use crate::helpers::{
 // ---------------------------------------------------------------------------------------
 // Building batches and reading results.
 
-/// One attempt as a phone would queue it.
-#[derive(Clone, Debug)]
-struct Attempt {
-    client_attempt_id: Uuid,
-    idempotency_key: Uuid,
-    offline_session_id: Uuid,
-    question_id: Uuid,
-    selected_option_index: i64,
-    answered_at: DateTime<Utc>,
-}
-
-impl Attempt {
-    fn new(offline_session_id: Uuid, question: &(Uuid, usize), answered_at: DateTime<Utc>) -> Self {
-        let selected = rand::rng().random_range(0..question.1) as i64;
-        Attempt {
-            client_attempt_id: Uuid::new_v4(),
-            idempotency_key: Uuid::new_v4(),
-            offline_session_id,
-            question_id: question.0,
-            selected_option_index: selected,
-            answered_at,
-        }
-    }
-
-    fn answered_at_text(&self) -> String {
-        self.answered_at
-            .to_rfc3339_opts(SecondsFormat::Millis, true)
-    }
-
-    fn payload_hash(&self) -> String {
-        v1_hash(
-            self.question_id,
-            self.selected_option_index,
-            &self.answered_at.fixed_offset(),
-        )
-    }
-}
-
 /// `count` attempts of `offline` over distinct random questions of `bank`, answered in the
-/// last hour (millisecond precision, as phones send them).
+/// last hour 10 s apart (millisecond precision, as phones send them).
 fn batch(bank: &[(Uuid, usize)], offline: Uuid, count: usize) -> Vec<Attempt> {
-    let mut rng = rand::rng();
-    let start = Utc::now() - chrono::Duration::hours(1);
-    rand::seq::index::sample(&mut rng, bank.len(), count)
-        .iter()
-        .enumerate()
-        .map(|(n, i)| {
-            let at = start
-                + chrono::Duration::milliseconds(n as i64 * 10_000 + rng.random_range(0..1000));
-            Attempt::new(offline, &bank[i], at)
-        })
-        .collect()
-}
-
-fn rest_body(attempts: &[Attempt]) -> Value {
-    let items: Vec<Value> = attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "client_attempt_id": a.client_attempt_id,
-                "idempotency_key": a.idempotency_key,
-                "offline_session_id": a.offline_session_id,
-                "question_id": a.question_id,
-                "selected_option_index": a.selected_option_index,
-                "answered_at": a.answered_at_text(),
-                "payload_hash": a.payload_hash(),
-            })
-        })
-        .collect();
-    json!({
-        "sent_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "attempts": items,
-    })
-}
-
-fn graphql_input(attempts: &[Attempt]) -> Value {
-    let items: Vec<Value> = attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "clientAttemptId": a.client_attempt_id,
-                "idempotencyKey": a.idempotency_key,
-                "offlineSessionId": a.offline_session_id,
-                "questionId": a.question_id,
-                "selectedOptionIndex": a.selected_option_index,
-                "answeredAt": a.answered_at_text(),
-                "payloadHash": a.payload_hash(),
-            })
-        })
-        .collect();
-    json!({
-        "sentAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "attempts": items,
-    })
+    random_batch(bank, offline, count, 10_000)
 }
 
 /// One result, whichever surface it came from (status in lower case).
@@ -160,10 +69,10 @@ async fn sync(
     let request = match surface {
         Surface::Rest => client
             .post(format!("{base}/api/v1/sync/attempts:batch"))
-            .json(&rest_body(attempts)),
+            .json(&rest_body(attempts, Some(Utc::now()))),
         Surface::Graphql => client.post(format!("{base}/graphql")).json(&json!({
             "query": "mutation($input: SyncAttemptsInput!) { syncAttempts(input: $input) { results { clientAttemptId status serverAttemptId serverSessionId errorCode message } } }",
-            "variables": {"input": graphql_input(attempts)},
+            "variables": {"input": graphql_input(attempts, Some(Utc::now()))},
         })),
     };
     let response = request
@@ -650,7 +559,8 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
     let (user, token) = student_token();
     let client = http_client();
     let base = app.base.clone();
-    let idem_pattern = format!("{prefix}{{{user}}}:idem:*");
+    let namespace = app.state.cache.namespace().to_owned();
+    let idem_pattern = format!("{namespace}{{{user}}}:idem:*");
     let mut ledger = Ledger::default();
     let mut keys: HashSet<Uuid> = HashSet::new();
 
@@ -956,7 +866,11 @@ async fn server_killed_mid_batch_converges_after_restart() {
                     assert_eq!(*before, ids, "{context}: same ids as before the kill");
                 }
                 let session = *sessions_of
-                    .entry((*u, a.offline_session_id))
+                    .entry((
+                        *u,
+                        a.offline_session_id
+                            .expect("batches carry an offline session"),
+                    ))
                     .or_insert(ids.1);
                 assert_eq!(
                     session, ids.1,

@@ -14,7 +14,6 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// A question of the bank, as the test imported it.
@@ -45,14 +44,8 @@ impl Item {
     }
 }
 
-/// The v1 payload hash (SPEC section 8), written independently of the server's code.
-pub fn v1_hash(question: Uuid, index: i64, answered_at: &DateTime<Utc>) -> String {
-    let at = answered_at.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let canonical = format!(
-        r#"{{"answered_at":"{at}","question_id":"{question}","selected_option_index":{index}}}"#
-    );
-    hex::encode(Sha256::digest(canonical.as_bytes()))
-}
+/// The v1 payload hash, written independently of the server's code (test-support).
+pub use examsync_test_support::v1_hash;
 
 /// Items each phone resends after the drain.
 const REPLAY_SAMPLE: usize = 150;

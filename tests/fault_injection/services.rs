@@ -263,6 +263,29 @@ impl PgCluster {
         Ok(())
     }
 
+    /// `pg_ctl restart -m <mode> -w`: stop and start in one command, as an operator
+    /// applying a setting or a minor upgrade would.
+    pub async fn pg_restart(&mut self, mode: &str) -> Result<(), String> {
+        let (data, log) = (
+            self.data.to_string_lossy().into_owned(),
+            self.log.to_string_lossy().into_owned(),
+        );
+        let command = self.tools.pg_command(
+            &self.tools.pg_ctl,
+            &[
+                "-D", &data, "-l", &log, "-m", mode, "-w", "-t", "60", "restart",
+            ],
+        );
+        let output = tokio::process::Command::from(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await;
+        check(output, "pg_ctl restart").map_err(|e| format!("{e}\n{}", self.log_tail(20)))?;
+        self.running = true;
+        Ok(())
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
     }
@@ -402,6 +425,8 @@ pub struct ServeConfig {
     pub redis_url: String,
     pub redis_prefix: String,
     pub jwt_secret: String,
+    /// More settings for this instance (e.g. a low `EXAMSYNC_DB_STATEMENT_TIMEOUT_MS`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// One `examsync serve` process on a fixed port (restarted on the same port); SIGKILLed on
@@ -455,6 +480,7 @@ impl ServerProcess {
                 .env("EXAMSYNC_LOG_FORMAT", "text")
                 .env("NO_COLOR", "1")
                 .env("RUST_LOG", "warn")
+                .envs(self.config.extra_env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log_err)

@@ -1,6 +1,6 @@
-"""Schemathesis checks of examsync's own contract (SPEC sections 5 and 6).
+"""Schemathesis checks of examsync's own contract (docs/api.md sections 5 and 6).
 
-Schemathesis' built-in GraphQL checks count every `errors` entry as a failure; SPEC asks for
+Schemathesis' built-in GraphQL checks count every `errors` entry as a failure; the API reference asks for
 errors with Apollo's `extensions.code` instead (FORBIDDEN, NOT_FOUND, BAD_USER_INPUT, ...).
 So for GraphQL we check what the contract promises: never an HTTP 5xx, every error carries
 one of the documented codes, and no error message carries SQL or driver text.
