@@ -88,6 +88,33 @@ pub fn package_download(status: u16, encoding: &'static str) {
         .increment(1);
 }
 
+/// What the package store builds (serializes and compresses) on a cache miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackageBuild {
+    /// A download's identity, gzip and br bodies.
+    Download,
+    /// A delta's bodies.
+    Delta,
+    /// A `dcz` body for one (package, dictionary) pair.
+    Dcz,
+}
+
+impl PackageBuild {
+    fn label(self) -> &'static str {
+        match self {
+            PackageBuild::Download => "download",
+            PackageBuild::Delta => "delta",
+            PackageBuild::Dcz => "dcz",
+        }
+    }
+}
+
+/// One build of the package store: once per key and process, however many requests
+/// arrive together, unless the cache evicted it since.
+pub fn package_build(kind: PackageBuild) {
+    counter!("examsync_package_builds_total", "kind" => kind.label()).increment(1);
+}
+
 /// A delta response (`encoding`: identity, gzip, br, or none for a 304).
 pub fn package_delta(status: u16, encoding: &'static str) {
     counter!("examsync_package_deltas_total", "status" => status_label(status), "encoding" => encoding)

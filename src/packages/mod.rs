@@ -33,6 +33,7 @@
 pub mod dcz;
 pub mod delta;
 pub mod etag;
+pub mod single_flight;
 pub mod store;
 
 pub use store::{PackageScoring, PackageStore, ScoringKey};

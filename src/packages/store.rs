@@ -13,6 +13,9 @@
 //! - dictionaries: SHA-256 of a download's identity bytes → package id. Every instance
 //!   that builds a download's bodies records that digest in `package_dictionaries` (and
 //!   here), so a digest a client got from any instance is found by a primary-key read.
+//!
+//! Bodies, deltas and `dcz` bodies are built once per key even under a burst of requests
+//! (`single_flight`): the others wait for the first build, then read it here.
 use std::{
     collections::HashMap,
     hash::Hash,
@@ -30,8 +33,11 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySe
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::etag::Encoding;
-use crate::error::{AppError, AppResult};
+use super::{etag::Encoding, single_flight::Flights};
+use crate::{
+    error::{AppError, AppResult},
+    metrics::{self, PackageBuild},
+};
 use entity::{package_dictionary, test_package};
 
 /// How to score an answer to one question of a package: the snapshot's options.
@@ -111,12 +117,21 @@ pub struct Encoded {
     pub br: Bytes,
 }
 
+/// Brotli quality of a full download: 9 compresses megabytes in about a second; 11 would
+/// take several times that for a few percent fewer bytes.
+const DOWNLOAD_BROTLI_QUALITY: u32 = 9;
+/// Brotli quality of a delta: deltas are small (a few percent of a download), built once
+/// per pair and fetched by every phone of the scope, so the slowest, smallest setting pays:
+/// about 7% fewer bytes than quality 9 for about 0.3 s more CPU once per pair
+/// (docs/benchmarks.md).
+const DELTA_BROTLI_QUALITY: u32 = 11;
+
 impl Encoded {
     /// Compresses (CPU-bound: call on a blocking thread). gzip and brotli are
     /// deterministic for given settings, so every instance makes the same bytes.
-    pub fn new(identity: Vec<u8>) -> AppResult<Encoded> {
+    pub fn new(identity: Vec<u8>, brotli_quality: u32) -> AppResult<Encoded> {
         let gzip = gzip(&identity)?;
-        let br = brotli(&identity)?;
+        let br = brotli(&identity, brotli_quality)?;
         Ok(Encoded {
             identity: Bytes::from(identity),
             gzip: Bytes::from(gzip),
@@ -186,7 +201,7 @@ impl PackageBodies {
         let sha256: [u8; 32] = Sha256::digest(&identity).into();
         Ok(PackageBodies {
             meta,
-            bodies: Encoded::new(identity)?,
+            bodies: Encoded::new(identity, DOWNLOAD_BROTLI_QUALITY)?,
             sha256,
         })
     }
@@ -203,10 +218,10 @@ fn gzip(data: &[u8]) -> AppResult<Vec<u8>> {
         .map_err(|e| AppError::internal(format!("gzip: {e}")))
 }
 
-fn brotli(data: &[u8]) -> AppResult<Vec<u8>> {
+fn brotli(data: &[u8], quality: u32) -> AppResult<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() / 5);
     let params = brotli::enc::BrotliEncoderParams {
-        quality: 9,
+        quality: quality as i32,
         lgwin: 22,
         size_hint: data.len(),
         ..Default::default()
@@ -249,6 +264,19 @@ pub struct PackageStore {
     /// Dictionary digest → package id (a positive answer never changes: packages are
     /// immutable, so their download bytes are too).
     dictionaries: Bounded<[u8; 32], Uuid>,
+    builds: Flights<BuildKey>,
+    /// Builds started, by `PackageBuild` (also counted in `/metrics`, which is per process).
+    built: [AtomicU64; 3],
+}
+
+/// What is being built, for `single_flight`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum BuildKey {
+    Bodies(Uuid),
+    /// (package, held package).
+    Delta(Uuid, Uuid),
+    /// (package, dictionary package).
+    Dcz(Uuid, Uuid),
 }
 
 impl Default for PackageStore {
@@ -266,6 +294,8 @@ impl PackageStore {
             deltas: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
             dcz: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
             dictionaries: Bounded::new(limits.meta_entries, limits.meta_entries),
+            builds: Flights::default(),
+            built: Default::default(),
         }
     }
 
@@ -314,6 +344,10 @@ impl PackageStore {
         if let Some(bodies) = self.bodies.get(&id) {
             return Ok(Some(bodies));
         }
+        let _build = self.builds.enter(BuildKey::Bodies(id)).await;
+        if let Some(bodies) = self.bodies.get(&id) {
+            return Ok(Some(bodies));
+        }
         let Some(package) = test_package::Entity::find_by_id(id)
             .filter(test_package::Column::IsPublished.eq(true))
             .one(db)
@@ -321,6 +355,7 @@ impl PackageStore {
         else {
             return Ok(None);
         };
+        self.started(PackageBuild::Download);
         let bodies = tokio::task::spawn_blocking(move || PackageBodies::build(&package))
             .await
             .map_err(|e| AppError::internal(format!("building a package body: {e}")))??;
@@ -376,6 +411,11 @@ impl PackageStore {
         if let Some(body) = self.dcz.get(&(id, dictionary_id)) {
             return Ok((*body).clone());
         }
+        let _build = self.builds.enter(BuildKey::Dcz(id, dictionary_id)).await;
+        if let Some(body) = self.dcz.get(&(id, dictionary_id)) {
+            return Ok((*body).clone());
+        }
+        self.started(PackageBuild::Dcz);
         let (target, dictionary) = (target.clone(), dictionary.clone());
         let body = tokio::task::spawn_blocking(move || {
             super::dcz::encode(
@@ -403,6 +443,10 @@ impl PackageStore {
         if let Some(bodies) = self.deltas.get(&(id, from)) {
             return Ok(DeltaLookup::Found(bodies));
         }
+        let _build = self.builds.enter(BuildKey::Delta(id, from)).await;
+        if let Some(bodies) = self.deltas.get(&(id, from)) {
+            return Ok(DeltaLookup::Found(bodies));
+        }
         let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
             return Ok(DeltaLookup::NotFound);
         };
@@ -417,6 +461,7 @@ impl PackageStore {
         let (Some(to_json), Some(from_json)) = (to_json, from_json) else {
             return Ok(DeltaLookup::NotFound);
         };
+        self.started(PackageBuild::Delta);
         let built = tokio::task::spawn_blocking(move || -> AppResult<DeltaBodies> {
             let to = super::parse_snapshots(&to_json)?;
             let held = super::parse_snapshots(&from_json)?;
@@ -436,7 +481,7 @@ impl PackageStore {
             Ok(DeltaBodies {
                 etag: delta_etag(&from_meta.version_hash, &to_meta.version_hash)?,
                 last_modified: http_date(to_meta.published_at.max(from_meta.published_at)),
-                bodies: Encoded::new(identity)?,
+                bodies: Encoded::new(identity, DELTA_BROTLI_QUALITY)?,
             })
         })
         .await
@@ -513,6 +558,16 @@ impl PackageStore {
             found.insert(id, self.scoring.insert(id, Arc::new(scoring), weight));
         }
         Ok(found)
+    }
+
+    fn started(&self, kind: PackageBuild) {
+        self.built[kind as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::package_build(kind);
+    }
+
+    /// Builds this store has started of `kind`, for tests and diagnostics.
+    pub fn build_count(&self, kind: PackageBuild) -> u64 {
+        self.built[kind as usize].load(Ordering::Relaxed)
     }
 
     /// Entries currently cached (meta, bodies, scoring), for tests and diagnostics.
@@ -658,10 +713,13 @@ mod tests {
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut decoded)
             .unwrap();
         assert_eq!(decoded, data);
-        let br = brotli(&data).unwrap();
-        let mut decoded = Vec::new();
-        brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
-        assert_eq!(decoded, data);
-        assert!(gz.len() < data.len() && br.len() < data.len());
+        for quality in [DOWNLOAD_BROTLI_QUALITY, DELTA_BROTLI_QUALITY] {
+            let br = brotli(&data, quality).unwrap();
+            let mut decoded = Vec::new();
+            brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
+            assert_eq!(decoded, data);
+            assert!(br.len() < data.len());
+        }
+        assert!(gz.len() < data.len());
     }
 }
