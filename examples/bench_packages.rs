@@ -33,7 +33,7 @@
 //! 5. repeats that `BENCH_ROUNDS` (3) times, alternating the servers, and prints for each
 //!    server the median round's requests/s, p50 and p99 latency, and examsync's share of the
 //!    bare handler's throughput, plus the CPU time the server threads spent per request
-//!    (from `/proc/self/task/*/stat`: steadier than throughput when the machine is shared).
+//!    (each server thread's own CPU clock, exact: steadier than throughput when the machine is shared).
 //!    Every response's status and body length is checked.
 //!
 //! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`;
@@ -128,6 +128,7 @@ fn run() -> Result<(), String> {
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.server_threads.max(1))
         .thread_name("server")
+        .on_thread_stop(server_cpu::retire)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
@@ -289,7 +290,7 @@ fn bench(
         }
         async move {
             let started = Instant::now();
-            let cpu_before = server_cpu_ticks();
+            let cpu_before = server_cpu::total();
             let response = request.send().await.map_err(|e| e.to_string())?;
             let status = response.status();
             let encoding = response
@@ -301,8 +302,7 @@ fn bench(
                 .get("etag")
                 .map(|v| v.to_str().unwrap_or("?").to_owned());
             let body = response.bytes().await.map_err(|e| e.to_string())?;
-            let cpu_ms =
-                server_cpu_ticks().saturating_sub(cpu_before) as f64 / CLOCK_TICKS_PER_SEC * 1000.0;
+            let cpu_ms = server_cpu::total().saturating_sub(cpu_before).as_secs_f64() * 1000.0;
             if status != 200 {
                 return Err(format!("examsync answered {status}"));
             }
@@ -619,31 +619,54 @@ struct Outcome {
     server_cpu_us: f64,
 }
 
-/// CPU clock ticks (user + system) used so far by this process's threads named `server`.
-fn server_cpu_ticks() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+/// CPU time of the server runtime's threads (workers and blocking threads), from the
+/// scheduler's exact per-thread account (`se.sum_exec_runtime` in `/proc/…/sched`, in
+/// nanoseconds), where the tick counts of `/proc/…/stat` (10 ms, charged to whichever thread
+/// a tick lands on) misattributed time between the server and client threads sharing the
+/// two cores.
+mod server_cpu {
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::Duration,
     };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .filter_map(|stat| {
-            let open = stat.find('(')?;
-            let close = stat.rfind(')')?;
-            if !stat[open + 1..close].starts_with("server") {
-                return None;
-            }
-            // Fields after the command: state is field 3; utime and stime are 14 and 15.
-            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .sum()
-}
 
-/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+    /// CPU time of the server threads that have exited.
+    static EXITED_NS: AtomicU64 = AtomicU64::new(0);
+
+    /// `se.sum_exec_runtime` (milliseconds with six decimals) of one thread's `sched` file.
+    fn sum_exec_runtime_ns(sched: &str) -> Option<u64> {
+        let line = sched
+            .lines()
+            .find(|line| line.starts_with("se.sum_exec_runtime"))?;
+        let ms = line.rsplit(':').next()?.trim();
+        let (whole, fraction) = ms.split_once('.').unwrap_or((ms, "0"));
+        let fraction = format!("{fraction:0<6}");
+        Some(whole.parse::<u64>().ok()? * 1_000_000 + fraction.get(..6)?.parse::<u64>().ok()?)
+    }
+
+    /// Runs on a server thread as it exits: its time is kept.
+    pub fn retire() {
+        if let Ok(sched) = std::fs::read_to_string("/proc/thread-self/sched") {
+            EXITED_NS.fetch_add(sum_exec_runtime_ns(&sched).unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// CPU time used so far by all threads named `server`, alive or exited.
+    pub fn total() -> Duration {
+        let alive: u64 = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.starts_with("server"))
+            })
+            .filter_map(|task| std::fs::read_to_string(task.path().join("sched")).ok())
+            .filter_map(|sched| sum_exec_runtime_ns(&sched))
+            .sum();
+        Duration::from_nanos(alive + EXITED_NS.load(Ordering::Relaxed))
+    }
+}
 
 /// `clients` clients, each on its own connection, back to back until the deadline.
 async fn load(
@@ -697,9 +720,9 @@ async fn load(
     // The servers' CPU time over the measured window.
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
-        let before = server_cpu_ticks();
+        let before = server_cpu::total();
         tokio::time::sleep_until(deadline.into()).await;
-        server_cpu_ticks().saturating_sub(before)
+        server_cpu::total().saturating_sub(before)
     });
     let mut latencies = Vec::new();
     for task in tasks {
@@ -713,12 +736,12 @@ async fn load(
         let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         latencies[rank - 1].as_secs_f64() * 1000.0
     };
-    let ticks = cpu.await.map_err(|e| e.to_string())?;
+    let server_cpu = cpu.await.map_err(|e| e.to_string())?;
     Ok(Outcome {
         per_sec: latencies.len() as f64 / settings.seconds as f64,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
-        server_cpu_us: ticks as f64 / CLOCK_TICKS_PER_SEC * 1e6 / latencies.len().max(1) as f64,
+        server_cpu_us: server_cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64,
     })
 }
 
