@@ -142,14 +142,60 @@ pub fn cache_fallback(operation: &'static str, kind: &'static str) {
         .increment(1);
 }
 
-pub fn http_request(method: &str, route: &str, status: u16, seconds: f64) {
+/// One HTTP request. Every label value comes from a fixed set, so that no client can grow
+/// the registry: `method` is one of the standard methods or `OTHER`, `route` a template of
+/// our router (or `unmatched`), `status` a three-digit code.
+pub fn http_request(method: &axum::http::Method, route: &'static str, status: u16, seconds: f64) {
     histogram!(
         "examsync_http_request_duration_seconds",
-        "method" => method.to_owned(),
-        "route" => route.to_owned(),
-        "status" => status.to_string()
+        "method" => method_label(method),
+        "route" => route,
+        "status" => status_code_label(status)
     )
     .record(seconds);
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The status as label text, without formatting a string for the common ones.
+fn status_code_label(status: u16) -> metrics::SharedString {
+    let text = match status {
+        200 => "200",
+        204 => "204",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        416 => "416",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        other => return other.to_string().into(),
+    };
+    text.into()
 }
 
 pub fn rate_limited(surface: &'static str) {

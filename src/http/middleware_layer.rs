@@ -159,6 +159,25 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
     }
 }
 
+/// The route templates seen so far, each stored once for the life of the process: the
+/// router's templates are a fixed, small set, and a `'static` template is a metric label
+/// and a log field without copying it on every request.
+fn route_template(matched: &str) -> &'static str {
+    static TEMPLATES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+    let find = |templates: &[&'static str]| templates.iter().copied().find(|t| *t == matched);
+    if let Some(template) = find(&TEMPLATES.read().unwrap_or_else(|e| e.into_inner())) {
+        return template;
+    }
+    let mut templates = TEMPLATES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(template) = find(&templates) {
+        return template;
+    }
+    // Bounded by the router's routes (a matched path is always one of its templates).
+    let template: &'static str = Box::leak(matched.to_owned().into_boxed_str());
+    templates.push(template);
+    template
+}
+
 pub async fn request_context(
     State(state): State<AppState>,
     request: Request,
@@ -170,8 +189,7 @@ pub async fn request_context(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or("unmatched", |p| route_template(p.as_str()));
 
     let (mut response, user) = REQUEST_ID
         .scope(request_id.clone(), async {
@@ -189,7 +207,7 @@ pub async fn request_context(
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::http_request(method.as_str(), &route, status, elapsed.as_secs_f64());
+    metrics::http_request(&method, route, status, elapsed.as_secs_f64());
     tracing::info!(
         request_id = %request_id,
         method = %method,

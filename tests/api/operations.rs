@@ -198,6 +198,39 @@ async fn metrics_move_after_a_sync_and_a_download() {
     };
     assert!(downloads(&after, "200", "gzip") >= downloads(&before, "200", "gzip") + 1.0);
     assert!(downloads(&after, "304", "none") >= downloads(&before, "304", "none") + 1.0);
+
+    // Made-up methods and unknown paths cannot grow the label sets.
+    for n in 0..3 {
+        let method = reqwest::Method::from_bytes(format!("PROBE{n}").as_bytes()).unwrap();
+        let answer = app
+            .client
+            .request(method, app.url(&format!("/no/such/path/{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let after = metrics(&app).await;
+    let other = [
+        ("method", "OTHER"),
+        ("route", "unmatched"),
+        ("status", "404"),
+    ];
+    assert!(
+        total(
+            &after,
+            "examsync_http_request_duration_seconds_count",
+            &other
+        ) >= 3.0
+    );
+    for (name, labels) in after.keys() {
+        for (_, v) in labels {
+            assert!(
+                !v.starts_with("PROBE") && !v.starts_with("/no/"),
+                "{name}: {v}"
+            );
+        }
+    }
 }
 
 backend_tests!(rate_limit_triggers_and_recovers);
