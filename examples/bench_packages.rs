@@ -16,10 +16,11 @@
 //! 2. prints the bytes of version 2 as identity, gzip, br, of the delta from version 1
 //!    (identity, br) and of the `dcz` download with version 1 as dictionary, and the cold
 //!    (first of the pair: computed and cached) and warm times of the delta and of `dcz`;
-//! 3. starts, on another port, a bare axum handler that serves exactly examsync's bytes from
-//!    memory with the same headers (a `304` when `If-None-Match` equals the ETag, otherwise
-//!    the gzip body when the request accepts gzip; the delta's br bytes on the delta path):
-//!    no auth, no middleware, no database — the ceiling for this machine;
+//! 3. starts, on another port, a bare axum handler that serves examsync's own responses
+//!    again from memory — the same status, headers (request id included) and bytes, as
+//!    captured from examsync: a `304` when `If-None-Match` equals the ETag, otherwise the
+//!    gzip response when the request accepts gzip; the delta's br response on the delta
+//!    path — with no auth, no middleware, no database: the ceiling for this machine;
 //! 4. both servers run on one tokio runtime of their own (`BENCH_SERVER_THREADS`, 2), the
 //!    load generator on another (`BENCH_CLIENT_THREADS`, 2): `BENCH_CLIENTS` (32) clients,
 //!    each with its own keep-alive connection, send requests back to back for
@@ -264,18 +265,31 @@ fn bench(
             if response.status() != 200 {
                 return Err(format!("examsync answered {}", response.status()));
             }
-            response.bytes().await.map_err(|e| e.to_string())
+            Captured::of(response).await
         }
     };
     let identity = clients.block_on(fetch(None))?;
     let gzip = clients.block_on(fetch(Some("gzip")))?;
-    let br = clients.block_on(fetch(Some("br")))?;
+    let br = clients.block_on(fetch(Some("br")))?.body;
+    let not_modified = clients.block_on(async {
+        let response = probe
+            .get(format!("http://{examsync_addr}{path}"))
+            .bearer_auth(&token)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != 304 {
+            return Err(format!("revalidation answered {}", response.status()));
+        }
+        Captured::of(response).await
+    })?;
     eprintln!(
         "package {}: {} questions, {} bytes, {} gzip, {} br, ETag {etag}",
         package.id,
         package.question_count,
-        identity.len(),
-        gzip.len(),
+        identity.body.len(),
+        gzip.body.len(),
         br.len()
     );
 
@@ -301,25 +315,37 @@ fn bench(
                 .headers()
                 .get("etag")
                 .map(|v| v.to_str().unwrap_or("?").to_owned());
-            let body = response.bytes().await.map_err(|e| e.to_string())?;
+            let captured = Captured::of(response).await?;
             let cpu_ms = server_cpu::total().saturating_sub(cpu_before).as_secs_f64() * 1000.0;
             if status != 200 {
                 return Err(format!("examsync answered {status}"));
             }
-            Ok::<_, String>((body, encoding, etag, started.elapsed(), cpu_ms))
+            Ok::<_, String>((captured, encoding, etag, started.elapsed(), cpu_ms))
         }
     };
     let (delta_br, _, delta_etag, delta_cold, delta_cold_cpu) = clients.block_on(probe_get(
         delta_path.clone(),
         vec![("accept-encoding", "br".into())],
     ))?;
-    let delta_etag = delta_etag.ok_or("the delta has no ETag")?;
+    delta_etag.ok_or("the delta has no ETag")?;
     let (_, _, _, delta_warm, _) = clients.block_on(probe_get(
         delta_path.clone(),
         vec![("accept-encoding", "br".into())],
     ))?;
-    let (delta_identity, ..) = clients.block_on(probe_get(delta_path.clone(), vec![]))?;
-    let (held_identity, ..) = clients.block_on(probe_get(
+    let (
+        Captured {
+            body: delta_identity,
+            ..
+        },
+        ..,
+    ) = clients.block_on(probe_get(delta_path.clone(), vec![]))?;
+    let (
+        Captured {
+            body: held_identity,
+            ..
+        },
+        ..,
+    ) = clients.block_on(probe_get(
         format!("/api/v1/tests/packages/{}", held.id),
         vec![],
     ))?;
@@ -335,7 +361,7 @@ fn bench(
         ("accept-encoding", "gzip, br, zstd, dcb, dcz".to_owned()),
         ("available-dictionary", dictionary.clone()),
     ];
-    let (dcz, dcz_encoding, _, dcz_cold, dcz_cold_cpu) =
+    let (Captured { body: dcz, .. }, dcz_encoding, _, dcz_cold, dcz_cold_cpu) =
         clients.block_on(probe_get(path.clone(), dcz_headers.clone()))?;
     if dcz_encoding.as_deref() != Some("dcz") {
         return Err(format!(
@@ -351,11 +377,11 @@ fn bench(
     println!("| response | bytes | share of full br |");
     println!("| --- | ---: | ---: |");
     for (name, n) in [
-        ("full download, identity", identity.len()),
-        ("full download, gzip", gzip.len()),
+        ("full download, identity", identity.body.len()),
+        ("full download, gzip", gzip.body.len()),
         ("full download, br", br.len()),
         ("delta, identity", delta_identity.len()),
-        ("delta, br", delta_br.len()),
+        ("delta, br", delta_br.body.len()),
         ("full download, dcz (version 1 as dictionary)", dcz.len()),
     ] {
         println!("| {name} | {n} | {:.2}% |", pct_of_br(n));
@@ -390,10 +416,10 @@ fn bench(
     // 3. The bare handler.
     let bare = Arc::new(Bare {
         etag: HeaderValue::from_str(&etag).map_err(|e| e.to_string())?,
+        not_modified,
         identity,
-        gzip: gzip.clone(),
-        delta_etag: HeaderValue::from_str(&delta_etag).map_err(|e| e.to_string())?,
-        delta_br: delta_br.clone(),
+        gzip,
+        delta_br,
     });
     let bare_addr = servers.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -423,14 +449,14 @@ fn bench(
             name: "full download (gzip)",
             expect: 200,
             headers: vec![("accept-encoding", "gzip".to_owned())],
-            body_len: gzip.len(),
+            body_len: bare.gzip.body.len(),
             path: path.clone(),
         },
         Scenario {
             name: "delta (br)",
             expect: 200,
             headers: vec![("accept-encoding", "br".to_owned())],
-            body_len: delta_br.len(),
+            body_len: bare.delta_br.body.len(),
             path: delta_path.clone(),
         },
     ];
@@ -500,8 +526,8 @@ fn bench(
         settings.warmup_seconds,
         settings.rounds.max(1),
         settings.questions,
-        bare.identity.len(),
-        bare.gzip.len(),
+        bare.identity.body.len(),
+        bare.gzip.body.len(),
         if database_url.starts_with("postgres") {
             "PostgreSQL"
         } else {
@@ -527,80 +553,67 @@ fn bench(
     Ok(())
 }
 
+/// A response examsync gave, kept to be served again as it was: status, headers (but
+/// `Date`, which hyper adds itself) and body.
+struct Captured {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Captured {
+    async fn of(response: reqwest::Response) -> Result<Captured, String> {
+        let status = response.status();
+        let mut headers = response.headers().clone();
+        headers.remove(header::DATE);
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok(Captured {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn respond(&self) -> Response {
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+    }
+}
+
+/// The baseline: examsync's own responses from memory (the same status line, headers and
+/// bytes, request id included), with no auth, middleware or database.
 struct Bare {
     etag: HeaderValue,
-    identity: Bytes,
-    gzip: Bytes,
-    delta_etag: HeaderValue,
-    delta_br: Bytes,
+    not_modified: Captured,
+    identity: Captured,
+    gzip: Captured,
+    delta_br: Captured,
 }
 
-/// The ceiling for the delta route: its br bytes and validators from memory.
+/// The delta route's baseline: its br response.
 async fn bare_delta(State(bare): State<Arc<Bare>>) -> Response {
-    let body = bare.delta_br.clone();
-    let len = body.len();
-    let mut r = Response::new(Body::from(body));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
-    h.insert(header::ETAG, bare.delta_etag.clone());
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("Authorization, Accept-Encoding, Available-Dictionary"),
-    );
-    r
+    bare.delta_br.respond()
 }
 
-/// The ceiling: the same bytes and validators from memory, nothing else.
+/// The download route's baseline: a `304` when `If-None-Match` is the ETag, else the gzip or
+/// identity response.
 async fn bare_handler(State(bare): State<Arc<Bare>>, headers: HeaderMap) -> Response {
-    let mut response = if headers
+    if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == bare.etag.as_bytes())
     {
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
+        return bare.not_modified.respond();
+    }
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .is_some_and(|v| v.as_bytes().windows(4).any(|w| w == b"gzip"));
+    if gzip {
+        bare.gzip.respond()
     } else {
-        let gzip = headers
-            .get(header::ACCEPT_ENCODING)
-            .is_some_and(|v| v.as_bytes().windows(4).any(|w| w == b"gzip"));
-        let body = if gzip {
-            bare.gzip.clone()
-        } else {
-            bare.identity.clone()
-        };
-        let len = body.len();
-        let mut r = Response::new(Body::from(body));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if gzip {
-            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-        r
-    };
-    let h = response.headers_mut();
-    h.insert(header::ETAG, bare.etag.clone());
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("Authorization, Accept-Encoding, Available-Dictionary"),
-    );
-    response
+        bare.identity.respond()
+    }
 }
 
 struct Scenario {

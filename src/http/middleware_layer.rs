@@ -13,7 +13,7 @@ use futures::FutureExt;
 use http_body_util::BodyExt;
 
 use axum::{
-    body::Body,
+    body::{Body, HttpBody},
     extract::{MatchedPath, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
@@ -115,25 +115,29 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
     let budget = config.request_timeout();
     let deadline = tokio::time::Instant::now() + budget;
     let (parts, body) = request.into_parts();
-    let body = match tokio::time::timeout_at(deadline, read_body(body, config.max_body_bytes)).await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            let body = error_body(
-                ErrorCode::BadRequest,
-                "the request body could not be read",
-                serde_json::Value::Null,
-            );
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
-        Err(_) => {
-            // The client is too slow sending its body: its fault, not a server fault.
-            let body = error_body(
-                ErrorCode::RequestTimeout,
-                "the request body took too long to arrive",
-                serde_json::Value::Null,
-            );
-            return (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+    let body = if body.is_end_stream() {
+        // No body (most GETs): nothing to wait for, so no timer for it.
+        body
+    } else {
+        match tokio::time::timeout_at(deadline, read_body(body, config.max_body_bytes)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                let body = error_body(
+                    ErrorCode::BadRequest,
+                    "the request body could not be read",
+                    serde_json::Value::Null,
+                );
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+            Err(_) => {
+                // The client is too slow sending its body: its fault, not a server fault.
+                let body = error_body(
+                    ErrorCode::RequestTimeout,
+                    "the request body took too long to arrive",
+                    serde_json::Value::Null,
+                );
+                return (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+            }
         }
     };
     let run = AssertUnwindSafe(next.run(Request::from_parts(parts, body))).catch_unwind();
