@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use examsync::packages::{PackageList, PackageSummary};
+use examsync::packages::{PackageList, PackageScope, PackageSummary};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -32,7 +32,7 @@ fn summaries() -> Vec<PackageSummary> {
             id: Uuid::new_v4(),
             name: format!("Block {n} — cardiology and respiratory review"),
             description: (n % 2 == 0).then(|| "Weekly update of the block's questions".to_owned()),
-            scope: "BLOCK".to_owned(),
+            scope: PackageScope::Block,
             scope_data: json!({"block_id": n}),
             scope_key: format!("block:{n}"),
             year_id: Some(n / 10),

@@ -62,3 +62,71 @@ pub enum QuestionStatus {
     #[sea_orm(string_value = "PUBLISHED")]
     Published,
 }
+
+/// What a package covers: the whole programme, or one year, block or theme of it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PackageScope {
+    #[sea_orm(string_value = "PROGRAM")]
+    Program,
+    #[sea_orm(string_value = "YEAR")]
+    Year,
+    #[sea_orm(string_value = "BLOCK")]
+    Block,
+    #[sea_orm(string_value = "THEME")]
+    Theme,
+}
+
+impl PackageScope {
+    /// Every scope, in the order error messages list them.
+    pub const ALL: [PackageScope; 4] = [
+        PackageScope::Program,
+        PackageScope::Year,
+        PackageScope::Block,
+        PackageScope::Theme,
+    ];
+
+    /// The wire and stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PackageScope::Program => "PROGRAM",
+            PackageScope::Year => "YEAR",
+            PackageScope::Block => "BLOCK",
+            PackageScope::Theme => "THEME",
+        }
+    }
+
+    /// Parses a scope name, in any case and with surrounding blanks (query strings and CLI
+    /// flags are typed by people).
+    pub fn parse(s: &str) -> Option<PackageScope> {
+        let s = s.trim();
+        PackageScope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_parse_in_any_case() {
+        for scope in PackageScope::ALL {
+            assert_eq!(PackageScope::parse(scope.as_str()), Some(scope));
+            assert_eq!(
+                PackageScope::parse(&format!(" {} ", scope.as_str().to_lowercase())),
+                Some(scope)
+            );
+            // The stored value is the wire name.
+            assert_eq!(scope.to_value(), scope.as_str());
+        }
+        assert_eq!(PackageScope::parse("COURSE"), None);
+        assert_eq!(PackageScope::parse(""), None);
+    }
+}

@@ -12,8 +12,7 @@ pub struct Model {
     pub name: String,
     #[sea_orm(column_type = "Text", nullable)]
     pub description: Option<String>,
-    /// PROGRAM | YEAR | BLOCK | THEME
-    pub scope: String,
+    pub scope: crate::enums::PackageScope,
     /// The scope's ids as a JSON object, e.g. `{"block_id":2}`.
     pub scope_data: Json,
     /// Canonical text of `scope_data`, so that uniqueness does not depend on JSON equality rules.

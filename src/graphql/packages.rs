@@ -126,9 +126,8 @@ impl TestPackage {
         self.summary.description.as_deref()
     }
 
-    async fn scope(&self) -> async_graphql::Result<PackageScope> {
-        Ok(PackageScope::parse(&self.summary.scope)
-            .ok_or_else(|| AppError::internal(format!("stored scope {:?}", self.summary.scope)))?)
+    async fn scope(&self) -> PackageScope {
+        self.summary.scope
     }
 
     /// The scope's ids, e.g. `{"year_id": 1}` (`{}` for PROGRAM).

@@ -23,7 +23,7 @@ use crate::{
     error::{AppError, ErrorCode},
     metrics,
     packages::{
-        self, ListFilter, PackageScope, dcz,
+        self, ListFilter, dcz,
         etag::{
             RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
             parse_available_dictionary, parse_range,
@@ -113,7 +113,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
         // `scope=` (empty) is not one of the documented values: 400 like any other.
         scope: params
             .get("scope")
-            .map(|v| PackageScope::parse_or_400(v))
+            .map(|v| packages::parse_scope(v))
             .transpose()?,
         year_id: int("year_id")?,
         block_id: int("block_id")?,
@@ -471,7 +471,7 @@ mod tests {
         assert_eq!(f.year_id, Some(0));
         assert!(f.latest);
         let f = parse_list_filter(&params(&[("scope", "theme")])).unwrap();
-        assert_eq!(f.scope, Some(PackageScope::Theme));
+        assert_eq!(f.scope, Some(packages::PackageScope::Theme));
         assert_eq!(f.block_id, None);
         // An empty value is not a number (the OpenAPI document says integer).
         assert!(parse_list_filter(&params(&[("block_id", "")])).is_err());

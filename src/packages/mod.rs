@@ -55,54 +55,29 @@ use crate::{
 };
 use entity::{question, test_package};
 
-/// The scope of a package.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
-#[graphql(name = "PackageScope")]
-pub enum PackageScope {
-    Program,
-    Year,
-    Block,
-    Theme,
-}
+pub use entity::enums::PackageScope;
 
 /// The scope names, as `400` errors list them.
-pub const SCOPE_NAMES: [&str; 4] = ["PROGRAM", "YEAR", "BLOCK", "THEME"];
+pub const SCOPE_NAMES: [&str; 4] = [
+    PackageScope::Program.as_str(),
+    PackageScope::Year.as_str(),
+    PackageScope::Block.as_str(),
+    PackageScope::Theme.as_str(),
+];
 
-impl PackageScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PackageScope::Program => "PROGRAM",
-            PackageScope::Year => "YEAR",
-            PackageScope::Block => "BLOCK",
-            PackageScope::Theme => "THEME",
-        }
-    }
-
-    /// Parses a scope name (case-insensitively).
-    pub fn parse(s: &str) -> Option<PackageScope> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "PROGRAM" => Some(PackageScope::Program),
-            "YEAR" => Some(PackageScope::Year),
-            "BLOCK" => Some(PackageScope::Block),
-            "THEME" => Some(PackageScope::Theme),
-            _ => None,
-        }
-    }
-
-    /// Parses a scope name, or the `400` that names the allowed ones.
-    pub fn parse_or_400(s: &str) -> AppResult<PackageScope> {
-        PackageScope::parse(s).ok_or_else(|| {
-            AppError::bad_request_with(
-                ErrorCode::ValidationError,
-                format!(
-                    "unknown scope `{}`; allowed: {}",
-                    s.chars().take(40).collect::<String>(),
-                    SCOPE_NAMES.join(", ")
-                ),
-                json!({"field": "scope", "allowed": SCOPE_NAMES}),
-            )
-        })
-    }
+/// Parses a scope name (any case), or the `400` that names the allowed ones.
+pub fn parse_scope(s: &str) -> AppResult<PackageScope> {
+    PackageScope::parse(s).ok_or_else(|| {
+        AppError::bad_request_with(
+            ErrorCode::ValidationError,
+            format!(
+                "unknown scope `{}`; allowed: {}",
+                s.chars().take(40).collect::<String>(),
+                SCOPE_NAMES.join(", ")
+            ),
+            json!({"field": "scope", "allowed": SCOPE_NAMES}),
+        )
+    })
 }
 
 /// What an admin asks to build.
@@ -337,7 +312,7 @@ pub async fn build_package(
 
     for _ in 0..BUILD_ATTEMPTS {
         let newest = test_package::Entity::find()
-            .filter(test_package::Column::Scope.eq(ids.scope.as_str()))
+            .filter(test_package::Column::Scope.eq(ids.scope))
             .filter(test_package::Column::ScopeKey.eq(scope_key.as_str()))
             .order_by_desc(test_package::Column::Version)
             .into_partial_model::<PackageSummary>()
@@ -358,7 +333,7 @@ pub async fn build_package(
             id: Set(Uuid::new_v4()),
             name: Set(name.clone()),
             description: Set(request.description.clone()),
-            scope: Set(ids.scope.as_str().to_owned()),
+            scope: Set(ids.scope),
             scope_data: Set(ids.scope_data()),
             scope_key: Set(scope_key.clone()),
             year_id: Set(ids.year_id),
@@ -378,7 +353,7 @@ pub async fn build_package(
             Ok(model) => {
                 tracing::info!(
                     package_id = %model.id,
-                    scope = model.scope,
+                    scope = model.scope.as_str(),
                     scope_key = model.scope_key,
                     version = model.version,
                     questions = model.question_count,
@@ -423,7 +398,7 @@ pub struct PackageSummary {
     pub id: Uuid,
     pub name: String,
     pub description: Option<String>,
-    pub scope: String,
+    pub scope: PackageScope,
     pub scope_data: Value,
     pub scope_key: String,
     pub year_id: Option<i32>,
@@ -445,7 +420,7 @@ impl From<&test_package::Model> for PackageSummary {
             id: m.id,
             name: m.name.clone(),
             description: m.description.clone(),
-            scope: m.scope.clone(),
+            scope: m.scope,
             scope_data: m.scope_data.clone(),
             scope_key: m.scope_key.clone(),
             year_id: m.year_id,
@@ -517,7 +492,7 @@ impl PackageSummary {
             package_id: self.id,
             name: self.name.clone(),
             description: self.description.clone(),
-            scope: self.scope.clone(),
+            scope: self.scope,
             scope_data: self.rest_scope_ids(),
             version: self.version,
             version_hash: self.version_hash.clone(),
@@ -546,8 +521,7 @@ pub struct PackageListItem {
     pub package_id: Uuid,
     pub name: String,
     pub description: Option<String>,
-    /// PROGRAM | YEAR | BLOCK | THEME
-    pub scope: String,
+    pub scope: PackageScope,
     pub scope_data: RestScopeData,
     pub version: i32,
     pub version_hash: String,
@@ -570,8 +544,7 @@ pub struct PackageDownload {
     pub package_id: Uuid,
     pub name: String,
     pub description: Option<String>,
-    /// PROGRAM | YEAR | BLOCK | THEME
-    pub scope: String,
+    pub scope: PackageScope,
     pub scope_data: RestScopeData,
     pub version: i32,
     pub version_hash: String,
@@ -583,7 +556,7 @@ pub struct PackageDownload {
 }
 
 /// A delta needs two versions of one line (scope + scope_data): otherwise `409`.
-pub fn check_delta_scope(to: (&str, &str), from: (&str, &str)) -> AppResult<()> {
+pub fn check_delta_scope(to: (PackageScope, &str), from: (PackageScope, &str)) -> AppResult<()> {
     if to == from {
         return Ok(());
     }
@@ -592,7 +565,10 @@ pub fn check_delta_scope(to: (&str, &str), from: (&str, &str)) -> AppResult<()> 
         message: format!(
             "the packages are of different scopes ({} {} and {} {}); a delta needs two \
              versions of one scope and scope_data",
-            to.0, to.1, from.0, from.1
+            to.0.as_str(),
+            to.1,
+            from.0.as_str(),
+            from.1
         ),
         details: Some(json!({
             "scope": to.0, "scope_data": to.1,
@@ -616,7 +592,7 @@ pub async fn package_delta(
     if !to.is_published || !held.is_published {
         return Ok(None);
     }
-    check_delta_scope((&to.scope, &to.scope_key), (&held.scope, &held.scope_key))?;
+    check_delta_scope((to.scope, &to.scope_key), (held.scope, &held.scope_key))?;
     let json = load_questions_json(db, &[id, from]).await?;
     let (Some(to_json), Some(held_json)) = (json.get(&id), json.get(&from)) else {
         return Ok(None);
@@ -644,7 +620,7 @@ pub async fn list_published(
 ) -> AppResult<Vec<PackageSummary>> {
     let mut query = test_package::Entity::find().filter(test_package::Column::IsPublished.eq(true));
     if let Some(scope) = filter.scope {
-        query = query.filter(test_package::Column::Scope.eq(scope.as_str()));
+        query = query.filter(test_package::Column::Scope.eq(scope));
     }
     if let Some(year) = filter.year_id {
         query = query.filter(test_package::Column::YearId.eq(year));
@@ -662,16 +638,14 @@ pub async fn list_published(
         .all(db)
         .await?;
     if filter.latest {
-        let mut newest: HashMap<(String, String), i32> = HashMap::new();
+        let mut newest: HashMap<(PackageScope, String), i32> = HashMap::new();
         for row in &rows {
             let entry = newest
-                .entry((row.scope.clone(), row.scope_key.clone()))
+                .entry((row.scope, row.scope_key.clone()))
                 .or_insert(row.version);
             *entry = (*entry).max(row.version);
         }
-        rows.retain(|row| {
-            newest.get(&(row.scope.clone(), row.scope_key.clone())) == Some(&row.version)
-        });
+        rows.retain(|row| newest.get(&(row.scope, row.scope_key.clone())) == Some(&row.version));
     }
     // The same order on every backend, whatever its timestamp text compares like.
     rows.sort_by(|a, b| {
@@ -717,7 +691,7 @@ pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
         package_id: Uuid,
         name: &'a str,
         description: Option<&'a str>,
-        scope: &'a str,
+        scope: PackageScope,
         scope_data: Value,
         version: i32,
         version_hash: &'a str,
@@ -732,7 +706,7 @@ pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
         package_id: package.id,
         name: &package.name,
         description: package.description.as_deref(),
-        scope: &package.scope,
+        scope: package.scope,
         scope_data: PackageSummary::from(package).rest_scope_data(),
         version: package.version,
         version_hash: &package.version_hash,
@@ -804,7 +778,7 @@ mod tests {
         assert_eq!(PackageScope::parse("year"), Some(PackageScope::Year));
         assert_eq!(PackageScope::parse(" THEME "), Some(PackageScope::Theme));
         assert!(PackageScope::parse("COURSE").is_none());
-        let err = PackageScope::parse_or_400("COURSE").unwrap_err();
+        let err = parse_scope("COURSE").unwrap_err();
         assert!(
             err.to_string().contains("PROGRAM, YEAR, BLOCK, THEME"),
             "{err}"
@@ -836,7 +810,7 @@ mod tests {
             id: Uuid::from_u128(1),
             name: "N".into(),
             description: Some("D".into()),
-            scope: "BLOCK".into(),
+            scope: PackageScope::Block,
             scope_data: json!({"block_id": 2}),
             scope_key: r#"{"block_id":2}"#.into(),
             year_id: None,
@@ -868,7 +842,7 @@ mod tests {
             id: Uuid::nil(),
             name: "N".into(),
             description: None,
-            scope: "YEAR".into(),
+            scope: PackageScope::Year,
             scope_data: json!({"year_id": 1}),
             scope_key: r#"{"year_id":1}"#.into(),
             year_id: Some(1),

@@ -33,7 +33,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySe
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{etag::Encoding, single_flight::Flights};
+use super::{PackageScope, etag::Encoding, single_flight::Flights};
 use crate::{
     error::{AppError, AppResult},
     metrics::{self, PackageBuild},
@@ -62,7 +62,7 @@ pub struct PublishedMeta {
     /// `published_at` as an HTTP-date, ready to send (and compared with `If-Range`).
     pub last_modified: HeaderValue,
     pub published_at: DateTime<Utc>,
-    pub scope: String,
+    pub scope: PackageScope,
     pub scope_key: String,
     pub version: i32,
 }
@@ -71,7 +71,7 @@ impl PublishedMeta {
     pub fn new(
         version_hash: String,
         published_at: DateTime<Utc>,
-        scope: String,
+        scope: PackageScope,
         scope_key: String,
         version: i32,
     ) -> AppResult<PublishedMeta> {
@@ -95,7 +95,7 @@ impl PublishedMeta {
         PublishedMeta::new(
             package.version_hash.clone(),
             published_at,
-            package.scope.clone(),
+            package.scope,
             package.scope_key.clone(),
             package.version,
         )
@@ -308,7 +308,14 @@ impl PackageStore {
         if let Some(meta) = self.meta.get(&id) {
             return Ok(Some(meta));
         }
-        type Row = (String, bool, Option<DateTime<Utc>>, String, String, i32);
+        type Row = (
+            String,
+            bool,
+            Option<DateTime<Utc>>,
+            PackageScope,
+            String,
+            i32,
+        );
         let row: Option<Row> = test_package::Entity::find_by_id(id)
             .select_only()
             .column(test_package::Column::VersionHash)
@@ -509,8 +516,8 @@ impl PackageStore {
             return Ok(None);
         };
         super::check_delta_scope(
-            (&to_meta.scope, &to_meta.scope_key),
-            (&from_meta.scope, &from_meta.scope_key),
+            (to_meta.scope, &to_meta.scope_key),
+            (from_meta.scope, &from_meta.scope_key),
         )?;
         Ok(Some((to_meta, from_meta)))
     }
