@@ -175,12 +175,7 @@ pub async fn get_package(
     let (body, coding) = match dcz_body(&state, headers, id, &bodies).await? {
         Some(body) => (body, "dcz"),
         None => {
-            let encoding = negotiate_encoding(
-                headers
-                    .get_all(header::ACCEPT_ENCODING)
-                    .iter()
-                    .map(HeaderValue::as_bytes),
-            );
+            let encoding = negotiate_encoding(accept_encodings(headers));
             (bodies.get(encoding).clone(), encoding.as_str())
         }
     };
@@ -209,12 +204,7 @@ async fn dcz_body(
     else {
         return Ok(None);
     };
-    if !accepts_dcz(
-        headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+    if !accepts_dcz(accept_encodings(headers)) {
         return Ok(None);
     }
     let Some(dictionary_id) = state.packages.dictionary(&state.db, &digest).await? else {
@@ -314,12 +304,7 @@ pub async fn get_delta(
     let DeltaLookup::Found(delta) = state.packages.delta_bodies(&state.db, id, from).await? else {
         return Err(not_found());
     };
-    let encoding = negotiate_encoding(
-        headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    );
+    let encoding = negotiate_encoding(accept_encodings(headers));
     let representation = Representation {
         etag: &delta.etag,
         last_modified: &delta.last_modified,
@@ -329,6 +314,15 @@ pub async fn get_delta(
     let response = representation.respond(headers, delta.bodies.get(encoding).clone())?;
     metrics::package_delta(response.status().as_u16(), encoding.as_str());
     Ok(response)
+}
+
+/// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `etag.rs` read
+/// bytes, so nothing is copied or checked for UTF-8).
+fn accept_encodings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .map(HeaderValue::as_bytes)
 }
 
 /// The header RFC 9842 clients send naming the dictionary they hold.

@@ -48,15 +48,17 @@ impl<K: Copy + Eq + Hash> Flights<K> {
         }
     }
 
-    /// Keys with a builder or waiters now.
-    pub fn len(&self) -> usize {
+    /// Keys with a builder or waiters now (tests check that none outlives its builders).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -197,8 +197,8 @@ fn comparable(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
     map
 }
 
-/// Total of `examsync_package_downloads_total` with the given status label.
-async fn downloads_metric(app: &TestApp, status: &str) -> f64 {
+/// Total of `examsync_package_downloads_total` over the series with label `name="value"`.
+async fn downloads_metric(app: &TestApp, (name, value): (&str, &str)) -> f64 {
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -208,11 +208,9 @@ async fn downloads_metric(app: &TestApp, status: &str) -> f64 {
         .text()
         .await
         .unwrap();
+    let label = format!("{name}=\"{value}\"");
     text.lines()
-        .filter(|l| {
-            l.starts_with("examsync_package_downloads_total{")
-                && l.contains(&format!("status=\"{status}\""))
-        })
+        .filter(|l| l.starts_with("examsync_package_downloads_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -760,7 +758,7 @@ async fn if_none_match_forms(backend: Backend) {
         full.body.len().to_string()
     );
 
-    let before_304 = downloads_metric(&app, "304").await;
+    let before_304 = downloads_metric(&app, ("status", "304")).await;
     let matching = [
         etag.clone(),
         format!("\"{hash}\""),
@@ -797,7 +795,7 @@ async fn if_none_match_forms(backend: Backend) {
     .await;
     assert_eq!(r.status, 304);
     assert_eq!(r.header("etag"), Some(etag.as_str()));
-    assert!(downloads_metric(&app, "304").await >= before_304 + 13.0);
+    assert!(downloads_metric(&app, ("status", "304")).await >= before_304 + 13.0);
 
     // Two header lines are one list.
     let r = raw_client()
@@ -870,7 +868,7 @@ async fn encodings_keep_the_etag(backend: Backend) {
     let (_, student) = app.student();
     let identity = get_package(&app, id, &student, &[]).await;
     let identity_json = identity.json();
-    let before = downloads_metric(&app, "200").await;
+    let before = downloads_metric(&app, ("status", "200")).await;
 
     for (accept, expected) in [
         ("gzip", Some("gzip")),
@@ -905,7 +903,7 @@ async fn encodings_keep_the_etag(backend: Backend) {
             assert!(r.body.len() < identity.body.len(), "{accept} compresses");
         }
     }
-    assert!(downloads_metric(&app, "200").await >= before + 10.0);
+    assert!(downloads_metric(&app, ("status", "200")).await >= before + 10.0);
 
     // A decoding client (reqwest with gzip/br) sees the same JSON.
     let decoded: Value = app
@@ -1425,7 +1423,7 @@ async fn caching_client_revalidates_with_304(backend: Backend) {
         }))
         .with(Wire(wire.clone()))
         .build();
-    let before_304 = downloads_metric(&app, "304").await;
+    let before_304 = downloads_metric(&app, ("status", "304")).await;
 
     // 1. A miss: the full body over the wire.
     let first = client.get(&url).send().await.unwrap();
@@ -1448,7 +1446,7 @@ async fn caching_client_revalidates_with_304(backend: Backend) {
     assert_eq!(third.bytes().await.unwrap(), first_body);
     let seen = wire.lock().unwrap().clone();
     assert_eq!(seen, [(None, 200), (Some(etag), 304)]);
-    assert!(downloads_metric(&app, "304").await >= before_304 + 1.0);
+    assert!(downloads_metric(&app, ("status", "304")).await >= before_304 + 1.0);
     let body: Value = serde_json::from_slice(&first_body).unwrap();
     assert_eq!(body["questions"].as_array().unwrap().len(), 3);
 }
@@ -2102,7 +2100,7 @@ async fn dcz_with_a_published_download_as_dictionary(backend: Backend) {
         ":{}:",
         base64::engine::general_purpose::STANDARD.encode(sha)
     );
-    let before = dcz_metric(&app).await;
+    let before = downloads_metric(&app, ("encoding", "dcz")).await;
 
     // On another instance, which never served v1: the digest is found in the database.
     let (other_base, handle) = crate::graphql::second_instance(&app).await;
@@ -2139,7 +2137,7 @@ async fn dcz_with_a_published_download_as_dictionary(backend: Backend) {
         }
     }
     handle.abort();
-    assert!(dcz_metric(&app).await >= before + 1.0);
+    assert!(downloads_metric(&app, ("encoding", "dcz")).await >= before + 1.0);
 
     // A dictionary the server does not know, or no `dcz` in Accept-Encoding: br.
     let unknown = format!(
@@ -2184,24 +2182,6 @@ async fn dcz_with_a_published_download_as_dictionary(backend: Backend) {
     assert_eq!(r.status, 304);
 }
 
-async fn dcz_metric(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("examsync_package_downloads_total{") && l.contains("encoding=\"dcz\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Chromium (RFC 9842): version N, then N+1 as `dcz`, bytes identical to the identity
 /// download, counted by the server's metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2220,7 +2200,7 @@ async fn chromium_decodes_dcz_updates() {
     let app = spawn_app(Backend::Sqlite).await;
     let (v1, v2, _) = two_versions(&app, 38).await;
     let (_, student) = app.student();
-    let before = dcz_metric(&app).await;
+    let before = downloads_metric(&app, ("encoding", "dcz")).await;
     let output = tokio::process::Command::new("node")
         .arg(script)
         .env(
@@ -2240,7 +2220,7 @@ async fn chromium_decodes_dcz_updates() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        dcz_metric(&app).await >= before + 1.0,
+        downloads_metric(&app, ("encoding", "dcz")).await >= before + 1.0,
         "the server counted a dcz response"
     );
 }
