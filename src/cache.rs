@@ -191,7 +191,10 @@ impl Cache {
     /// (see `primary`): `<prefix>t<timeline>:{<user>}:<kind>:<id>`. After a promotion the
     /// new timeline's keys are new: nothing cached from the old primary is read.
     pub fn record_key(&self, timeline: u32, user: &uuid::Uuid, kind: &str, id: &str) -> String {
-        format!("{}t{:08x}:{{{}}}:{}:{}", self.prefix, timeline, user, kind, id)
+        format!(
+            "{}t{:08x}:{{{}}}:{}:{}",
+            self.prefix, timeline, user, kind, id
+        )
     }
 
     /// A global key: `<prefix><kind>:<id>`.

@@ -24,7 +24,11 @@ pub fn init(format: LogFormat) {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     // Already installed (tests start many servers in one process): keep the first.

@@ -823,10 +823,9 @@ pub struct Counts {
 /// standby has it; a `DUPLICATE` read from it is only as durable as the row until this
 /// barrier returns confirmed. PostgreSQL with `synchronous_standby_names` only.
 pub async fn durability_barrier(db: &impl ConnectionTrait) -> Result<Commit, DbErr> {
-    let (result, commit) = crate::replication::watch_commit(
-        db.execute_unprepared("SELECT pg_current_xact_id()"),
-    )
-    .await;
+    let (result, commit) =
+        crate::replication::watch_commit(db.execute_unprepared("SELECT pg_current_xact_id()"))
+            .await;
     result?;
     Ok(commit)
 }
