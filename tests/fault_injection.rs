@@ -37,10 +37,14 @@
 
 #[path = "fault_injection/checks.rs"]
 mod checks;
+#[path = "fault_injection/failover.rs"]
+mod failover;
 #[path = "fault_injection/phone.rs"]
 mod phone;
 #[path = "fault_injection/proxy.rs"]
 mod proxy;
+#[path = "fault_injection/relay.rs"]
+mod relay;
 #[path = "fault_injection/services.rs"]
 mod services;
 

@@ -817,15 +817,18 @@ pub struct Counts {
 }
 
 /// Makes every commit the server has already shown us as durable as a new commit: one
-/// transaction that takes a transaction id, so `COMMIT` writes a record and waits for the
-/// synchronous standby, which then holds everything before it. A row committed by a
+/// transaction that writes WAL (a transactional logical message: no table, no lock, any
+/// role may), so its commit waits for the synchronous standby, which then holds
+/// everything before it. (A transaction that only takes an xid writes no WAL before its
+/// commit record, and PostgreSQL does not wait for a standby then.) A row committed by a
 /// request whose own replication wait was cancelled is visible on the primary before any
 /// standby has it; a `DUPLICATE` read from it is only as durable as the row until this
 /// barrier returns confirmed. PostgreSQL with `synchronous_standby_names` only.
 pub async fn durability_barrier(db: &impl ConnectionTrait) -> Result<Commit, DbErr> {
-    let (result, commit) =
-        crate::replication::watch_commit(db.execute_unprepared("SELECT pg_current_xact_id()"))
-            .await;
+    let (result, commit) = crate::replication::watch_commit(db.execute_unprepared(
+        "SELECT pg_logical_emit_message(true, 'examsync', 'durability barrier')",
+    ))
+    .await;
     result?;
     Ok(commit)
 }

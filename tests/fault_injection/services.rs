@@ -289,6 +289,148 @@ impl PgCluster {
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
     }
+
+    /// A standby of `primary`: `pg_basebackup` (taken directly from the primary), then
+    /// started streaming through `link_port` (a relay in front of the primary) under
+    /// `application_name = 'standby'`. Hot standby: it answers read-only queries.
+    pub async fn standby_of(
+        tools: &Tools,
+        primary: &PgCluster,
+        link_port: u16,
+    ) -> Result<PgCluster, String> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("examsync-fault-standby-");
+        let dir = match tools.postgres_user {
+            Some(_) => builder.tempdir_in("/tmp"),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| format!("temp dir: {e}"))?;
+        if let Some((uid, gid)) = tools.postgres_user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| format!("chown the standby dir to postgres: {e}"))?;
+        }
+        let data = dir.path().join("data");
+        let basebackup = tools
+            .initdb
+            .parent()
+            .map(|bin| bin.join("pg_basebackup"))
+            .ok_or("no directory of initdb")?;
+        let output = tools
+            .pg_command(
+                &basebackup,
+                &[
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    // An immediate checkpoint: a spread one takes minutes on an idle server.
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ],
+            )
+            .output();
+        check(output, "pg_basebackup")?;
+        let port = free_port();
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .map_err(|e| format!("postgresql.conf: {e}"))?;
+        // Later lines override the primary's copied ones.
+        writeln!(
+            conf,
+            "\n# standby\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n\
+             primary_conninfo = 'host=127.0.0.1 port={link_port} user=postgres \
+             application_name=standby'\nwal_receiver_status_interval = 1s\n",
+            dir.path().display()
+        )
+        .map_err(|e| format!("postgresql.conf: {e}"))?;
+        std::fs::write(data.join("standby.signal"), b"")
+            .map_err(|e| format!("standby.signal: {e}"))?;
+        if let Some((uid, gid)) = tools.postgres_user {
+            std::os::unix::fs::chown(data.join("standby.signal"), Some(uid), Some(gid))
+                .map_err(|e| format!("chown standby.signal: {e}"))?;
+        }
+        let mut standby = PgCluster {
+            tools: tools.clone(),
+            log: dir.path().join("postgres.log"),
+            data,
+            port,
+            running: false,
+            dir,
+        };
+        standby.pg_start().await?;
+        Ok(standby)
+    }
+
+    /// `pg_ctl promote -w`: the standby leaves recovery on a new timeline.
+    pub async fn promote(&self) -> Result<(), String> {
+        let data = self.data.to_string_lossy().into_owned();
+        let command = self.tools.pg_command(
+            &self.tools.pg_ctl,
+            &["-D", &data, "-w", "-t", "60", "promote"],
+        );
+        let output = tokio::process::Command::from(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await;
+        check(output, "pg_ctl promote").map_err(|e| format!("{e}\n{}", self.log_tail(20)))
+    }
+
+    /// SIGKILL to the postmaster and every process it started, as when its machine dies:
+    /// nothing shuts down cleanly, nothing more is sent to the standby.
+    pub fn kill_hard(&mut self) -> Result<(), String> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .map_err(|e| format!("postmaster.pid: {e}"))?;
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or("no pid in postmaster.pid")?;
+        let children = children_of(postmaster);
+        let mut pids = vec![postmaster];
+        pids.extend(children);
+        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .args(&list)
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -KILL {list:?} failed"));
+        }
+        self.running = false;
+        Ok(())
+    }
+}
+
+/// The pids whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 impl Drop for PgCluster {
