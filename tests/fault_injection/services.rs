@@ -564,6 +564,7 @@ impl Drop for RedisServer {
 pub struct ServeConfig {
     pub binary: PathBuf,
     pub database_url: String,
+    /// Empty: no `REDIS_URL` (the in-process cache).
     pub redis_url: String,
     pub redis_prefix: String,
     pub jwt_secret: String,
@@ -610,10 +611,16 @@ impl ServerProcess {
                 .open(&self.log)
                 .map_err(|e| format!("log file: {e}"))?;
             let log_err = log.try_clone().map_err(|e| e.to_string())?;
-            let child = Command::new(&self.config.binary)
+            let mut command = Command::new(&self.config.binary);
+            // An empty `redis_url`: the in-process cache.
+            if self.config.redis_url.is_empty() {
+                command.env_remove("REDIS_URL");
+            } else {
+                command.env("REDIS_URL", &self.config.redis_url);
+            }
+            let child = command
                 .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
                 .env("DATABASE_URL", &self.config.database_url)
-                .env("REDIS_URL", &self.config.redis_url)
                 .env("EXAMSYNC_REDIS_PREFIX", &self.config.redis_prefix)
                 .env("JWT_SECRET", &self.config.jwt_secret)
                 .env_remove("JWT_SECRET_PREVIOUS")
