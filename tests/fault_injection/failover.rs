@@ -258,7 +258,10 @@ fn statuses(answer: &(u16, Value)) -> Option<Vec<String>> {
             .as_array()
             .map(|r| {
                 r.iter()
-                    .map(|x| x["status"].as_str().unwrap_or("?").to_owned())
+                    .map(|x| match x["error_code"].as_str() {
+                        Some(code) => format!("{} {code}", x["status"].as_str().unwrap_or("?")),
+                        None => x["status"].as_str().unwrap_or("?").to_owned(),
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -356,6 +359,7 @@ async fn failover(mode: Standby) {
         .collect();
 
     tokio::time::sleep(LOAD / 2).await;
+    let stalled_at = Instant::now();
     if let Standby::Asynchronous { .. } = mode {
         // The link stalls: what commits from now on exists on the primary only, so the
         // probes are certainly among the answers the failover loses.
@@ -384,6 +388,7 @@ async fn failover(mode: Standby) {
     let in_flight_at_kill = in_flight();
     let unavailable_before = shared.stats.unavailable.load(Ordering::Relaxed);
     let acked_before_kill = shared.ledger.lock().unwrap().len();
+    let stalled_for = stalled_at.elapsed();
     let promotion = rig.fail_over().await;
     let failover_at = Instant::now();
     let probe = reqwest::Client::builder()
@@ -473,6 +478,7 @@ async fn failover(mode: Standby) {
         "failover summary ({mode:?}): phones={PHONES} acknowledged={} (before the kill {}) \
          lost={} doubled={} rejected={} still queued={} | requests in flight at the kill={} \
          503/UNAVAILABLE after it={} promotion={:.2}s instances ready {:.2}s after | \
+         replication link stalled {:.2}s before the kill (async only) | \
          probe rows on the new primary={probe_rows} | duration={:.1}s (setup {:.1}s) seed={seed}",
         report.acknowledged,
         acked_before_kill,
@@ -484,6 +490,7 @@ async fn failover(mode: Standby) {
         count(&shared.stats.unavailable) - unavailable_before,
         promotion.as_secs_f64(),
         ready_after.as_secs_f64(),
+        stalled_for.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         setup.as_secs_f64(),
     );
