@@ -251,8 +251,10 @@ mod tests {
 
     #[test]
     fn the_timeline_lease_runs_out() {
-        let mut late = PrimaryWatch::default();
-        late.started = Instant::now() - LEASE - Duration::from_secs(1);
+        let late = PrimaryWatch {
+            started: Instant::now() - LEASE - Duration::from_secs(1),
+            ..PrimaryWatch::default()
+        };
         late.record(writable(3));
         assert_eq!(late.timeline(), Some(3));
         late.confirmed_at_ms.store(0, Ordering::Release);
