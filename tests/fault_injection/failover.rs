@@ -322,7 +322,7 @@ async fn failover(mode: Standby) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rig = Rig::build(tools, mode, 2, seed).await;
     let setup = started.elapsed();
-    let proxies = vec![
+    let proxies = [
         Proxy::start(rig.instances[0].port, 0.05).await,
         Proxy::start(rig.instances[1].port, 0.05).await,
     ];
