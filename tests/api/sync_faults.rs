@@ -560,7 +560,7 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
     let client = http_client();
     let base = app.base.clone();
     let namespace = app.state.cache.namespace().to_owned();
-    let idem_pattern = format!("{namespace}{{{user}}}:idem:*");
+    let idem_pattern = format!("{namespace}t*:{{{user}}}:idem:*");
     let mut ledger = Ledger::default();
     let mut keys: HashSet<Uuid> = HashSet::new();
 
