@@ -121,7 +121,7 @@ impl App {
             None => Cache::memory(&namespace),
         };
         let primary = Arc::new(crate::primary::PrimaryWatch::default());
-        primary.record(crate::primary::probe(&db).await);
+        primary.refresh(&db).await;
         crate::primary::spawn_watch(db.clone(), &primary);
         if db.get_database_backend() == sea_orm::DbBackend::Postgres
             && !crate::replication::detector_installed()

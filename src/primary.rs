@@ -110,6 +110,8 @@ pub struct PrimaryWatch {
     sync_standby: AtomicBool,
     /// The last probe found a writable primary.
     writable: AtomicBool,
+    /// SQL statements the probes ran (they are not any request's; tests subtract them).
+    pub statements: AtomicU64,
 }
 
 const VALID: u64 = 1 << 32;
@@ -122,11 +124,22 @@ impl Default for PrimaryWatch {
             confirmed_at_ms: AtomicU64::new(0),
             sync_standby: AtomicBool::new(false),
             writable: AtomicBool::new(false),
+            statements: AtomicU64::new(0),
         }
     }
 }
 
 impl PrimaryWatch {
+    /// Probes `db` and takes in the findings.
+    pub async fn refresh(&self, db: &DatabaseConnection) -> Probe {
+        let found = probe(db).await;
+        if db.get_database_backend() == DbBackend::Postgres && found.role != Role::Unreachable {
+            self.statements.fetch_add(1, Ordering::SeqCst);
+        }
+        self.record(found);
+        found
+    }
+
     /// Takes in a probe's findings.
     pub fn record(&self, probe: Probe) {
         self.sync_standby
@@ -189,16 +202,20 @@ pub fn spawn_watch(db: DatabaseConnection, watch: &Arc<PrimaryWatch>) {
     let watch: Weak<PrimaryWatch> = Arc::downgrade(watch);
     tokio::spawn(async move {
         loop {
-            let probe = tokio::time::timeout(PROBE_INTERVAL * 2, probe(&db))
-                .await
-                .unwrap_or(Probe {
-                    role: Role::Unreachable,
-                    sync_standby: false,
-                });
             let Some(watch) = watch.upgrade() else {
                 return;
             };
-            watch.record(probe);
+            let probe = match tokio::time::timeout(PROBE_INTERVAL * 2, watch.refresh(&db)).await {
+                Ok(probe) => probe,
+                Err(_) => {
+                    let unreachable = Probe {
+                        role: Role::Unreachable,
+                        sync_standby: false,
+                    };
+                    watch.record(unreachable);
+                    unreachable
+                }
+            };
             drop(watch);
             // The pool was closed (the server is shutting down).
             if probe.role == Role::Unreachable

@@ -86,12 +86,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // Writable, not only reachable: during a failover the old primary is gone and the
     // standby still in recovery; a load balancer should send no traffic here until one
     // accepts writes again. The probe also refreshes what sync knows (timeline).
-    let probe = tokio::time::timeout(Duration::from_secs(2), primary::probe(&state.db))
+    let probe = tokio::time::timeout(Duration::from_secs(2), state.primary.refresh(&state.db))
         .await
         .ok();
-    if let Some(probe) = probe {
-        state.primary.record(probe);
-    }
     let database_ok = matches!(
         probe,
         Some(primary::Probe {
