@@ -395,16 +395,20 @@ impl PgCluster {
             .and_then(|l| l.trim().parse().ok())
             .ok_or("no pid in postmaster.pid")?;
         let children = children_of(postmaster);
-        let mut pids = vec![postmaster];
-        pids.extend(children);
-        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-        let status = Command::new("kill")
-            .arg("-KILL")
-            .args(&list)
-            .status()
-            .map_err(|e| format!("kill: {e}"))?;
-        if !status.success() {
-            return Err(format!("kill -KILL {list:?} failed"));
+        let kill = |pid: i32| {
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !kill(postmaster) {
+            return Err(format!("kill -KILL {postmaster} (postmaster) failed"));
+        }
+        // A backend may have exited since it was listed: best effort.
+        for child in children {
+            kill(child);
         }
         self.running = false;
         Ok(())
