@@ -591,17 +591,37 @@ async fn a_cancelled_replication_wait_is_never_acked() {
     // so the standby, started again, has nothing to catch up from.
     rig.primary.kill_hard().unwrap();
     rig.link.cut();
-    rig.standby.pg_start().await.unwrap();
-    rig.standby.promote().await.unwrap();
     rig.db_relay.repoint(rig.standby.port);
+    rig.standby.pg_start().await.unwrap();
     let probe = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
+    // Reachable but still in recovery: no writable primary, so not ready, and a batch is a
+    // transient fault (read-only), never a 500 or an item result.
+    let standby = connect(&rig.standby.url("examsync")).await;
+    let in_recovery = scalar_i64(&standby, "SELECT pg_is_in_recovery()::int::int8").await;
+    standby.close().await.ok();
+    assert_eq!(in_recovery, 1);
+    let readiness = probe.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(
+        readiness.status(),
+        503,
+        "ready while the standby is in recovery"
+    );
+    let during = send(&client, &base, &token, &batch).await.unwrap();
+    assert_eq!(during.0, 503, "a batch before the promotion: {during:?}");
+    rig.standby.promote().await.unwrap();
+    let promoted_at = Instant::now();
     assert!(
-        wait_ready(&probe, &base, Duration::from_secs(20)).await,
-        "not ready after the failover:\n{}",
+        wait_ready(&probe, &base, Duration::from_secs(10)).await,
+        "not ready after the promotion:\n{}",
         rig.logs()
+    );
+    let ready_after = promoted_at.elapsed();
+    assert!(
+        ready_after < Duration::from_secs(5),
+        "ready {ready_after:?} after the promotion"
     );
     let after = send_until_ok(&client, &base, &token, &batch, Duration::from_secs(20)).await;
     assert!(all(&after, "acked"), "retry after the failover: {after:?}");
