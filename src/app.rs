@@ -42,6 +42,8 @@ pub struct App {
     pub db_statements: Arc<AtomicU64>,
     /// Sync bookkeeping: counters added up off the write path, commits made.
     pub sync: Arc<crate::sync::SyncState>,
+    /// The role and timeline of the database server (`primary`), probed in the background.
+    pub primary: Arc<crate::primary::PrimaryWatch>,
 }
 
 #[derive(Clone)]
@@ -118,6 +120,17 @@ impl App {
             Some(url) => Cache::redis(url, &namespace, config.redis_timeout())?,
             None => Cache::memory(&namespace),
         };
+        let primary = Arc::new(crate::primary::PrimaryWatch::default());
+        primary.refresh(&db).await;
+        crate::primary::spawn_watch(db.clone(), &primary);
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres
+            && !crate::replication::detector_installed()
+        {
+            tracing::warn!(
+                "the subscriber lacks examsync::replication::notice_layer: a commit whose \
+                 synchronous replication was cancelled would be answered ACKED"
+            );
+        }
         let rate_limiter = RateLimiter::new(
             config.rate_limit_per_minute,
             Duration::from_secs(config.rate_limit_window_secs),
@@ -134,6 +147,7 @@ impl App {
             metrics: crate::metrics::handle(),
             db_statements,
             sync: Arc::default(),
+            primary,
         })))
     }
 }

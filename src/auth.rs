@@ -230,21 +230,37 @@ fn unix_now() -> i64 {
 }
 
 /// Creates the user row on first sight of a valid token. Remembers which users it has
-/// already seen so that a busy user costs no extra statement per request.
+/// already seen so that a busy user costs no extra statement per request. What it
+/// remembers holds for one server timeline (`primary`): a failover to a standby that
+/// missed the last commits may have lost a user row, so a new timeline starts afresh.
 #[derive(Default)]
 pub struct UserRegistry {
-    known: Mutex<HashSet<Uuid>>,
+    known: Mutex<KnownUsers>,
+}
+
+#[derive(Default)]
+struct KnownUsers {
+    timeline: Option<u32>,
+    users: HashSet<Uuid>,
 }
 
 const KNOWN_USERS_CAP: usize = 200_000;
 
 impl UserRegistry {
-    pub async fn ensure(&self, db: &DatabaseConnection, user: &AuthUser) -> AppResult<()> {
-        if self
-            .known
-            .lock()
-            .map(|k| k.contains(&user.id))
-            .unwrap_or(false)
+    /// `timeline`: the server's, as `PrimaryWatch::timeline` knows it (`None`: unknown,
+    /// nothing remembered is trusted).
+    pub async fn ensure(
+        &self,
+        db: &DatabaseConnection,
+        user: &AuthUser,
+        timeline: Option<u32>,
+    ) -> AppResult<()> {
+        if timeline.is_some()
+            && self
+                .known
+                .lock()
+                .map(|k| k.timeline == timeline && k.users.contains(&user.id))
+                .unwrap_or(false)
         {
             return Ok(());
         }
@@ -261,11 +277,12 @@ impl UserRegistry {
             .on_conflict_do_nothing()
             .exec_without_returning(db)
             .await?;
-        if let Ok(mut known) = self.known.lock() {
-            if known.len() >= KNOWN_USERS_CAP {
-                known.clear();
+        if let (Some(timeline), Ok(mut known)) = (timeline, self.known.lock()) {
+            if known.timeline != Some(timeline) || known.users.len() >= KNOWN_USERS_CAP {
+                known.users.clear();
+                known.timeline = Some(timeline);
             }
-            known.insert(user.id);
+            known.users.insert(user.id);
         }
         Ok(())
     }

@@ -187,6 +187,16 @@ impl Cache {
         format!("{}{{{}}}:{}:{}", self.prefix, user, kind, id)
     }
 
+    /// A key for one user's record read from or written to the database on `timeline`
+    /// (see `primary`): `<prefix>t<timeline>:{<user>}:<kind>:<id>`. After a promotion the
+    /// new timeline's keys are new: nothing cached from the old primary is read.
+    pub fn record_key(&self, timeline: u32, user: &uuid::Uuid, kind: &str, id: &str) -> String {
+        format!(
+            "{}t{:08x}:{{{}}}:{}:{}",
+            self.prefix, timeline, user, kind, id
+        )
+    }
+
     /// A global key: `<prefix><kind>:<id>`.
     pub fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{}:{}", self.prefix, kind, id)

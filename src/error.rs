@@ -363,12 +363,15 @@ impl async_graphql::ErrorExtensions for AppError {
 /// condition of the server (not of the input) it is transient.
 pub fn is_transient(err: &DbErr) -> bool {
     match err {
-        DbErr::ConnectionAcquire(_) => true,
-        DbErr::Conn(RuntimeErr::SqlxError(e))
-        | DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e)) => is_transient_sqlx(e),
-        // A connection-level failure without a driver error behind it.
-        DbErr::Conn(_) => true,
+        // Every failure to obtain a connection is a condition of the server, never of the
+        // request: a pool timeout, a refused TCP connect, and the SQLSTATEs a server sends
+        // while refusing a login (55000 `ALLOW_CONNECTIONS false`, 57P03 starting up or
+        // shutting down, 53300 too many clients). 55000 met by a statement on an open
+        // connection keeps its own (permanent) meaning below.
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            is_transient_sqlx(e)
+        }
         _ => false,
     }
 }
@@ -691,6 +694,27 @@ mod tests {
         )))));
         assert!(!is_transient(&wrap(Sqlx::RowNotFound)));
         assert!(!is_transient(&DbErr::RecordNotFound("x".into())));
+    }
+
+    /// A login the server refuses reaches us as `DbErr::Conn` carrying the SQLSTATE.
+    #[test]
+    fn connection_refusals_at_login_are_transient() {
+        for code in ["55000", "57P03", "53300", "28000", "3D000"] {
+            let refused = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Database(
+                Box::new(CodeOnly(code)),
+            ))));
+            assert!(is_transient(&refused), "{code} at login is transient");
+            assert!(matches!(
+                AppError::from(refused),
+                AppError::Unavailable { .. }
+            ));
+        }
+        let refused_tcp = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(is_transient(&refused_tcp));
+        // The same 55000 from a statement on an open connection is not a refusal.
+        assert_permanent(&[("55000", "object_not_in_prerequisite_state")]);
     }
 
     #[test]

@@ -212,3 +212,19 @@ pub fn db_pool(size: u32, idle: usize) {
     gauge!("examsync_db_pool_connections").set(size as f64);
     gauge!("examsync_db_pool_idle_connections").set(idle as f64);
 }
+
+/// 1 while the last probe found a writable primary, else 0 (a failover in progress).
+pub fn primary_writable(writable: bool) {
+    gauge!("examsync_db_primary_writable").set(if writable { 1.0 } else { 0.0 });
+}
+
+/// The database moved to a new timeline (a standby was promoted).
+pub fn timeline_change() {
+    counter!("examsync_db_timeline_changes_total").increment(1);
+}
+
+/// A commit returned success whose synchronous-replication wait was cancelled: the
+/// request was answered 503, nothing from it cached.
+pub fn sync_unconfirmed_commit() {
+    counter!("examsync_sync_unconfirmed_commits_total").increment(1);
+}

@@ -10,18 +10,25 @@ pub fn init(format: LogFormat) {
         // sqlx would log every statement; never useful in production logs.
         .add_directive("sqlx=warn".parse().expect("static directive"))
         .add_directive("sea_orm=warn".parse().expect("static directive"));
-    let registry = tracing_subscriber::registry().with(filter);
+    // The filter is the fmt layer's own, not global: the notice detector
+    // (`replication::notice_layer`) must see sqlx's notices whatever `RUST_LOG` says.
+    let registry = tracing_subscriber::registry().with(crate::replication::notice_layer());
     let result = match format {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
                     .with_writer(std::io::stderr)
-                    .with_current_span(false),
+                    .with_current_span(false)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     // Already installed (tests start many servers in one process): keep the first.

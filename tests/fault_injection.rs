@@ -25,6 +25,11 @@
 //! database of both instances on a small tmpfs (32 MiB; mounting needs root, as in CI)
 //! and fills the filesystem to the last byte for 5 s, twice (SQLITE_FULL, 13).
 //!
+//! `failover.rs` (issue 22) loses the primary: a `pg_basebackup` standby, synchronous or
+//! asynchronous over a lagging link, promoted after the primary is SIGKILLed under load, the
+//! instances re-pointed through a TCP relay; and a COMMIT whose wait for the synchronous
+//! standby is cancelled.
+//!
 //! When every queue has drained, the database must hold exactly one attempt and one
 //! idempotency record per key any phone was told ACKED/DUPLICATE (with the ids it was
 //! told), none for other keys, and session scores that count each question once.
@@ -37,10 +42,14 @@
 
 #[path = "fault_injection/checks.rs"]
 mod checks;
+#[path = "fault_injection/failover.rs"]
+mod failover;
 #[path = "fault_injection/phone.rs"]
 mod phone;
 #[path = "fault_injection/proxy.rs"]
 mod proxy;
+#[path = "fault_injection/relay.rs"]
+mod relay;
 #[path = "fault_injection/services.rs"]
 mod services;
 

@@ -61,7 +61,10 @@ impl FromRequestParts<AppState> for AuthUser {
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
         let user = state.tokens.verify(bearer_token(header)?)?;
-        state.users.ensure(&state.db, &user).await?;
+        state
+            .users
+            .ensure(&state.db, &user, state.primary.timeline())
+            .await?;
         record_user(user.id);
         Ok(user)
     }

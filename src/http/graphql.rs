@@ -427,7 +427,11 @@ async fn run(
     let auth = match auth_header {
         None => Err("missing bearer token".to_owned()),
         Some(_) => match bearer_token(auth_header).and_then(|t| state.tokens.verify(t)) {
-            Ok(user) => match state.users.ensure(&state.db, &user).await {
+            Ok(user) => match state
+                .users
+                .ensure(&state.db, &user, state.primary.timeline())
+                .await
+            {
                 Ok(()) => Ok(user),
                 Err(e) => return app_error_response(media, e),
             },

@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-use crate::{app::AppState, db, metrics};
+use crate::{app::AppState, metrics, primary};
 
 const HEALTH_JSON: &str = "application/health+json";
 
@@ -70,7 +70,8 @@ pub async fn livez() -> Response {
     health_response(StatusCode::OK, &body)
 }
 
-/// Readiness: database reachable → pass; Redis down → warn (still 200); database down → 503 fail.
+/// Readiness: a writable database → pass; Redis down → warn (still 200); database down,
+/// read-only or a standby in recovery → 503 fail.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -78,13 +79,22 @@ pub async fn livez() -> Response {
     security(()),
     responses(
         (status = 200, description = "Ready: the database answers (`warn` when Redis does not)", body = Health, content_type = "application/health+json"),
-        (status = 503, description = "Not ready: the database does not answer", body = Health, content_type = "application/health+json"),
+        (status = 503, description = "Not ready: the database does not answer or does not accept writes", body = Health, content_type = "application/health+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // Writable, not only reachable: during a failover the old primary is gone and the
+    // standby still in recovery; a load balancer should send no traffic here until one
+    // accepts writes again. The probe also refreshes what sync knows (timeline).
+    let probe = tokio::time::timeout(Duration::from_secs(2), state.primary.refresh(&state.db))
+        .await
+        .ok();
     let database_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), db::ping(&state.db)).await,
-        Ok(Ok(()))
+        probe,
+        Some(primary::Probe {
+            role: primary::Role::Writable { .. },
+            ..
+        })
     );
     let cache_result = state.cache.ping().await;
     let cache_ok = cache_result.is_ok();

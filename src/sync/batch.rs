@@ -41,6 +41,7 @@ use crate::{
     error::{AppError, AppResult, ErrorCode, is_transient},
     metrics,
     packages::ScoringKey,
+    replication::{Commit, watch_commit},
 };
 
 /// Idempotency records live in Redis this long; the database keeps them for good.
@@ -114,13 +115,21 @@ pub async fn process_batch(
         user,
         received_at,
         skew,
+        timeline: app.primary.timeline(),
     };
     for round in rules::plan_rounds(&order) {
         let round: Vec<Pending> = round
             .into_iter()
             .filter_map(|index| pending.remove(&index))
             .collect();
-        for (index, result) in batch.process_round(round).await? {
+        let outcomes = batch.process_round(round).await.inspect_err(|e| {
+            if matches!(e, AppError::Unavailable { .. }) {
+                // The primary may be gone (a failover): no cached record is read again
+                // until a probe has read the server's timeline.
+                app.primary.forget();
+            }
+        })?;
+        for (index, result) in outcomes {
             results[index] = Some(result);
         }
     }
@@ -151,12 +160,25 @@ enum TxnError {
     Db(DbErr),
     /// A read the transaction relies on came back without the row it must return.
     Inconsistent,
+    /// `COMMIT` returned success but its synchronous-replication wait was cancelled:
+    /// committed on the primary only (`replication`).
+    Unconfirmed,
 }
 
 impl From<DbErr> for TxnError {
     fn from(e: DbErr) -> Self {
         TxnError::Db(e)
     }
+}
+
+/// The request fails as a transient fault; its retry converges once a standby confirms
+/// (a barrier commit, see `store::durability_barrier`) or after the failover.
+fn unconfirmed() -> AppError {
+    tracing::warn!(
+        "a commit's synchronous replication was not confirmed; answered 503, nothing cached"
+    );
+    metrics::sync_unconfirmed_commit();
+    AppError::unavailable()
 }
 
 /// A retry converges; an item result here could make the phone delete an answer.
@@ -181,6 +203,9 @@ struct Batch<'a> {
     user: AuthUser,
     received_at: DateTime<Utc>,
     skew: Option<Duration>,
+    /// The server's timeline when the request arrived: the cache namespace of its
+    /// records (`None`: not known now, the cache is not used).
+    timeline: Option<u32>,
 }
 
 impl Batch<'_> {
@@ -188,10 +213,29 @@ impl Batch<'_> {
         &self.app.db
     }
 
-    fn cache_key(&self, key: &Uuid) -> String {
+    fn cache_key(&self, timeline: u32, key: &Uuid) -> String {
         self.app
             .cache
-            .user_key(&self.user.id, "idem", &key.to_string())
+            .record_key(timeline, &self.user.id, "idem", &key.to_string())
+    }
+
+    /// The timeline records may be cached under now: the request's, if the server is
+    /// still on it (a record read before a promotion is never cached after it).
+    fn cache_timeline(&self) -> Option<u32> {
+        self.timeline
+            .filter(|&timeline| self.app.primary.timeline() == Some(timeline))
+    }
+
+    /// Records found in the database (not in the cache) are answered only once a
+    /// standby holds them (see `store::durability_barrier`).
+    async fn confirm_durable(&self) -> AppResult<()> {
+        if !self.app.primary.sync_standby() {
+            return Ok(());
+        }
+        match store::durability_barrier(self.db()).await? {
+            Commit::Confirmed => Ok(()),
+            Commit::Unconfirmed => Err(unconfirmed()),
+        }
     }
 
     async fn process_round(&self, round: Vec<Pending>) -> AppResult<Vec<(usize, AttemptResult)>> {
@@ -248,6 +292,9 @@ impl Batch<'_> {
             .map(|(p, _)| p.input.idempotency_key)
             .collect();
         let records = store::find_records(self.db(), self.user.id, &keys).await?;
+        if !records.is_empty() {
+            self.confirm_durable().await?;
+        }
         Ok(rejected
             .into_iter()
             .map(|(p, (code, message))| {
@@ -264,10 +311,20 @@ impl Batch<'_> {
     /// (refilling the cache).
     async fn lookup_records(&self, keys: &[Uuid]) -> AppResult<HashMap<Uuid, Record>> {
         let cache = &self.app.cache;
-        let cache_keys: Vec<String> = keys.iter().map(|k| self.cache_key(k)).collect();
         let mut found = HashMap::new();
         let mut missing = Vec::new();
-        match cache.get_many(&cache_keys).await {
+        let cached = match self.timeline {
+            Some(timeline) => {
+                let cache_keys: Vec<String> =
+                    keys.iter().map(|k| self.cache_key(timeline, k)).collect();
+                cache.get_many(&cache_keys).await
+            }
+            None => {
+                metrics::cache_fallback("idempotency_lookup", "timeline_unknown");
+                Ok(vec![None; keys.len()])
+            }
+        };
+        match cached {
             Ok(values) => {
                 for (key, value) in keys.iter().zip(values) {
                     match value.as_deref().and_then(Record::decode) {
@@ -288,9 +345,12 @@ impl Batch<'_> {
         }
         let from_db = store::find_records(self.db(), self.user.id, &missing).await?;
         if !from_db.is_empty() {
+            self.confirm_durable().await?;
+        }
+        if let (false, Some(timeline)) = (from_db.is_empty(), self.cache_timeline()) {
             let refill: Vec<(String, String)> = from_db
                 .iter()
-                .map(|(key, record)| (self.cache_key(key), record.encode()))
+                .map(|(key, record)| (self.cache_key(timeline, key), record.encode()))
                 .collect();
             if let Err(e) = cache.set_many(&refill, IDEMPOTENCY_CACHE_TTL).await {
                 metrics::cache_fallback("idempotency_refill", e.kind());
@@ -378,6 +438,7 @@ impl Batch<'_> {
         match self.apply_in_transaction(&all).await {
             Ok(applied) => self.finish(&all, applied).await,
             Err(TxnError::Inconsistent) => Err(inconsistent()),
+            Err(TxnError::Unconfirmed) => Err(unconfirmed()),
             Err(TxnError::Db(e)) if is_transient(&e) => Err(AppError::from(e)),
             Err(TxnError::Db(e)) => {
                 tracing::warn!(error = %e, items = all.len(), "batch write failed; retrying item by item");
@@ -389,6 +450,7 @@ impl Batch<'_> {
                         // Never an item result for a transient fault: the phone would
                         // delete an answer that was not applied.
                         Err(TxnError::Inconsistent) => return Err(inconsistent()),
+                        Err(TxnError::Unconfirmed) => return Err(unconfirmed()),
                         Err(TxnError::Db(e)) if is_transient(&e) => {
                             return Err(AppError::from(e));
                         }
@@ -576,7 +638,11 @@ impl Batch<'_> {
                 .collect();
         }
 
-        txn.commit().await?;
+        let (committed, commit) = watch_commit(txn.commit()).await;
+        committed?;
+        if commit == Commit::Unconfirmed {
+            return Err(TxnError::Unconfirmed);
+        }
         self.app
             .sync
             .commits
@@ -600,10 +666,12 @@ impl Batch<'_> {
                 attempt_id,
                 session_id,
             };
-            cache_entries.push((
-                self.cache_key(&item.pending.input.idempotency_key),
-                record.encode(),
-            ));
+            if let Some(timeline) = self.cache_timeline() {
+                cache_entries.push((
+                    self.cache_key(timeline, &item.pending.input.idempotency_key),
+                    record.encode(),
+                ));
+            }
             metrics::sync_offline_age(
                 (self.received_at - item.checked.effective_at).num_milliseconds() as f64 / 1000.0,
             );
@@ -644,6 +712,9 @@ impl Batch<'_> {
                 .map(|&p| items[p].pending.input.idempotency_key)
                 .collect();
             let records = store::find_records(self.db(), self.user.id, &keys).await?;
+            if !records.is_empty() {
+                self.confirm_durable().await?;
+            }
             for &position in &applied.lost {
                 let p = &items[position].pending;
                 // The winner gave its claim back (its session closed): a retry decides.

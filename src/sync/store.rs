@@ -19,6 +19,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::replication::Commit;
+
 use super::rules::{Answer, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
     QuestionStatus, SessionMode, SessionStatus, attempt, idempotency_record, question,
@@ -812,4 +814,21 @@ pub struct Counts {
     pub acked: i64,
     pub duplicate: i64,
     pub rejected: i64,
+}
+
+/// Makes every commit the server has already shown us as durable as a new commit: one
+/// transaction that writes WAL (a transactional logical message: no table, no lock, any
+/// role may), so its commit waits for the synchronous standby, which then holds
+/// everything before it. (A transaction that only takes an xid writes no WAL before its
+/// commit record, and PostgreSQL does not wait for a standby then.) A row committed by a
+/// request whose own replication wait was cancelled is visible on the primary before any
+/// standby has it; a `DUPLICATE` read from it is only as durable as the row until this
+/// barrier returns confirmed. PostgreSQL with `synchronous_standby_names` only.
+pub async fn durability_barrier(db: &impl ConnectionTrait) -> Result<Commit, DbErr> {
+    let (result, commit) = crate::replication::watch_commit(db.execute_unprepared(
+        "SELECT pg_logical_emit_message(true, 'examsync', 'durability barrier')",
+    ))
+    .await;
+    result?;
+    Ok(commit)
 }

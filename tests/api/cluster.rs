@@ -169,7 +169,7 @@ async fn works_against_a_redis_cluster() {
     assert!(first.iter().all(|r| r["status"] == "acked"));
     // The idempotency records live in the cluster, under the user's hash tag.
     let namespace = app.state.cache.namespace().to_owned();
-    let tag = format!("{namespace}{{{user}}}:idem:*");
+    let tag = format!("{namespace}t*:{{{user}}}:idem:*");
     let stored: usize = cluster
         .ports
         .iter()

@@ -1137,7 +1137,8 @@ async fn round_trip_budget(backend: Backend) {
     let counters = || {
         (
             app.state.db_statements.load(Ordering::SeqCst)
-                - app.state.sync.flush_statements.load(Ordering::SeqCst),
+                - app.state.sync.flush_statements.load(Ordering::SeqCst)
+                - app.state.primary.statements.load(Ordering::SeqCst),
             app.state.sync.commits.load(Ordering::SeqCst),
         )
     };

@@ -560,7 +560,7 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
     let client = http_client();
     let base = app.base.clone();
     let namespace = app.state.cache.namespace().to_owned();
-    let idem_pattern = format!("{namespace}{{{user}}}:idem:*");
+    let idem_pattern = format!("{namespace}t*:{{{user}}}:idem:*");
     let mut ledger = Ledger::default();
     let mut keys: HashSet<Uuid> = HashSet::new();
 
@@ -937,4 +937,96 @@ async fn server_killed_mid_batch_converges_after_restart() {
     );
     drop(server);
     db.close().await.ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. A database refusing new connections (SQLSTATE 55000 at login).
+
+/// `ALLOW_CONNECTIONS false` and every open connection cut: the pool reconnects and the
+/// server refuses the login with 55000. A fresh batch is a transient fault (503 +
+/// Retry-After, GraphQL UNAVAILABLE), never a 500, and `/readyz` fails; once connections
+/// are allowed again the same batch is applied exactly once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_connections_is_a_transient_fault() {
+    if skip_postgres() {
+        return;
+    }
+    let (mut config, database, redis) = test_config(Backend::Postgres).await;
+    config.rate_limit_per_minute = 0;
+    let name = database
+        .url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("database name")
+        .to_owned();
+    let app = helpers::start(Backend::Postgres, config, database, redis).await;
+    let bank = seed(&app.db, 20).await;
+    let (_user, token) = student_token();
+    let client = http_client();
+    let attempts = batch(&bank, Uuid::new_v4(), 10);
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let admin = sea_orm::Database::connect(&admin_url).await.expect("admin");
+    use sea_orm::ConnectionTrait;
+    let refuse = |allow: bool| {
+        format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+    };
+    admin
+        .execute_unprepared(&refuse(false))
+        .await
+        .expect("refuse");
+
+    for surface in [Surface::Rest, Surface::Graphql, Surface::Rest] {
+        let request = match surface {
+            Surface::Rest => client
+                .post(format!("{}/api/v1/sync/attempts:batch", app.base))
+                .json(&rest_body(&attempts, None)),
+            Surface::Graphql => client.post(format!("{}/graphql", app.base)).json(&json!({
+                "query": "mutation($input: SyncAttemptsInput!) { syncAttempts(input: $input) { results { status } } }",
+                "variables": {"input": graphql_input(&attempts, None)},
+            })),
+        };
+        let response = request.bearer_auth(&token).send().await.expect("sync");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").is_some();
+        let body: Value = response.json().await.expect("json");
+        match surface {
+            Surface::Rest => {
+                assert_eq!(status, 503, "refused connections: {body}");
+                assert!(retry_after, "503 without Retry-After");
+                assert_eq!(body["error_code"], "UNAVAILABLE");
+            }
+            Surface::Graphql => {
+                assert_eq!(
+                    body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+                    "{body}"
+                );
+            }
+        }
+    }
+    let (code, body) = readiness(&client, &app.base).await;
+    assert_eq!((code, body["status"].as_str()), (503, Some("fail")));
+
+    admin
+        .execute_unprepared(&refuse(true))
+        .await
+        .expect("allow");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let outcomes = loop {
+        match sync(&client, &app.base, &token, Surface::Rest, &attempts).await {
+            Ok(outcomes) => break outcomes,
+            Err(e) if Instant::now() < deadline && e.starts_with("HTTP 503") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("after connections are allowed again: {e}"),
+        }
+    };
+    assert!(outcomes.iter().all(|o| o.status == "acked"), "{outcomes:?}");
+    let (code, _) = wait_readiness(&client, &app.base, "pass", Duration::from_secs(5)).await;
+    assert_eq!(code, 200);
+    admin.close().await.ok();
 }

@@ -289,6 +289,152 @@ impl PgCluster {
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
     }
+
+    /// A standby of `primary`: `pg_basebackup` (taken directly from the primary), then
+    /// started streaming through `link_port` (a relay in front of the primary) under
+    /// `application_name = 'standby'`. Hot standby: it answers read-only queries.
+    pub async fn standby_of(
+        tools: &Tools,
+        primary: &PgCluster,
+        link_port: u16,
+    ) -> Result<PgCluster, String> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("examsync-fault-standby-");
+        let dir = match tools.postgres_user {
+            Some(_) => builder.tempdir_in("/tmp"),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| format!("temp dir: {e}"))?;
+        if let Some((uid, gid)) = tools.postgres_user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| format!("chown the standby dir to postgres: {e}"))?;
+        }
+        let data = dir.path().join("data");
+        let basebackup = tools
+            .initdb
+            .parent()
+            .map(|bin| bin.join("pg_basebackup"))
+            .ok_or("no directory of initdb")?;
+        let output = tools
+            .pg_command(
+                &basebackup,
+                &[
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    // An immediate checkpoint: a spread one takes minutes on an idle server.
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ],
+            )
+            .output();
+        check(output, "pg_basebackup")?;
+        let port = free_port();
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .map_err(|e| format!("postgresql.conf: {e}"))?;
+        // Later lines override the primary's copied ones.
+        writeln!(
+            conf,
+            "\n# standby\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n\
+             primary_conninfo = 'host=127.0.0.1 port={link_port} user=postgres \
+             application_name=standby'\nwal_receiver_status_interval = 1s\n",
+            dir.path().display()
+        )
+        .map_err(|e| format!("postgresql.conf: {e}"))?;
+        std::fs::write(data.join("standby.signal"), b"")
+            .map_err(|e| format!("standby.signal: {e}"))?;
+        if let Some((uid, gid)) = tools.postgres_user {
+            std::os::unix::fs::chown(data.join("standby.signal"), Some(uid), Some(gid))
+                .map_err(|e| format!("chown standby.signal: {e}"))?;
+        }
+        let mut standby = PgCluster {
+            tools: tools.clone(),
+            log: dir.path().join("postgres.log"),
+            data,
+            port,
+            running: false,
+            dir,
+        };
+        standby.pg_start().await?;
+        Ok(standby)
+    }
+
+    /// `pg_ctl promote -w`: the standby leaves recovery on a new timeline.
+    pub async fn promote(&self) -> Result<(), String> {
+        let data = self.data.to_string_lossy().into_owned();
+        let command = self.tools.pg_command(
+            &self.tools.pg_ctl,
+            &["-D", &data, "-w", "-t", "60", "promote"],
+        );
+        let output = tokio::process::Command::from(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await;
+        check(output, "pg_ctl promote").map_err(|e| format!("{e}\n{}", self.log_tail(20)))
+    }
+
+    /// SIGKILL to the postmaster and every process it started, as when its machine dies:
+    /// nothing shuts down cleanly, nothing more is sent to the standby.
+    pub fn kill_hard(&mut self) -> Result<(), String> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .map_err(|e| format!("postmaster.pid: {e}"))?;
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or("no pid in postmaster.pid")?;
+        let children = children_of(postmaster);
+        let kill = |pid: i32| {
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !kill(postmaster) {
+            return Err(format!("kill -KILL {postmaster} (postmaster) failed"));
+        }
+        // A backend may have exited since it was listed: best effort.
+        for child in children {
+            kill(child);
+        }
+        self.running = false;
+        Ok(())
+    }
+}
+
+/// The pids whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 impl Drop for PgCluster {
@@ -422,6 +568,7 @@ impl Drop for RedisServer {
 pub struct ServeConfig {
     pub binary: PathBuf,
     pub database_url: String,
+    /// Empty: no `REDIS_URL` (the in-process cache).
     pub redis_url: String,
     pub redis_prefix: String,
     pub jwt_secret: String,
@@ -468,10 +615,16 @@ impl ServerProcess {
                 .open(&self.log)
                 .map_err(|e| format!("log file: {e}"))?;
             let log_err = log.try_clone().map_err(|e| e.to_string())?;
-            let child = Command::new(&self.config.binary)
+            let mut command = Command::new(&self.config.binary);
+            // An empty `redis_url`: the in-process cache.
+            if self.config.redis_url.is_empty() {
+                command.env_remove("REDIS_URL");
+            } else {
+                command.env("REDIS_URL", &self.config.redis_url);
+            }
+            let child = command
                 .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
                 .env("DATABASE_URL", &self.config.database_url)
-                .env("REDIS_URL", &self.config.redis_url)
                 .env("EXAMSYNC_REDIS_PREFIX", &self.config.redis_prefix)
                 .env("JWT_SECRET", &self.config.jwt_secret)
                 .env_remove("JWT_SECRET_PREVIOUS")
