@@ -109,6 +109,7 @@ pub fn demo_questions() -> Vec<QuestionInput> {
                         cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                         difficulty: Some(["EASY", "MEDIUM", "HARD"][(n / 2) % 3].to_owned()),
                         status: Some(QuestionStatus::Published),
+                        media: None,
                     });
                 }
             }

@@ -149,6 +149,7 @@ mod tests {
             theme_id: None,
             cognitive_level: None,
             difficulty: None,
+            media: Vec::new(),
         }
     }
 
@@ -276,6 +277,7 @@ mod tests {
                         theme_id: theme,
                         cognitive_level: level,
                         difficulty: diff,
+                        media: Vec::new(),
                     }
                 },
             )
