@@ -153,6 +153,8 @@ fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 backend_tests!(
+    cli_imports_files_and_directories,
+    demo_bank_shows_media,
     uploads_follow_the_rules,
     objects_are_served_with_validators_and_ranges,
     objects_are_visible_only_through_published_packages,
@@ -805,4 +807,101 @@ async fn bundles_are_deterministic_and_resumable(backend: Backend) {
     assert!(deleted.is_err());
     assert_eq!(count_rows(&app.db, "media_objects", "").await, 4);
     handle.abort();
+}
+
+async fn cli_imports_files_and_directories(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("ecg");
+    std::fs::create_dir(&nested).unwrap();
+    let (a, b, sound) = (png(30), png(31), draw::silent_mp3(4));
+    std::fs::write(dir.path().join("a.png"), &a).unwrap();
+    std::fs::write(nested.join("b.png"), &b).unwrap();
+    std::fs::write(
+        nested.join("drawing.svg"),
+        b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+    )
+    .unwrap();
+    let single = dir.path().join("heart.mp3");
+    std::fs::write(&single, &sound).unwrap();
+    let run = || {
+        std::process::Command::new(crate::helpers::binary())
+            .args(["media", "import"])
+            .arg(dir.path())
+            .arg(&single)
+            .env_remove("REDIS_URL")
+            .env("DATABASE_URL", &app.config.database_url)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&first.stderr).into_owned();
+    // The SVG is named on stderr, the others stored; the exit status says one was refused.
+    assert!(!first.status.success());
+    assert!(stderr.contains("drawing.svg"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{} image/png {} {}",
+            sha(&a),
+            a.len(),
+            dir.path().join("a.png").display()
+        )
+    );
+    assert!(stdout.contains(&format!("{} image/png {} ", sha(&b), b.len())));
+    assert!(stdout.contains(&format!("{} audio/mpeg {} ", sha(&sound), sound.len())));
+    assert_eq!(app.count("media_objects").await, 3);
+    // Again: the same lines, nothing new stored.
+    let second = run();
+    assert_eq!(String::from_utf8_lossy(&second.stdout), stdout);
+    assert_eq!(app.count("media_objects").await, 3);
+    // Only allowed files: success.
+    let ok = std::process::Command::new(crate::helpers::binary())
+        .args(["media", "import"])
+        .arg(&single)
+        .env_remove("REDIS_URL")
+        .env("DATABASE_URL", &app.config.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+async fn demo_bank_shows_media(backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert!(examsync::demo::seed_if_empty(&app.db).await.unwrap());
+    let (_, student) = app.student();
+    let list = get(
+        &app.base,
+        "/api/v1/tests/packages?scope=THEME&theme_id=111",
+        &student,
+        &[],
+    )
+    .await;
+    let list: Value = serde_json::from_slice(&list.body).unwrap();
+    let item = &list["items"][0];
+    assert_eq!(item["media_count"], 4, "{item}");
+    let id = item["package_id"].as_str().unwrap();
+    let bundle = get(
+        &app.base,
+        &format!("/api/v1/tests/packages/{id}/media"),
+        &student,
+        &[],
+    )
+    .await;
+    assert_eq!(bundle.status, 200);
+    let entries = zip_entries(&bundle.body);
+    assert_eq!(entries.len(), 4);
+    let total: usize = entries.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(item["media_bytes"].as_u64().unwrap(), total as u64);
+    for (name, data) in &entries {
+        let object = get(&app.base, &format!("/api/v1/media/{name}"), &student, &[]).await;
+        assert_eq!(&object.body, data);
+    }
 }
