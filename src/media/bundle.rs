@@ -241,6 +241,110 @@ mod tests {
         }
     }
 
+    /// `vectors/media.json` (what the mobile recipes are tested against) is what this code
+    /// computes: the package's `version_hash` with media references, and its bundle's bytes.
+    /// `EXAMSYNC_WRITE_VECTORS=1` rewrites it from the drawings below.
+    #[test]
+    fn media_vector_agrees() {
+        use crate::media::{MediaPlacement, draw};
+        use crate::packages::{Snapshot, SnapshotMedia, canonical_questions};
+        use base64::Engine;
+        use serde_json::{Value, json};
+        use uuid::Uuid;
+
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let datas = [
+            draw::png_gray(2, 2, &[0, 85, 170, 255]),
+            draw::png_rgb(3, 1, &[255, 0, 0, 0, 255, 0, 0, 0, 255]),
+            draw::silent_mp3(1),
+        ];
+        let metas: Vec<MediaMeta> = datas
+            .iter()
+            .map(|d| {
+                let sniffed = crate::media::sniff(d).unwrap();
+                MediaMeta {
+                    sha256: MediaSha256::of(d),
+                    content_type: sniffed.content_type,
+                    bytes: d.len() as u64,
+                    width: sniffed.width,
+                    height: sniffed.height,
+                    crc32: crc32fast::hash(d),
+                }
+            })
+            .collect();
+        let question = |n: u128, stem: &str, media: Vec<SnapshotMedia>| Snapshot {
+            question_id: Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 + n),
+            stem: stem.into(),
+            option_a: Some("Sinus rhythm".into()),
+            option_b: Some("Atrial fibrillation".into()),
+            option_c: None,
+            option_d: None,
+            option_e: None,
+            correct_index: 0,
+            explanation_md: None,
+            year_id: 1,
+            block_id: None,
+            theme_id: None,
+            cognitive_level: None,
+            difficulty: None,
+            media,
+        };
+        let questions = vec![
+            question(
+                1,
+                "Which rhythm does the strip show?",
+                vec![
+                    SnapshotMedia::new(&metas[0], MediaPlacement::Stem, Some("ECG strip".into())),
+                    SnapshotMedia::new(&metas[2], MediaPlacement::Explanation, None),
+                ],
+            ),
+            question(
+                2,
+                "Which image shows atrial fibrillation?",
+                vec![
+                    SnapshotMedia::new(&metas[1], MediaPlacement::OptionB, Some("Strip B".into())),
+                    SnapshotMedia::new(&metas[0], MediaPlacement::OptionA, Some("Strip A".into())),
+                ],
+            ),
+            question(3, "A question without media.", Vec::new()),
+        ];
+        let (canonical, version_hash) = canonical_questions(questions.clone()).unwrap();
+        let layout = Layout::new(metas.clone()).unwrap();
+        let bundle = assemble(&layout, |sha| {
+            datas
+                .iter()
+                .find(|d| MediaSha256::of(d) == *sha)
+                .unwrap()
+                .clone()
+        });
+        let expected = json!({
+            "description": "A small package with media (docs/api.md sections 4, 4.1 and 5): its \
+                snapshots and version_hash, its objects, and its media bundle (the ZIP served by \
+                GET /api/v1/tests/packages/{id}/media) with the entries it holds, sorted by name.",
+            "questions": serde_json::from_str::<Value>(&canonical).unwrap(),
+            "version_hash": version_hash,
+            "objects": metas.iter().zip(&datas).map(|(m, d)| json!({
+                "sha256": m.sha256, "content_type": m.content_type, "bytes": m.bytes,
+                "width": m.width, "height": m.height, "base64": b64.encode(d),
+            })).collect::<Vec<_>>(),
+            "bundle": {
+                "etag": layout.etag(),
+                "bytes": bundle.len(),
+                "entries": layout.entries().iter().map(|m| json!({
+                    "name": m.sha256, "bytes": m.bytes, "crc32": m.crc32,
+                })).collect::<Vec<_>>(),
+                "base64": b64.encode(&bundle),
+            },
+        });
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/media.json");
+        if std::env::var("EXAMSYNC_WRITE_VECTORS").is_ok_and(|v| v == "1") {
+            let text = serde_json::to_string_pretty(&expected).unwrap();
+            std::fs::write(path, format!("{text}\n")).unwrap();
+        }
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(stored, expected, "vectors/media.json is out of date");
+    }
+
     #[test]
     fn empty_bundle_is_an_end_record() {
         let layout = Layout::new(Vec::new()).unwrap();
