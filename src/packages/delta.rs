@@ -348,7 +348,9 @@ mod tests {
             12 => s.cognitive_level = flip(&s.cognitive_level),
             13 => s.difficulty = flip(&s.difficulty),
             _ => match s.media.first_mut() {
-                Some(first) if salt % 2 == 0 => *first = media_ref(salt as u8, salt as usize, None),
+                Some(first) if salt.is_multiple_of(2) => {
+                    *first = media_ref(salt as u8, salt as usize, None)
+                }
                 _ => s.media.push(media_ref(salt as u8, 0, Some(text))),
             },
         }
