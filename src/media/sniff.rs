@@ -94,6 +94,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn jpeg_and_webp_headers_give_dimensions() {
+        // SOI, a JFIF APP0 segment, then a baseline SOF0 of 3 × 2 pixels.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10];
+        jpeg.extend_from_slice(b"JFIF\0\x01\x01\x00\x00\x01\x00\x01\x00\x00");
+        jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08, 0x00, 0x02, 0x00, 0x03, 0x03]);
+        jpeg.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xFF, 0xD9]);
+        let sniffed = sniff(&jpeg).unwrap();
+        assert_eq!(sniffed.content_type, MediaContentType::Jpeg);
+        assert_eq!((sniffed.width, sniffed.height), (Some(3), Some(2)));
+        // An extended WebP (VP8X) of 5 × 4: the canvas size minus one, 24 bits each.
+        let mut webp = b"RIFF\x16\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00".to_vec();
+        webp.extend_from_slice(&[0, 0, 0, 0, 4, 0, 0, 3, 0, 0]);
+        let sniffed = sniff(&webp).unwrap();
+        assert_eq!(sniffed.content_type, MediaContentType::Webp);
+        assert_eq!((sniffed.width, sniffed.height), (Some(5), Some(4)));
+    }
+
+    #[test]
     fn everything_else_is_refused() {
         let svg = br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>"#;
         assert!(matches!(sniff(svg), Err(SniffError::NotAllowed(_))));
