@@ -168,8 +168,15 @@ async fn uploads_follow_the_rules(backend: Backend) {
     let admin = app.admin_token();
     let image = png(1);
     let hash = sha(&image);
+    // HEAD tells an uploader what is there already.
+    let path = format!("/api/v1/media/{hash}");
+    let before = request(reqwest::Method::HEAD, &app.base, &path, &admin, &[]).await;
+    assert_eq!(before.status, 404);
     let (status, body) = put(&app, &admin, &hash, image.clone()).await;
     assert_eq!(status, 201, "{body}");
+    let after = request(reqwest::Method::HEAD, &app.base, &path, &admin, &[]).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("content-type"), Some("image/png"));
     assert_eq!(
         body,
         json!({"sha256": hash, "content_type": "image/png", "bytes": image.len(), "width": 3, "height": 3})
