@@ -362,6 +362,25 @@ pub async fn may_read_package(
     Ok(package.is_published)
 }
 
+/// The bundle route's form of [`may_read_package`]: an error when the caller may not read the
+/// package. Today that is the `404` of an unpublished one; with grants it becomes the
+/// route's `403 ACCESS_DENIED` (and `410 PACKAGE_WITHDRAWN` for a withdrawn package), while the
+/// object route keeps answering `404` so that a hash is never shown to exist.
+pub async fn ensure_may_read_package(
+    state: &AppState,
+    caller: &AuthUser,
+    package: &PackageSummary,
+) -> AppResult<()> {
+    if may_read_package(state, caller, package).await? {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(format!(
+            "no published package {}",
+            package.id
+        )))
+    }
+}
+
 /// The object `sha`, if `caller` may read it: an admin any stored object; anyone else one
 /// that some published package they may read refers to. `None` is a `404` (never a `403`:
 /// a hash the caller may not read is not shown to exist).
@@ -438,9 +457,7 @@ pub async fn bundle_objects(
     else {
         return Ok(None);
     };
-    if !may_read_package(state, caller, &package).await? {
-        return Ok(None);
-    }
+    ensure_may_read_package(state, caller, &package).await?;
     let mut shas = package_objects(&state.db, package_id).await?;
     if let Some(from) = from {
         let Some(held) = packages::find_summary(&state.db, from)
