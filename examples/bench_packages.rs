@@ -783,6 +783,7 @@ fn bank(count: usize) -> Vec<QuestionInput> {
                 cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                 difficulty: Some(["EASY", "MEDIUM", "HARD"][n % 3].to_owned()),
                 status: Some(QuestionStatus::Published),
+                media: None,
             }
         })
         .collect()

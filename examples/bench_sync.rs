@@ -728,6 +728,7 @@ async fn seed_questions(db: &DatabaseConnection, count: usize) -> Result<Bank, S
                     cognitive_level: None,
                     difficulty: None,
                     status: Some(QuestionStatus::Published),
+                    media: None,
                 }
             })
             .collect()

@@ -41,6 +41,8 @@ fn summaries() -> Vec<PackageSummary> {
             version: n % 7 + 1,
             version_hash: hex_hash(n),
             question_count: 100 + n,
+            media_count: 0,
+            media_bytes: 0,
             is_published: true,
             published_at: Some(Utc::now()),
             created_by: None,

@@ -908,3 +908,63 @@ fn check_core(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// media_sniff: what uploaded bytes are (docs/api.md section 4.1)
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary bytes as an upload: `sniff` never panics; what it accepts is one of the six
+/// allowed types and starts with that format's signature as the format defines it (written
+/// here by hand, not taken from `infer`); images have positive dimensions, sounds none; the
+/// upload rules agree with it. As text, the hash parser accepts exactly 64 lowercase hex
+/// digits and gives them back.
+pub fn check_media_sniff(data: &[u8]) {
+    use examsync::media::{self, MediaContentType, MediaSha256};
+    let upload = media::check_upload(Some(MediaSha256::of(data)), data, usize::MAX);
+    match media::sniff(data) {
+        Ok(sniffed) => {
+            let signed = match sniffed.content_type {
+                MediaContentType::Png => data.starts_with(b"\x89PNG\r\n\x1a\n"),
+                MediaContentType::Jpeg => data.starts_with(&[0xFF, 0xD8, 0xFF]),
+                MediaContentType::Gif => data.starts_with(b"GIF8"),
+                MediaContentType::Webp => {
+                    data.len() >= 12 && data.starts_with(b"RIFF") && &data[8..12] == b"WEBP"
+                }
+                MediaContentType::Ogg => data.starts_with(b"OggS"),
+                MediaContentType::Mpeg => {
+                    data.starts_with(b"ID3")
+                        || (data.len() >= 2 && data[0] == 0xFF && data[1] & 0xE0 == 0xE0)
+                }
+            };
+            assert!(signed, "{:?} without its signature", sniffed.content_type);
+            if sniffed.content_type.is_image() {
+                assert!(sniffed.width.is_some_and(|w| w > 0), "{sniffed:?}");
+                assert!(sniffed.height.is_some_and(|h| h > 0), "{sniffed:?}");
+            } else {
+                assert_eq!((sniffed.width, sniffed.height), (None, None));
+            }
+            let Ok((sha, again)) = upload else {
+                panic!("sniff accepts what the upload rules refuse")
+            };
+            assert_eq!(again, sniffed);
+            assert_eq!(sha, MediaSha256::of(data));
+        }
+        Err(_) => assert!(
+            upload.is_err(),
+            "the upload rules accept what sniff refuses"
+        ),
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let canonical = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        match MediaSha256::parse(text) {
+            Some(sha) => {
+                assert!(canonical, "{text:?} parsed");
+                assert_eq!(sha.hex(), text);
+            }
+            None => assert!(!canonical, "{text:?} refused"),
+        }
+    }
+}

@@ -45,6 +45,11 @@ pub enum Command {
         #[command(subcommand)]
         command: QuestionsCommand,
     },
+    /// Media object commands.
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
     /// Print the GraphQL SDL (what schema.graphql holds).
     Schema,
     /// Test package commands.
@@ -71,6 +76,18 @@ pub enum CacheCommand {
 pub enum QuestionsCommand {
     /// Upsert questions from a JSON file (an array of QuestionInput objects, camelCase).
     Import { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MediaCommand {
+    /// Store media files (files, or directories walked recursively). Prints
+    /// `<sha256> <content_type> <bytes> <path>` for each stored file; a file of a type not
+    /// allowed is named on stderr and makes the exit status non-zero after the others are
+    /// stored. Running it again changes nothing.
+    Import {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

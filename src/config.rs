@@ -75,6 +75,7 @@ pub mod defaults {
     pub const GRAPHQL_INTROSPECTION: bool = true;
     pub const PRODUCTION: bool = false;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub const MEDIA_MAX_BYTES: usize = crate::media::DEFAULT_MAX_BYTES;
     pub const REQUEST_TIMEOUT_SECS: u64 = 30;
     /// A third of the request budget: a statement cut off by it leaves time to answer 503.
     pub const DB_STATEMENT_TIMEOUT_MS: u64 = 10_000;
@@ -184,6 +185,11 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES, global = true)]
     pub max_body_bytes: usize,
 
+    /// Largest media object in bytes (`PUT /api/v1/media/{sha256}` has this body limit
+    /// instead of `EXAMSYNC_MAX_BODY_BYTES`).
+    #[arg(long, env = "EXAMSYNC_MEDIA_MAX_BYTES", default_value_t = defaults::MEDIA_MAX_BYTES, global = true)]
+    pub media_max_bytes: usize,
+
     /// Whole-request timeout in seconds (also bounds slow request bodies).
     #[arg(long, env = "EXAMSYNC_REQUEST_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub request_timeout_secs: u64,
@@ -218,6 +224,7 @@ impl Config {
             graphql_trusted_documents: Vec::new(),
             production: defaults::PRODUCTION,
             max_body_bytes: defaults::MAX_BODY_BYTES,
+            media_max_bytes: defaults::MEDIA_MAX_BYTES,
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
             db_statement_timeout_ms: defaults::DB_STATEMENT_TIMEOUT_MS,
         }

@@ -6,8 +6,9 @@ use uuid::Uuid;
 use crate::{
     auth::{Role, sign_token},
     error::AppResult,
+    media::{self, MediaPlacement, draw},
     packages::{self, BuildRequest, PackageScope},
-    questions::{self, QuestionInput, QuestionStatus},
+    questions::{self, QuestionInput, QuestionMediaInput, QuestionStatus},
 };
 
 /// Fixed ids so that demo tokens keep meaning the same users across restarts.
@@ -109,6 +110,7 @@ pub fn demo_questions() -> Vec<QuestionInput> {
                         cognitive_level: Some(["C1", "C2", "C3"][n % 3].to_owned()),
                         difficulty: Some(["EASY", "MEDIUM", "HARD"][(n / 2) % 3].to_owned()),
                         status: Some(QuestionStatus::Published),
+                        media: None,
                     });
                 }
             }
@@ -117,13 +119,60 @@ pub fn demo_questions() -> Vec<QuestionInput> {
     items
 }
 
+/// The demo's media, drawn here: an ECG strip, a chest radiograph, a histology slide, and
+/// a short (silent) MPEG audio clip standing in for a heart sound.
+pub fn demo_media() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "ECG, lead II: regular narrow-complex rhythm",
+            draw::ecg_strip(600, 200),
+        ),
+        ("Chest radiograph, PA view", draw::chest_radiograph(320)),
+        ("Histology, H&E stain", draw::histology_slide(256)),
+        ("Heart sounds at the apex", draw::silent_mp3(40)),
+    ]
+}
+
+/// Stores the demo media and attaches it to the first questions of the bank.
+async fn with_demo_media(db: &DatabaseConnection) -> AppResult<Vec<QuestionInput>> {
+    let mut items = demo_questions();
+    let mut stored = Vec::new();
+    for (alt, bytes) in demo_media() {
+        let (meta, _) = media::store_object(db, None, bytes, media::DEFAULT_MAX_BYTES).await?;
+        stored.push((alt, meta.sha256.hex()));
+    }
+    let reference = |index: usize, placement: MediaPlacement| {
+        let (alt, sha256) = &stored[index];
+        QuestionMediaInput {
+            sha256: sha256.clone(),
+            placement,
+            alt: Some((*alt).to_owned()),
+        }
+    };
+    let attachments = [
+        vec![reference(0, MediaPlacement::Stem)],
+        vec![
+            reference(1, MediaPlacement::Stem),
+            reference(2, MediaPlacement::Explanation),
+        ],
+        vec![
+            reference(3, MediaPlacement::Stem),
+            reference(0, MediaPlacement::OptionA),
+        ],
+    ];
+    for (item, media) in items.iter_mut().zip(attachments) {
+        item.media = Some(media);
+    }
+    Ok(items)
+}
+
 /// Seeds the demo bank and packages when the database holds no questions yet.
 /// Returns whether it seeded.
 pub async fn seed_if_empty(db: &DatabaseConnection) -> AppResult<bool> {
     if entity::question::Entity::find().count(db).await? > 0 {
         return Ok(false);
     }
-    questions::import_questions(db, demo_questions()).await?;
+    questions::import_questions(db, with_demo_media(db).await?).await?;
     let mut builds = vec![BuildRequest {
         name: "Whole programme".into(),
         description: Some("Every published question".into()),

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     RequestTimeout,
     UnsupportedMediaType,
     NotAcceptable,
+    MediaTypeNotAllowed,
+    MediaHashMismatch,
     // GraphQL (Apollo's names plus ours).
     BadUserInput,
     GraphqlParseFailed,
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -80,6 +82,8 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotAcceptable,
+        ErrorCode::MediaTypeNotAllowed,
+        ErrorCode::MediaHashMismatch,
         ErrorCode::BadUserInput,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
@@ -109,6 +113,8 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::NotAcceptable => "NOT_ACCEPTABLE",
+            ErrorCode::MediaTypeNotAllowed => "MEDIA_TYPE_NOT_ALLOWED",
+            ErrorCode::MediaHashMismatch => "MEDIA_HASH_MISMATCH",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
@@ -163,6 +169,9 @@ pub enum AppError {
     /// A `Range` none of whose bytes exist (REST 416).
     #[error("the range is outside the {length} bytes of this representation")]
     RangeNotSatisfiable { length: u64 },
+    /// Bytes of a type that may not be stored (REST 415 `MEDIA_TYPE_NOT_ALLOWED`).
+    #[error("{0}")]
+    MediaTypeNotAllowed(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
@@ -213,6 +222,7 @@ impl AppError {
             AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::MediaTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -229,6 +239,7 @@ impl AppError {
             | AppError::Unprocessable { code, .. }
             | AppError::Conflict { code, .. } => *code,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            AppError::MediaTypeNotAllowed(_) => ErrorCode::MediaTypeNotAllowed,
             AppError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
@@ -246,7 +257,8 @@ impl AppError {
             | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }
             | AppError::RangeNotSatisfiable { .. }
-            | AppError::PayloadTooLarge { .. } => ErrorCode::BadUserInput,
+            | AppError::PayloadTooLarge { .. }
+            | AppError::MediaTypeNotAllowed(_) => ErrorCode::BadUserInput,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Unavailable { .. } => ErrorCode::Unavailable,
             AppError::Internal(_) => ErrorCode::InternalServerError,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod graphql;
 pub mod hashing;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod packages;
 pub mod primary;

@@ -6,9 +6,9 @@ use examsync::{
     Application,
     app::shutdown_signal,
     auth::sign_token,
-    cli::{CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
+    cli::{CacheCommand, Cli, Command, MediaCommand, PackageCommand, QuestionsCommand},
     config::{Config, Secret},
-    db, demo, graphql, packages, questions, telemetry,
+    db, demo, graphql, media, packages, questions, telemetry,
 };
 
 #[tokio::main]
@@ -66,6 +66,31 @@ async fn run(cli: Cli) -> Result<(), String> {
                 result.updated
             );
             Ok(())
+        }
+        Command::Media {
+            command: MediaCommand::Import { paths },
+        } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            let report = media::import::import_paths(&db, &paths, config.media_max_bytes).await?;
+            for (path, meta) in &report.stored {
+                println!(
+                    "{} {} {} {}",
+                    meta.sha256,
+                    meta.content_type.as_str(),
+                    meta.bytes,
+                    path.display()
+                );
+            }
+            for (path, why) in &report.refused {
+                eprintln!("refused {}: {why}", path.display());
+            }
+            match report.refused.len() {
+                0 => Ok(()),
+                n => Err(format!("{n} file(s) not stored")),
+            }
         }
         Command::Cache {
             command: CacheCommand::Reset,

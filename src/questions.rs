@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult, ErrorCode};
-use entity::question;
+use crate::{
+    error::{AppError, AppResult, ErrorCode},
+    media::{self, MediaPlacement, MediaSha256},
+};
+use entity::{question, question_media};
 
 pub use entity::QuestionStatus;
 
@@ -36,6 +39,21 @@ pub struct QuestionInput {
     #[graphql(default_with = "Some(QuestionStatus::Published)")]
     #[serde(default)]
     pub status: Option<QuestionStatus>,
+    /// 0 to 16 media references, in the order the question shows them. An upsert replaces
+    /// the question's references with these (absent: none).
+    #[serde(default)]
+    pub media: Option<Vec<QuestionMediaInput>>,
+}
+
+/// A question's reference to an uploaded media object.
+#[derive(Clone, Debug, InputObject, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuestionMediaInput {
+    /// Lowercase hex SHA-256 of an object uploaded with `PUT /api/v1/media/{sha256}`.
+    pub sha256: String,
+    /// `OPTION_A` … `OPTION_E` must name an option the question has.
+    pub placement: MediaPlacement,
+    pub alt: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, SimpleObject, Serialize)]
@@ -70,7 +88,65 @@ fn item_problem(item: &QuestionInput) -> Option<String> {
             item.options.len()
         ));
     }
+    let references = item.media.as_deref().unwrap_or_default();
+    if references.len() > media::MAX_REFERENCES {
+        return Some(format!(
+            "media must have at most {} entries, got {}",
+            media::MAX_REFERENCES,
+            references.len()
+        ));
+    }
+    for (position, reference) in references.iter().enumerate() {
+        if MediaSha256::parse(&reference.sha256).is_none() {
+            return Some(format!(
+                "media {position}: sha256 must be 64 lowercase hex digits"
+            ));
+        }
+        if let Some(option) = reference.placement.option_index()
+            && option >= item.options.len()
+        {
+            return Some(format!(
+                "media {position}: placement {} names an option the question lacks ({} options)",
+                reference.placement.as_str(),
+                item.options.len()
+            ));
+        }
+    }
     None
+}
+
+/// Refuses an import whose media references name objects that were never uploaded,
+/// naming the first such item.
+async fn check_media_exist(db: &DatabaseConnection, items: &[QuestionInput]) -> AppResult<()> {
+    let mut wanted: Vec<MediaSha256> = items
+        .iter()
+        .flat_map(|item| item.media.iter().flatten())
+        .filter_map(|r| MediaSha256::parse(&r.sha256))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let stored = media::load_meta(db, &wanted).await?;
+    for (index, item) in items.iter().enumerate() {
+        for (position, reference) in item.media.iter().flatten().enumerate() {
+            let known =
+                MediaSha256::parse(&reference.sha256).is_some_and(|s| stored.contains_key(&s));
+            if !known {
+                return Err(AppError::bad_request_with(
+                    ErrorCode::ValidationError,
+                    format!(
+                        "{}: media {position}: no uploaded object {}",
+                        item_label(index, item.id),
+                        reference.sha256
+                    ),
+                    json!([{"index": index, "id": item.id, "media": position, "sha256": reference.sha256}]),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn item_label(index: usize, id: Option<Uuid>) -> String {
@@ -147,6 +223,7 @@ pub async fn import_questions(
     items: Vec<QuestionInput>,
 ) -> AppResult<ImportQuestionsPayload> {
     validate(&items)?;
+    check_media_exist(db, &items).await?;
     let now = Utc::now();
     let ids: Vec<Uuid> = items
         .iter()
@@ -163,6 +240,24 @@ pub async fn import_questions(
             .await?;
         existing.extend(rows.into_iter().map(|row| (row.id, row.created_at)));
     }
+    let references: Vec<question_media::ActiveModel> = items
+        .iter()
+        .zip(&ids)
+        .flat_map(|(item, id)| {
+            item.media
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(position, r)| question_media::ActiveModel {
+                    question_id: Set(*id),
+                    // At most `MAX_REFERENCES`, checked by `validate`.
+                    position: Set(position as i32),
+                    sha256: Set(r.sha256.clone()),
+                    placement: Set(r.placement),
+                    alt: Set(r.alt.clone()),
+                })
+        })
+        .collect();
     let rows: Vec<question::ActiveModel> = items
         .into_iter()
         .zip(&ids)
@@ -206,6 +301,21 @@ pub async fn import_questions(
             .exec_without_returning(&txn)
             .await?;
     }
+    // An upsert replaces the references of the questions that existed.
+    let existing_ids: Vec<Uuid> = existing.keys().copied().collect();
+    for chunk in existing_ids.chunks(INSERT_CHUNK) {
+        question_media::Entity::delete_many()
+            .filter(question_media::Column::QuestionId.is_in(chunk.iter().copied()))
+            .exec(&txn)
+            .await?;
+    }
+    let mut references = references.into_iter().peekable();
+    while references.peek().is_some() {
+        let chunk: Vec<_> = references.by_ref().take(INSERT_CHUNK).collect();
+        question_media::Entity::insert_many(chunk)
+            .exec_without_returning(&txn)
+            .await?;
+    }
     txn.commit().await?;
     let updated = existing.len() as i32;
     Ok(ImportQuestionsPayload {
@@ -237,6 +347,7 @@ mod tests {
             cognitive_level: None,
             difficulty: None,
             status: Some(QuestionStatus::Published),
+            media: None,
         }
     }
 

@@ -15,11 +15,12 @@ use serde_json::json;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("sync_batch_parser", checks::check_sync_batch_parser),
     ("sync_inputs", checks::check_sync_inputs),
     ("payload_hash", checks::check_payload_hash),
     ("if_none_match", checks::check_if_none_match),
+    ("media_sniff", checks::check_media_sniff),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -295,4 +296,41 @@ fn sync_inputs_inputs() {
         .map(|b| serde_json::to_vec(b).unwrap())
         .collect();
     replay("sync_inputs", target_check("sync_inputs"), &inline);
+}
+
+/// Uploaded bytes: each allowed type drawn in code, near misses (truncated headers, zero
+/// dimensions, SVG, a WebP without its chunk), and hash-like text.
+#[test]
+fn media_sniff_inputs() {
+    use examsync::media::draw;
+    let png = draw::png_gray(3, 2, &[1, 2, 3, 4, 5, 6]);
+    let mut inline = vec![
+        png.clone(),
+        png[..16].to_vec(),
+        png[..24].to_vec(),
+        draw::png_rgb(1, 1, &[255, 0, 0]),
+        draw::silent_mp3(1),
+        b"ID3\x04\x00\x00\x00\x00\x00\x00".to_vec(),
+        b"GIF89a\x02\x00\x03\x00\x00\x00\x00;".to_vec(),
+        b"GIF89a\x00\x00\x00\x00".to_vec(),
+        b"GIF8".to_vec(),
+        b"OggS\x00\x02\x00\x00".to_vec(),
+        b"RIFF\x10\x00\x00\x00WEBPVP8 ".to_vec(),
+        b"RIFF\x10\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x01\x00\x00"
+            .to_vec(),
+        vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10],
+        vec![
+            0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x00, 0x02, 0x00, 0x03, 0x03,
+        ],
+        br#"<svg xmlns="http://www.w3.org/2000/svg"/>"#.to_vec(),
+        b"\xEF\xBB\xBF<svg>".to_vec(),
+        examsync::media::MediaSha256::of(b"x").hex().into_bytes(),
+        examsync::media::MediaSha256::of(b"x")
+            .hex()
+            .to_uppercase()
+            .into_bytes(),
+        Vec::new(),
+    ];
+    inline.push([png.as_slice(), b"<svg/>"].concat());
+    replay("media_sniff", target_check("media_sniff"), &inline);
 }

@@ -6,20 +6,26 @@
 pub mod attempt;
 pub mod enums;
 pub mod idempotency_record;
+pub mod media_object;
 pub mod package_dictionary;
+pub mod package_media;
 pub mod question;
+pub mod question_media;
 pub mod session_answer;
 pub mod test_package;
 pub mod test_session;
 pub mod user;
 
-pub use enums::{QuestionStatus, SessionMode, SessionStatus};
+pub use enums::{MediaContentType, MediaPlacement, QuestionStatus, SessionMode, SessionStatus};
 
 pub mod prelude {
     pub use super::attempt::Entity as Attempt;
     pub use super::idempotency_record::Entity as IdempotencyRecord;
+    pub use super::media_object::Entity as MediaObject;
     pub use super::package_dictionary::Entity as PackageDictionary;
+    pub use super::package_media::Entity as PackageMedia;
     pub use super::question::Entity as Question;
+    pub use super::question_media::Entity as QuestionMedia;
     pub use super::session_answer::Entity as SessionAnswer;
     pub use super::test_package::Entity as TestPackage;
     pub use super::test_session::Entity as TestSession;

@@ -26,6 +26,9 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub questions_json: String,
     pub question_count: i32,
+    /// Distinct media objects the snapshots refer to, and their total size.
+    pub media_count: i32,
+    pub media_bytes: i64,
     pub is_published: bool,
     pub published_at: Option<DateTimeUtc>,
     pub created_by: Option<Uuid>,

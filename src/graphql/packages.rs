@@ -13,7 +13,10 @@ use uuid::Uuid;
 use super::{loaders::Loaders, require_admin, require_user, state};
 use crate::{
     error::AppError,
-    packages::{self, BuildRequest, ListFilter, PackageScope, PackageSummary, Snapshot},
+    media::{self, MediaPlacement},
+    packages::{
+        self, BuildRequest, ListFilter, PackageScope, PackageSummary, Snapshot, SnapshotMedia,
+    },
 };
 use entity::test_package;
 
@@ -67,6 +70,39 @@ pub struct QuestionSnapshot {
     pub theme_id: Option<i32>,
     pub cognitive_level: Option<String>,
     pub difficulty: Option<String>,
+    /// The media the question shows, in its order; `[]` when none.
+    pub media: Vec<MediaRef>,
+}
+
+/// A question's reference to a media object, with where to fetch it.
+#[derive(Clone, Debug, SimpleObject)]
+pub struct MediaRef {
+    /// Lowercase hex SHA-256 of the bytes: verify them against it.
+    pub sha256: String,
+    pub content_type: String,
+    /// Size in bytes (bounded by `EXAMSYNC_MEDIA_MAX_BYTES`, so an `Int`).
+    pub bytes: i32,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub placement: MediaPlacement,
+    pub alt: Option<String>,
+    /// The REST path of the object.
+    pub url: String,
+}
+
+impl From<&SnapshotMedia> for MediaRef {
+    fn from(m: &SnapshotMedia) -> Self {
+        MediaRef {
+            sha256: m.sha256.hex(),
+            content_type: m.content_type.as_str().to_owned(),
+            bytes: i32::try_from(m.bytes).unwrap_or(i32::MAX),
+            width: m.width,
+            height: m.height,
+            placement: m.placement,
+            alt: m.alt.clone(),
+            url: media::object_path(&m.sha256),
+        }
+    }
 }
 
 impl QuestionSnapshot {
@@ -83,6 +119,7 @@ impl QuestionSnapshot {
             theme_id: s.theme_id,
             cognitive_level: s.cognitive_level.clone(),
             difficulty: s.difficulty.clone(),
+            media: s.media.iter().map(MediaRef::from).collect(),
         }
     }
 }
@@ -182,6 +219,22 @@ impl TestPackage {
     /// The REST path that downloads this package.
     async fn download_path(&self) -> String {
         self.summary.download_path()
+    }
+
+    /// Distinct media objects the snapshots refer to (what the bundle holds).
+    async fn media_count(&self) -> i32 {
+        self.summary.media_count
+    }
+
+    /// Their total size in bytes. An `Int` (32 bits): a package past 2 GiB of media shows
+    /// the largest `Int`; REST's `media_bytes` is exact.
+    async fn media_bytes(&self) -> i32 {
+        i32::try_from(self.summary.media_bytes).unwrap_or(i32::MAX)
+    }
+
+    /// The REST path of the media bundle (one ZIP of every object).
+    async fn media_bundle_path(&self) -> String {
+        self.summary.media_bundle_path()
     }
 }
 

@@ -115,11 +115,17 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
     let budget = config.request_timeout();
     let deadline = tokio::time::Instant::now() + budget;
     let (parts, body) = request.into_parts();
+    // Media uploads have their own, larger limit; every other body the 1 MiB one.
+    let body_limit = if super::media::is_upload(&parts.method, parts.uri.path()) {
+        config.media_max_bytes
+    } else {
+        config.max_body_bytes
+    };
     let body = if body.is_end_stream() {
         // No body (most GETs): nothing to wait for, so no timer for it.
         body
     } else {
-        match tokio::time::timeout_at(deadline, read_body(body, config.max_body_bytes)).await {
+        match tokio::time::timeout_at(deadline, read_body(body, body_limit)).await {
             Ok(Ok(body)) => body,
             Ok(Err(_)) => {
                 let body = error_body(

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod graphiql;
 pub mod graphql;
 pub mod health;
+pub mod media;
 pub mod middleware_layer;
 pub mod openapi;
 pub mod packages;
@@ -28,6 +29,8 @@ pub fn rest_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(packages::list_packages))
         .routes(routes!(packages::get_package))
         .routes(routes!(packages::get_delta))
+        .routes(routes!(media::get_bundle))
+        .routes(routes!(media::get_media, media::put_media))
         .routes(routes!(sync::sync_batch))
 }
 

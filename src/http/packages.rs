@@ -417,7 +417,9 @@ pub const USE_AS_DICTIONARY: &str = "use-as-dictionary";
 pub const USE_AS_DICTIONARY_VALUE: &str = "match=\"/api/v1/tests/packages/*\"";
 
 /// A malformed id is `400`, never a `404` or `500`.
-fn parse_package_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, AppError> {
+pub(crate) fn parse_package_id(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Uuid, AppError> {
     let raw = match path {
         Ok(Path(raw)) => raw,
         Err(_) => return Err(malformed("package_id", "")),

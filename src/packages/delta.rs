@@ -130,7 +130,7 @@ pub fn delta_body_bytes(ends: DeltaEnds<'_>, delta: &Delta) -> Result<Vec<u8>, S
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::packages::canonical_questions;
+    use crate::packages::{SnapshotMedia, canonical_questions};
     use proptest::prelude::*;
 
     fn snapshot(n: u128, stem: &str) -> Snapshot {
@@ -149,6 +149,7 @@ mod tests {
             theme_id: None,
             cognitive_level: None,
             difficulty: None,
+            media: Vec::new(),
         }
     }
 
@@ -246,6 +247,34 @@ mod tests {
         proptest::option::of("[a-zé“ ]{0,6}")
     }
 
+    /// A media reference drawn from a small pool of objects, so versions share some.
+    fn arb_media() -> impl Strategy<Value = SnapshotMedia> {
+        (0u8..6, 0usize..7, opt_text())
+            .prop_map(|(object, placement, alt)| media_ref(object, placement, alt))
+    }
+
+    fn media_ref(object: u8, placement: usize, alt: Option<String>) -> SnapshotMedia {
+        use crate::media::{MediaContentType, MediaPlacement, MediaSha256};
+        let placements = [
+            MediaPlacement::Stem,
+            MediaPlacement::Explanation,
+            MediaPlacement::OptionA,
+            MediaPlacement::OptionB,
+            MediaPlacement::OptionC,
+            MediaPlacement::OptionD,
+            MediaPlacement::OptionE,
+        ];
+        SnapshotMedia {
+            sha256: MediaSha256::of(&[object]),
+            content_type: MediaContentType::Png,
+            bytes: i64::from(object) + 1,
+            width: Some(i32::from(object) + 1),
+            height: Some(1),
+            placement: placements[placement % placements.len()],
+            alt,
+        }
+    }
+
     fn arb_snapshot(id: u128) -> impl Strategy<Value = Snapshot> {
         (
             "[a-z ✓\"\\\\]{1,8}",
@@ -257,9 +286,21 @@ mod tests {
             proptest::option::of(-2i32..3),
             opt_text(),
             opt_text(),
+            proptest::collection::vec(arb_media(), 0..3),
         )
             .prop_map(
-                move |(stem, options, correct, explanation, year, block, theme, level, diff)| {
+                move |(
+                    stem,
+                    options,
+                    correct,
+                    explanation,
+                    year,
+                    block,
+                    theme,
+                    level,
+                    diff,
+                    media,
+                )| {
                     let mut o = options.into_iter();
                     Snapshot {
                         question_id: Uuid::from_u128(id),
@@ -276,12 +317,14 @@ mod tests {
                         theme_id: theme,
                         cognitive_level: level,
                         difficulty: diff,
+                        media,
                     }
                 },
             )
     }
 
-    /// One edit of a snapshot: one of its 14 fields changed (the id: a new question).
+    /// One edit of a snapshot: one of its 15 fields changed (the id: a new question; the
+    /// media: a reference added, or the first one replaced by another object).
     fn edit(s: &Snapshot, field: usize, salt: u32) -> Snapshot {
         let mut s = s.clone();
         let text = format!("edit{salt}");
@@ -289,7 +332,7 @@ mod tests {
             Some(_) => None,
             None => Some(text.clone()),
         };
-        match field % 14 {
+        match field % 15 {
             0 => s.question_id = Uuid::from_u128(u128::from(salt) << 64 | 0xffff),
             1 => s.stem.push_str(&text),
             2 => s.option_a = Some(text.clone()),
@@ -303,7 +346,13 @@ mod tests {
             10 => s.block_id = s.block_id.map_or(Some(7), |_| None),
             11 => s.theme_id = s.theme_id.map_or(Some(7), |_| None),
             12 => s.cognitive_level = flip(&s.cognitive_level),
-            _ => s.difficulty = flip(&s.difficulty),
+            13 => s.difficulty = flip(&s.difficulty),
+            _ => match s.media.first_mut() {
+                Some(first) if salt.is_multiple_of(2) => {
+                    *first = media_ref(salt as u8, salt as usize, None)
+                }
+                _ => s.media.push(media_ref(salt as u8, 0, Some(text))),
+            },
         }
         s
     }
@@ -331,7 +380,7 @@ mod tests {
                         .prop_flat_map(|id| arb_snapshot(u128::from(id) << 72 | 1))
                         .prop_map(|s| Op::Add(Box::new(s))),
                     any::<usize>().prop_map(Op::Remove),
-                    (any::<usize>(), 0usize..14, any::<u32>())
+                    (any::<usize>(), 0usize..15, any::<u32>())
                         .prop_map(|(i, f, s)| Op::Edit(i, f, s)),
                 ];
                 let n = held.len();
@@ -393,6 +442,14 @@ mod tests {
                 prop_assert!(!target.iter().any(|t| t.question_id == *id));
             }
             prop_assert!(delta.upserted.windows(2).all(|w| w[0].question_id < w[1].question_id));
+            // The objects the target needs are the held ones plus those the delta names, so
+            // a bundle `?from=` the held version brings every missing one.
+            let named: std::collections::HashSet<_> = held
+                .iter()
+                .chain(&delta.upserted)
+                .flat_map(|s| s.media.iter().map(|m| m.sha256))
+                .collect();
+            prop_assert!(target.iter().flat_map(|s| &s.media).all(|m| named.contains(&m.sha256)));
             prop_assert!(delta.removed.windows(2).all(|w| w[0] < w[1]));
             // And the wire round trip keeps it.
             let ends = DeltaEnds {

@@ -43,7 +43,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DerivePartialModel,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, sea_query::Expr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -52,6 +53,7 @@ use uuid::Uuid;
 use crate::{
     error::{AppError, AppResult, ErrorCode},
     hashing::{canonical_json, sha256_hex},
+    media::{MediaContentType, MediaMeta, MediaPlacement, MediaSha256},
 };
 use entity::{question, test_package};
 
@@ -93,8 +95,9 @@ pub struct BuildRequest {
     pub created_by: Option<Uuid>,
 }
 
-/// A question as frozen in a package: exactly the 14 fields of the REST download.
-/// Serialized through RFC 8785, so field order here does not matter.
+/// A question as frozen in a package: exactly the 14 fields of the REST download, plus
+/// `media` when the question has some. Serialized through RFC 8785, so field order here
+/// does not matter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub question_id: Uuid,
@@ -111,9 +114,51 @@ pub struct Snapshot {
     pub theme_id: Option<i32>,
     pub cognitive_level: Option<String>,
     pub difficulty: Option<String>,
+    /// Absent (not `[]`) when the question has none, so that a package without media keeps
+    /// exactly the bytes, and so the `version_hash`, it had before media existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub media: Vec<SnapshotMedia>,
+}
+
+/// One media reference of a snapshot: the object's identity and facts, and where the
+/// question shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SnapshotMedia {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+    pub sha256: MediaSha256,
+    pub content_type: MediaContentType,
+    pub bytes: i64,
+    /// Images only.
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub placement: MediaPlacement,
+    pub alt: Option<String>,
+}
+
+impl SnapshotMedia {
+    pub fn new(meta: &MediaMeta, placement: MediaPlacement, alt: Option<String>) -> Self {
+        SnapshotMedia {
+            sha256: meta.sha256,
+            content_type: meta.content_type,
+            bytes: meta.bytes as i64,
+            width: meta.width,
+            height: meta.height,
+            placement,
+            alt,
+        }
+    }
 }
 
 impl Snapshot {
+    /// The snapshot of `q` with its media references (in the question's order).
+    pub fn with_media(q: &question::Model, media: Vec<SnapshotMedia>) -> Snapshot {
+        Snapshot {
+            media,
+            ..Snapshot::of(q)
+        }
+    }
+
     pub fn of(q: &question::Model) -> Snapshot {
         let mut options = crate::questions::options_of(q).into_iter();
         Snapshot {
@@ -131,6 +176,7 @@ impl Snapshot {
             theme_id: q.theme_id,
             cognitive_level: q.cognitive_level.clone(),
             difficulty: q.difficulty.clone(),
+            media: Vec::new(),
         }
     }
 
@@ -306,8 +352,13 @@ pub async fn build_package(
     }
     let question_count = i32::try_from(questions.len())
         .map_err(|_| AppError::bad_request("the scope holds too many questions"))?;
-    let (questions_json, version_hash) =
-        canonical_questions(questions.iter().map(Snapshot::of).collect())?;
+    let mut media = crate::media::question_media(db, &questions).await?;
+    let (questions_json, version_hash) = canonical_questions(
+        questions
+            .iter()
+            .map(|q| Snapshot::with_media(q, media.references.remove(&q.id).unwrap_or_default()))
+            .collect(),
+    )?;
     drop(questions);
 
     for _ in 0..BUILD_ATTEMPTS {
@@ -343,14 +394,20 @@ pub async fn build_package(
             version_hash: Set(version_hash.clone()),
             questions_json: Set(questions_json.clone()),
             question_count: Set(question_count),
+            media_count: Set(media.count()),
+            media_bytes: Set(media.total_bytes()),
             is_published: Set(request.publish),
             published_at: Set(request.publish.then_some(at)),
             created_by: Set(request.created_by),
             created_at: Set(at),
             updated_at: Set(at),
         };
-        match row.insert(db).await {
+        // The package and the list of its objects appear together or not at all.
+        let txn = db.begin().await?;
+        match row.insert(&txn).await {
             Ok(model) => {
+                crate::media::record_package_objects(&txn, model.id, &media.objects).await?;
+                txn.commit().await?;
                 tracing::info!(
                     package_id = %model.id,
                     scope = model.scope.as_str(),
@@ -407,6 +464,8 @@ pub struct PackageSummary {
     pub version: i32,
     pub version_hash: String,
     pub question_count: i32,
+    pub media_count: i32,
+    pub media_bytes: i64,
     pub is_published: bool,
     pub published_at: Option<DateTime<Utc>>,
     pub created_by: Option<Uuid>,
@@ -429,6 +488,8 @@ impl From<&test_package::Model> for PackageSummary {
             version: m.version,
             version_hash: m.version_hash.clone(),
             question_count: m.question_count,
+            media_count: m.media_count,
+            media_bytes: m.media_bytes,
             is_published: m.is_published,
             published_at: m.published_at,
             created_by: m.created_by,
@@ -455,6 +516,8 @@ impl PackageSummary {
             version_hash: self.version_hash,
             questions_json,
             question_count: self.question_count,
+            media_count: self.media_count,
+            media_bytes: self.media_bytes,
             is_published: self.is_published,
             published_at: self.published_at,
             created_by: self.created_by,
@@ -466,6 +529,11 @@ impl PackageSummary {
     /// The REST path of the download.
     pub fn download_path(&self) -> String {
         download_path(self.id)
+    }
+
+    /// The REST path of the media bundle.
+    pub fn media_bundle_path(&self) -> String {
+        format!("{}/media", download_path(self.id))
     }
 
     /// The REST `scope_data`: all three keys, `null` where absent.
@@ -497,6 +565,8 @@ impl PackageSummary {
             version: self.version,
             version_hash: self.version_hash.clone(),
             question_count: self.question_count,
+            media_count: self.media_count,
+            media_bytes: self.media_bytes,
             published_at: self.published_at,
             updated_at: self.updated_at,
         }
@@ -526,6 +596,10 @@ pub struct PackageListItem {
     pub version: i32,
     pub version_hash: String,
     pub question_count: i32,
+    /// Distinct media objects the package refers to (what its bundle holds), `0` when none.
+    pub media_count: i32,
+    /// Their total size in bytes, so a phone can decide before fetching (Wi-Fi only, space).
+    pub media_bytes: i64,
     pub published_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
@@ -804,6 +878,7 @@ mod tests {
             theme_id: None,
             cognitive_level: None,
             difficulty: Some("EASY".into()),
+            media: Vec::new(),
         };
         let (questions_json, version_hash) = canonical_questions(vec![snapshot.clone()]).unwrap();
         let package = test_package::Model {
@@ -820,6 +895,8 @@ mod tests {
             version_hash: version_hash.clone(),
             questions_json,
             question_count: 1,
+            media_count: 0,
+            media_bytes: 0,
             is_published: true,
             published_at: Some(at),
             created_by: None,
@@ -852,6 +929,8 @@ mod tests {
             version_hash: "h".into(),
             questions_json: r#"[{"b":1,"a":2}]"#.into(),
             question_count: 1,
+            media_count: 0,
+            media_bytes: 0,
             is_published: true,
             published_at: Some(at),
             created_by: None,

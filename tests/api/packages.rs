@@ -1113,6 +1113,8 @@ async fn list_filters(backend: Backend) {
             keys,
             [
                 "description",
+                "media_bytes",
+                "media_count",
                 "name",
                 "package_id",
                 "published_at",

@@ -211,6 +211,7 @@ async fn seed(db: &DatabaseConnection, count: usize) -> Vec<(Uuid, usize)> {
                 cognitive_level: None,
                 difficulty: None,
                 status: Some(QuestionStatus::Published),
+                media: None,
             }
         })
         .collect();

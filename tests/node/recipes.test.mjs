@@ -19,6 +19,7 @@ const vectorsDir = path.join(repoRoot, 'vectors');
 const payloadVectors = JSON.parse(readFileSync(path.join(vectorsDir, 'payload_hash.json'), 'utf8'));
 const versionVector = JSON.parse(readFileSync(path.join(vectorsDir, 'version_hash.json'), 'utf8'));
 const deltaVector = JSON.parse(readFileSync(path.join(vectorsDir, 'delta.json'), 'utf8'));
+const mediaVector = JSON.parse(readFileSync(path.join(vectorsDir, 'media.json'), 'utf8'));
 
 /** Every fenced code block of a Markdown document: { info, body }. */
 function fencedBlocks(markdown) {
@@ -52,6 +53,7 @@ let workDir;
 let payloadRecipe;
 let versionRecipe;
 let deltaRecipe;
+let mediaRecipe;
 
 /** Evaluate a recipe block as an ES module and collect the named functions (undefined if absent). */
 async function loadRecipe(firstLine, fileName, names) {
@@ -73,6 +75,14 @@ before(async () => {
   const deltaFile = path.join(workDir, 'apply-delta.mjs');
   writeFileSync(deltaFile, `${versionBlock.body}\n\n${deltaBlock.body}\n\nexport default { applyDelta, versionHash };\n`);
   deltaRecipe = { block: deltaBlock, fns: (await import(pathToFileURL(deltaFile).href)).default };
+  // The media recipe, with versionHash (11.2) to verify the package it reads.
+  const mediaBlock = recipeBlock(doc, '// recipe: media.js');
+  const mediaFile = path.join(workDir, 'media.mjs');
+  writeFileSync(
+    mediaFile,
+    `${versionBlock.body}\n\n${mediaBlock.body}\n\nexport default { mediaOf, missingMedia, verifyObject, readMediaBundle, versionHash };\n`,
+  );
+  mediaRecipe = { block: mediaBlock, fns: (await import(pathToFileURL(mediaFile).href)).default };
 });
 
 after(() => {
@@ -235,5 +245,67 @@ describe('apply-delta recipe (delta.json)', () => {
     await assert.rejects(deltaRecipe.fns.applyDelta(v.held.questions, v.held.version_hash, tampered), /does not hash/);
     const dropped = { ...body, removed: [] };
     await assert.rejects(deltaRecipe.fns.applyDelta(v.held.questions, v.held.version_hash, dropped), /does not hash/);
+  });
+});
+
+describe('media recipe (media.json)', () => {
+  const v = mediaVector;
+  const bundle = () => new Uint8Array(Buffer.from(v.bundle.base64, 'base64'));
+
+  test('is self-contained: no imports, no require, JavaScript fence', () => {
+    assert.match(mediaRecipe.block.info, /^(js|javascript|mjs)\b/i);
+    assert.doesNotMatch(mediaRecipe.block.body, /^\s*import\s/m);
+    assert.doesNotMatch(mediaRecipe.block.body, /\brequire\s*\(/);
+  });
+
+  test('the package with media verifies by version_hash', async () => {
+    assert.equal(await mediaRecipe.fns.versionHash(v.questions), v.version_hash);
+    // Dropping a question's media changes the hash: the references are content.
+    const stripped = v.questions.map(({ media, ...rest }) => rest);
+    assert.notEqual(await mediaRecipe.fns.versionHash(stripped), v.version_hash);
+  });
+
+  test('the objects a package needs are its bundle entries', () => {
+    assert.deepEqual(mediaRecipe.fns.mediaOf(v.questions), v.bundle.entries.map((e) => e.name));
+    const held = new Set([v.bundle.entries[0].name]);
+    assert.deepEqual(
+      mediaRecipe.fns.missingMedia(v.questions, held),
+      v.bundle.entries.slice(1).map((e) => e.name),
+    );
+  });
+
+  test('every object verifies by its hash, and a changed byte does not', async () => {
+    for (const o of v.objects) {
+      const bytes = new Uint8Array(Buffer.from(o.base64, 'base64'));
+      assert.equal(bytes.length, o.bytes);
+      assert.ok(await mediaRecipe.fns.verifyObject(bytes, o.sha256), o.sha256);
+      bytes[bytes.length - 1] ^= 1;
+      assert.ok(!(await mediaRecipe.fns.verifyObject(bytes, o.sha256)));
+    }
+  });
+
+  test('the bundle reads back into its entries, each verified', async () => {
+    const zip = bundle();
+    assert.equal(zip.length, v.bundle.bytes);
+    const entries = await mediaRecipe.fns.readMediaBundle(zip);
+    assert.deepEqual(entries.map((e) => e.sha256), v.bundle.entries.map((e) => e.name));
+    for (const e of entries) {
+      const object = v.objects.find((o) => o.sha256 === e.sha256);
+      assert.deepEqual(Buffer.from(e.bytes), Buffer.from(object.base64, 'base64'));
+    }
+  });
+
+  test('a tampered bundle is refused', async () => {
+    const zip = bundle();
+    // The first entry's bytes start after its 30-byte header and 64-byte name.
+    zip[30 + 64 + 5] ^= 0xff;
+    await assert.rejects(mediaRecipe.fns.readMediaBundle(zip), /do not match/);
+    await assert.rejects(mediaRecipe.fns.readMediaBundle(new Uint8Array(10)), /not a media bundle/);
+  });
+
+  test('an empty bundle holds no entries', async () => {
+    const empty = new Uint8Array(22);
+    empty.set([0x50, 0x4b, 0x05, 0x06]);
+    assert.deepEqual(await mediaRecipe.fns.readMediaBundle(empty), []);
   });
 });

@@ -22,7 +22,9 @@ SQL_TEXT = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b.*\b(FROM|INTO|SET)\b|s
 def examsync_contract(ctx, response, case):
     if response.status_code >= 500:
         raise AssertionError(f"HTTP {response.status_code}")
-    body = response.json() if response.content else {}
+    # Media objects and bundles are bytes, not JSON.
+    is_json = "json" in (response.headers.get("content-type") or [""])[0]
+    body = response.json() if response.content and is_json else {}
     if isinstance(body, dict):
         for error in body.get("errors") or []:
             code = (error.get("extensions") or {}).get("code")

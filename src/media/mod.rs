@@ -1,0 +1,519 @@
+//! Media objects (docs/api.md §4.1): content-addressed images and sounds that questions
+//! refer to. This module holds the rules (what may be stored, who may read what) and the
+//! storage; `http::media` only parses and renders, and `bundle` lays out the ZIP of a
+//! package's objects.
+pub mod bundle;
+pub mod draw;
+pub mod import;
+pub mod sniff;
+
+use std::{collections::HashMap, fmt};
+
+use chrono::{SubsecRound, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
+    sea_query::OnConflict,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    error::{AppError, AppResult, ErrorCode},
+    packages::{self, PackageSummary, SnapshotMedia},
+};
+use entity::{media_object, package_media, question, question_media, test_package};
+
+pub use entity::{MediaContentType, MediaPlacement};
+pub use sniff::{Sniffed, sniff};
+
+/// The default of `EXAMSYNC_MEDIA_MAX_BYTES`: large enough for a radiograph, small enough
+/// that one upload cannot take a phone's whole download budget.
+pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
+
+/// How many media references one question may carry.
+pub const MAX_REFERENCES: usize = 16;
+
+/// The identity of a media object: the SHA-256 of its bytes. Parsed once at the edge (path,
+/// input), so everything past it holds a well-formed hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MediaSha256([u8; 32]);
+
+impl MediaSha256 {
+    /// Exactly 64 lowercase hex digits (the form every URL and snapshot uses, so one object
+    /// has one name).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest).ok()?;
+        Some(MediaSha256(digest))
+    }
+
+    /// The `400` a malformed hash gets, naming the field.
+    pub fn parse_field(text: &str, field: &str) -> AppResult<Self> {
+        Self::parse(text).ok_or_else(|| {
+            AppError::bad_request_with(
+                ErrorCode::ValidationError,
+                format!("{field} must be 64 lowercase hex digits (a SHA-256)"),
+                json!({"field": field, "value": text.chars().take(80).collect::<String>()}),
+            )
+        })
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        MediaSha256(sha2::Sha256::digest(bytes).into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for MediaSha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for MediaSha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MediaSha256({})", self.hex())
+    }
+}
+
+impl Serialize for MediaSha256 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for MediaSha256 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        MediaSha256::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom("not 64 lowercase hex digits"))
+    }
+}
+
+/// What is known of a stored object without its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaMeta {
+    pub sha256: MediaSha256,
+    pub content_type: MediaContentType,
+    pub bytes: u64,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub crc32: u32,
+}
+
+impl MediaMeta {
+    pub fn body(&self) -> MediaObjectBody {
+        MediaObjectBody {
+            sha256: self.sha256,
+            content_type: self.content_type,
+            bytes: self.bytes as i64,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    /// The REST path of the object.
+    pub fn url(&self) -> String {
+        object_path(&self.sha256)
+    }
+}
+
+pub fn object_path(sha256: &MediaSha256) -> String {
+    format!("/api/v1/media/{sha256}")
+}
+
+/// The body of `PUT /api/v1/media/{sha256}` (and a line of `examsync media import`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MediaObjectBody {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+    pub sha256: MediaSha256,
+    pub content_type: MediaContentType,
+    pub bytes: i64,
+    /// Images only.
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+/// A stored object as the rows read it: metadata only, the bytes are never selected here.
+type MetaRow = (String, MediaContentType, i64, Option<i32>, Option<i32>, i64);
+
+fn meta_of(row: MetaRow) -> AppResult<MediaMeta> {
+    let (sha, content_type, bytes, width, height, crc32) = row;
+    Ok(MediaMeta {
+        sha256: MediaSha256::parse(&sha)
+            .ok_or_else(|| AppError::internal(format!("stored media hash `{sha}` is malformed")))?,
+        content_type,
+        bytes: u64::try_from(bytes).map_err(|_| AppError::internal("negative media size"))?,
+        width,
+        height,
+        crc32: u32::try_from(crc32).map_err(|_| AppError::internal("stored CRC-32 overflows"))?,
+    })
+}
+
+/// Metadata of the stored objects among `shas` (absent ones are simply missing).
+pub async fn load_meta(
+    db: &impl ConnectionTrait,
+    shas: &[MediaSha256],
+) -> AppResult<HashMap<MediaSha256, MediaMeta>> {
+    let mut found = HashMap::with_capacity(shas.len());
+    for chunk in shas.chunks(500) {
+        let rows: Vec<MetaRow> = media_object::Entity::find()
+            .select_only()
+            .column(media_object::Column::Sha256)
+            .column(media_object::Column::ContentType)
+            .column(media_object::Column::Bytes)
+            .column(media_object::Column::Width)
+            .column(media_object::Column::Height)
+            .column(media_object::Column::Crc32)
+            .filter(media_object::Column::Sha256.is_in(chunk.iter().map(MediaSha256::hex)))
+            .into_tuple()
+            .all(db)
+            .await?;
+        for row in rows {
+            let meta = meta_of(row)?;
+            found.insert(meta.sha256, meta);
+        }
+    }
+    Ok(found)
+}
+
+/// The bytes of one stored object.
+pub async fn load_data(db: &impl ConnectionTrait, sha: &MediaSha256) -> AppResult<Option<Vec<u8>>> {
+    Ok(media_object::Entity::find_by_id(sha.hex())
+        .select_only()
+        .column(media_object::Column::Data)
+        .into_tuple::<Vec<u8>>()
+        .one(db)
+        .await?)
+}
+
+/// Checks `data` against every upload rule without storing it: size, then the hash the
+/// uploader named, then the type sniffed from the bytes.
+pub fn check_upload(
+    expected: Option<MediaSha256>,
+    data: &[u8],
+    max_bytes: usize,
+) -> AppResult<(MediaSha256, Sniffed)> {
+    if data.len() > max_bytes {
+        return Err(AppError::PayloadTooLarge { limit: max_bytes });
+    }
+    let actual = MediaSha256::of(data);
+    if let Some(expected) = expected
+        && expected != actual
+    {
+        return Err(AppError::bad_request_with(
+            ErrorCode::MediaHashMismatch,
+            format!("the bytes hash to {actual}, not {expected}; nothing was stored"),
+            json!({"expected": expected, "actual": actual}),
+        ));
+    }
+    let sniffed = sniff(data).map_err(|e| AppError::MediaTypeNotAllowed(e.to_string()))?;
+    Ok((actual, sniffed))
+}
+
+/// Stores an object (idempotent). Returns its metadata and whether it is new.
+pub async fn store_object(
+    db: &DatabaseConnection,
+    expected: Option<MediaSha256>,
+    data: Vec<u8>,
+    max_bytes: usize,
+) -> AppResult<(MediaMeta, bool)> {
+    let (sha, sniffed) = check_upload(expected, &data, max_bytes)?;
+    // Present already: the same bytes (same hash), so nothing to write.
+    if let Some(meta) = load_meta(db, &[sha]).await?.remove(&sha) {
+        return Ok((meta, false));
+    }
+    let meta = MediaMeta {
+        sha256: sha,
+        content_type: sniffed.content_type,
+        bytes: data.len() as u64,
+        width: sniffed.width,
+        height: sniffed.height,
+        crc32: crc32fast::hash(&data),
+    };
+    let row = media_object::ActiveModel {
+        sha256: Set(sha.hex()),
+        content_type: Set(meta.content_type),
+        bytes: Set(meta.bytes as i64),
+        width: Set(meta.width),
+        height: Set(meta.height),
+        crc32: Set(i64::from(meta.crc32)),
+        data: Set(data),
+        created_at: Set(Utc::now().trunc_subsecs(6)),
+    };
+    // Two uploaders of the same bytes race harmlessly: the loser writes nothing.
+    let written = media_object::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(media_object::Column::Sha256)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok((meta, written > 0))
+}
+
+/// The media of the questions going into a package: each question's references, the
+/// distinct objects, and their totals.
+#[derive(Debug, Default)]
+pub struct PackageMediaSet {
+    pub references: HashMap<Uuid, Vec<SnapshotMedia>>,
+    /// Distinct, sorted by hash.
+    pub objects: Vec<MediaMeta>,
+}
+
+impl PackageMediaSet {
+    pub fn count(&self) -> i32 {
+        // Bounded by the questions' references (16 a question).
+        i32::try_from(self.objects.len()).unwrap_or(i32::MAX)
+    }
+
+    pub fn total_bytes(&self) -> i64 {
+        self.objects.iter().map(|m| m.bytes as i64).sum()
+    }
+}
+
+/// Reads the media references of `questions` (a package being built).
+pub async fn question_media(
+    db: &impl ConnectionTrait,
+    questions: &[question::Model],
+) -> AppResult<PackageMediaSet> {
+    let mut rows = Vec::new();
+    let ids: Vec<Uuid> = questions.iter().map(|q| q.id).collect();
+    for chunk in ids.chunks(500) {
+        rows.extend(
+            question_media::Entity::find()
+                .filter(question_media::Column::QuestionId.is_in(chunk.iter().copied()))
+                .all(db)
+                .await?,
+        );
+    }
+    if rows.is_empty() {
+        return Ok(PackageMediaSet::default());
+    }
+    rows.sort_by_key(|r| (r.question_id, r.position));
+    let mut shas = rows
+        .iter()
+        .map(|r| {
+            MediaSha256::parse(&r.sha256).ok_or_else(|| {
+                AppError::internal(format!("stored media hash `{}` is malformed", r.sha256))
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    shas.sort();
+    shas.dedup();
+    let meta = load_meta(db, &shas).await?;
+    let mut set = PackageMediaSet::default();
+    for row in rows {
+        let found = MediaSha256::parse(&row.sha256).and_then(|sha| meta.get(&sha));
+        let Some(found) = found else {
+            return Err(AppError::internal(format!(
+                "question {} refers to missing media {}",
+                row.question_id, row.sha256
+            )));
+        };
+        set.references
+            .entry(row.question_id)
+            .or_default()
+            .push(SnapshotMedia::new(found, row.placement, row.alt));
+    }
+    set.objects = shas
+        .iter()
+        .filter_map(|sha| meta.get(sha).copied())
+        .collect();
+    Ok(set)
+}
+
+/// Writes the objects a new package refers to (inside its build transaction).
+pub async fn record_package_objects(
+    db: &impl ConnectionTrait,
+    package_id: Uuid,
+    objects: &[MediaMeta],
+) -> AppResult<()> {
+    for chunk in objects.chunks(500) {
+        package_media::Entity::insert_many(chunk.iter().map(|m| package_media::ActiveModel {
+            package_id: Set(package_id),
+            sha256: Set(m.sha256.hex()),
+        }))
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether `caller` may read package `package` (a published one). THE one call point of the
+/// package-level access decision for media: the object route and the bundle route both ask
+/// it, so the grants rule (docs/api.md §3.1) replaces this body alone.
+pub async fn may_read_package(
+    _state: &AppState,
+    _caller: &AuthUser,
+    package: &PackageSummary,
+) -> AppResult<bool> {
+    Ok(package.is_published)
+}
+
+/// The bundle route's form of [`may_read_package`]: an error when the caller may not read the
+/// package. Today that is the `404` of an unpublished one; with grants it becomes the
+/// route's `403 ACCESS_DENIED` (and `410 PACKAGE_WITHDRAWN` for a withdrawn package), while the
+/// object route keeps answering `404` so that a hash is never shown to exist.
+pub async fn ensure_may_read_package(
+    state: &AppState,
+    caller: &AuthUser,
+    package: &PackageSummary,
+) -> AppResult<()> {
+    if may_read_package(state, caller, package).await? {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(format!(
+            "no published package {}",
+            package.id
+        )))
+    }
+}
+
+/// The object `sha`, if `caller` may read it: an admin any stored object; anyone else one
+/// that some published package they may read refers to. `None` is a `404` (never a `403`:
+/// a hash the caller may not read is not shown to exist).
+pub async fn readable_by(
+    state: &AppState,
+    caller: &AuthUser,
+    sha: &MediaSha256,
+) -> AppResult<Option<MediaMeta>> {
+    let Some(meta) = load_meta(&state.db, &[*sha]).await?.remove(sha) else {
+        return Ok(None);
+    };
+    if caller.is_admin() {
+        return Ok(Some(meta));
+    }
+    let package_ids: Vec<Uuid> = package_media::Entity::find()
+        .select_only()
+        .column(package_media::Column::PackageId)
+        .filter(package_media::Column::Sha256.eq(sha.hex()))
+        .into_tuple()
+        .all(&state.db)
+        .await?;
+    if package_ids.is_empty() {
+        return Ok(None);
+    }
+    let referring: Vec<PackageSummary> = test_package::Entity::find()
+        .filter(test_package::Column::Id.is_in(package_ids))
+        .filter(test_package::Column::IsPublished.eq(true))
+        .into_partial_model::<PackageSummary>()
+        .all(&state.db)
+        .await?;
+    for package in &referring {
+        if may_read_package(state, caller, package).await? {
+            return Ok(Some(meta));
+        }
+    }
+    Ok(None)
+}
+
+/// The distinct objects a package refers to, sorted by hash.
+pub async fn package_objects(
+    db: &impl ConnectionTrait,
+    package_id: Uuid,
+) -> AppResult<Vec<MediaSha256>> {
+    let rows: Vec<String> = package_media::Entity::find()
+        .select_only()
+        .column(package_media::Column::Sha256)
+        .filter(package_media::Column::PackageId.eq(package_id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut shas = rows
+        .iter()
+        .map(|s| {
+            MediaSha256::parse(s)
+                .ok_or_else(|| AppError::internal(format!("stored media hash `{s}` is malformed")))
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    shas.sort();
+    shas.dedup();
+    Ok(shas)
+}
+
+/// What the bundle of `package_id` (minus what `from` holds) contains: the metadata of its
+/// objects, sorted by hash, and the package it was asked of. `None`: unknown or unpublished.
+pub async fn bundle_objects(
+    state: &AppState,
+    caller: &AuthUser,
+    package_id: Uuid,
+    from: Option<Uuid>,
+) -> AppResult<Option<(PackageSummary, Vec<MediaMeta>)>> {
+    let Some(package) = packages::find_summary(&state.db, package_id)
+        .await?
+        .filter(|p| p.is_published)
+    else {
+        return Ok(None);
+    };
+    ensure_may_read_package(state, caller, &package).await?;
+    let mut shas = package_objects(&state.db, package_id).await?;
+    if let Some(from) = from {
+        let Some(held) = packages::find_summary(&state.db, from)
+            .await?
+            .filter(|p| p.is_published)
+        else {
+            return Ok(None);
+        };
+        packages::check_delta_scope(
+            (package.scope, &package.scope_key),
+            (held.scope, &held.scope_key),
+        )?;
+        let held_shas = package_objects(&state.db, from).await?;
+        shas.retain(|sha| held_shas.binary_search(sha).is_err());
+    }
+    let meta = load_meta(&state.db, &shas).await?;
+    let objects = shas
+        .iter()
+        .map(|sha| {
+            meta.get(sha)
+                .copied()
+                .ok_or_else(|| AppError::internal(format!("package refers to missing {sha}")))
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok(Some((package, objects)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_parse_only_in_canonical_form() {
+        let hex = MediaSha256::of(b"x").hex();
+        assert_eq!(MediaSha256::parse(&hex).unwrap().hex(), hex);
+        assert!(MediaSha256::parse(&hex.to_uppercase()).is_none());
+        assert!(MediaSha256::parse(&hex[1..]).is_none());
+        assert!(MediaSha256::parse(&format!("{}g", &hex[1..])).is_none());
+        assert!(MediaSha256::parse("").is_none());
+        // Non-ASCII of the right byte length is refused, not sliced.
+        assert!(MediaSha256::parse(&"é".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn upload_rules_apply_in_order() {
+        let png = sniff::tests::tiny_png(3, 2);
+        let (sha, sniffed) = check_upload(Some(MediaSha256::of(&png)), &png, 1 << 20).unwrap();
+        assert_eq!(sha, MediaSha256::of(&png));
+        assert_eq!((sniffed.width, sniffed.height), (Some(3), Some(2)));
+        let too_big = check_upload(None, &png, png.len() - 1).unwrap_err();
+        assert_eq!(too_big.rest_code(), ErrorCode::PayloadTooLarge);
+        let mismatch = check_upload(Some(MediaSha256::of(b"other")), &png, 1 << 20).unwrap_err();
+        assert_eq!(mismatch.rest_code(), ErrorCode::MediaHashMismatch);
+        let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>";
+        let refused = check_upload(None, svg, 1 << 20).unwrap_err();
+        assert_eq!(refused.rest_code(), ErrorCode::MediaTypeNotAllowed);
+    }
+}
