@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PackageCommand,
     },
+    /// Grants: who may study what (docs/api.md section 3.1).
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
     /// Cache commands.
     Cache {
         #[command(subcommand)]
@@ -65,6 +70,44 @@ pub enum CacheCommand {
     /// in a running instance) is read again. Run it after restoring a backup, before
     /// starting the instances.
     Reset,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Record a grant and print its id.
+    Grant {
+        #[arg(long)]
+        user: Uuid,
+        #[arg(long, value_parser = parse_scope)]
+        scope: PackageScope,
+        #[arg(long, conflicts_with_all = ["block_id", "theme_id"])]
+        year_id: Option<i32>,
+        #[arg(long, conflicts_with = "theme_id")]
+        block_id: Option<i32>,
+        #[arg(long)]
+        theme_id: Option<i32>,
+        /// Start (RFC 3339); none: no start.
+        #[arg(long = "from", value_parser = parse_time)]
+        valid_from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End, excluded (RFC 3339); none: no end.
+        #[arg(long = "until", value_parser = parse_time)]
+        valid_until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Revoke a grant now.
+    Revoke { grant_id: Uuid },
+    /// Print every stored grant of a user, one line each, starting with its id.
+    List {
+        #[arg(long)]
+        user: Uuid,
+    },
+    /// Import grants from a CSV file (all or nothing; importing it again changes nothing).
+    Import { file: PathBuf },
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z".into())
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     RequestTimeout,
     UnsupportedMediaType,
     NotAcceptable,
+    AccessDenied,
+    PackageWithdrawn,
     // GraphQL (Apollo's names plus ours).
     BadUserInput,
     GraphqlParseFailed,
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -80,6 +82,8 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotAcceptable,
+        ErrorCode::AccessDenied,
+        ErrorCode::PackageWithdrawn,
         ErrorCode::BadUserInput,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
@@ -109,6 +113,8 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::NotAcceptable => "NOT_ACCEPTABLE",
+            ErrorCode::AccessDenied => "ACCESS_DENIED",
+            ErrorCode::PackageWithdrawn => "PACKAGE_WITHDRAWN",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
@@ -139,6 +145,13 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller's grants do not cover what they ask for (REST 403 `ACCESS_DENIED`,
+    /// GraphQL `FORBIDDEN`).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// What was asked for existed and is gone for good (REST 410).
+    #[error("{message}")]
+    Gone { code: ErrorCode, message: String },
     /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
     #[error("{message}")]
     BadRequest {
@@ -208,6 +221,8 @@ impl AppError {
             AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            AppError::Gone { .. } => StatusCode::GONE,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
@@ -225,6 +240,8 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::AccessDenied(_) => ErrorCode::AccessDenied,
+            AppError::Gone { code, .. } => *code,
             AppError::BadRequest { code, .. }
             | AppError::Unprocessable { code, .. }
             | AppError::Conflict { code, .. } => *code,
@@ -241,7 +258,8 @@ impl AppError {
         match self {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
-            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::NotFound(_) | AppError::Gone { .. } => ErrorCode::NotFound,
+            AppError::AccessDenied(_) => ErrorCode::Forbidden,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use examsync::{
     Application,
+    access::{self, grants::NewGrant},
     app::shutdown_signal,
     auth::sign_token,
-    cli::{CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
+    cli::{AccessCommand, CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
     config::{Config, Secret},
     db, demo, graphql, packages, questions, telemetry,
 };
@@ -83,6 +84,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Access { command } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            run_access(&db, command).await
+        }
         Command::Schema => {
             print!("{}", graphql::sdl());
             Ok(())
@@ -131,6 +139,89 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `examsync access …`: the same rules as the admin GraphQL operations.
+async fn run_access(
+    db: &sea_orm::DatabaseConnection,
+    command: AccessCommand,
+) -> Result<(), String> {
+    let line = |g: &access::Grant| {
+        let (year, block, theme) = g.target.ids();
+        let show = |v: Option<i32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+        };
+        format!(
+            "{} user={} scope={} year_id={} block_id={} theme_id={} valid_from={} valid_until={} revoked_at={} created_at={}",
+            g.id,
+            g.user_id,
+            g.target.scope().as_str(),
+            show(year),
+            show(block),
+            show(theme),
+            time(g.window.valid_from),
+            time(g.window.valid_until),
+            time(g.window.revoked_at),
+            g.created_at.to_rfc3339()
+        )
+    };
+    match command {
+        AccessCommand::Grant {
+            user,
+            scope,
+            year_id,
+            block_id,
+            theme_id,
+            valid_from,
+            valid_until,
+        } => {
+            let new = NewGrant::new(
+                user,
+                scope,
+                year_id,
+                block_id,
+                theme_id,
+                valid_from,
+                valid_until,
+            )
+            .map_err(|e| e.operator_message())?;
+            let grant = access::grants::grant(db, new)
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!("{}", grant.id);
+        }
+        AccessCommand::Revoke { grant_id } => {
+            let grant = access::grants::revoke(db, access::GrantId(grant_id))
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!("{}", line(&grant));
+        }
+        AccessCommand::List { user } => {
+            for grant in access::grants::list(db, user)
+                .await
+                .map_err(|e| e.operator_message())?
+            {
+                println!("{}", line(&grant));
+            }
+        }
+        AccessCommand::Import { file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let grants = access::import::parse(&bytes)
+                .map_err(|e| format!("{}: {e}; nothing imported", file.display()))?;
+            let outcome = access::grants::import(db, &grants)
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!(
+                "imported {} grants: {} created, {} already there",
+                grants.len(),
+                outcome.created,
+                outcome.unchanged
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {

@@ -3,10 +3,12 @@
 //! The tables are created by the `migration` crate; every uniqueness rule that the
 //! sync and package rules depend on lives there as a database constraint.
 
+pub mod access_grant;
 pub mod attempt;
 pub mod enums;
 pub mod idempotency_record;
 pub mod package_dictionary;
+pub mod package_question;
 pub mod question;
 pub mod session_answer;
 pub mod test_package;
@@ -16,9 +18,11 @@ pub mod user;
 pub use enums::{QuestionStatus, SessionMode, SessionStatus};
 
 pub mod prelude {
+    pub use super::access_grant::Entity as AccessGrant;
     pub use super::attempt::Entity as Attempt;
     pub use super::idempotency_record::Entity as IdempotencyRecord;
     pub use super::package_dictionary::Entity as PackageDictionary;
+    pub use super::package_question::Entity as PackageQuestion;
     pub use super::question::Entity as Question;
     pub use super::session_answer::Entity as SessionAnswer;
     pub use super::test_package::Entity as TestPackage;
