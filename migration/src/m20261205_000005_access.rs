@@ -111,7 +111,7 @@ fn sqlite_trigger() -> String {
         .collect::<Vec<_>>()
         .join(" AND ");
     format!(
-        "CREATE TRIGGER test_packages_immutable_update BEFORE UPDATE ON test_packages \
+        "CREATE TRIGGER test_packages_immutable_unless_withdrawn BEFORE UPDATE ON test_packages \
          WHEN OLD.is_published AND NOT (OLD.withdrawn_at IS NULL AND NEW.withdrawn_at IS NOT NULL \
          AND {same}) \
          BEGIN SELECT RAISE(ABORT, 'published test packages are immutable'); END"
@@ -251,8 +251,10 @@ impl MigrationTrait for Migration {
                 db.execute_unprepared(POSTGRES_TRIGGER_DOWN).await?;
             }
             DbBackend::Sqlite => {
-                db.execute_unprepared("DROP TRIGGER IF EXISTS test_packages_immutable_update")
-                    .await?;
+                db.execute_unprepared(
+                    "DROP TRIGGER IF EXISTS test_packages_immutable_unless_withdrawn",
+                )
+                .await?;
                 db.execute_unprepared(SQLITE_TRIGGER_DOWN).await?;
             }
             other => return Err(DbErr::Migration(format!("unsupported backend {other:?}"))),

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod access;
 mod api_fuzz;
 mod auth;
 mod cli;
@@ -16,3 +17,4 @@ mod packages;
 mod security;
 mod sync;
 mod sync_faults;
+mod withdrawal;
