@@ -260,9 +260,15 @@ async fn serve(mut config: Config, demo: bool) -> Result<(), String> {
         if seeded {
             tracing::info!("seeded the demo question bank and packages");
         }
+        demo::ensure_demo_grants(&state.db)
+            .await
+            .map_err(|e| format!("granting the demo student failed: {}", e.operator_message()))?;
         let base = format!("http://{addr}");
         let banner = demo::banner(&secret.0, &base).map_err(|e| e.to_string())?;
-        println!("{banner}");
+        let access = demo::access_summary(&state)
+            .await
+            .map_err(|e| e.operator_message())?;
+        println!("{banner}\n{access}");
     }
     tracing::info!(
         listen = %addr,
