@@ -153,10 +153,12 @@ pub async fn import(db: &DatabaseConnection, grants: &[NewGrant]) -> AppResult<I
     let mut outcome = ImportOutcome::default();
     let mut by_user: std::collections::HashMap<Uuid, Vec<Grant>> = Default::default();
     for new in grants {
-        if !by_user.contains_key(&new.user_id) {
-            by_user.insert(new.user_id, list(&txn, new.user_id).await?);
-        }
-        let stored = by_user.entry(new.user_id).or_default();
+        let stored = match by_user.entry(new.user_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(list(&txn, new.user_id).await?)
+            }
+        };
         let window = Window {
             valid_from: new.valid_from,
             valid_until: new.valid_until,

@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(err.line, 1);
         let err = parse(b"user_id,year_id\n").unwrap_err();
         assert_eq!(err.line, 1);
-        let err = parse(format!("user_id,block_id\nnot-a-uuid,1\n").as_bytes()).unwrap_err();
+        let err = parse(b"user_id,block_id\nnot-a-uuid,1\n").unwrap_err();
         assert_eq!(err.line, 2);
     }
 }

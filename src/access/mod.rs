@@ -401,8 +401,18 @@ mod tests {
             },
         );
         let question = q(1, None, None);
-        assert!(covered_at(&[lapsed.clone()], &[], question, at(9)));
-        assert!(!covered_at(&[lapsed.clone()], &[], question, at(10)));
+        assert!(covered_at(
+            std::slice::from_ref(&lapsed),
+            &[],
+            question,
+            at(9)
+        ));
+        assert!(!covered_at(
+            std::slice::from_ref(&lapsed),
+            &[],
+            question,
+            at(10)
+        ));
         // Token grants count whatever the answer time.
         assert!(covered_at(
             &[lapsed],

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod access_cli;
 mod api_fuzz;
 mod auth;
 mod cli;
