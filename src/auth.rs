@@ -264,6 +264,25 @@ pub fn bearer_token(header: Option<&str>) -> AppResult<&str> {
 
 /// Signs an access token (the `token` CLI command, the demo and tests).
 pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result<String, AppError> {
+    sign_token_with_access(secret, user, role, ttl_secs, &[])
+}
+
+/// Signs an access token carrying grants in its `access` claim (none: no claim).
+pub fn sign_token_with_access(
+    secret: &str,
+    user: Uuid,
+    role: Role,
+    ttl_secs: i64,
+    access: &[GrantTarget],
+) -> Result<String, AppError> {
+    let access = (!access.is_empty()).then(|| {
+        serde_json::Value::Array(
+            access
+                .iter()
+                .map(|t| serde_json::Value::String(t.claim()))
+                .collect(),
+        )
+    });
     let now = unix_now();
     let claims = Claims {
         sub: user.to_string(),
@@ -275,7 +294,7 @@ pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result
         token_type: Some("access".into()),
         iss: None,
         aud: None,
-        access: None,
+        access,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -39,6 +39,10 @@ pub enum Command {
         /// Lifetime, e.g. 3600, 90s, 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
+        /// Grants carried in the token's `access` claim, comma-separated: PROGRAM,
+        /// YEAR:<id>, BLOCK:<id>, THEME:<id>.
+        #[arg(long, value_delimiter = ',', value_parser = parse_grant_claim)]
+        access: Vec<crate::access::GrantTarget>,
     },
     /// Question bank commands.
     Questions {
@@ -102,6 +106,11 @@ pub enum AccessCommand {
     },
     /// Import grants from a CSV file (all or nothing; importing it again changes nothing).
     Import { file: PathBuf },
+}
+
+fn parse_grant_claim(s: &str) -> Result<crate::access::GrantTarget, String> {
+    crate::access::GrantTarget::parse_claim(s.trim())
+        .ok_or_else(|| "must be PROGRAM, YEAR:<id>, BLOCK:<id> or THEME:<id>".into())
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -6,7 +6,7 @@ use examsync::{
     Application,
     access::{self, grants::NewGrant},
     app::shutdown_signal,
-    auth::sign_token,
+    auth::sign_token_with_access,
     cli::{AccessCommand, CacheCommand, Cli, Command, PackageCommand, QuestionsCommand},
     config::{Config, Secret},
     db, demo, graphql, packages, questions, telemetry,
@@ -37,13 +37,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             eprintln!("migrations applied ({})", config.database_url_redacted());
             Ok(())
         }
-        Command::Token { user, role, ttl } => {
+        Command::Token {
+            user,
+            role,
+            ttl,
+            access,
+        } => {
             let secret = config
                 .jwt_secret
                 .take()
                 .ok_or("JWT_SECRET is required to sign tokens")?;
-            let token = sign_token(&secret.0, user, role, ttl.as_secs() as i64)
-                .map_err(|e| e.to_string())?;
+            let token =
+                sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, &access)
+                    .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
         }

@@ -105,6 +105,16 @@ impl GrantTarget {
         }
     }
 
+    /// The token claim value of this grant (what [`GrantTarget::parse_claim`] reads).
+    pub fn claim(self) -> String {
+        match self {
+            GrantTarget::Program => "PROGRAM".to_owned(),
+            GrantTarget::Year(id) => format!("YEAR:{id}"),
+            GrantTarget::Block(id) => format!("BLOCK:{id}"),
+            GrantTarget::Theme(id) => format!("THEME:{id}"),
+        }
+    }
+
     pub fn scope(self) -> PackageScope {
         match self {
             GrantTarget::Program => PackageScope::Program,
@@ -327,6 +337,14 @@ mod tests {
             GrantTarget::parse_claim("THEME:7"),
             Some(GrantTarget::Theme(7))
         );
+        for target in [
+            GrantTarget::Program,
+            GrantTarget::Year(1),
+            GrantTarget::Block(-4),
+            GrantTarget::Theme(70),
+        ] {
+            assert_eq!(GrantTarget::parse_claim(&target.claim()), Some(target));
+        }
         for bad in [
             "program",
             "YEAR",
