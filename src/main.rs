@@ -41,14 +41,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             user,
             role,
             ttl,
-            access,
+            grants,
         } => {
             let secret = config
                 .jwt_secret
                 .take()
                 .ok_or("JWT_SECRET is required to sign tokens")?;
             let token =
-                sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, &access)
+                sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, &grants)
                     .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())

@@ -206,10 +206,28 @@ impl AccessCache {
             }
         }
         if !missing.is_empty() {
-            let loaded = index::question_scopes(db, &missing).await?;
+            let mut loaded = index::question_scopes(db, &missing).await?;
             for id in missing {
-                let scopes: Arc<[QuestionScope]> =
-                    Arc::from(loaded.get(&id).cloned().unwrap_or_default());
+                // No index rows: a package built by an older binary. Index it now rather
+                // than judge it by an empty question list (which every grant would cover).
+                let scopes = match loaded.remove(&id) {
+                    Some(scopes) => scopes,
+                    None => {
+                        let mut scopes: Vec<QuestionScope> = index::index_package(db, id)
+                            .await?
+                            .iter()
+                            .map(|r| QuestionScope {
+                                year_id: r.year_id,
+                                block_id: r.block_id,
+                                theme_id: r.theme_id,
+                            })
+                            .collect();
+                        scopes.sort_unstable();
+                        scopes.dedup();
+                        scopes
+                    }
+                };
+                let scopes: Arc<[QuestionScope]> = Arc::from(scopes);
                 insert_capped(&self.scopes, id, scopes.clone());
                 out.insert(id, scopes);
             }

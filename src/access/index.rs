@@ -67,33 +67,42 @@ pub async fn backfill(db: &DatabaseConnection) -> Result<usize, DbErr> {
         .await?;
     let mut done = 0;
     for id in all.into_iter().filter(|id| !indexed.contains(id)) {
-        let Some(json) = crate::packages::load_questions_json(db, &[id])
-            .await
-            .map_err(|e| DbErr::Custom(e.operator_message()))?
-            .remove(&id)
-        else {
-            continue;
-        };
-        let snapshots = crate::packages::parse_snapshots(&json)
-            .map_err(|e| DbErr::Custom(format!("package {id}: {}", e.operator_message())))?;
-        let rows: Vec<IndexRow> = snapshots
-            .iter()
-            .map(|s| IndexRow {
-                question_id: s.question_id,
-                year_id: s.year_id,
-                block_id: s.block_id,
-                theme_id: s.theme_id,
-            })
-            .collect();
-        let txn = db.begin().await?;
-        insert(&txn, id, &rows).await?;
-        txn.commit().await?;
-        done += 1;
+        if !index_package(db, id).await?.is_empty() {
+            done += 1;
+        }
     }
     if done > 0 {
         tracing::info!(packages = done, "indexed the questions of older packages");
     }
     Ok(done)
+}
+
+/// Indexes one package from its stored snapshots (idempotent) and returns its rows; empty
+/// for an unknown package. Also how a package built by an older binary during a rolling
+/// upgrade gets indexed on first use.
+pub async fn index_package(db: &DatabaseConnection, id: Uuid) -> Result<Vec<IndexRow>, DbErr> {
+    let Some(json) = crate::packages::load_questions_json(db, &[id])
+        .await
+        .map_err(|e| DbErr::Custom(e.operator_message()))?
+        .remove(&id)
+    else {
+        return Ok(Vec::new());
+    };
+    let snapshots = crate::packages::parse_snapshots(&json)
+        .map_err(|e| DbErr::Custom(format!("package {id}: {}", e.operator_message())))?;
+    let rows: Vec<IndexRow> = snapshots
+        .iter()
+        .map(|s| IndexRow {
+            question_id: s.question_id,
+            year_id: s.year_id,
+            block_id: s.block_id,
+            theme_id: s.theme_id,
+        })
+        .collect();
+    let txn = db.begin().await?;
+    insert(&txn, id, &rows).await?;
+    txn.commit().await?;
+    Ok(rows)
 }
 
 /// The distinct scopes of the questions of some packages: all coverage needs to know of

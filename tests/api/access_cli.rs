@@ -129,3 +129,59 @@ async fn cli_grants(backend: Backend) {
 }
 
 backend_tests!(cli_grants);
+
+/// RFC 7518 §3.2: a key shorter than 32 bytes stops `serve` and `token`, naming the setting.
+#[test]
+fn keys_shorter_than_32_bytes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let short = "a".repeat(31);
+    let user = Uuid::new_v4().to_string();
+    for (args, key) in [
+        (vec!["serve", "--bind", "127.0.0.1:0"], "JWT_SECRET"),
+        (
+            vec!["token", "--user", &user, "--role", "STUDENT"],
+            "JWT_SECRET",
+        ),
+        (
+            vec!["token", "--user", &user, "--role", "STUDENT"],
+            "JWT_SECRET_PREVIOUS",
+        ),
+    ] {
+        let mut command = Command::new(binary());
+        command
+            .args(&args)
+            .env_remove("REDIS_URL")
+            .env("DATABASE_URL", &url)
+            .env("JWT_SECRET", "b".repeat(32))
+            .env(key, &short);
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "{args:?} {key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let flag = key.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            stderr.contains(&flag) && stderr.contains("32 bytes"),
+            "{stderr}"
+        );
+    }
+    let out = Command::new(binary())
+        .args([
+            "token", "--user", &user, "--role", "STUDENT", "--grant", "YEAR:1",
+        ])
+        .env("JWT_SECRET", "b".repeat(32))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let verified = examsync::auth::TokenVerifier::new(&"b".repeat(32), None)
+        .verify(token.trim())
+        .unwrap();
+    assert_eq!(
+        verified.access.as_deref(),
+        Some(&[examsync::access::GrantTarget::Year(1)][..])
+    );
+}

@@ -129,6 +129,19 @@ async fn withdrawn_packages_are_gone(backend: Backend) {
     let (_, results, _) = sync(&app, Surface::Rest, &token, &[item], None).await;
     assert_eq!(results[0]["status"], "acked", "{results:?}");
 
+    // The database still refuses any other change of the published row, and a second
+    // withdrawal's change.
+    use sea_orm::ConnectionTrait;
+    for sql in [
+        "UPDATE test_packages SET name = 'x' WHERE is_published",
+        "UPDATE test_packages SET withdrawn_reason = 'x' WHERE withdrawn_at IS NOT NULL",
+        "UPDATE test_packages SET withdrawn_at = published_at, name = 'x' \
+         WHERE is_published AND withdrawn_at IS NULL",
+        "DELETE FROM test_packages WHERE is_published",
+    ] {
+        assert!(app.db.execute_unprepared(sql).await.is_err(), "{sql}");
+    }
+
     // Unknown and unpublished packages cannot be withdrawn.
     let body = withdraw(&app, &admin, Uuid::new_v4(), "x").await;
     assert_eq!(
