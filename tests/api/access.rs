@@ -611,7 +611,29 @@ async fn two_instances(backend: Backend) {
     b.stop().await;
 }
 
+/// A package without question index rows (built by an older binary during a rolling
+/// upgrade) is indexed on first use, never judged by an empty question list.
+async fn unindexed_packages_are_indexed_on_first_use(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let app = grants_app(backend).await;
+    app.import_questions(json!([question("Y3", &["a", "b"], 0, 3, Some(31), None)]))
+        .await;
+    let package = app.publish("YEAR", json!({"yearId": 3})).await;
+    app.db
+        .execute_unprepared("DELETE FROM package_questions")
+        .await
+        .unwrap();
+    let (student, token) = app.student();
+    app.grant(student, "YEAR", Some(4)).await;
+    assert_eq!(download(&app, &token, package, &[]).await.0, 403);
+    assert!(listed(&app, &token, "").await.is_empty());
+    app.grant(student, "YEAR", Some(3)).await;
+    assert_eq!(download(&app, &token, package, &[]).await.0, 200);
+    assert!(crate::helpers::count_rows(&app.db, "package_questions", "").await > 0);
+}
+
 backend_tests!(
+    unindexed_packages_are_indexed_on_first_use,
     rest_surface,
     latest_picks_the_newest_readable_version,
     graphql_surface,
