@@ -110,7 +110,7 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub redis_timeout_ms: u64,
 
-    /// HS256 key for access tokens (at least 32 bytes).
+    /// HS256 key for access tokens (at least 32 bytes, RFC 7518 §3.2).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<Secret>,
 

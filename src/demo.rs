@@ -176,7 +176,7 @@ pub async fn seed_if_empty(db: &DatabaseConnection) -> AppResult<bool> {
     Ok(true)
 }
 
-/// The demo student's grants: years 1 and 2, so the packages of those years open and
+/// The demo student's grants: the first years, so the packages of those years open and
 /// the whole programme and the later years do not. Granted on every start (an equal grant
 /// in force is kept, so nothing doubles).
 pub const DEMO_GRANT_YEARS: [i32; 2] = [1, 2];

@@ -30,8 +30,8 @@ use crate::{
 };
 use entity::test_package;
 
-/// How long loaded grants (and the decisions made with them) are trusted: a revocation
-/// must take effect within 30 seconds on every instance.
+/// How long loaded grants (and the decisions made with them) are trusted: below the bound
+/// docs/api.md section 3.1 sets on how late a revocation may take effect elsewhere.
 pub const GRANTS_TTL: Duration = Duration::from_secs(20);
 /// How long a package found not withdrawn is trusted to stay so on this instance.
 pub const WITHDRAWAL_TTL: Duration = Duration::from_secs(20);
