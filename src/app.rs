@@ -15,6 +15,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
 use crate::{
+    access::AccessCache,
     auth::{TokenVerifier, UserRegistry},
     cache::Cache,
     config::Config,
@@ -33,6 +34,8 @@ pub struct App {
     pub tokens: TokenVerifier,
     pub users: UserRegistry,
     pub packages: PackageStore,
+    /// Access decisions and what they rest on (docs/api.md section 3.1).
+    pub access: AccessCache,
     pub rate_limiter: RateLimiter,
     /// The operations allowed to run, when `EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS` is set.
     pub trusted_documents: Option<Arc<TrustedDocuments>>,
@@ -74,12 +77,13 @@ impl App {
     /// Connects to the database (running migrations) and the cache.
     pub async fn connect(config: Config) -> Result<AppState, StartupError> {
         let secret = config.jwt_secret.as_ref().ok_or_else(|| {
-            StartupError::Config("JWT_SECRET is required (at least 16 bytes)".into())
+            StartupError::Config("JWT_SECRET is required (at least 32 bytes)".into())
         })?;
         let tokens = TokenVerifier::new(
             &secret.0,
             config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
-        );
+        )
+        .with_issuer_audience(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         // Read the manifests first: a bad one stops the start before anything connects.
         let trusted_documents = if config.graphql_trusted_documents.is_empty() {
             None
@@ -107,6 +111,7 @@ impl App {
         )
         .await?;
         db::migrate(&db).await?;
+        crate::access::index::backfill(&db).await?;
         let db_statements = Arc::new(AtomicU64::new(0));
         let counter = db_statements.clone();
         db.set_metric_callback(move |info| {
@@ -135,6 +140,7 @@ impl App {
             config.rate_limit_per_minute,
             Duration::from_secs(config.rate_limit_window_secs),
         );
+        let access = AccessCache::new(config.access);
         Ok(AppState(Arc::new(App {
             config,
             db,
@@ -142,6 +148,7 @@ impl App {
             tokens,
             users: UserRegistry::default(),
             packages: PackageStore::default(),
+            access,
             rate_limiter,
             trusted_documents,
             metrics: crate::metrics::handle(),

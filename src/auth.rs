@@ -6,7 +6,7 @@
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -15,7 +15,10 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::{
+    access::GrantTarget,
+    error::{AppError, AppResult},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -44,10 +47,12 @@ impl Role {
 }
 
 /// The caller of a request, from a verified token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: Uuid,
     pub role: Role,
+    /// The grants of the token's `access` claim (docs/api.md section 3.1), when it has one.
+    pub access: Option<Arc<[GrantTarget]>>,
 }
 
 impl AuthUser {
@@ -81,6 +86,16 @@ pub struct Claims {
     pub nbf: Option<i64>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// A string or an array of strings; checked by the library against the configured
+    /// audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    /// Grants carried by the token: `PROGRAM`, `YEAR:<id>`, `BLOCK:<id>`, `THEME:<id>`.
+    /// Read as any JSON so that a bad value is named, not just "malformed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<serde_json::Value>,
 }
 
 /// Verifies tokens with the current key, then the previous one. Verified tokens are
@@ -100,6 +115,23 @@ pub const NBF_LEEWAY_SECS: i64 = 60;
 const VERIFIED_TOKENS_CAP: usize = 100_000;
 
 impl TokenVerifier {
+    /// Binds tokens to an issuer and an audience (docs/api.md section 3): with one set, a
+    /// token must carry the claim and match it; with no audience set, a token that
+    /// carries `aud` is refused (RFC 7519 §4.1.3).
+    pub fn with_issuer_audience(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     pub fn new(secret: &str, previous: Option<&str>) -> Self {
         let mut keys = vec![DecodingKey::from_secret(secret.as_bytes())];
         if let Some(previous) = previous {
@@ -124,14 +156,14 @@ impl TokenVerifier {
             && let Some((user, exp)) = verified.get(token)
             && *exp > now
         {
-            return Ok(*user);
+            return Ok(user.clone());
         }
         let (user, exp) = self.verify_signature(token)?;
         if let Ok(mut verified) = self.verified.lock() {
             if verified.len() >= VERIFIED_TOKENS_CAP {
                 verified.clear();
             }
-            verified.insert(token.to_owned(), (user, exp));
+            verified.insert(token.to_owned(), (user.clone(), exp));
         }
         Ok(user)
     }
@@ -160,7 +192,11 @@ fn token_error(e: &jsonwebtoken::errors::Error) -> AppError {
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
             "token algorithm must be HS256"
         }
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        ErrorKind::MissingRequiredClaim(claim) => {
+            return AppError::Unauthenticated(format!("token lacks the required claim `{claim}`"));
+        }
+        ErrorKind::InvalidAudience => "token audience (`aud` claim) is refused",
+        ErrorKind::InvalidIssuer => "token issuer (`iss` claim) is refused",
         _ => "token is malformed",
     };
     AppError::Unauthenticated(reason.into())
@@ -185,7 +221,31 @@ fn claims_to_user(claims: &Claims, now: i64) -> AppResult<AuthUser> {
         .map_err(|_| AppError::Unauthenticated("token subject is not a UUID".into()))?;
     let role = Role::parse(&claims.role)
         .ok_or_else(|| AppError::Unauthenticated("token role is not recognised".into()))?;
-    Ok(AuthUser { id, role })
+    let access = claims.access.as_ref().map(parse_access_claim).transpose()?;
+    Ok(AuthUser { id, role, access })
+}
+
+/// The `access` claim: an array of grant strings; anything else invalidates the token.
+fn parse_access_claim(value: &serde_json::Value) -> AppResult<Arc<[GrantTarget]>> {
+    let invalid = || {
+        AppError::Unauthenticated(
+            "token `access` claim is invalid: an array of \"PROGRAM\", \"YEAR:<id>\", \
+             \"BLOCK:<id>\" or \"THEME:<id>\""
+                .into(),
+        )
+    };
+    let items = value.as_array().ok_or_else(invalid)?;
+    let mut targets = items
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .and_then(GrantTarget::parse_claim)
+                .ok_or_else(invalid)
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    targets.sort_unstable();
+    targets.dedup();
+    Ok(Arc::from(targets))
 }
 
 /// Extracts the token from an `Authorization` header value.
@@ -204,6 +264,25 @@ pub fn bearer_token(header: Option<&str>) -> AppResult<&str> {
 
 /// Signs an access token (the `token` CLI command, the demo and tests).
 pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result<String, AppError> {
+    sign_token_with_access(secret, user, role, ttl_secs, &[])
+}
+
+/// Signs an access token carrying grants in its `access` claim (none: no claim).
+pub fn sign_token_with_access(
+    secret: &str,
+    user: Uuid,
+    role: Role,
+    ttl_secs: i64,
+    access: &[GrantTarget],
+) -> Result<String, AppError> {
+    let access = (!access.is_empty()).then(|| {
+        serde_json::Value::Array(
+            access
+                .iter()
+                .map(|t| serde_json::Value::String(t.claim()))
+                .collect(),
+        )
+    });
     let now = unix_now();
     let claims = Claims {
         sub: user.to_string(),
@@ -213,6 +292,9 @@ pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result
         jti: Some(Uuid::new_v4().to_string()),
         nbf: None,
         token_type: Some("access".into()),
+        iss: None,
+        aud: None,
+        access,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -292,7 +374,7 @@ impl UserRegistry {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "unit-test-secret-0123456789";
+    const SECRET: &str = "unit-test-secret-0123456789abcdef-32";
 
     #[test]
     fn signed_token_verifies() {
@@ -303,7 +385,8 @@ mod tests {
             verifier.verify(&token).unwrap(),
             AuthUser {
                 id: user,
-                role: Role::Admin
+                role: Role::Admin,
+                access: None,
             }
         );
     }
@@ -311,14 +394,14 @@ mod tests {
     #[test]
     fn previous_key_is_accepted_other_keys_are_not() {
         let token = sign_token(
-            "old-secret-0123456789abcdef",
+            "old-secret-0123456789abcdef-0123456",
             Uuid::new_v4(),
             Role::Student,
             60,
         )
         .unwrap();
         assert!(
-            TokenVerifier::new(SECRET, Some("old-secret-0123456789abcdef"))
+            TokenVerifier::new(SECRET, Some("old-secret-0123456789abcdef-0123456"))
                 .verify(&token)
                 .is_ok()
         );
@@ -335,6 +418,9 @@ mod tests {
             jti: None,
             nbf,
             token_type: None,
+            iss: None,
+            aud: None,
+            access: None,
         };
         let now = 1_800_000_000;
         assert!(claims_to_user(&claims(None), now).is_ok());

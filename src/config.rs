@@ -3,6 +3,9 @@
 //! clap validates every value and names the offending setting on error; `--help` lists them.
 use std::{fmt, net::SocketAddr, time::Duration};
 
+/// The shortest HS256 key accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// A secret string that never shows up in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -16,8 +19,11 @@ impl fmt::Debug for Secret {
 impl std::str::FromStr for Secret {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() < 16 {
-            return Err("must be at least 16 bytes long".into());
+        // RFC 7518 §3.2: an HS256 key is at least as long as the hash output.
+        if s.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "must be at least {MIN_SECRET_BYTES} bytes long (RFC 7518 §3.2)"
+            ));
         }
         Ok(Secret(s.to_owned()))
     }
@@ -105,7 +111,7 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub redis_timeout_ms: u64,
 
-    /// HS256 key for access tokens (at least 16 bytes).
+    /// HS256 key for access tokens (at least 32 bytes, RFC 7518 §3.2).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<Secret>,
 
@@ -117,6 +123,20 @@ pub struct Config {
         global = true
     )]
     pub jwt_secret_previous: Option<Secret>,
+
+    /// When set, a token's `iss` must equal it.
+    #[arg(long, env = "EXAMSYNC_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, a token's `aud` must contain it; when unset, a token carrying `aud` is
+    /// refused.
+    #[arg(long, env = "EXAMSYNC_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// `grants`: students read only what their grants cover; `open`: every
+    /// authenticated user reads every published package.
+    #[arg(long, env = "EXAMSYNC_ACCESS", value_enum, default_value_t = crate::access::AccessMode::Grants, global = true)]
+    pub access: crate::access::AccessMode,
 
     /// Listen address.
     #[arg(
@@ -212,6 +232,9 @@ impl Config {
             redis_timeout_ms: defaults::REDIS_TIMEOUT_MS,
             jwt_secret: None,
             jwt_secret_previous: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            access: crate::access::AccessMode::Grants,
             // Tests and embedders bind an ephemeral port, not the default one.
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,

@@ -52,6 +52,8 @@ pub enum ErrorCode {
     NotAcceptable,
     MediaTypeNotAllowed,
     MediaHashMismatch,
+    AccessDenied,
+    PackageWithdrawn,
     // GraphQL (Apollo's names plus ours).
     BadUserInput,
     GraphqlParseFailed,
@@ -63,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -84,6 +86,8 @@ impl ErrorCode {
         ErrorCode::NotAcceptable,
         ErrorCode::MediaTypeNotAllowed,
         ErrorCode::MediaHashMismatch,
+        ErrorCode::AccessDenied,
+        ErrorCode::PackageWithdrawn,
         ErrorCode::BadUserInput,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
@@ -115,6 +119,8 @@ impl ErrorCode {
             ErrorCode::NotAcceptable => "NOT_ACCEPTABLE",
             ErrorCode::MediaTypeNotAllowed => "MEDIA_TYPE_NOT_ALLOWED",
             ErrorCode::MediaHashMismatch => "MEDIA_HASH_MISMATCH",
+            ErrorCode::AccessDenied => "ACCESS_DENIED",
+            ErrorCode::PackageWithdrawn => "PACKAGE_WITHDRAWN",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
@@ -145,6 +151,13 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller's grants do not cover what they ask for (REST 403 `ACCESS_DENIED`,
+    /// GraphQL `FORBIDDEN`).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// What was asked for existed and is gone for good (REST 410).
+    #[error("{message}")]
+    Gone { code: ErrorCode, message: String },
     /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
     #[error("{message}")]
     BadRequest {
@@ -217,6 +230,8 @@ impl AppError {
             AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            AppError::Gone { .. } => StatusCode::GONE,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
@@ -235,6 +250,8 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::AccessDenied(_) => ErrorCode::AccessDenied,
+            AppError::Gone { code, .. } => *code,
             AppError::BadRequest { code, .. }
             | AppError::Unprocessable { code, .. }
             | AppError::Conflict { code, .. } => *code,
@@ -252,7 +269,8 @@ impl AppError {
         match self {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
-            AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::NotFound(_) | AppError::Gone { .. } => ErrorCode::NotFound,
+            AppError::AccessDenied(_) => ErrorCode::Forbidden,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }

@@ -380,7 +380,11 @@ impl Batch<'_> {
             ids.dedup();
         }
 
-        let mut facts = Facts::default();
+        let mut facts = Facts {
+            access: crate::access::gate::sync_access(self.db(), &self.app.access, &self.user)
+                .await?,
+            ..Facts::default()
+        };
         for (session, offline) in
             store::find_sessions(self.db(), self.user.id, &session_ids, &offline_ids).await?
         {

@@ -24,7 +24,7 @@ use crate::replication::Commit;
 use super::rules::{Answer, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
     QuestionStatus, SessionMode, SessionStatus, attempt, idempotency_record, question,
-    session_answer, test_package, test_session, user,
+    session_answer, test_session, user,
 };
 
 pub fn uuids(items: impl IntoIterator<Item = Uuid>) -> Value {
@@ -242,39 +242,13 @@ pub async fn find_questions(
         .collect())
 }
 
-/// Which of these (not PUBLISHED) questions some published package still holds. Runs
-/// only for such questions, which a phone rarely has.
+/// Which of these (not PUBLISHED) questions some published package still holds: indexed
+/// reads of the question → package index, whatever the size of the bank.
 pub async fn in_published_packages(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, DbErr> {
-    let mut found = HashSet::new();
-    if ids.is_empty() {
-        return Ok(found);
-    }
-    // The stored snapshot array is RFC 8785 JSON: each question appears exactly as
-    // `"question_id":"<lowercase uuid>"`.
-    let mut condition = Condition::any();
-    for id in ids {
-        condition = condition
-            .add(test_package::Column::QuestionsJson.like(format!("%\"question_id\":\"{id}\"%")));
-    }
-    let rows: Vec<String> = test_package::Entity::find()
-        .select_only()
-        .column(test_package::Column::QuestionsJson)
-        .filter(test_package::Column::IsPublished.eq(true))
-        .filter(condition)
-        .into_tuple()
-        .all(db)
-        .await?;
-    for json in rows {
-        for id in ids {
-            if json.contains(&format!("\"question_id\":\"{id}\"")) {
-                found.insert(*id);
-            }
-        }
-    }
-    Ok(found)
+    crate::access::index::in_published_packages(db, ids).await
 }
 
 /// A server session to create for an offline session seen for the first time.

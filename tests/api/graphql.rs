@@ -1105,6 +1105,7 @@ fn bad_manifest_stops_serve_naming_the_entry() {
             )
             .env_remove("REDIS_URL")
             .env("JWT_SECRET", crate::helpers::SECRET)
+            .env("EXAMSYNC_ACCESS", "open")
             .env("EXAMSYNC_BIND", "127.0.0.1:0")
             .env(
                 "EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS",

@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod access;
+mod access_cli;
 mod api_fuzz;
 mod auth;
 mod cli;
@@ -17,3 +19,4 @@ mod packages;
 mod security;
 mod sync;
 mod sync_faults;
+mod withdrawal;
