@@ -22,7 +22,7 @@ use crate::{
     graphql::trusted_documents::TrustedDocuments,
     http,
     packages::PackageStore,
-    rate_limit::RateLimiter,
+    rate_limit::{LocalLimiter, RateLimiter},
 };
 
 /// Everything a request handler may need. Shared as `AppState(Arc<App>)`.
@@ -34,6 +34,12 @@ pub struct App {
     pub users: UserRegistry,
     pub packages: PackageStore,
     pub rate_limiter: RateLimiter,
+    /// Package and media requests per user (per instance).
+    pub package_limiter: LocalLimiter<uuid::Uuid>,
+    /// Requests without a valid token per client address (per instance).
+    pub anonymous_limiter: LocalLimiter<std::net::IpAddr>,
+    /// One permit per request in flight (`EXAMSYNC_MAX_IN_FLIGHT`); none left: `503`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// The operations allowed to run, when `EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS` is set.
     pub trusted_documents: Option<Arc<TrustedDocuments>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -122,7 +128,16 @@ impl App {
             config.rate_limit_per_minute,
             Duration::from_secs(config.rate_limit_window_secs),
         );
+        let window = Duration::from_secs(config.rate_limit_window_secs);
+        let package_limiter =
+            LocalLimiter::new(config.package_rate_limit_per_minute, window, "package");
+        let anonymous_limiter =
+            LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(AppState(Arc::new(App {
+            package_limiter,
+            anonymous_limiter,
+            in_flight,
             config,
             db,
             cache,

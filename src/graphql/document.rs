@@ -137,7 +137,7 @@ pub fn check_alias_limit(doc: &ExecutableDocument, max_aliases: usize) -> Result
 /// The operation a request runs: the one named, or the only one. `None` when the name
 /// matches nothing or the document has several operations and no name was given (the
 /// schema reports those; callers then treat the document conservatively).
-fn selected_operation<'a>(
+pub(crate) fn selected_operation<'a>(
     doc: &'a ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'a OperationDefinition> {

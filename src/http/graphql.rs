@@ -387,7 +387,7 @@ async fn prepare(
         other => Refusal::document(media, ErrorCode::GraphqlParseFailed, other.to_string()),
     })?;
     if source == DocumentSource::Unlisted
-        && !(state.config.graphql_introspection
+        && !(state.config.introspection()
             && document::is_introspection_only(&parsed, fields.operation_name.as_deref()))
     {
         return Err(Refusal::document(
