@@ -156,6 +156,8 @@ impl App {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address (`EXAMSYNC_METRICS_BIND`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     extra_routes: axum::Router<AppState>,
 }
@@ -165,8 +167,13 @@ impl Application {
         let bind = config.bind;
         let state = App::connect(config).await?;
         let listener = TcpListener::bind(bind).await?;
+        let metrics_listener = match state.config.metrics_bind {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             state,
             extra_routes: axum::Router::new(),
         })
@@ -184,6 +191,13 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The address `/metrics` is served on when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -195,12 +209,19 @@ impl Application {
     ) -> std::io::Result<()> {
         let schema = graphql::build_schema(self.state.clone());
         let router = http::router_with(self.state.clone(), schema, self.extra_routes);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let router = http::metrics_router(self.state.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await })
+        });
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         // Sync counters summed off the write path are written before the pool closes.
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
