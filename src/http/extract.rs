@@ -68,8 +68,11 @@ impl FromRequestParts<AppState> for AuthUser {
         let user = match bearer_token(header).and_then(|token| state.tokens.verify(token)) {
             Ok(user) => user,
             Err(refused) => {
-                // Without a valid token a request counts against its address's budget.
-                check_anonymous(state, parts.extensions.get::<ClientAddr>().copied())?;
+                // A token that fails verification counts against its address's budget (a
+                // request with no `Authorization` at all was counted by the middleware).
+                if header.is_some() {
+                    check_anonymous(state, parts.extensions.get::<ClientAddr>().copied())?;
+                }
                 return Err(refused);
             }
         };

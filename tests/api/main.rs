@@ -11,6 +11,7 @@ mod cluster;
 mod edges;
 mod graphql;
 mod health;
+mod limits;
 mod operations;
 mod packages;
 mod security;
