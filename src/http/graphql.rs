@@ -364,6 +364,13 @@ async fn execute(
     media: ResponseMedia,
     is_get: bool,
 ) -> Response {
+    // A request without a token is counted before its document costs anything; one whose
+    // token fails verification is counted once it is verified (`run`).
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Err(e) = check_anonymous(&state, client)
+    {
+        return app_error_response(media, e);
+    }
     match prepare(&state, &fields, media, is_get).await {
         Ok(prepared) => {
             run(
@@ -547,11 +554,12 @@ async fn run(
                 return app_error_response(media, e);
             }
         }
-        Err(_) => {
+        Err(_) if auth_header.is_some() => {
             if let Err(e) = check_anonymous(&state, client) {
                 return app_error_response(media, e);
             }
         }
+        Err(_) => {}
     }
     let authenticated = auth.is_ok();
     // Registered only once it has validated, so only the text is needed past this point.

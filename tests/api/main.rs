@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api_fuzz;
+mod attacker;
 mod auth;
 mod cli;
 mod cluster;
