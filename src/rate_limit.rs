@@ -154,7 +154,10 @@ mod tests {
             window_at(Duration::from_secs(59), minute),
             (0, Duration::from_secs(1))
         );
-        assert_eq!(window_at(Duration::from_secs(61), minute), (1, Duration::from_secs(59)));
+        assert_eq!(
+            window_at(Duration::from_secs(61), minute),
+            (1, Duration::from_secs(59))
+        );
     }
 
     #[test]
@@ -172,7 +175,9 @@ mod tests {
             limiter.check(&1u32).unwrap();
         }
         let refused = limiter.check(&1u32).unwrap_err();
-        assert!(matches!(refused, AppError::RateLimited { retry_after_secs } if retry_after_secs >= 1));
+        assert!(
+            matches!(refused, AppError::RateLimited { retry_after_secs } if retry_after_secs >= 1)
+        );
         // Refused requests are not counted; another key has its own budget.
         assert!(limiter.check(&1u32).is_err());
         limiter.check(&2u32).unwrap();

@@ -418,7 +418,11 @@ async fn prepare(
             ErrorCode::GraphqlValidationFailed,
             "the document nests too deeply",
         ),
-        other => Refusal::document(media, ErrorCode::GraphqlParseFailed, parse_error_message(&other)),
+        other => Refusal::document(
+            media,
+            ErrorCode::GraphqlParseFailed,
+            parse_error_message(&other),
+        ),
     })?;
     if source == DocumentSource::Unlisted
         && !(state.config.introspection()

@@ -344,9 +344,7 @@ impl PackageStore {
                     .time_to_live(TOTALS_TTL)
                     .build(),
                 builds: Flights::default(),
-                build_slots: Arc::new(tokio::sync::Semaphore::new(
-                    limits.concurrent_builds.max(1),
-                )),
+                build_slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent_builds.max(1))),
                 built: Default::default(),
             }),
         }

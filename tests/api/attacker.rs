@@ -92,7 +92,13 @@ async fn start_demo() -> Server {
     server
 }
 
-async fn graphql(client: &reqwest::Client, server: &Server, token: Option<&str>, query: &str, variables: Value) -> Value {
+async fn graphql(
+    client: &reqwest::Client,
+    server: &Server,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
     let mut request = client
         .post(server.url("/graphql"))
         .json(&json!({"query": query, "variables": variables}));
@@ -103,7 +109,9 @@ async fn graphql(client: &reqwest::Client, server: &Server, token: Option<&str>,
 }
 
 fn code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("")
 }
 
 /// `examsync_package_builds_total{kind="delta"}` from `/metrics`.
@@ -162,7 +170,14 @@ async fn findings_two_to_five_replayed_against_the_binary() {
         .collect();
     let (rss, cpu) = (server.rss_kb(), server.cpu());
     for _ in 0..4 {
-        let body = graphql(&client, &server, Some(&student), &format!("{{ {aliases} }}"), json!({})).await;
+        let body = graphql(
+            &client,
+            &server,
+            Some(&student),
+            &format!("{{ {aliases} }}"),
+            json!({}),
+        )
+        .await;
         assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     }
     let cpu_used = server.cpu() - cpu;
@@ -192,7 +207,10 @@ async fn findings_two_to_five_replayed_against_the_binary() {
         json!({}),
     )
     .await;
-    let v1 = list["data"]["packages"][0]["id"].as_str().unwrap().to_owned();
+    let v1 = list["data"]["packages"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let held = graphql(
         &client,
         &server,
@@ -201,7 +219,10 @@ async fn findings_two_to_five_replayed_against_the_binary() {
         json!({"id": v1}),
     )
     .await;
-    let questions = held["data"]["package"]["questions"].as_array().unwrap().clone();
+    let questions = held["data"]["package"]["questions"]
+        .as_array()
+        .unwrap()
+        .clone();
     let revise = |q: &Value, note: &str| {
         json!({
             "id": q["questionId"], "stem": format!("{} ({note})", q["stem"].as_str().unwrap()),
@@ -209,7 +230,8 @@ async fn findings_two_to_five_replayed_against_the_binary() {
             "blockId": q["blockId"], "themeId": q["themeId"],
         })
     };
-    let import = "mutation($input: [QuestionInput!]!) { importQuestions(input: $input) { updated } }";
+    let import =
+        "mutation($input: [QuestionInput!]!) { importQuestions(input: $input) { updated } }";
     let build = "mutation($input: BuildPackageInput!) { buildPackage(input: $input) { id } }";
     let publish_year_one = || async {
         let body = graphql(
@@ -220,19 +242,39 @@ async fn findings_two_to_five_replayed_against_the_binary() {
             json!({"input": {"name": "Year 1", "scope": "YEAR", "yearId": 1, "publish": true}}),
         )
         .await;
-        body["data"]["buildPackage"]["id"].as_str().unwrap().to_owned()
+        body["data"]["buildPackage"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let all: Vec<Value> = questions.iter().map(|q| revise(q, "revised")).collect();
-    let body = graphql(&client, &server, Some(&admin), import, json!({"input": all})).await;
+    let body = graphql(
+        &client,
+        &server,
+        Some(&admin),
+        import,
+        json!({"input": all}),
+    )
+    .await;
     assert!(body.get("errors").is_none(), "{body}");
     publish_year_one().await;
     let one = vec![revise(&questions[0], "revised twice")];
-    graphql(&client, &server, Some(&admin), import, json!({"input": one})).await;
+    graphql(
+        &client,
+        &server,
+        Some(&admin),
+        import,
+        json!({"input": one}),
+    )
+    .await;
     let v3 = publish_year_one().await;
     // Publishing prebuilt v1 → v2 and v2 → v3; v1 → v3 is cold.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while delta_builds(&client, &server).await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "publish prebuilt no delta");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publish prebuilt no delta"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = delta_builds(&client, &server).await;

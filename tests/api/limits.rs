@@ -36,7 +36,13 @@ fn code(body: &Value) -> &str {
 
 /// Imports `count` questions of `year` (stems padded to `stem_bytes`) and publishes a YEAR
 /// package of them; returns the package.
-async fn publish_year(app: &TestApp, year: i32, count: usize, stem_bytes: usize, tag: &str) -> Value {
+async fn publish_year(
+    app: &TestApp,
+    year: i32,
+    count: usize,
+    stem_bytes: usize,
+    tag: &str,
+) -> Value {
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let questions: Vec<Value> = chunk
             .iter()
@@ -68,14 +74,19 @@ async fn node_limit_counts_list_sizes(backend: Backend) {
     let (_, student) = app.student();
 
     // One full package passes.
-    let one = format!("query($id: UUID!) {{ package(id: $id) {{ id questions {{ {QUESTION_FIELDS} }} }} }}");
+    let one = format!(
+        "query($id: UUID!) {{ package(id: $id) {{ id questions {{ {QUESTION_FIELDS} }} }} }}"
+    );
     let (status, body) = app
         .graphql(Some(&student), &one, json!({"id": package["id"]}))
         .await;
     assert_eq!(status, 200);
     assert!(body.get("errors").is_none(), "{}", &body.to_string()[..200]);
     assert_eq!(
-        body["data"]["package"]["questions"].as_array().unwrap().len(),
+        body["data"]["package"]["questions"]
+            .as_array()
+            .unwrap()
+            .len(),
         5_000
     );
 
@@ -86,19 +97,27 @@ async fn node_limit_counts_list_sizes(backend: Backend) {
         .collect();
     let document = format!("{{ {thirty} }}");
     for token in [Some(student.as_str()), None] {
-        let statements = app.state.db_statements.load(std::sync::atomic::Ordering::Relaxed);
+        let statements = app
+            .state
+            .db_statements
+            .load(std::sync::atomic::Ordering::Relaxed);
         let (_, body) = app.graphql(token, &document, json!({})).await;
         assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
         assert!(body.get("data").is_none());
         assert!(body.to_string().len() < 2_000);
         // Refused on the cached totals: no package was read.
-        let after = app.state.db_statements.load(std::sync::atomic::Ordering::Relaxed);
+        let after = app
+            .state
+            .db_statements
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert!(after - statements <= 2, "{}", after - statements);
     }
     // Through fragments too.
     let fragments = format!(
         "{{ ...A }} fragment A on Query {{ {thirty_f} }} fragment P on TestPackage {{ questions {{ id }} }}",
-        thirty_f = (0..30).map(|i| format!("p{i}: packages {{ ...P }} ")).collect::<String>()
+        thirty_f = (0..30)
+            .map(|i| format!("p{i}: packages {{ ...P }} "))
+            .collect::<String>()
     );
     let (_, body) = app.graphql(Some(&student), &fragments, json!({})).await;
     assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
@@ -113,7 +132,11 @@ async fn one_sync_attempts_per_operation(backend: Backend) {
         .collect();
     let document = format!("mutation($input: SyncAttemptsInput!) {{ {aliases} }}");
     let (_, body) = app
-        .graphql(Some(&student), &document, json!({"input": {"attempts": []}}))
+        .graphql(
+            Some(&student),
+            &document,
+            json!({"input": {"attempts": []}}),
+        )
         .await;
     assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert!(body.get("data").is_none());
@@ -135,7 +158,12 @@ async fn errors_never_echo_the_document(backend: Backend) {
     let (_, body) = app
         .graphql(Some(&student), &format!("{{ {marker} ( }}"), json!({}))
         .await;
-    assert_eq!(code(&body), "GRAPHQL_PARSE_FAILED", "{}", &body.to_string()[..300]);
+    assert_eq!(
+        code(&body),
+        "GRAPHQL_PARSE_FAILED",
+        "{}",
+        &body.to_string()[..300]
+    );
     assert!(body.to_string().len() < 2_000, "{}", body.to_string().len());
     // A comment-only document.
     let (_, body) = app
@@ -224,7 +252,10 @@ async fn dropped_delta_requests_build_once(backend: Backend) {
     // Publishing prebuilt v1 → v2 and v2 → v3; v1 → v3 is cold.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while store.build_count(PackageBuild::Delta) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "prebuilds did not start");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prebuilds did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, student) = app.student();
@@ -244,7 +275,10 @@ async fn dropped_delta_requests_build_once(backend: Backend) {
             .header("accept-encoding", "br")
             .send()
             .await;
-        assert!(answer.is_err(), "the build was expected to outlast the client");
+        assert!(
+            answer.is_err(),
+            "the build was expected to outlast the client"
+        );
     }
     // The retry reads what the first, abandoned, request started.
     let answer = app
@@ -388,7 +422,10 @@ async fn load_is_shed_past_the_in_flight_limit(backend: Backend) {
         if r.status() == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the slot was never freed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await;
