@@ -411,19 +411,21 @@ async fn prepare(
     // A flat scan first: hostile nesting or size never reaches the recursive parser.
     document::check_size(&query, document::MAX_NESTING, document::MAX_TOKENS)
         .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
-    let parsed = async_graphql::parser::parse_query(&query).map_err(|e| match e {
-        // The parser's own depth limit is a limit like the others.
-        async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
-            media,
-            ErrorCode::GraphqlValidationFailed,
-            "the document nests too deeply",
-        ),
-        other => Refusal::document(
-            media,
-            ErrorCode::GraphqlParseFailed,
-            parse_error_message(&other),
-        ),
-    })?;
+    let parsed = async_graphql::parser::parse_query(document::strip_comments(&query)).map_err(
+        |e| match e {
+            // The parser's own depth limit is a limit like the others.
+            async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
+                media,
+                ErrorCode::GraphqlValidationFailed,
+                "the document nests too deeply",
+            ),
+            other => Refusal::document(
+                media,
+                ErrorCode::GraphqlParseFailed,
+                parse_error_message(&other),
+            ),
+        },
+    )?;
     if source == DocumentSource::Unlisted
         && !(state.config.introspection()
             && document::is_introspection_only(&parsed, fields.operation_name.as_deref()))
