@@ -4,11 +4,7 @@
 //! (required), optional `iat`, `jti`, `nbf` (refused before it, with [`NBF_LEEWAY_SECS`])
 //! and `type` (must be `"access"` when present).
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -89,15 +85,31 @@ pub struct Claims {
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
-    verified: Mutex<HashMap<String, (AuthUser, i64)>>,
+    /// Token → (user, `exp`), each kept until its token expires.
+    verified: moka::sync::Cache<String, (AuthUser, i64)>,
+}
+
+/// A remembered token expires with the token itself.
+struct UntilTokenExpiry;
+
+impl moka::Expiry<String, (AuthUser, i64)> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &(AuthUser, i64),
+        _: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let left = value.1.saturating_sub(unix_now()).max(0);
+        Some(std::time::Duration::from_secs(left as u64))
+    }
 }
 
 /// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
 /// service's clock may run a little ahead of ours, and a token it issues "now" must work.
 pub const NBF_LEEWAY_SECS: i64 = 60;
 
-/// Past this many remembered tokens the memory is cleared (and refilled as tokens come).
-const VERIFIED_TOKENS_CAP: usize = 100_000;
+/// Tokens remembered at once; past it the least used are verified again when they return.
+const VERIFIED_TOKENS_CAP: u64 = 100_000;
 
 impl TokenVerifier {
     pub fn new(secret: &str, previous: Option<&str>) -> Self {
@@ -113,26 +125,23 @@ impl TokenVerifier {
         TokenVerifier {
             keys,
             validation,
-            verified: Mutex::new(HashMap::new()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS_CAP)
+                .expire_after(UntilTokenExpiry)
+                .build(),
         }
     }
 
     /// Verifies a bearer token and returns its user, or why it is refused.
     pub fn verify(&self, token: &str) -> AppResult<AuthUser> {
         let now = unix_now();
-        if let Ok(verified) = self.verified.lock()
-            && let Some((user, exp)) = verified.get(token)
-            && *exp > now
+        if let Some((user, exp)) = self.verified.get(token)
+            && exp > now
         {
-            return Ok(*user);
+            return Ok(user);
         }
         let (user, exp) = self.verify_signature(token)?;
-        if let Ok(mut verified) = self.verified.lock() {
-            if verified.len() >= VERIFIED_TOKENS_CAP {
-                verified.clear();
-            }
-            verified.insert(token.to_owned(), (user, exp));
-        }
+        self.verified.insert(token.to_owned(), (user, exp));
         Ok(user)
     }
 
@@ -231,21 +240,24 @@ fn unix_now() -> i64 {
 
 /// Creates the user row on first sight of a valid token. Remembers which users it has
 /// already seen so that a busy user costs no extra statement per request.
-#[derive(Default)]
 pub struct UserRegistry {
-    known: Mutex<HashSet<Uuid>>,
+    known: moka::sync::Cache<Uuid, ()>,
 }
 
-const KNOWN_USERS_CAP: usize = 200_000;
+/// Users remembered at once; one forgotten costs one `INSERT … DO NOTHING` when it returns.
+const KNOWN_USERS_CAP: u64 = 200_000;
+
+impl Default for UserRegistry {
+    fn default() -> Self {
+        UserRegistry {
+            known: moka::sync::Cache::new(KNOWN_USERS_CAP),
+        }
+    }
+}
 
 impl UserRegistry {
     pub async fn ensure(&self, db: &DatabaseConnection, user: &AuthUser) -> AppResult<()> {
-        if self
-            .known
-            .lock()
-            .map(|k| k.contains(&user.id))
-            .unwrap_or(false)
-        {
+        if self.known.contains_key(&user.id) {
             return Ok(());
         }
         let row = entity::user::ActiveModel {
@@ -261,12 +273,7 @@ impl UserRegistry {
             .on_conflict_do_nothing()
             .exec_without_returning(db)
             .await?;
-        if let Ok(mut known) = self.known.lock() {
-            if known.len() >= KNOWN_USERS_CAP {
-                known.clear();
-            }
-            known.insert(user.id);
-        }
+        self.known.insert(user.id, ());
         Ok(())
     }
 }
