@@ -149,6 +149,17 @@ impl Counter<'_> {
     }
 }
 
+/// Whether the count depends on the published packages at all: a document without package
+/// fields is judged without reading them (and without the database).
+pub fn needs_package_sizes(doc: &ExecutableDocument, operation: Option<&str>) -> bool {
+    let probe = ListSizes {
+        packages: 1,
+        total_questions: 1,
+        max_questions: 1,
+    };
+    node_count(doc, operation, &ListSizes::default()) != node_count(doc, operation, &probe)
+}
+
 /// The response keys (alias or name) of root fields named `field` in the operation that
 /// runs (every operation when it is ambiguous), through fragments. Fields sharing a
 /// response key merge into one, so this is the count after GraphQL's field merging.
@@ -261,6 +272,17 @@ mod tests {
     fn introspection_counts_nothing() {
         let q = "{ __schema { types { name fields { name args { name } } } } }";
         assert_eq!(count(q, bank()), 0);
+    }
+
+    #[test]
+    fn package_sizes_are_needed_only_for_package_fields() {
+        let needs = |text: &str| needs_package_sizes(&parse_query(text).unwrap(), None);
+        assert!(!needs("{ syncStatus { ackedCount } mySessions { id } }"));
+        assert!(!needs("{ __schema { types { name } } }"));
+        assert!(needs("{ packages { id } }"));
+        assert!(needs(
+            "query($id: UUID!) { package(id: $id) { questions { id } } }"
+        ));
     }
 
     #[test]

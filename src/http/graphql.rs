@@ -458,15 +458,19 @@ async fn prepare(
         )
         .into());
     }
-    let totals = state
-        .packages
-        .published_totals(&state.db)
-        .await
-        .map_err(Refused::App)?;
-    let sizes = cost::ListSizes {
-        packages: totals.packages,
-        total_questions: totals.questions,
-        max_questions: totals.max_questions,
+    let sizes = if cost::needs_package_sizes(&parsed, operation) {
+        let totals = state
+            .packages
+            .published_totals(&state.db)
+            .await
+            .map_err(Refused::App)?;
+        cost::ListSizes {
+            packages: totals.packages,
+            total_questions: totals.questions,
+            max_questions: totals.max_questions,
+        }
+    } else {
+        cost::ListSizes::default()
     };
     let nodes = cost::node_count(&parsed, operation, &sizes);
     let max_nodes = state.config.graphql_max_nodes;
