@@ -23,7 +23,7 @@ use crate::{
     graphql::trusted_documents::TrustedDocuments,
     http,
     packages::PackageStore,
-    rate_limit::RateLimiter,
+    rate_limit::{LocalLimiter, RateLimiter},
 };
 
 /// Everything a request handler may need. Shared as `AppState(Arc<App>)`.
@@ -37,6 +37,12 @@ pub struct App {
     /// Access decisions and what they rest on (docs/api.md section 3.1).
     pub access: AccessCache,
     pub rate_limiter: RateLimiter,
+    /// Package and media requests per user (per instance).
+    pub package_limiter: LocalLimiter<uuid::Uuid>,
+    /// Requests without a valid token per client address (per instance).
+    pub anonymous_limiter: LocalLimiter<std::net::IpAddr>,
+    /// One permit per request in flight (`EXAMSYNC_MAX_IN_FLIGHT`); none left: `503`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// The operations allowed to run, when `EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS` is set.
     pub trusted_documents: Option<Arc<TrustedDocuments>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -141,7 +147,16 @@ impl App {
             Duration::from_secs(config.rate_limit_window_secs),
         );
         let access = AccessCache::new(config.access);
+        let window = Duration::from_secs(config.rate_limit_window_secs);
+        let package_limiter =
+            LocalLimiter::new(config.package_rate_limit_per_minute, window, "package");
+        let anonymous_limiter =
+            LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(AppState(Arc::new(App {
+            package_limiter,
+            anonymous_limiter,
+            in_flight,
             config,
             db,
             cache,
@@ -162,6 +177,8 @@ impl App {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address (`EXAMSYNC_METRICS_BIND`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     extra_routes: axum::Router<AppState>,
 }
@@ -171,8 +188,13 @@ impl Application {
         let bind = config.bind;
         let state = App::connect(config).await?;
         let listener = TcpListener::bind(bind).await?;
+        let metrics_listener = match state.config.metrics_bind {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             state,
             extra_routes: axum::Router::new(),
         })
@@ -190,6 +212,13 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The address `/metrics` is served on when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -201,12 +230,19 @@ impl Application {
     ) -> std::io::Result<()> {
         let schema = graphql::build_schema(self.state.clone());
         let router = http::router_with(self.state.clone(), schema, self.extra_routes);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let router = http::metrics_router(self.state.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await })
+        });
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         // Sync counters summed off the write path are written before the pool closes.
         let _ = tokio::time::timeout(
             Duration::from_secs(5),

@@ -5,8 +5,7 @@
 //! and `type` (must be `"access"` when present).
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -104,15 +103,31 @@ pub struct Claims {
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
-    verified: Mutex<HashMap<String, (AuthUser, i64)>>,
+    /// Token → (user, `exp`), each kept until its token expires.
+    verified: moka::sync::Cache<String, (AuthUser, i64)>,
+}
+
+/// A remembered token expires with the token itself.
+struct UntilTokenExpiry;
+
+impl moka::Expiry<String, (AuthUser, i64)> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &(AuthUser, i64),
+        _: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let left = value.1.saturating_sub(unix_now()).max(0);
+        Some(std::time::Duration::from_secs(left as u64))
+    }
 }
 
 /// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
 /// service's clock may run a little ahead of ours, and a token it issues "now" must work.
 pub const NBF_LEEWAY_SECS: i64 = 60;
 
-/// Past this many remembered tokens the memory is cleared (and refilled as tokens come).
-const VERIFIED_TOKENS_CAP: usize = 100_000;
+/// Tokens remembered at once; past it the least used are verified again when they return.
+const VERIFIED_TOKENS_CAP: u64 = 100_000;
 
 impl TokenVerifier {
     /// Binds tokens to an issuer and an audience (docs/api.md section 3): with one set, a
@@ -145,26 +160,23 @@ impl TokenVerifier {
         TokenVerifier {
             keys,
             validation,
-            verified: Mutex::new(HashMap::new()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS_CAP)
+                .expire_after(UntilTokenExpiry)
+                .build(),
         }
     }
 
     /// Verifies a bearer token and returns its user, or why it is refused.
     pub fn verify(&self, token: &str) -> AppResult<AuthUser> {
         let now = unix_now();
-        if let Ok(verified) = self.verified.lock()
-            && let Some((user, exp)) = verified.get(token)
-            && *exp > now
+        if let Some((user, exp)) = self.verified.get(token)
+            && exp > now
         {
-            return Ok(user.clone());
+            return Ok(user);
         }
         let (user, exp) = self.verify_signature(token)?;
-        if let Ok(mut verified) = self.verified.lock() {
-            if verified.len() >= VERIFIED_TOKENS_CAP {
-                verified.clear();
-            }
-            verified.insert(token.to_owned(), (user.clone(), exp));
-        }
+        self.verified.insert(token.to_owned(), (user.clone(), exp));
         Ok(user)
     }
 
@@ -315,18 +327,20 @@ fn unix_now() -> i64 {
 /// already seen so that a busy user costs no extra statement per request. What it
 /// remembers holds for one server timeline (`primary`): a failover to a standby that
 /// missed the last commits may have lost a user row, so a new timeline starts afresh.
-#[derive(Default)]
 pub struct UserRegistry {
-    known: Mutex<KnownUsers>,
+    known: moka::sync::Cache<(u32, Uuid), ()>,
 }
 
-#[derive(Default)]
-struct KnownUsers {
-    timeline: Option<u32>,
-    users: HashSet<Uuid>,
-}
+/// Users remembered at once; one forgotten costs one `INSERT … DO NOTHING` when it returns.
+const KNOWN_USERS_CAP: u64 = 200_000;
 
-const KNOWN_USERS_CAP: usize = 200_000;
+impl Default for UserRegistry {
+    fn default() -> Self {
+        UserRegistry {
+            known: moka::sync::Cache::new(KNOWN_USERS_CAP),
+        }
+    }
+}
 
 impl UserRegistry {
     /// `timeline`: the server's, as `PrimaryWatch::timeline` knows it (`None`: unknown,
@@ -337,13 +351,7 @@ impl UserRegistry {
         user: &AuthUser,
         timeline: Option<u32>,
     ) -> AppResult<()> {
-        if timeline.is_some()
-            && self
-                .known
-                .lock()
-                .map(|k| k.timeline == timeline && k.users.contains(&user.id))
-                .unwrap_or(false)
-        {
+        if timeline.is_some_and(|t| self.known.contains_key(&(t, user.id))) {
             return Ok(());
         }
         let row = entity::user::ActiveModel {
@@ -359,12 +367,8 @@ impl UserRegistry {
             .on_conflict_do_nothing()
             .exec_without_returning(db)
             .await?;
-        if let (Some(timeline), Ok(mut known)) = (timeline, self.known.lock()) {
-            if known.timeline != Some(timeline) || known.users.len() >= KNOWN_USERS_CAP {
-                known.users.clear();
-                known.timeline = Some(timeline);
-            }
-            known.users.insert(user.id);
+        if let Some(timeline) = timeline {
+            self.known.insert((timeline, user.id), ());
         }
         Ok(())
     }

@@ -78,7 +78,10 @@ pub mod defaults {
     pub const GRAPHQL_MAX_DEPTH: u32 = 15;
     pub const GRAPHQL_MAX_COMPLEXITY: u32 = 1000;
     pub const GRAPHQL_MAX_ALIASES: u32 = 30;
-    pub const GRAPHQL_INTROSPECTION: bool = true;
+    pub const GRAPHQL_MAX_NODES: u64 = 20_000;
+    pub const PACKAGE_RATE_LIMIT_PER_MINUTE: u32 = 1200;
+    pub const ANONYMOUS_RATE_LIMIT_PER_MINUTE: u32 = 120;
+    pub const MAX_IN_FLIGHT: usize = 1024;
     pub const PRODUCTION: bool = false;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     pub const MEDIA_MAX_BYTES: usize = crate::media::DEFAULT_MAX_BYTES;
@@ -182,8 +185,29 @@ pub struct Config {
     pub graphql_max_aliases: u32,
 
     /// Serve the GraphQL introspection query (GraphiQL and code generators need it).
-    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = defaults::GRAPHQL_INTROSPECTION, action = clap::ArgAction::Set, global = true)]
-    pub graphql_introspection: bool,
+    /// Unset: on, except in production mode.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", action = clap::ArgAction::Set, global = true)]
+    pub graphql_introspection: Option<bool>,
+
+    /// Most list items one GraphQL document may return, judged before it runs.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_NODES", default_value_t = defaults::GRAPHQL_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub graphql_max_nodes: u64,
+
+    /// Package, delta and media requests per user per minute (0 turns the limit off).
+    #[arg(long, env = "EXAMSYNC_PACKAGE_RATE_LIMIT_PER_MINUTE", default_value_t = defaults::PACKAGE_RATE_LIMIT_PER_MINUTE, global = true)]
+    pub package_rate_limit_per_minute: u32,
+
+    /// Requests without a valid token per client address per minute (0 turns it off).
+    #[arg(long, env = "EXAMSYNC_ANONYMOUS_RATE_LIMIT_PER_MINUTE", default_value_t = defaults::ANONYMOUS_RATE_LIMIT_PER_MINUTE, global = true)]
+    pub anonymous_rate_limit_per_minute: u32,
+
+    /// Requests in flight per instance; past it new requests get 503 at once.
+    #[arg(long, env = "EXAMSYNC_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), global = true)]
+    pub max_in_flight: usize,
+
+    /// When set, `/metrics` is served on this address only, not on the API port.
+    #[arg(long, env = "EXAMSYNC_METRICS_BIND", global = true)]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Trusted documents: persisted query manifests (Apollo's
     /// `apollo-persisted-query-manifest` format), comma-separated; each path is a manifest
@@ -197,7 +221,8 @@ pub struct Config {
     )]
     pub graphql_trusted_documents: Vec<std::path::PathBuf>,
 
-    /// Production mode: no "did you mean" field suggestions in GraphQL errors.
+    /// Production mode: no "did you mean" field suggestions in GraphQL errors, and no
+    /// introspection unless `EXAMSYNC_GRAPHQL_INTROSPECTION` asks for it.
     #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = defaults::PRODUCTION, action = clap::ArgAction::Set, global = true)]
     pub production: bool,
 
@@ -243,7 +268,12 @@ impl Config {
             graphql_max_depth: defaults::GRAPHQL_MAX_DEPTH,
             graphql_max_complexity: defaults::GRAPHQL_MAX_COMPLEXITY,
             graphql_max_aliases: defaults::GRAPHQL_MAX_ALIASES,
-            graphql_introspection: defaults::GRAPHQL_INTROSPECTION,
+            graphql_introspection: None,
+            graphql_max_nodes: defaults::GRAPHQL_MAX_NODES,
+            package_rate_limit_per_minute: defaults::PACKAGE_RATE_LIMIT_PER_MINUTE,
+            anonymous_rate_limit_per_minute: defaults::ANONYMOUS_RATE_LIMIT_PER_MINUTE,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            metrics_bind: None,
             graphql_trusted_documents: Vec::new(),
             production: defaults::PRODUCTION,
             max_body_bytes: defaults::MAX_BODY_BYTES,
@@ -251,6 +281,11 @@ impl Config {
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
             db_statement_timeout_ms: defaults::DB_STATEMENT_TIMEOUT_MS,
         }
+    }
+
+    /// Whether introspection is served: as set, or on unless in production mode.
+    pub fn introspection(&self) -> bool {
+        self.graphql_introspection.unwrap_or(!self.production)
     }
 
     pub fn redis_timeout(&self) -> Duration {

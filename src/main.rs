@@ -308,6 +308,9 @@ async fn serve(mut config: Config, demo: bool) -> Result<(), String> {
         database = %config.database_url_redacted(),
         database_backend = db::backend_name(&state.db),
         cache = %config.redis_url_redacted().unwrap_or_else(|| "in-process".into()),
+        metrics = %application
+            .metrics_addr()
+            .map_or_else(|| "on the API port".to_owned(), |a| a.to_string()),
         "examsync listening"
     );
     application

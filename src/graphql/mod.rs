@@ -9,6 +9,7 @@ use crate::{
 };
 
 pub mod access;
+pub mod cost;
 pub mod document;
 pub mod loaders;
 pub mod packages;
@@ -53,7 +54,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
         .limit_directives(20)
         .data(loaders::loaders(&state))
         .data(state.clone());
-    if !config.graphql_introspection {
+    if !config.introspection() {
         builder = builder.disable_introspection();
     }
     if config.production {

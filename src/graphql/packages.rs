@@ -373,7 +373,11 @@ impl PackageMutation {
             publish: input.publish.unwrap_or(false),
             created_by: Some(user.id),
         };
-        let model = packages::build_package(&state(ctx).db, request).await?;
+        let app = state(ctx);
+        let model = packages::build_package(&app.db, request).await?;
+        if model.is_published {
+            published(app, model.id);
+        }
         Ok(model.into())
     }
 
@@ -384,7 +388,9 @@ impl PackageMutation {
         id: Uuid,
     ) -> async_graphql::Result<TestPackage> {
         require_admin(ctx)?;
-        let summary = packages::publish_package(&state(ctx).db, id).await?;
+        let app = state(ctx);
+        let summary = packages::publish_package(&app.db, id).await?;
+        published(app, id);
         Ok(summary.into())
     }
 
@@ -402,4 +408,11 @@ impl PackageMutation {
         app.access.forget_package(id);
         Ok(summary.into())
     }
+}
+
+/// After a publish: the node limit's totals are counted again, and the delta from the
+/// previous version of the scope is built now, so phones do not wait for it.
+fn published(app: &crate::app::AppState, id: Uuid) {
+    app.packages.published_changed();
+    app.packages.prebuild_delta_from_previous(&app.db, id);
 }

@@ -62,10 +62,16 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
         .layer(axum::Extension(schema));
 
     let (rest, _document) = rest_routes().split_for_parts();
+    // With `EXAMSYNC_METRICS_BIND`, `/metrics` is served on its own listener only.
+    let metrics = if state.config.metrics_bind.is_some() {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(health::metrics))
+    };
     // Only these routes are outside the OpenAPI document (`UNDOCUMENTED_ROUTES`).
     Router::new()
         .merge(rest)
-        .route("/metrics", get(health::metrics))
+        .merge(metrics)
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
@@ -76,6 +82,14 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
             state.clone(),
             middleware_layer::request_context,
         ))
+        .with_state(state)
+}
+
+/// The router of the metrics listener (`EXAMSYNC_METRICS_BIND`): `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 
