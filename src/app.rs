@@ -42,6 +42,9 @@ pub struct App {
     pub db_statements: Arc<AtomicU64>,
     /// Sync bookkeeping: counters added up off the write path, commits made.
     pub sync: Arc<crate::sync::SyncState>,
+    /// The database's cache epoch as read at start (instances restart after `examsync
+    /// cache reset`): pull cursors carry it, so one minted before a restore is refused.
+    pub cache_epoch: String,
 }
 
 #[derive(Clone)]
@@ -134,6 +137,7 @@ impl App {
             metrics: crate::metrics::handle(),
             db_statements,
             sync: Arc::default(),
+            cache_epoch: epoch,
         })))
     }
 }

@@ -44,6 +44,7 @@ pub enum ErrorCode {
     BadRequest,
     EmptyScope,
     DeltaScopeMismatch,
+    CursorExpired,
     RangeNotSatisfiable,
     PayloadTooLarge,
     MethodNotAllowed,
@@ -61,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -74,6 +75,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::EmptyScope,
         ErrorCode::DeltaScopeMismatch,
+        ErrorCode::CursorExpired,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
@@ -103,6 +105,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::EmptyScope => "EMPTY_SCOPE",
             ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -160,6 +163,10 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
+    /// What the input names existed once and is gone for good (REST 410); the code says
+    /// what to do instead, so GraphQL carries it too.
+    #[error("{message}")]
+    Gone { code: ErrorCode, message: String },
     /// A `Range` none of whose bytes exist (REST 416).
     #[error("the range is outside the {length} bytes of this representation")]
     RangeNotSatisfiable { length: u64 },
@@ -211,6 +218,7 @@ impl AppError {
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
+            AppError::Gone { .. } => StatusCode::GONE,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -227,7 +235,8 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::BadRequest { code, .. }
             | AppError::Unprocessable { code, .. }
-            | AppError::Conflict { code, .. } => *code,
+            | AppError::Conflict { code, .. }
+            | AppError::Gone { code, .. } => *code,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AppError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
@@ -242,6 +251,7 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::Gone { code, .. } => *code,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }

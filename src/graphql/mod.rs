@@ -8,6 +8,7 @@ use crate::{
     error::{AppError, AppResult, ErrorCode},
 };
 
+pub mod changes;
 pub mod document;
 pub mod loaders;
 pub mod packages;
@@ -19,7 +20,11 @@ pub mod types;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct Query(packages::PackageQuery, sessions::SessionQuery);
+pub struct Query(
+    packages::PackageQuery,
+    sessions::SessionQuery,
+    changes::ChangesQuery,
+);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]

@@ -9,6 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, graphql::AppSchema};
 
+pub mod changes;
 pub mod extract;
 pub mod graphiql;
 pub mod graphql;
@@ -29,6 +30,7 @@ pub fn rest_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(packages::get_package))
         .routes(routes!(packages::get_delta))
         .routes(routes!(sync::sync_batch))
+        .routes(routes!(changes::sync_changes))
 }
 
 /// The routes that are not REST operations, and so not in the OpenAPI document: Prometheus

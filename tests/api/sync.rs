@@ -1459,6 +1459,7 @@ async fn pending_counters_are_written_on_graceful_shutdown() {
         acked_count: Set(0),
         duplicate_count: Set(0),
         rejected_count: Set(0),
+        change_seq: Set(0),
     })
     .exec(&state.db)
     .await
