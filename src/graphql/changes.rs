@@ -73,16 +73,12 @@ impl ChangesQuery {
         &self,
         ctx: &Context<'_>,
         since: Option<String>,
-        #[graphql(default = 500)] first: i32,
+        #[graphql(default = 500)] first: Option<i32>,
     ) -> async_graphql::Result<SyncChanges> {
         let user = require_user(ctx)?;
-        let page = changes::pull(
-            state(ctx),
-            user.id,
-            since.as_deref(),
-            Some(i64::from(first)),
-        )
-        .await?;
+        // An explicit null is the default page size, as an absent argument is.
+        let first = first.map(i64::from);
+        let page = changes::pull(state(ctx), user.id, since.as_deref(), first).await?;
         Ok(page.into())
     }
 }

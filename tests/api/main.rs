@@ -6,6 +6,7 @@ mod helpers;
 
 mod api_fuzz;
 mod auth;
+mod changes;
 mod cli;
 mod cluster;
 mod edges;
