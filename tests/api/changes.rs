@@ -729,3 +729,54 @@ async fn page_queries_use_the_change_index(backend: Backend) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The JavaScript recipe of docs/mobile/offline.md against this server.
+
+backend_tests!(javascript_pull_recipe_restores_from_a_live_server);
+
+async fn javascript_pull_recipe_restores_from_a_live_server(backend: Backend) {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if crate::helpers::services_required() {
+            panic!("node is required");
+        }
+        examsync_test_support::report_skip("node missing");
+        return;
+    }
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let offline = Uuid::new_v4();
+    let items = [
+        attempt(q[0], 1, &ago(30), Some(offline)),
+        attempt(q[1], 0, &ago(29), Some(offline)),
+        attempt(q[0], 3, &ago(20), Some(offline)),
+    ];
+    sync(&app, Surface::Rest, &token, &items, None).await;
+    let expected: serde_json::Map<String, Value> = server_picture(&app)
+        .await
+        .answers
+        .into_iter()
+        .map(|((session, question), a)| (format!("{session}:{question}"), a))
+        .collect();
+    assert_eq!(expected.len(), 2);
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "tests/node/pull-live.test.mjs"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("EXAMSYNC_URL", &app.base)
+        .env("EXAMSYNC_TOKEN", &token)
+        .env("EXAMSYNC_EXPECT", Value::Object(expected).to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("# pass 1"),
+        "the live test did not run: {stdout}"
+    );
+}
