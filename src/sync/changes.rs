@@ -201,9 +201,17 @@ pub async fn pull(
     }
     // Each list gives one row more than the page: the first `limit` of the merge of the
     // two lists' heads are the first `limit` of the merge of the whole lists.
+    // Answers are most of a feed: read them first, and when they fill a page, no session
+    // past the last of them can be in it, so the sessions' range ends there too.
     let fetch = (limit + 1) as u64;
-    let sessions = sessions_page(user_id, after, head, fetch).all(db).await?;
     let answers = answers_page(user_id, after, head, fetch).all(db).await?;
+    let sessions_head = match answers.last() {
+        Some(last) if answers.len() as u64 == fetch => last.change_seq,
+        _ => head,
+    };
+    let sessions = sessions_page(user_id, after, sessions_head, fetch)
+        .all(db)
+        .await?;
 
     let mut sessions = sessions.into_iter().peekable();
     let mut answers = answers.into_iter().peekable();
