@@ -14,7 +14,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select, Statement,
+    QuerySelect, Select, Statement, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -359,7 +359,12 @@ pub fn answers_page(
         .limit(limit)
 }
 
-/// The package each answer's attempt named: one primary-key read for the page.
+/// Attempt ids per package lookup on PostgreSQL: one array parameter of this many UUIDs
+/// stays well under the ~16 kB message at which sqlx stalls on a delayed ACK (see
+/// `store`), so a page of 1000 costs two primary-key reads.
+const PACKAGE_LOOKUP_CHUNK: usize = 400;
+
+/// The package each answer's attempt named: primary-key reads, bounded by the page.
 async fn with_packages(
     db: &impl ConnectionTrait,
     answers: Vec<session_answer::Model>,
@@ -368,15 +373,22 @@ async fn with_packages(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = answers.iter().map(|a| a.attempt_id).collect();
-    let packages: std::collections::HashMap<Uuid, Option<Uuid>> = attempt::Entity::find()
-        .select_only()
-        .columns([attempt::Column::Id, attempt::Column::PackageId])
-        .filter(attempt::Column::Id.is_in(ids))
-        .into_tuple::<(Uuid, Option<Uuid>)>()
-        .all(db)
-        .await?
-        .into_iter()
-        .collect();
+    let mut packages: std::collections::HashMap<Uuid, Option<Uuid>> =
+        std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(PACKAGE_LOOKUP_CHUNK) {
+        let query = attempt::Entity::find()
+            .select_only()
+            .columns([attempt::Column::Id, attempt::Column::PackageId]);
+        let query = if db.get_database_backend() == DbBackend::Postgres {
+            query.filter(Expr::cust_with_values(
+                "\"attempts\".\"id\" = ANY($1)",
+                [super::store::uuids(chunk.iter().copied())],
+            ))
+        } else {
+            query.filter(attempt::Column::Id.is_in(chunk.iter().copied()))
+        };
+        packages.extend(query.into_tuple::<(Uuid, Option<Uuid>)>().all(db).await?);
+    }
     Ok(answers
         .into_iter()
         .map(|answer| PulledAnswer {

@@ -251,6 +251,27 @@ async fn graphql_feed_and_session_fields(backend: Backend) {
     );
     assert_eq!(a["serverAttemptId"], results[0]["server_attempt_id"]);
 
+    // An answer scored against a package names it.
+    let (_, body) = app
+        .graphql(
+            Some(&app.admin_token()),
+            "mutation { buildPackage(input: {name: \"p\", scope: PROGRAM, publish: true}) { id } }",
+            Value::Null,
+        )
+        .await;
+    let package = body["data"]["buildPackage"]["id"].clone();
+    assert!(package.is_string(), "{body}");
+    let mut scored = attempt(q[1], 0, &ago(1), Some(offline));
+    scored["package_id"] = package.clone();
+    let (_, results, _) = sync(&app, Surface::Rest, &token, &[scored], None).await;
+    assert_eq!(results[0]["status"], "acked", "{results:?}");
+    let (_, body) = app
+        .graphql(Some(&token), query, json!({"since": page["cursor"]}))
+        .await;
+    let answers = body["data"]["syncChanges"]["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 1, "{body}");
+    assert_eq!(answers[0]["packageId"], package);
+
     // mySessions carries the new fields too.
     let (_, body) = app
         .graphql(
@@ -665,10 +686,20 @@ async fn page_queries_use_the_change_index(backend: Backend) {
                selected_option_index, is_correct, answered_at, changed_count, created_at, updated_at, change_seq)
              SELECT gen_random_uuid(), s.id, s.user_id, q.id, gen_random_uuid(), 0, false, now(), 0, now(), now(), s.change_seq
              FROM test_sessions s CROSS JOIN questions q
-             WHERE s.answered_count = 3"
+             WHERE s.answered_count = 3;
+             UPDATE users SET change_seq = 17000 WHERE id = '{user}'"
         ))
         .await
         .unwrap();
+    }
+    if backend == Backend::Postgres {
+        // The largest page over the long history: its package lookups stay small.
+        let (status, body) = pull(&app, &token, None, Some("1000")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["sessions"].as_array().unwrap().len() + body["answers"].as_array().unwrap().len(),
+            1000
+        );
     }
     let after = Position {
         seq: 8000,
