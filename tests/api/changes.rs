@@ -75,12 +75,44 @@ async fn pull_all(
 }
 
 backend_tests!(
+    pulls_count_against_the_sync_rate_limit,
     restore_and_incremental_pulls,
     graphql_feed_and_session_fields,
     bad_cursors_and_limits,
     users_see_only_their_own_changes,
     adversarial_walk_never_skips_a_change,
 );
+
+/// One budget for sync batches, GraphQL operations and pulls.
+async fn pulls_count_against_the_sync_rate_limit(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.rate_limit_per_minute = 3).await;
+    let q = bank(&app).await;
+    let (_, token) = app.student();
+    let (status, _, _) = sync(
+        &app,
+        Surface::Rest,
+        &token,
+        &[attempt(q[0], 1, &ago(5), Some(Uuid::new_v4()))],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(pull(&app, &token, None, None).await.0, 200);
+    let (_, body) = app
+        .graphql(Some(&token), "{ syncChanges { hasMore } }", Value::Null)
+        .await;
+    assert_eq!(
+        body["data"]["syncChanges"]["hasMore"],
+        json!(false),
+        "{body}"
+    );
+    let (status, body) = pull(&app, &token, None, None).await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (429, Some("RATE_LIMITED")),
+        "{body}"
+    );
+}
 
 async fn restore_and_incremental_pulls(backend: Backend) {
     let app = spawn_app(backend).await;
