@@ -360,8 +360,8 @@ pub fn answers_page(
 }
 
 /// Attempt ids per package lookup on PostgreSQL: one array parameter of this many UUIDs
-/// stays well under the ~16 kB message at which sqlx stalls on a delayed ACK (see
-/// `store`), so a page of 1000 costs two primary-key reads.
+/// keeps the message under the size at which sqlx stalls on a delayed ACK (see `store`),
+/// so the largest page costs a few primary-key reads.
 const PACKAGE_LOOKUP_CHUNK: usize = 400;
 
 /// The package each answer's attempt named: primary-key reads, bounded by the page.
