@@ -53,6 +53,9 @@ pub struct App {
     pub sync: Arc<crate::sync::SyncState>,
     /// The role and timeline of the database server (`primary`), probed in the background.
     pub primary: Arc<crate::primary::PrimaryWatch>,
+    /// The database's cache epoch as read at start (instances restart after `examsync
+    /// cache reset`): pull cursors carry it, so one minted before a restore is refused.
+    pub cache_epoch: String,
 }
 
 #[derive(Clone)]
@@ -170,6 +173,7 @@ impl App {
             db_statements,
             sync: Arc::default(),
             primary,
+            cache_epoch: epoch,
         })))
     }
 }

@@ -362,6 +362,7 @@ impl UserRegistry {
             acked_count: sea_orm::Set(0),
             duplicate_count: sea_orm::Set(0),
             rejected_count: sea_orm::Set(0),
+            change_seq: sea_orm::Set(0),
         };
         entity::user::Entity::insert(row)
             .on_conflict_do_nothing()

@@ -44,6 +44,7 @@ pub enum ErrorCode {
     BadRequest,
     EmptyScope,
     DeltaScopeMismatch,
+    CursorExpired,
     RangeNotSatisfiable,
     PayloadTooLarge,
     MethodNotAllowed,
@@ -65,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -78,6 +79,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::EmptyScope,
         ErrorCode::DeltaScopeMismatch,
+        ErrorCode::CursorExpired,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
@@ -111,6 +113,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::EmptyScope => "EMPTY_SCOPE",
             ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -155,7 +158,8 @@ pub enum AppError {
     /// GraphQL `FORBIDDEN`).
     #[error("{0}")]
     AccessDenied(String),
-    /// What was asked for existed and is gone for good (REST 410).
+    /// What was asked for existed and is gone for good (REST 410); the code says what to
+    /// do instead (a withdrawn package, an expired pull cursor).
     #[error("{message}")]
     Gone { code: ErrorCode, message: String },
     /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
@@ -269,7 +273,13 @@ impl AppError {
         match self {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
-            AppError::NotFound(_) | AppError::Gone { .. } => ErrorCode::NotFound,
+            AppError::NotFound(_) => ErrorCode::NotFound,
+            // GraphQL shows a withdrawn package as not found; other codes say what to do.
+            AppError::Gone {
+                code: ErrorCode::PackageWithdrawn,
+                ..
+            } => ErrorCode::NotFound,
+            AppError::Gone { code, .. } => *code,
             AppError::AccessDenied(_) => ErrorCode::Forbidden,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }

@@ -10,6 +10,7 @@ use crate::{
 
 pub mod access;
 pub mod cost;
+pub mod changes;
 pub mod document;
 pub mod loaders;
 pub mod packages;
@@ -25,6 +26,7 @@ pub struct Query(
     packages::PackageQuery,
     sessions::SessionQuery,
     access::AccessQuery,
+    changes::ChangesQuery,
 );
 
 #[derive(MergedObject, Default)]

@@ -9,6 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, graphql::AppSchema};
 
+pub mod changes;
 pub mod extract;
 pub mod graphiql;
 pub mod graphql;
@@ -32,6 +33,7 @@ pub fn rest_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(media::get_bundle))
         .routes(routes!(media::get_media, media::put_media))
         .routes(routes!(sync::sync_batch))
+        .routes(routes!(changes::sync_changes))
 }
 
 /// The routes that are not REST operations, and so not in the OpenAPI document: Prometheus

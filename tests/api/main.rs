@@ -9,6 +9,7 @@ mod access_cli;
 mod api_fuzz;
 mod attacker;
 mod auth;
+mod changes;
 mod cli;
 mod cluster;
 mod edges;
