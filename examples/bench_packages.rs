@@ -194,6 +194,7 @@ fn bench(
     let mut config = Config::with_database(database_url.to_owned());
     config.jwt_secret = Some(Secret(SECRET.into()));
     config.rate_limit_per_minute = 0;
+    config.package_rate_limit_per_minute = 0;
     let (examsync_addr, db, shutdown) = servers.block_on(async {
         let application = Application::build(config)
             .await

@@ -23,7 +23,7 @@ use entity::{SessionMode, SessionStatus, test_session};
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ChangesQuery {
-    /// The `cursor` of the previous page; absent: from the beginning (a restore).
+    /// The `cursor` of the previous page; absent or empty: from the beginning (a restore).
     pub since: Option<String>,
     /// Items per page, sessions and answers together (default 500).
     #[param(minimum = 1, maximum = 1000)]
@@ -145,7 +145,9 @@ fn read_query(query: Option<&str>) -> Result<(Option<String>, Option<i64>), AppE
             ));
         }
     }
-    Ok((since, limit))
+    // `since=` with no value is the same as no `since`: a start from the beginning, which is
+    // always safe for a phone (what a client writes for a cursor it does not have yet).
+    Ok((since.filter(|s: &String| !s.is_empty()), limit))
 }
 
 /// The caller's sessions and current answers changed after `since`, one page.
