@@ -169,13 +169,6 @@ pub enum AppError {
         message: String,
         details: Option<Value>,
     },
-    /// Well-formed input refused by a business rule (REST 422).
-    #[error("{message}")]
-    Unprocessable {
-        code: ErrorCode,
-        message: String,
-        details: Option<Value>,
-    },
     /// Well-formed input that conflicts with the state of what it names (REST 409).
     #[error("{message}")]
     Conflict {
@@ -237,7 +230,6 @@ impl AppError {
             AppError::AccessDenied(_) => StatusCode::FORBIDDEN,
             AppError::Gone { .. } => StatusCode::GONE,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -256,9 +248,7 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::AccessDenied(_) => ErrorCode::AccessDenied,
             AppError::Gone { code, .. } => *code,
-            AppError::BadRequest { code, .. }
-            | AppError::Unprocessable { code, .. }
-            | AppError::Conflict { code, .. } => *code,
+            AppError::BadRequest { code, .. } | AppError::Conflict { code, .. } => *code,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AppError::MediaTypeNotAllowed(_) => ErrorCode::MediaTypeNotAllowed,
             AppError::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
@@ -282,7 +272,6 @@ impl AppError {
             AppError::Gone { code, .. } => *code,
             AppError::AccessDenied(_) => ErrorCode::Forbidden,
             AppError::BadRequest { .. }
-            | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }
             | AppError::RangeNotSatisfiable { .. }
             | AppError::PayloadTooLarge { .. }
@@ -295,9 +284,9 @@ impl AppError {
 
     pub(crate) fn details(&self) -> Value {
         match self {
-            AppError::BadRequest { details, .. }
-            | AppError::Unprocessable { details, .. }
-            | AppError::Conflict { details, .. } => details.clone().unwrap_or(Value::Null),
+            AppError::BadRequest { details, .. } | AppError::Conflict { details, .. } => {
+                details.clone().unwrap_or(Value::Null)
+            }
             _ => Value::Null,
         }
     }

@@ -19,10 +19,10 @@ pub const MAX_NESTING: usize = 48;
 
 /// The most lexical tokens a document may have before it is parsed.
 ///
-/// Parsing costs about 2 s per 500 kB of fields in a debug build (the body limit allows
-/// 1 MB), all of it before the complexity limit can refuse the document. An app's largest
-/// operation is a few thousand tokens (the standard introspection query is about 300);
-/// 20,000 leaves a wide margin and keeps parsing in the low milliseconds.
+/// Parsing cost grows with the document, and all of it is paid before the complexity limit
+/// can refuse one, so the token count is bounded first. An app's largest operation is a few
+/// thousand tokens (the standard introspection query a few hundred): this leaves a wide
+/// margin while keeping a parse cheap.
 pub const MAX_TOKENS: usize = 20_000;
 
 /// Fails with a message when the document's brackets nest deeper than `max_nesting` or it

@@ -9,8 +9,8 @@ use crate::{
 };
 
 pub mod access;
-pub mod cost;
 pub mod changes;
+pub mod cost;
 pub mod document;
 pub mod loaders;
 pub mod packages;

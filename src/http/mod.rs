@@ -45,11 +45,6 @@ pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
     "/graphql",
 ];
 
-/// The whole HTTP application.
-pub fn router(state: AppState, schema: AppSchema) -> Router {
-    router_with(state, schema, Router::new())
-}
-
 /// The application plus `extra` routes under the same layers (see
 /// [`crate::Application::with_routes`]; tests only).
 pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {

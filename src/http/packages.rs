@@ -29,7 +29,7 @@ use crate::{
             RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
             parse_available_dictionary, parse_range,
         },
-        store::{self, DeltaLookup, PackageBodies},
+        store::{self, PackageBodies},
     },
 };
 
@@ -309,7 +309,7 @@ pub async fn get_delta(
         }
     }
 
-    let DeltaLookup::Found(delta) = state.packages.delta_bodies(&state.db, id, from).await? else {
+    let Some(delta) = state.packages.delta_bodies(&state.db, id, from).await? else {
         return Err(not_found());
     };
     let encoding = negotiate_encoding(accept_encodings(headers));

@@ -363,9 +363,9 @@ pub async fn may_read_package(
 ) -> AppResult<bool> {
     match access::may_read_package(state, caller, package.id).await {
         Ok(()) => Ok(true),
-        Err(
-            AccessError::NotFound(_) | AccessError::Withdrawn(_) | AccessError::Denied(_),
-        ) => Ok(false),
+        Err(AccessError::NotFound(_) | AccessError::Withdrawn(_) | AccessError::Denied(_)) => {
+            Ok(false)
+        }
         Err(AccessError::ScopeMismatch(e) | AccessError::Failed(e)) => Err(e),
     }
 }

@@ -127,8 +127,8 @@ pub struct Encoded {
 const DOWNLOAD_BROTLI_QUALITY: u32 = 9;
 /// Brotli quality of a delta: deltas are small (a few percent of a download), built once
 /// per pair and fetched by every phone of the scope, so the slowest, smallest setting pays:
-/// about 7% fewer bytes than quality 9 for about 0.3 s more CPU once per pair
-/// (docs/benchmarks.md).
+/// fewer bytes for every phone against more CPU once per pair (the trade is measured in
+/// docs/benchmarks.md).
 const DELTA_BROTLI_QUALITY: u32 = 11;
 
 impl Encoded {
@@ -171,14 +171,6 @@ pub struct DeltaBodies {
 pub fn delta_etag(from_hash: &str, to_hash: &str) -> AppResult<HeaderValue> {
     HeaderValue::try_from(format!("W/\"{from_hash}.{to_hash}\""))
         .map_err(|_| AppError::internal("version hash is not a valid header value"))
-}
-
-/// What a delta request finds.
-#[derive(Debug)]
-pub enum DeltaLookup<T> {
-    /// Either package is unknown or unpublished.
-    NotFound,
-    Found(T),
 }
 
 /// The download body of a published package in every encoding served.
@@ -532,21 +524,22 @@ impl PackageStore {
         .await
     }
 
-    /// The delta from `from` to `id`, both published, computed once per pair.
+    /// The delta from `from` to `id`, both published, computed once per pair (`None`: either
+    /// package is unknown or unpublished).
     /// `DELTA_SCOPE_MISMATCH` when they are of different scopes or scope data.
     pub async fn delta_bodies(
         &self,
         db: &DatabaseConnection,
         id: Uuid,
         from: Uuid,
-    ) -> AppResult<DeltaLookup<Arc<DeltaBodies>>> {
+    ) -> AppResult<Option<Arc<DeltaBodies>>> {
         if let Some(bodies) = self.inner.deltas.get(&(id, from)) {
-            return Ok(DeltaLookup::Found(bodies));
+            return Ok(Some(bodies));
         }
         let db = db.clone();
         self.detached(
             BuildKey::Delta(id, from),
-            move |inner| inner.deltas.get(&(id, from)).map(DeltaLookup::Found),
+            move |inner| inner.deltas.get(&(id, from)).map(Some),
             move |store| async move { store.build_delta(&db, id, from).await },
         )
         .await
@@ -557,9 +550,9 @@ impl PackageStore {
         db: &DatabaseConnection,
         id: Uuid,
         from: Uuid,
-    ) -> AppResult<DeltaLookup<Arc<DeltaBodies>>> {
+    ) -> AppResult<Option<Arc<DeltaBodies>>> {
         let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
-            return Ok(DeltaLookup::NotFound);
+            return Ok(None);
         };
         let mut json = super::load_questions_json(db, &[id, from]).await?;
         let to_json = json.remove(&id);
@@ -570,7 +563,7 @@ impl PackageStore {
             json.remove(&from)
         };
         let (Some(to_json), Some(from_json)) = (to_json, from_json) else {
-            return Ok(DeltaLookup::NotFound);
+            return Ok(None);
         };
         self.started(PackageBuild::Delta);
         let built = self
@@ -597,7 +590,7 @@ impl PackageStore {
                 })
             })
             .await?;
-        Ok(DeltaLookup::Found(insert(
+        Ok(Some(insert(
             &self.inner.deltas,
             (id, from),
             Arc::new(built),

@@ -68,9 +68,9 @@ fn session_state(status: &SessionStatus) -> SessionState {
 /// The PostgreSQL idempotency lookup: one primary-key probe per key. A plain
 /// `user_id = $1 AND idempotency_key = ANY($2)`, or a join with `unnest($2)`, is planned on
 /// a table without statistics as a scan of all the user's records with the keys as a
-/// filter (20 ms at 50,000 records, growing with the history); a `LATERAL … LIMIT 1`
-/// cannot be flattened into such a join, so each key is an index lookup on both columns
-/// (0.2 ms), whatever the statistics or the plan cache say. A test checks the plan.
+/// filter, whose cost grows with the history; a `LATERAL … LIMIT 1` cannot be flattened
+/// into such a join, so each key is an index lookup on both columns, whatever the
+/// statistics or the plan cache say. A test checks the plan.
 pub const FIND_RECORDS_PG: &str = "SELECT r.idempotency_key, r.payload_hash, r.attempt_id, r.session_id \
      FROM unnest($2::uuid[]) AS k(key) CROSS JOIN LATERAL \
      (SELECT * FROM idempotency_records i WHERE i.user_id = $1 AND i.idempotency_key = k.key \

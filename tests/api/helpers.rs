@@ -4,7 +4,6 @@
 //!
 //! With `EXAMSYNC_REQUIRE_SERVICES=1` (set by `.ci/run`) a missing service fails the test
 //! instead of skipping it.
-#![allow(dead_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -13,7 +12,7 @@ use examsync::{
     auth::{Role, sign_token},
     config::Secret,
 };
-use reqwest::{Client, RequestBuilder, Response};
+use reqwest::{Client, RequestBuilder};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -85,7 +84,10 @@ pub struct TestDatabase {
 enum Cleanup {
     /// Another instance's database: its owner cleans up.
     Shared,
-    Sqlite(tempfile::TempDir),
+    /// The directory of the SQLite file, removed when the test ends.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
     Postgres {
         admin_url: String,
         name: String,
@@ -108,7 +110,7 @@ impl TestDatabase {
                 let url = format!("sqlite://{}/examsync.db?mode=rwc", dir.path().display());
                 TestDatabase {
                     url,
-                    cleanup: Cleanup::Sqlite(dir),
+                    cleanup: Cleanup::Sqlite { _dir: dir },
                 }
             }
             Backend::Postgres => {
@@ -211,7 +213,7 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     // Dropped last: the database and keys outlive the server.
-    pub redis: Option<TestRedis>,
+    _redis: Option<TestRedis>,
     pub database: TestDatabase,
 }
 
@@ -280,7 +282,7 @@ pub async fn start(
         state,
         shutdown: Some(tx),
         server: Some(server),
-        redis,
+        _redis: redis,
         database,
     }
 }
@@ -487,8 +489,4 @@ pub async fn wait_ready(client: &Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{url} did not become ready");
-}
-
-pub async fn json_of(response: Response) -> Value {
-    response.json().await.expect("json body")
 }
