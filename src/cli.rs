@@ -40,7 +40,7 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
         /// Grants carried in the token's `access` claim, comma-separated: PROGRAM,
-        /// YEAR:<id>, BLOCK:<id>, THEME:<id>. (`--access` is the server's access mode.)
+        /// `YEAR:<id>`, `BLOCK:<id>`, `THEME:<id>`. (`--access` is the server's access mode.)
         #[arg(long = "grant", value_delimiter = ',', value_parser = parse_grant_claim)]
         grants: Vec<crate::access::GrantTarget>,
     },
