@@ -44,6 +44,8 @@ pub struct App {
     pub sync: Arc<crate::sync::SyncState>,
     /// The role and timeline of the database server (`primary`), probed in the background.
     pub primary: Arc<crate::primary::PrimaryWatch>,
+    /// What the media object route keeps in memory.
+    pub media: crate::media::cache::MediaCache,
 }
 
 #[derive(Clone)]
@@ -148,6 +150,7 @@ impl App {
             db_statements,
             sync: Arc::default(),
             primary,
+            media: crate::media::cache::MediaCache::default(),
         })))
     }
 }

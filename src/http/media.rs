@@ -121,10 +121,9 @@ pub async fn get_media(
     if request.method() == Method::HEAD {
         return validators.respond(range, meta.bytes, Body::empty());
     }
-    let data = media::load_data(&state.db, &sha)
+    let data = media::object_data(&state, &sha)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no media object {sha}")))?;
-    let data = Bytes::from(data);
     let body = match range {
         RangeRequest::Part { start, end } => data.slice(start as usize..=end as usize),
         _ => data,
