@@ -293,6 +293,16 @@ impl Server {
         Err("a server did not become ready in 60 s".into())
     }
 
+    /// User + system CPU time of the process so far, in µs (from clock ticks of 10 ms).
+    fn cpu_us(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // After the command name (in parentheses): utime is field 14, stime field 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 * 1e4)
+    }
+
     /// VmRSS in kB.
     fn rss_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -395,6 +405,27 @@ struct Wrk {
     bytes_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Server CPU per request (its own process clock: steadier than throughput on a shared
+    /// machine).
+    cpu_us_per_request: f64,
+}
+
+/// `wrk` against `server`, with the server's CPU time per request.
+fn wrk_on(
+    pin: bool,
+    server: &Server,
+    path: &str,
+    connections: usize,
+    seconds: u64,
+    headers: &[String],
+) -> Result<Wrk, String> {
+    let before = server.cpu_us();
+    let url = format!("{}{path}", server.base);
+    let mut result = wrk(pin, &url, connections, seconds, headers)?;
+    if let (Some(before), Some(after)) = (before, server.cpu_us()) {
+        result.cpu_us_per_request = (after - before) / (result.requests_per_s * seconds as f64);
+    }
+    Ok(result)
 }
 
 fn wrk(
@@ -450,6 +481,7 @@ fn wrk(
         bytes_per_s: number(field("Transfer/sec:"), "Transfer/sec")?,
         p50_ms: number(field("50%"), "50%")? * 1e3,
         p99_ms: number(field("99%"), "99%")? * 1e3,
+        cpu_us_per_request: 0.0,
     })
 }
 
@@ -565,11 +597,7 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
             .map(|d| d.join("examsync"))
             .ok_or("cannot locate the examsync binary")?,
     };
-    println!(
-        "load average at start: {} ({} cores)",
-        load_average(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("load average at start: {}", load_average());
 
     // 1. Images.
     let images_dir = dir.join("images");
@@ -721,22 +749,10 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
             ("/bundle", &bundles[0], 4, vec![auth_header.clone()]),
         ];
         for (i, (bare_path, path, connections, headers)) in plans.iter().enumerate() {
-            let b = wrk(
-                settings.pin,
-                &format!("{}{bare_path}", bare.base),
-                *connections,
-                s,
-                headers,
-            )?;
-            let e = wrk(
-                settings.pin,
-                &format!("{}{path}", examsync.base),
-                *connections,
-                s,
-                headers,
-            )?;
+            let b = wrk_on(settings.pin, &bare, bare_path, *connections, s, headers)?;
+            let e = wrk_on(settings.pin, &examsync, path, *connections, s, headers)?;
             println!(
-                "  {:<11} bare {:>9.0} req/s {:>7.1} MB/s | examsync {:>9.0} req/s {:>7.1} MB/s p50 {:.2} ms p99 {:.2} ms ({:.0}%)",
+                "  {:<11} bare {:>9.0} req/s {:>7.1} MB/s | examsync {:>9.0} req/s {:>7.1} MB/s p50 {:.2} ms p99 {:.2} ms ({:.0}%); CPU µs/req bare {:.1} examsync {:.1}",
                 rows[i].0,
                 b.requests_per_s,
                 b.bytes_per_s / 1e6,
@@ -744,7 +760,9 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
                 e.bytes_per_s / 1e6,
                 e.p50_ms,
                 e.p99_ms,
-                100.0 * e.requests_per_s / b.requests_per_s
+                100.0 * e.requests_per_s / b.requests_per_s,
+                b.cpu_us_per_request,
+                e.cpu_us_per_request,
             );
             rows[i].1.push(b);
             rows[i].2.push(e);
@@ -763,8 +781,10 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
     // 6. The table.
     println!();
     println!("load average at end: {}", load_average());
-    println!("| scenario | bare | examsync | examsync / bare | target |");
-    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| scenario | bare | examsync | examsync / bare | target | CPU µs/req bare | examsync |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|");
     for (name, b, e) in &rows {
         let bundle = name.contains("bundle");
         let value = |w: &Wrk| {
@@ -782,12 +802,14 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
             _ => "≥ 90%",
         };
         println!(
-            "| {name} | {:.0} {unit} | {:.0} {unit} (p50 {:.2} ms, p99 {:.2} ms) | {:.0}% | {target} |",
+            "| {name} | {:.0} {unit} | {:.0} {unit} (p50 {:.2} ms, p99 {:.2} ms) | {:.0}% | {target} | {:.1} | {:.1} |",
             median(b.iter().map(value).collect()),
             median(e.iter().map(value).collect()),
             median(e.iter().map(|w| w.p50_ms).collect()),
             median(e.iter().map(|w| w.p99_ms).collect()),
-            100.0 * ratio
+            100.0 * ratio,
+            median(b.iter().map(|w| w.cpu_us_per_request).collect()),
+            median(e.iter().map(|w| w.cpu_us_per_request).collect()),
         );
     }
     println!(
