@@ -649,6 +649,22 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
         .map_err(|e| format!("building package {b}: {e}"))?;
         bundles.push(format!("/api/v1/tests/packages/{}/media", package.id));
     }
+    // A student whose stored grant covers every package: the benchmark pays for the access
+    // check as production does (`EXAMSYNC_ACCESS=grants`, the default).
+    let student = Uuid::new_v4();
+    let grant = examsync::access::grants::NewGrant::new(
+        student,
+        PackageScope::Program,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    examsync::access::grants::grant(&db, grant)
+        .await
+        .map_err(|e| format!("granting: {e}"))?;
     db.close().await.ok();
 
     // 4. examsync, then what the bare server will serve.
@@ -665,11 +681,11 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
             ("DATABASE_URL", database_url.to_owned()),
             ("JWT_SECRET", SECRET.to_owned()),
             ("EXAMSYNC_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+            ("EXAMSYNC_PACKAGE_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
         ],
     )?;
     examsync.wait_ready(&http, "/readyz").await?;
-    let token =
-        sign_token(SECRET, Uuid::new_v4(), Role::Student, 24 * 3600).map_err(|e| e.to_string())?;
+    let token = sign_token(SECRET, student, Role::Student, 24 * 3600).map_err(|e| e.to_string())?;
     let auth = format!("Bearer {token}");
     let object_path = format!("/api/v1/media/{}", images[0]);
     let started = Instant::now();

@@ -58,7 +58,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Parser;
 use examsync::{
     Application,
-    auth::{Role, sign_token},
+    auth::{Role, sign_token_with_access},
     cli::{Cli, Command as CliCommand},
     questions::{QuestionInput, QuestionStatus, import_questions},
     sync::payload_hash::v1_hash,
@@ -790,7 +790,16 @@ fn http_client() -> Result<reqwest::Client, String> {
 fn students(ids: impl IntoIterator<Item = Uuid>) -> Vec<Student> {
     ids.into_iter()
         .map(|id| Student {
-            token: sign_token(SECRET, id, Role::Student, 4 * 3600).unwrap_or_default(),
+            // A token grant for the whole bank: sync pays for the access check (one read
+            // of the user's stored grants per batch) as production does.
+            token: sign_token_with_access(
+                SECRET,
+                id,
+                Role::Student,
+                4 * 3600,
+                &[examsync::access::GrantTarget::Program],
+            )
+            .unwrap_or_default(),
             sent: Vec::new(),
         })
         .collect()

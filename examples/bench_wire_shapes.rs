@@ -48,6 +48,8 @@ fn summaries() -> Vec<PackageSummary> {
             created_by: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            withdrawn_at: None,
+            withdrawn_reason: None,
         })
         .collect()
 }

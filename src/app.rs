@@ -15,6 +15,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
 use crate::{
+    access::AccessCache,
     auth::{TokenVerifier, UserRegistry},
     cache::Cache,
     config::Config,
@@ -22,7 +23,7 @@ use crate::{
     graphql::trusted_documents::TrustedDocuments,
     http,
     packages::PackageStore,
-    rate_limit::RateLimiter,
+    rate_limit::{LocalLimiter, RateLimiter},
 };
 
 /// Everything a request handler may need. Shared as `AppState(Arc<App>)`.
@@ -33,7 +34,15 @@ pub struct App {
     pub tokens: TokenVerifier,
     pub users: UserRegistry,
     pub packages: PackageStore,
+    /// Access decisions and what they rest on (docs/api.md section 3.1).
+    pub access: AccessCache,
     pub rate_limiter: RateLimiter,
+    /// Package and media requests per user (per instance).
+    pub package_limiter: LocalLimiter<uuid::Uuid>,
+    /// Requests without a valid token per client address (per instance).
+    pub anonymous_limiter: LocalLimiter<std::net::IpAddr>,
+    /// One permit per request in flight (`EXAMSYNC_MAX_IN_FLIGHT`); none left: `503`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// The operations allowed to run, when `EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS` is set.
     pub trusted_documents: Option<Arc<TrustedDocuments>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -44,6 +53,9 @@ pub struct App {
     pub sync: Arc<crate::sync::SyncState>,
     /// The role and timeline of the database server (`primary`), probed in the background.
     pub primary: Arc<crate::primary::PrimaryWatch>,
+    /// The database's cache epoch as read at start (instances restart after `examsync
+    /// cache reset`): pull cursors carry it, so one minted before a restore is refused.
+    pub cache_epoch: String,
     /// What the media object route keeps in memory.
     pub media: crate::media::cache::MediaCache,
 }
@@ -76,12 +88,13 @@ impl App {
     /// Connects to the database (running migrations) and the cache.
     pub async fn connect(config: Config) -> Result<AppState, StartupError> {
         let secret = config.jwt_secret.as_ref().ok_or_else(|| {
-            StartupError::Config("JWT_SECRET is required (at least 16 bytes)".into())
+            StartupError::Config("JWT_SECRET is required (at least 32 bytes)".into())
         })?;
         let tokens = TokenVerifier::new(
             &secret.0,
             config.jwt_secret_previous.as_ref().map(|s| s.0.as_str()),
-        );
+        )
+        .with_issuer_audience(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         // Read the manifests first: a bad one stops the start before anything connects.
         let trusted_documents = if config.graphql_trusted_documents.is_empty() {
             None
@@ -109,6 +122,7 @@ impl App {
         )
         .await?;
         db::migrate(&db).await?;
+        crate::access::index::backfill(&db).await?;
         let db_statements = Arc::new(AtomicU64::new(0));
         let counter = db_statements.clone();
         db.set_metric_callback(move |info| {
@@ -137,19 +151,31 @@ impl App {
             config.rate_limit_per_minute,
             Duration::from_secs(config.rate_limit_window_secs),
         );
+        let access = AccessCache::new(config.access);
+        let window = Duration::from_secs(config.rate_limit_window_secs);
+        let package_limiter =
+            LocalLimiter::new(config.package_rate_limit_per_minute, window, "package");
+        let anonymous_limiter =
+            LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
         Ok(AppState(Arc::new(App {
+            package_limiter,
+            anonymous_limiter,
+            in_flight,
             config,
             db,
             cache,
             tokens,
             users: UserRegistry::default(),
             packages: PackageStore::default(),
+            access,
             rate_limiter,
             trusted_documents,
             metrics: crate::metrics::handle(),
             db_statements,
             sync: Arc::default(),
             primary,
+            cache_epoch: epoch,
             media: crate::media::cache::MediaCache::default(),
         })))
     }
@@ -158,6 +184,8 @@ impl App {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address (`EXAMSYNC_METRICS_BIND`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     extra_routes: axum::Router<AppState>,
 }
@@ -167,8 +195,13 @@ impl Application {
         let bind = config.bind;
         let state = App::connect(config).await?;
         let listener = TcpListener::bind(bind).await?;
+        let metrics_listener = match state.config.metrics_bind {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             state,
             extra_routes: axum::Router::new(),
         })
@@ -186,6 +219,13 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The address `/metrics` is served on when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -197,12 +237,19 @@ impl Application {
     ) -> std::io::Result<()> {
         let schema = graphql::build_schema(self.state.clone());
         let router = http::router_with(self.state.clone(), schema, self.extra_routes);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let router = http::metrics_router(self.state.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await })
+        });
         axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         // Sync counters summed off the write path are written before the pool closes.
         let _ = tokio::time::timeout(
             Duration::from_secs(5),

@@ -5,8 +5,7 @@
 //! and `type` (must be `"access"` when present).
 //! `JWT_SECRET_PREVIOUS` is also accepted so keys can be rotated without logging anyone out.
 use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -15,7 +14,10 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::{
+    access::GrantTarget,
+    error::{AppError, AppResult},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -44,10 +46,12 @@ impl Role {
 }
 
 /// The caller of a request, from a verified token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: Uuid,
     pub role: Role,
+    /// The grants of the token's `access` claim (docs/api.md section 3.1), when it has one.
+    pub access: Option<Arc<[GrantTarget]>>,
 }
 
 impl AuthUser {
@@ -81,6 +85,16 @@ pub struct Claims {
     pub nbf: Option<i64>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// A string or an array of strings; checked by the library against the configured
+    /// audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    /// Grants carried by the token: `PROGRAM`, `YEAR:<id>`, `BLOCK:<id>`, `THEME:<id>`.
+    /// Read as any JSON so that a bad value is named, not just "malformed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<serde_json::Value>,
 }
 
 /// Verifies tokens with the current key, then the previous one. Verified tokens are
@@ -89,17 +103,50 @@ pub struct Claims {
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
-    verified: Mutex<HashMap<String, (AuthUser, i64)>>,
+    /// Token → (user, `exp`), each kept until its token expires.
+    verified: moka::sync::Cache<String, (AuthUser, i64)>,
+}
+
+/// A remembered token expires with the token itself.
+struct UntilTokenExpiry;
+
+impl moka::Expiry<String, (AuthUser, i64)> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &(AuthUser, i64),
+        _: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let left = value.1.saturating_sub(unix_now()).max(0);
+        Some(std::time::Duration::from_secs(left as u64))
+    }
 }
 
 /// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
 /// service's clock may run a little ahead of ours, and a token it issues "now" must work.
 pub const NBF_LEEWAY_SECS: i64 = 60;
 
-/// Past this many remembered tokens the memory is cleared (and refilled as tokens come).
-const VERIFIED_TOKENS_CAP: usize = 100_000;
+/// Tokens remembered at once; past it the least used are verified again when they return.
+const VERIFIED_TOKENS_CAP: u64 = 100_000;
 
 impl TokenVerifier {
+    /// Binds tokens to an issuer and an audience (docs/api.md section 3): with one set, a
+    /// token must carry the claim and match it; with no audience set, a token that
+    /// carries `aud` is refused (RFC 7519 §4.1.3).
+    pub fn with_issuer_audience(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     pub fn new(secret: &str, previous: Option<&str>) -> Self {
         let mut keys = vec![DecodingKey::from_secret(secret.as_bytes())];
         if let Some(previous) = previous {
@@ -113,26 +160,23 @@ impl TokenVerifier {
         TokenVerifier {
             keys,
             validation,
-            verified: Mutex::new(HashMap::new()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS_CAP)
+                .expire_after(UntilTokenExpiry)
+                .build(),
         }
     }
 
     /// Verifies a bearer token and returns its user, or why it is refused.
     pub fn verify(&self, token: &str) -> AppResult<AuthUser> {
         let now = unix_now();
-        if let Ok(verified) = self.verified.lock()
-            && let Some((user, exp)) = verified.get(token)
-            && *exp > now
+        if let Some((user, exp)) = self.verified.get(token)
+            && exp > now
         {
-            return Ok(*user);
+            return Ok(user);
         }
         let (user, exp) = self.verify_signature(token)?;
-        if let Ok(mut verified) = self.verified.lock() {
-            if verified.len() >= VERIFIED_TOKENS_CAP {
-                verified.clear();
-            }
-            verified.insert(token.to_owned(), (user, exp));
-        }
+        self.verified.insert(token.to_owned(), (user.clone(), exp));
         Ok(user)
     }
 
@@ -160,7 +204,11 @@ fn token_error(e: &jsonwebtoken::errors::Error) -> AppError {
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
             "token algorithm must be HS256"
         }
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        ErrorKind::MissingRequiredClaim(claim) => {
+            return AppError::Unauthenticated(format!("token lacks the required claim `{claim}`"));
+        }
+        ErrorKind::InvalidAudience => "token audience (`aud` claim) is refused",
+        ErrorKind::InvalidIssuer => "token issuer (`iss` claim) is refused",
         _ => "token is malformed",
     };
     AppError::Unauthenticated(reason.into())
@@ -185,7 +233,31 @@ fn claims_to_user(claims: &Claims, now: i64) -> AppResult<AuthUser> {
         .map_err(|_| AppError::Unauthenticated("token subject is not a UUID".into()))?;
     let role = Role::parse(&claims.role)
         .ok_or_else(|| AppError::Unauthenticated("token role is not recognised".into()))?;
-    Ok(AuthUser { id, role })
+    let access = claims.access.as_ref().map(parse_access_claim).transpose()?;
+    Ok(AuthUser { id, role, access })
+}
+
+/// The `access` claim: an array of grant strings; anything else invalidates the token.
+fn parse_access_claim(value: &serde_json::Value) -> AppResult<Arc<[GrantTarget]>> {
+    let invalid = || {
+        AppError::Unauthenticated(
+            "token `access` claim is invalid: an array of \"PROGRAM\", \"YEAR:<id>\", \
+             \"BLOCK:<id>\" or \"THEME:<id>\""
+                .into(),
+        )
+    };
+    let items = value.as_array().ok_or_else(invalid)?;
+    let mut targets = items
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .and_then(GrantTarget::parse_claim)
+                .ok_or_else(invalid)
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    targets.sort_unstable();
+    targets.dedup();
+    Ok(Arc::from(targets))
 }
 
 /// Extracts the token from an `Authorization` header value.
@@ -204,6 +276,25 @@ pub fn bearer_token(header: Option<&str>) -> AppResult<&str> {
 
 /// Signs an access token (the `token` CLI command, the demo and tests).
 pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result<String, AppError> {
+    sign_token_with_access(secret, user, role, ttl_secs, &[])
+}
+
+/// Signs an access token carrying grants in its `access` claim (none: no claim).
+pub fn sign_token_with_access(
+    secret: &str,
+    user: Uuid,
+    role: Role,
+    ttl_secs: i64,
+    access: &[GrantTarget],
+) -> Result<String, AppError> {
+    let access = (!access.is_empty()).then(|| {
+        serde_json::Value::Array(
+            access
+                .iter()
+                .map(|t| serde_json::Value::String(t.claim()))
+                .collect(),
+        )
+    });
     let now = unix_now();
     let claims = Claims {
         sub: user.to_string(),
@@ -213,6 +304,9 @@ pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result
         jti: Some(Uuid::new_v4().to_string()),
         nbf: None,
         token_type: Some("access".into()),
+        iss: None,
+        aud: None,
+        access,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -233,18 +327,20 @@ fn unix_now() -> i64 {
 /// already seen so that a busy user costs no extra statement per request. What it
 /// remembers holds for one server timeline (`primary`): a failover to a standby that
 /// missed the last commits may have lost a user row, so a new timeline starts afresh.
-#[derive(Default)]
 pub struct UserRegistry {
-    known: Mutex<KnownUsers>,
+    known: moka::sync::Cache<(u32, Uuid), ()>,
 }
 
-#[derive(Default)]
-struct KnownUsers {
-    timeline: Option<u32>,
-    users: HashSet<Uuid>,
-}
+/// Users remembered at once; one forgotten costs one `INSERT … DO NOTHING` when it returns.
+const KNOWN_USERS_CAP: u64 = 200_000;
 
-const KNOWN_USERS_CAP: usize = 200_000;
+impl Default for UserRegistry {
+    fn default() -> Self {
+        UserRegistry {
+            known: moka::sync::Cache::new(KNOWN_USERS_CAP),
+        }
+    }
+}
 
 impl UserRegistry {
     /// `timeline`: the server's, as `PrimaryWatch::timeline` knows it (`None`: unknown,
@@ -255,13 +351,7 @@ impl UserRegistry {
         user: &AuthUser,
         timeline: Option<u32>,
     ) -> AppResult<()> {
-        if timeline.is_some()
-            && self
-                .known
-                .lock()
-                .map(|k| k.timeline == timeline && k.users.contains(&user.id))
-                .unwrap_or(false)
-        {
+        if timeline.is_some_and(|t| self.known.contains_key(&(t, user.id))) {
             return Ok(());
         }
         let row = entity::user::ActiveModel {
@@ -272,17 +362,14 @@ impl UserRegistry {
             acked_count: sea_orm::Set(0),
             duplicate_count: sea_orm::Set(0),
             rejected_count: sea_orm::Set(0),
+            change_seq: sea_orm::Set(0),
         };
         entity::user::Entity::insert(row)
             .on_conflict_do_nothing()
             .exec_without_returning(db)
             .await?;
-        if let (Some(timeline), Ok(mut known)) = (timeline, self.known.lock()) {
-            if known.timeline != Some(timeline) || known.users.len() >= KNOWN_USERS_CAP {
-                known.users.clear();
-                known.timeline = Some(timeline);
-            }
-            known.users.insert(user.id);
+        if let Some(timeline) = timeline {
+            self.known.insert((timeline, user.id), ());
         }
         Ok(())
     }
@@ -292,7 +379,7 @@ impl UserRegistry {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "unit-test-secret-0123456789";
+    const SECRET: &str = "unit-test-secret-0123456789abcdef-32";
 
     #[test]
     fn signed_token_verifies() {
@@ -303,7 +390,8 @@ mod tests {
             verifier.verify(&token).unwrap(),
             AuthUser {
                 id: user,
-                role: Role::Admin
+                role: Role::Admin,
+                access: None,
             }
         );
     }
@@ -311,14 +399,14 @@ mod tests {
     #[test]
     fn previous_key_is_accepted_other_keys_are_not() {
         let token = sign_token(
-            "old-secret-0123456789abcdef",
+            "old-secret-0123456789abcdef-0123456",
             Uuid::new_v4(),
             Role::Student,
             60,
         )
         .unwrap();
         assert!(
-            TokenVerifier::new(SECRET, Some("old-secret-0123456789abcdef"))
+            TokenVerifier::new(SECRET, Some("old-secret-0123456789abcdef-0123456"))
                 .verify(&token)
                 .is_ok()
         );
@@ -335,6 +423,9 @@ mod tests {
             jti: None,
             nbf,
             token_type: None,
+            iss: None,
+            aud: None,
+            access: None,
         };
         let now = 1_800_000_000;
         assert!(claims_to_user(&claims(None), now).is_ok());

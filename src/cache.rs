@@ -13,8 +13,7 @@
 //! cached `DUPLICATE` for an attempt the restored database no longer holds is then never
 //! read: the phone's replay is applied again instead of deleted unapplied.
 use std::{
-    collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -114,6 +113,8 @@ impl CacheError {
 pub struct Cache {
     prefix: String,
     backend: Backend,
+    /// Automatic persisted queries when there is no Redis to share them.
+    persisted: PersistedQueries,
 }
 
 enum Backend {
@@ -137,6 +138,7 @@ impl Cache {
         Cache {
             prefix: prefix.to_owned(),
             backend: Backend::Memory(MemoryCache::default()),
+            persisted: PersistedQueries::default(),
         }
     }
 
@@ -170,6 +172,7 @@ impl Cache {
         Ok(Cache {
             prefix: prefix.to_owned(),
             backend,
+            persisted: PersistedQueries::default(),
         })
     }
 
@@ -342,6 +345,35 @@ impl Cache {
         }
     }
 
+    /// Registers an automatic persisted query (its text validated, its caller
+    /// authenticated): in Redis for every instance, or in this instance's bounded store.
+    pub async fn apq_register(&self, hash: &str, query: &str) {
+        if self.is_redis() {
+            let key = self.key("apq", hash);
+            if let Err(e) = self.set(&key, query, APQ_TTL).await {
+                crate::metrics::cache_fallback("apq_register", e.kind());
+            }
+        } else {
+            self.persisted
+                .queries
+                .insert(hash.to_owned(), Arc::from(query));
+        }
+    }
+
+    /// The text of a registered persisted query.
+    pub async fn apq_lookup(&self, hash: &str) -> Option<String> {
+        if !self.is_redis() {
+            return self.persisted.queries.get(hash).map(|q| q.to_string());
+        }
+        match self.get(&self.key("apq", hash)).await {
+            Ok(found) => found,
+            Err(e) => {
+                crate::metrics::cache_fallback("apq_lookup", e.kind());
+                None
+            }
+        }
+    }
+
     /// Reachability check for `/readyz`.
     pub async fn ping(&self) -> Result<(), CacheError> {
         match &self.backend {
@@ -394,69 +426,186 @@ async fn with_timeout<T>(
     }
 }
 
-/// A small in-process cache with expiry, standing in for Redis on a single instance.
-#[derive(Default)]
+/// The in-process cache standing in for Redis on a single instance: three `moka` caches,
+/// each bounded on its own, so filling one (many idempotency records, many persisted
+/// queries) can never evict an entry of another (a rate-limit counter).
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// Records with a time to live (idempotency records, cursors), bounded in bytes.
+    entries: moka::sync::Cache<String, Entry>,
+    /// Fixed-window counters, bounded in number.
+    counters: moka::sync::Cache<String, Arc<Counter>>,
 }
 
-/// Past this many entries expired ones are swept, then everything if still too many. An
-/// idempotency record takes about 400 bytes here, so the cap holds the cache near 40 MB (at
-/// 500,000 the sync benchmark saw 158 MB of RSS on SQLite); a miss only costs one indexed
-/// database lookup, which is the source of truth anyway.
-const MEMORY_CACHE_CAP: usize = 100_000;
+/// Bytes of records the in-process cache keeps; past it the least used go first. A miss
+/// only costs one indexed database lookup, which is the source of truth anyway.
+const MEMORY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Rate-limit windows the in-process cache keeps (one per user active in the window).
+const MEMORY_COUNTERS: u64 = 200_000;
+
+#[derive(Clone)]
+struct Entry {
+    value: Arc<str>,
+    ttl: Duration,
+}
+
+struct Counter {
+    window: Duration,
+    /// The count and when the window ends.
+    state: Mutex<(u64, Instant)>,
+}
+
+/// Each record and counter expires after its own time to live.
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+impl moka::Expiry<String, Arc<Counter>> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        counter: &Arc<Counter>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(counter.window)
+    }
+}
+
+/// The weight of a record: its bytes plus the bookkeeping around them.
+fn record_weight(key: &str, value: &str) -> u32 {
+    u32::try_from(key.len() + value.len() + 64).unwrap_or(u32::MAX)
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        MemoryCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_CACHE_BYTES)
+                .weigher(|key: &String, entry: &Entry| record_weight(key, &entry.value))
+                .expire_after(PerEntryTtl)
+                .build(),
+            counters: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_COUNTERS)
+                .expire_after(PerEntryTtl)
+                .build(),
+        }
+    }
+}
 
 impl MemoryCache {
     fn get(&self, key: &str) -> Option<String> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .get(key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(value, _)| value.clone())
+        self.entries.get(key).map(|entry| entry.value.to_string())
     }
 
     fn set(&self, key: &str, value: &str, ttl: Duration) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MEMORY_CACHE_CAP {
-                let now = Instant::now();
-                entries.retain(|_, (_, expires)| *expires > now);
-                if entries.len() >= MEMORY_CACHE_CAP {
-                    entries.clear();
-                }
-            }
-            entries.insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
-        }
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value: Arc::from(value),
+                ttl,
+            },
+        );
     }
 
     fn incr_window(&self, key: &str, window: Duration) -> (u64, Duration) {
         let now = Instant::now();
-        let Ok(mut entries) = self.entries.lock() else {
+        let counter = self.counters.get_with_by_ref(key, || {
+            Arc::new(Counter {
+                window,
+                state: Mutex::new((0, now + window)),
+            })
+        });
+        let Ok(mut state) = counter.state.lock() else {
             return (0, window);
         };
-        let entry = entries
-            .entry(key.to_owned())
-            .or_insert_with(|| ("0".to_owned(), now + window));
-        if entry.1 <= now {
-            *entry = ("0".to_owned(), now + window);
+        if state.1 <= now {
+            *state = (0, now + window);
         }
-        let count = entry.0.parse::<u64>().unwrap_or(0) + 1;
-        entry.0 = count.to_string();
-        (count, entry.1.saturating_duration_since(now))
+        state.0 += 1;
+        (state.0, state.1.saturating_duration_since(now))
     }
 
     fn decr(&self, key: &str) {
-        if let Ok(mut entries) = self.entries.lock()
-            && let Some(entry) = entries.get_mut(key)
+        if let Some(counter) = self.counters.get(key)
+            && let Ok(mut state) = counter.state.lock()
         {
-            let count = entry.0.parse::<u64>().unwrap_or(0).saturating_sub(1);
-            entry.0 = count.to_string();
+            state.0 = state.0.saturating_sub(1);
         }
     }
 }
 
+/// The automatic persisted queries of one instance without Redis, bounded in bytes and
+/// apart from every other record.
+pub struct PersistedQueries {
+    queries: moka::sync::Cache<String, Arc<str>>,
+}
+
+/// Bytes of persisted query text one instance keeps (without Redis).
+const PERSISTED_QUERY_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Default for PersistedQueries {
+    fn default() -> Self {
+        PersistedQueries {
+            queries: moka::sync::Cache::builder()
+                .max_capacity(PERSISTED_QUERY_BYTES)
+                .weigher(|hash: &String, query: &Arc<str>| record_weight(hash, query))
+                .time_to_live(APQ_TTL)
+                .build(),
+        }
+    }
+}
+
+/// How long a registered persisted query is kept.
+pub const APQ_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Records far past the byte bound never evict a rate-limit counter, and the store
+    /// stays near its bound.
+    #[tokio::test]
+    async fn filling_records_keeps_counters() {
+        let cache = Cache::memory("t:");
+        let window = Duration::from_secs(60);
+        for _ in 0..5 {
+            cache.incr_window("rl", window).await.unwrap();
+        }
+        let big = "x".repeat(64 * 1024);
+        for i in 0..2_000 {
+            cache
+                .set(&format!("idem:{i}"), &big, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.incr_window("rl", window).await.unwrap().0, 6);
+        let Backend::Memory(memory) = &cache.backend else {
+            unreachable!()
+        };
+        memory.entries.run_pending_tasks();
+        assert!(memory.entries.weighted_size() <= MEMORY_CACHE_BYTES);
+        // Persisted queries have their own bound.
+        for i in 0..1_000 {
+            cache.apq_register(&format!("{i:064}"), &big).await;
+        }
+        cache.persisted.queries.run_pending_tasks();
+        assert!(cache.persisted.queries.weighted_size() <= PERSISTED_QUERY_BYTES);
+        assert_eq!(cache.incr_window("rl", window).await.unwrap().0, 7);
+    }
 
     #[tokio::test]
     async fn memory_cache_round_trip_and_window() {

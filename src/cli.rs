@@ -39,6 +39,10 @@ pub enum Command {
         /// Lifetime, e.g. 3600, 90s, 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
+        /// Grants carried in the token's `access` claim, comma-separated: PROGRAM,
+        /// YEAR:<id>, BLOCK:<id>, THEME:<id>. (`--access` is the server's access mode.)
+        #[arg(long = "grant", value_delimiter = ',', value_parser = parse_grant_claim)]
+        grants: Vec<crate::access::GrantTarget>,
     },
     /// Question bank commands.
     Questions {
@@ -57,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PackageCommand,
     },
+    /// Grants: who may study what (docs/api.md section 3.1).
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
     /// Cache commands.
     Cache {
         #[command(subcommand)]
@@ -70,6 +79,49 @@ pub enum CacheCommand {
     /// in a running instance) is read again. Run it after restoring a backup, before
     /// starting the instances.
     Reset,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Record a grant and print its id.
+    Grant {
+        #[arg(long)]
+        user: Uuid,
+        #[arg(long, value_parser = parse_scope)]
+        scope: PackageScope,
+        #[arg(long, conflicts_with_all = ["block_id", "theme_id"])]
+        year_id: Option<i32>,
+        #[arg(long, conflicts_with = "theme_id")]
+        block_id: Option<i32>,
+        #[arg(long)]
+        theme_id: Option<i32>,
+        /// Start (RFC 3339); none: no start.
+        #[arg(long = "from", value_parser = parse_time)]
+        valid_from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End, excluded (RFC 3339); none: no end.
+        #[arg(long = "until", value_parser = parse_time)]
+        valid_until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Revoke a grant now.
+    Revoke { grant_id: Uuid },
+    /// Print every stored grant of a user, one line each, starting with its id.
+    List {
+        #[arg(long)]
+        user: Uuid,
+    },
+    /// Import grants from a CSV file (all or nothing; importing it again changes nothing).
+    Import { file: PathBuf },
+}
+
+fn parse_grant_claim(s: &str) -> Result<crate::access::GrantTarget, String> {
+    crate::access::GrantTarget::parse_claim(s.trim())
+        .ok_or_else(|| "must be PROGRAM, YEAR:<id>, BLOCK:<id> or THEME:<id>".into())
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z".into())
 }
 
 #[derive(Debug, Subcommand)]

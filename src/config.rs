@@ -3,6 +3,9 @@
 //! clap validates every value and names the offending setting on error; `--help` lists them.
 use std::{fmt, net::SocketAddr, time::Duration};
 
+/// The shortest HS256 key accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// A secret string that never shows up in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -16,8 +19,11 @@ impl fmt::Debug for Secret {
 impl std::str::FromStr for Secret {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() < 16 {
-            return Err("must be at least 16 bytes long".into());
+        // RFC 7518 §3.2: an HS256 key is at least as long as the hash output.
+        if s.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "must be at least {MIN_SECRET_BYTES} bytes long (RFC 7518 §3.2)"
+            ));
         }
         Ok(Secret(s.to_owned()))
     }
@@ -72,7 +78,10 @@ pub mod defaults {
     pub const GRAPHQL_MAX_DEPTH: u32 = 15;
     pub const GRAPHQL_MAX_COMPLEXITY: u32 = 1000;
     pub const GRAPHQL_MAX_ALIASES: u32 = 30;
-    pub const GRAPHQL_INTROSPECTION: bool = true;
+    pub const GRAPHQL_MAX_NODES: u64 = 20_000;
+    pub const PACKAGE_RATE_LIMIT_PER_MINUTE: u32 = 1200;
+    pub const ANONYMOUS_RATE_LIMIT_PER_MINUTE: u32 = 120;
+    pub const MAX_IN_FLIGHT: usize = 1024;
     pub const PRODUCTION: bool = false;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     pub const MEDIA_MAX_BYTES: usize = crate::media::DEFAULT_MAX_BYTES;
@@ -105,7 +114,7 @@ pub struct Config {
     #[arg(long, env = "EXAMSYNC_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub redis_timeout_ms: u64,
 
-    /// HS256 key for access tokens (at least 16 bytes).
+    /// HS256 key for access tokens (at least 32 bytes, RFC 7518 §3.2).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<Secret>,
 
@@ -117,6 +126,20 @@ pub struct Config {
         global = true
     )]
     pub jwt_secret_previous: Option<Secret>,
+
+    /// When set, a token's `iss` must equal it.
+    #[arg(long, env = "EXAMSYNC_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, a token's `aud` must contain it; when unset, a token carrying `aud` is
+    /// refused.
+    #[arg(long, env = "EXAMSYNC_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// `grants`: students read only what their grants cover; `open`: every
+    /// authenticated user reads every published package.
+    #[arg(long, env = "EXAMSYNC_ACCESS", value_enum, default_value_t = crate::access::AccessMode::Grants, global = true)]
+    pub access: crate::access::AccessMode,
 
     /// Listen address.
     #[arg(
@@ -162,8 +185,29 @@ pub struct Config {
     pub graphql_max_aliases: u32,
 
     /// Serve the GraphQL introspection query (GraphiQL and code generators need it).
-    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", default_value_t = defaults::GRAPHQL_INTROSPECTION, action = clap::ArgAction::Set, global = true)]
-    pub graphql_introspection: bool,
+    /// Unset: on, except in production mode.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_INTROSPECTION", action = clap::ArgAction::Set, global = true)]
+    pub graphql_introspection: Option<bool>,
+
+    /// Most list items one GraphQL document may return, judged before it runs.
+    #[arg(long, env = "EXAMSYNC_GRAPHQL_MAX_NODES", default_value_t = defaults::GRAPHQL_MAX_NODES, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub graphql_max_nodes: u64,
+
+    /// Package, delta and media requests per user per minute (0 turns the limit off).
+    #[arg(long, env = "EXAMSYNC_PACKAGE_RATE_LIMIT_PER_MINUTE", default_value_t = defaults::PACKAGE_RATE_LIMIT_PER_MINUTE, global = true)]
+    pub package_rate_limit_per_minute: u32,
+
+    /// Requests without a valid token per client address per minute (0 turns it off).
+    #[arg(long, env = "EXAMSYNC_ANONYMOUS_RATE_LIMIT_PER_MINUTE", default_value_t = defaults::ANONYMOUS_RATE_LIMIT_PER_MINUTE, global = true)]
+    pub anonymous_rate_limit_per_minute: u32,
+
+    /// Requests in flight per instance; past it new requests get 503 at once.
+    #[arg(long, env = "EXAMSYNC_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), global = true)]
+    pub max_in_flight: usize,
+
+    /// When set, `/metrics` is served on this address only, not on the API port.
+    #[arg(long, env = "EXAMSYNC_METRICS_BIND", global = true)]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Trusted documents: persisted query manifests (Apollo's
     /// `apollo-persisted-query-manifest` format), comma-separated; each path is a manifest
@@ -177,7 +221,8 @@ pub struct Config {
     )]
     pub graphql_trusted_documents: Vec<std::path::PathBuf>,
 
-    /// Production mode: no "did you mean" field suggestions in GraphQL errors.
+    /// Production mode: no "did you mean" field suggestions in GraphQL errors, and no
+    /// introspection unless `EXAMSYNC_GRAPHQL_INTROSPECTION` asks for it.
     #[arg(long, env = "EXAMSYNC_PRODUCTION", default_value_t = defaults::PRODUCTION, action = clap::ArgAction::Set, global = true)]
     pub production: bool,
 
@@ -212,6 +257,9 @@ impl Config {
             redis_timeout_ms: defaults::REDIS_TIMEOUT_MS,
             jwt_secret: None,
             jwt_secret_previous: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            access: crate::access::AccessMode::Grants,
             // Tests and embedders bind an ephemeral port, not the default one.
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: LogFormat::Text,
@@ -220,7 +268,12 @@ impl Config {
             graphql_max_depth: defaults::GRAPHQL_MAX_DEPTH,
             graphql_max_complexity: defaults::GRAPHQL_MAX_COMPLEXITY,
             graphql_max_aliases: defaults::GRAPHQL_MAX_ALIASES,
-            graphql_introspection: defaults::GRAPHQL_INTROSPECTION,
+            graphql_introspection: None,
+            graphql_max_nodes: defaults::GRAPHQL_MAX_NODES,
+            package_rate_limit_per_minute: defaults::PACKAGE_RATE_LIMIT_PER_MINUTE,
+            anonymous_rate_limit_per_minute: defaults::ANONYMOUS_RATE_LIMIT_PER_MINUTE,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            metrics_bind: None,
             graphql_trusted_documents: Vec::new(),
             production: defaults::PRODUCTION,
             max_body_bytes: defaults::MAX_BODY_BYTES,
@@ -228,6 +281,11 @@ impl Config {
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
             db_statement_timeout_ms: defaults::DB_STATEMENT_TIMEOUT_MS,
         }
+    }
+
+    /// Whether introspection is served: as set, or on unless in production mode.
+    pub fn introspection(&self) -> bool {
+        self.graphql_introspection.unwrap_or(!self.production)
     }
 
     pub fn redis_timeout(&self) -> Duration {

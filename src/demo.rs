@@ -4,10 +4,12 @@ use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Role, sign_token},
+    access::grants::{self, NewGrant},
+    app::App,
+    auth::{AuthUser, Role, sign_token},
     error::AppResult,
     media::{self, MediaPlacement, draw},
-    packages::{self, BuildRequest, PackageScope},
+    packages::{self, BuildRequest, ListFilter, PackageScope},
     questions::{self, QuestionInput, QuestionMediaInput, QuestionStatus},
 };
 
@@ -221,6 +223,71 @@ pub async fn seed_if_empty(db: &DatabaseConnection) -> AppResult<bool> {
         packages::build_package(db, build).await?;
     }
     Ok(true)
+}
+
+/// The demo student's grants: the first years, so the packages of those years open and
+/// the whole programme and the later years do not. Granted on every start (an equal grant
+/// in force is kept, so nothing doubles).
+pub const DEMO_GRANT_YEARS: [i32; 2] = [1, 2];
+
+pub async fn ensure_demo_grants(db: &DatabaseConnection) -> AppResult<()> {
+    for year in DEMO_GRANT_YEARS {
+        let grant = NewGrant::new(
+            DEMO_STUDENT,
+            PackageScope::Year,
+            Some(year),
+            None,
+            None,
+            None,
+            None,
+        )?;
+        grants::grant(db, grant).await?;
+    }
+    Ok(())
+}
+
+/// Which demo packages the demo student reads and which they do not, for the banner.
+pub async fn access_summary(app: &App) -> AppResult<String> {
+    let student = AuthUser {
+        id: DEMO_STUDENT,
+        role: Role::Student,
+        access: None,
+    };
+    let filter = ListFilter::default();
+    let readable: std::collections::HashSet<Uuid> =
+        crate::access::gate::list_readable(app, &student, &filter)
+            .await?
+            .iter()
+            .map(|p| p.id)
+            .collect();
+    let mut open = Vec::new();
+    let mut closed = Vec::new();
+    for package in packages::list_published(&app.db, &filter).await? {
+        let line = format!("{} (v{}, {})", package.name, package.version, package.id);
+        if readable.contains(&package.id) {
+            open.push(line);
+        } else {
+            closed.push(line);
+        }
+    }
+    let years = DEMO_GRANT_YEARS.map(|y| y.to_string()).join(" and ");
+    Ok(format!(
+        "  access:        EXAMSYNC_ACCESS={}; the demo student holds YEAR grants for years {years}\n\n  the student reads:\n    {}\n\n  the student gets 403 ACCESS_DENIED for:\n    {}\n",
+        match app.access.mode() {
+            crate::access::AccessMode::Grants => "grants",
+            crate::access::AccessMode::Open => "open (every package is readable)",
+        },
+        if open.is_empty() {
+            "(none)".to_owned()
+        } else {
+            open.join("\n    ")
+        },
+        if closed.is_empty() {
+            "(none)".to_owned()
+        } else {
+            closed.join("\n    ")
+        },
+    ))
 }
 
 /// The demo banner: tokens for a student and an admin, and URLs to try.

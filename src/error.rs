@@ -44,6 +44,7 @@ pub enum ErrorCode {
     BadRequest,
     EmptyScope,
     DeltaScopeMismatch,
+    CursorExpired,
     RangeNotSatisfiable,
     PayloadTooLarge,
     MethodNotAllowed,
@@ -52,6 +53,8 @@ pub enum ErrorCode {
     NotAcceptable,
     MediaTypeNotAllowed,
     MediaHashMismatch,
+    AccessDenied,
+    PackageWithdrawn,
     // GraphQL (Apollo's names plus ours).
     BadUserInput,
     GraphqlParseFailed,
@@ -63,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -76,6 +79,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::EmptyScope,
         ErrorCode::DeltaScopeMismatch,
+        ErrorCode::CursorExpired,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MethodNotAllowed,
@@ -84,6 +88,8 @@ impl ErrorCode {
         ErrorCode::NotAcceptable,
         ErrorCode::MediaTypeNotAllowed,
         ErrorCode::MediaHashMismatch,
+        ErrorCode::AccessDenied,
+        ErrorCode::PackageWithdrawn,
         ErrorCode::BadUserInput,
         ErrorCode::GraphqlParseFailed,
         ErrorCode::GraphqlValidationFailed,
@@ -107,6 +113,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::EmptyScope => "EMPTY_SCOPE",
             ErrorCode::DeltaScopeMismatch => "DELTA_SCOPE_MISMATCH",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -115,6 +122,8 @@ impl ErrorCode {
             ErrorCode::NotAcceptable => "NOT_ACCEPTABLE",
             ErrorCode::MediaTypeNotAllowed => "MEDIA_TYPE_NOT_ALLOWED",
             ErrorCode::MediaHashMismatch => "MEDIA_HASH_MISMATCH",
+            ErrorCode::AccessDenied => "ACCESS_DENIED",
+            ErrorCode::PackageWithdrawn => "PACKAGE_WITHDRAWN",
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             ErrorCode::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
@@ -145,6 +154,14 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller's grants do not cover what they ask for (REST 403 `ACCESS_DENIED`,
+    /// GraphQL `FORBIDDEN`).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// What was asked for existed and is gone for good (REST 410); the code says what to
+    /// do instead (a withdrawn package, an expired pull cursor).
+    #[error("{message}")]
+    Gone { code: ErrorCode, message: String },
     /// Bad input: `code` is the REST `error_code` (GraphQL: `BAD_USER_INPUT`).
     #[error("{message}")]
     BadRequest {
@@ -217,6 +234,8 @@ impl AppError {
             AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            AppError::Gone { .. } => StatusCode::GONE,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
@@ -235,6 +254,8 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            AppError::AccessDenied(_) => ErrorCode::AccessDenied,
+            AppError::Gone { code, .. } => *code,
             AppError::BadRequest { code, .. }
             | AppError::Unprocessable { code, .. }
             | AppError::Conflict { code, .. } => *code,
@@ -253,6 +274,13 @@ impl AppError {
             AppError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AppError::Forbidden(_) => ErrorCode::Forbidden,
             AppError::NotFound(_) => ErrorCode::NotFound,
+            // GraphQL shows a withdrawn package as not found; other codes say what to do.
+            AppError::Gone {
+                code: ErrorCode::PackageWithdrawn,
+                ..
+            } => ErrorCode::NotFound,
+            AppError::Gone { code, .. } => *code,
+            AppError::AccessDenied(_) => ErrorCode::Forbidden,
             AppError::BadRequest { .. }
             | AppError::Unprocessable { .. }
             | AppError::Conflict { .. }

@@ -5,6 +5,7 @@
 //! - `packages`, `sync`, `questions`, `sessions`: the rules, called by both surfaces;
 //! - `entity` / `migration` crates and `db`: storage; `cache`: Redis or in-process cache.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod cache;

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use examsync::{
     Application,
+    access::{self, grants::NewGrant},
     app::shutdown_signal,
-    auth::sign_token,
-    cli::{CacheCommand, Cli, Command, MediaCommand, PackageCommand, QuestionsCommand},
+    auth::sign_token_with_access,
+    cli::{
+        AccessCommand, CacheCommand, Cli, Command, MediaCommand, PackageCommand, QuestionsCommand,
+    },
     config::{Config, Secret},
     db, demo, graphql, media, packages, questions, telemetry,
 };
@@ -36,13 +39,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             eprintln!("migrations applied ({})", config.database_url_redacted());
             Ok(())
         }
-        Command::Token { user, role, ttl } => {
+        Command::Token {
+            user,
+            role,
+            ttl,
+            grants,
+        } => {
             let secret = config
                 .jwt_secret
                 .take()
                 .ok_or("JWT_SECRET is required to sign tokens")?;
-            let token = sign_token(&secret.0, user, role, ttl.as_secs() as i64)
-                .map_err(|e| e.to_string())?;
+            let token =
+                sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, &grants)
+                    .map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
         }
@@ -108,6 +117,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Access { command } => {
+            let db = connect(&config).await?;
+            db::migrate(&db)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
+            run_access(&db, command).await
+        }
         Command::Schema => {
             print!("{}", graphql::sdl());
             Ok(())
@@ -158,6 +174,89 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// `examsync access …`: the same rules as the admin GraphQL operations.
+async fn run_access(
+    db: &sea_orm::DatabaseConnection,
+    command: AccessCommand,
+) -> Result<(), String> {
+    let line = |g: &access::Grant| {
+        let (year, block, theme) = g.target.ids();
+        let show = |v: Option<i32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+        };
+        format!(
+            "{} user={} scope={} year_id={} block_id={} theme_id={} valid_from={} valid_until={} revoked_at={} created_at={}",
+            g.id,
+            g.user_id,
+            g.target.scope().as_str(),
+            show(year),
+            show(block),
+            show(theme),
+            time(g.window.valid_from),
+            time(g.window.valid_until),
+            time(g.window.revoked_at),
+            g.created_at.to_rfc3339()
+        )
+    };
+    match command {
+        AccessCommand::Grant {
+            user,
+            scope,
+            year_id,
+            block_id,
+            theme_id,
+            valid_from,
+            valid_until,
+        } => {
+            let new = NewGrant::new(
+                user,
+                scope,
+                year_id,
+                block_id,
+                theme_id,
+                valid_from,
+                valid_until,
+            )
+            .map_err(|e| e.operator_message())?;
+            let grant = access::grants::grant(db, new)
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!("{}", grant.id);
+        }
+        AccessCommand::Revoke { grant_id } => {
+            let grant = access::grants::revoke(db, access::GrantId(grant_id))
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!("{}", line(&grant));
+        }
+        AccessCommand::List { user } => {
+            for grant in access::grants::list(db, user)
+                .await
+                .map_err(|e| e.operator_message())?
+            {
+                println!("{}", line(&grant));
+            }
+        }
+        AccessCommand::Import { file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let grants = access::import::parse(&bytes)
+                .map_err(|e| format!("{}: {e}; nothing imported", file.display()))?;
+            let outcome = access::grants::import(db, &grants)
+                .await
+                .map_err(|e| e.operator_message())?;
+            println!(
+                "imported {} grants: {} created, {} already there",
+                grants.len(),
+                outcome.created,
+                outcome.unchanged
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
     db::connect_with(
         &config.database_url,
@@ -194,15 +293,24 @@ async fn serve(mut config: Config, demo: bool) -> Result<(), String> {
         if seeded {
             tracing::info!("seeded the demo question bank and packages");
         }
+        demo::ensure_demo_grants(&state.db)
+            .await
+            .map_err(|e| format!("granting the demo student failed: {}", e.operator_message()))?;
         let base = format!("http://{addr}");
         let banner = demo::banner(&secret.0, &base).map_err(|e| e.to_string())?;
-        println!("{banner}");
+        let access = demo::access_summary(&state)
+            .await
+            .map_err(|e| e.operator_message())?;
+        println!("{banner}\n{access}");
     }
     tracing::info!(
         listen = %addr,
         database = %config.database_url_redacted(),
         database_backend = db::backend_name(&state.db),
         cache = %config.redis_url_redacted().unwrap_or_else(|| "in-process".into()),
+        metrics = %application
+            .metrics_addr()
+            .map_or_else(|| "on the API port".to_owned(), |a| a.to_string()),
         "examsync listening"
     );
     application

@@ -111,6 +111,11 @@ impl PackageBuild {
 
 /// One build of the package store: once per key and process, however many requests
 /// arrive together, unless the cache evicted it since.
+/// A request answered `503` at once because the instance had too many in flight.
+pub fn load_shed() {
+    counter!("examsync_load_shed_total").increment(1);
+}
+
 pub fn package_build(kind: PackageBuild) {
     counter!("examsync_package_builds_total", "kind" => kind.label()).increment(1);
 }

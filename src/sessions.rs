@@ -1,7 +1,8 @@
 //! Server sessions of a user: listing, submitting, and the caller's sync counters.
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr,
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -29,12 +30,26 @@ pub async fn list_for_user(
 /// submit) find it closed and return it as that one left it. On PostgreSQL the UPDATE
 /// takes the row lock that sync's session re-check also takes, so an attempt is either
 /// applied before the close or refused `SESSION_CLOSED` after it.
+///
+/// The close is a change for the pull feed: it runs in a transaction that bumps the
+/// user's change counter first (before the session's row lock, in the order sync takes
+/// them) and stamps the session with it.
 pub async fn submit(
     db: &DatabaseConnection,
     user_id: Uuid,
     id: Uuid,
 ) -> AppResult<test_session::Model> {
     let now = Utc::now();
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            isolation_level: None,
+            access_mode: None,
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        })
+        .await?;
+    let Some(seq) = crate::sync::store::bump_change_seq(&txn, user_id).await? else {
+        return Err(AppError::NotFound(format!("no session {id}")));
+    };
     test_session::Entity::update_many()
         .col_expr(
             test_session::Column::Status,
@@ -42,16 +57,18 @@ pub async fn submit(
         )
         .col_expr(test_session::Column::SubmittedAt, Expr::value(now))
         .col_expr(test_session::Column::UpdatedAt, Expr::value(now))
+        .col_expr(test_session::Column::ChangeSeq, Expr::value(seq))
         .filter(test_session::Column::Id.eq(id))
         .filter(test_session::Column::UserId.eq(user_id))
         .filter(test_session::Column::Status.eq(SessionStatus::Active))
-        .exec(db)
+        .exec(&txn)
         .await?;
-    test_session::Entity::find_by_id(id)
+    let session = test_session::Entity::find_by_id(id)
         .filter(test_session::Column::UserId.eq(user_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no session {id}")))
+        .one(&txn)
+        .await?;
+    txn.commit().await?;
+    session.ok_or_else(|| AppError::NotFound(format!("no session {id}")))
 }
 
 /// The caller's own sync counters.

@@ -3,12 +3,14 @@
 //! The tables are created by the `migration` crate; every uniqueness rule that the
 //! sync and package rules depend on lives there as a database constraint.
 
+pub mod access_grant;
 pub mod attempt;
 pub mod enums;
 pub mod idempotency_record;
 pub mod media_object;
 pub mod package_dictionary;
 pub mod package_media;
+pub mod package_question;
 pub mod question;
 pub mod question_media;
 pub mod session_answer;
@@ -19,11 +21,13 @@ pub mod user;
 pub use enums::{MediaContentType, MediaPlacement, QuestionStatus, SessionMode, SessionStatus};
 
 pub mod prelude {
+    pub use super::access_grant::Entity as AccessGrant;
     pub use super::attempt::Entity as Attempt;
     pub use super::idempotency_record::Entity as IdempotencyRecord;
     pub use super::media_object::Entity as MediaObject;
     pub use super::package_dictionary::Entity as PackageDictionary;
     pub use super::package_media::Entity as PackageMedia;
+    pub use super::package_question::Entity as PackageQuestion;
     pub use super::question::Entity as Question;
     pub use super::question_media::Entity as QuestionMedia;
     pub use super::session_answer::Entity as SessionAnswer;

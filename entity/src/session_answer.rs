@@ -7,6 +7,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub session_id: Uuid,
+    /// The session's owner, so that the pull feed reads one user's rows by index.
+    pub user_id: Uuid,
     pub question_id: Uuid,
     /// The attempt whose answer this is (the latest by `answered_at`).
     pub attempt_id: Uuid,
@@ -17,6 +19,8 @@ pub struct Model {
     pub changed_count: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The owner's `change_seq` of the transaction that last changed this row.
+    pub change_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -34,6 +34,12 @@ pub struct Model {
     pub created_by: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set once when an admin withdraws the package: the one change a published package
+    /// may undergo (the triggers allow it and nothing else).
+    pub withdrawn_at: Option<DateTimeUtc>,
+    /// Why, for admins.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub withdrawn_reason: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

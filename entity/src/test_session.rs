@@ -22,6 +22,8 @@ pub struct Model {
     pub started_at: DateTimeUtc,
     pub submitted_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    /// The owner's `change_seq` of the transaction that last changed this row.
+    pub change_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,9 @@ pub struct Model {
     pub acked_count: i64,
     pub duplicate_count: i64,
     pub rejected_count: i64,
+    /// The user's change counter: bumped first in every transaction that changes one of
+    /// their sessions or answers (see `docs/architecture.md`, the pull feed).
+    pub change_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

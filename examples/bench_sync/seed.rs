@@ -103,10 +103,10 @@ pub async fn load(url: &str, bank: &Bank, plan: &Plan) -> Result<Seeded, String>
     // One COPY per table, each on its own connection, fed by one generator thread.
     let copies = [
         "COPY users (id, role, created_at, last_sync_at, acked_count, duplicate_count, \
-         rejected_count) FROM STDIN",
+         rejected_count, change_seq) FROM STDIN",
         "COPY test_sessions (id, user_id, offline_session_id, mode, status, year, block_id, \
          theme_id, total_questions, answered_count, correct_count, started_at, submitted_at, \
-         updated_at) FROM STDIN",
+         updated_at, change_seq) FROM STDIN",
         "COPY attempts (id, user_id, session_id, question_id, package_id, client_attempt_id, \
          idempotency_key, payload_hash, selected_option_index, is_correct, answered_at, \
          answered_at_raw, clock_skew_ms, received_at) FROM STDIN",
@@ -114,7 +114,7 @@ pub async fn load(url: &str, bank: &Bank, plan: &Plan) -> Result<Seeded, String>
          session_id, created_at) FROM STDIN",
         "COPY session_answers (id, session_id, question_id, attempt_id, \
          selected_option_index, is_correct, answered_at, changed_count, created_at, \
-         updated_at) FROM STDIN",
+         updated_at, user_id, change_seq) FROM STDIN",
     ];
     let mut senders = Vec::new();
     let mut writers = Vec::new();
@@ -239,11 +239,13 @@ fn generate(
         };
         // The user's history: sessions of up to 100 attempts over the last year.
         let first = now - Span::days(365);
+        // One change counter value per session, as one batch per session would leave it.
         let _ = writeln!(
             users.text,
-            "{user}\tSTUDENT\t{}\t{}\t{count}\t0\t0",
+            "{user}\tSTUDENT\t{}\t{}\t{count}\t0\t0\t{}",
             ts(first),
-            ts(now - Span::days(1))
+            ts(now - Span::days(1)),
+            count.div_ceil(100)
         );
         let mut left = count;
         let mut session_no = 0i64;
@@ -278,14 +280,14 @@ fn generate(
                 );
                 let _ = writeln!(
                     answers.text,
-                    "{}\t{session}\t{question}\t{attempt}\t{selected}\t{flag}\t{at}\t0\t{at}\t{at}",
+                    "{}\t{session}\t{question}\t{attempt}\t{selected}\t{flag}\t{at}\t0\t{at}\t{at}\t{user}\t{session_no}",
                     Uuid::new_v4()
                 );
             }
             let ended = ts(started + Span::seconds(size as i64 * 20));
             let _ = writeln!(
                 sessions.text,
-                "{session}\t{user}\t{}\tTUTOR\tSUBMITTED\t1\t\\N\t\\N\t{size}\t{size}\t{correct}\t{}\t{ended}\t{ended}",
+                "{session}\t{user}\t{}\tTUTOR\tSUBMITTED\t1\t\\N\t\\N\t{size}\t{size}\t{correct}\t{}\t{ended}\t{ended}\t{session_no}",
                 Uuid::new_v4(),
                 ts(started)
             );

@@ -5,7 +5,9 @@ mod m20261125_000001_create_tables;
 mod m20261125_000002_immutable_packages;
 mod m20261201_000003_package_dictionaries;
 mod m20261201_000004_cache_epoch;
+mod m20261205_000005_access;
 mod m20261205_000006_media;
+mod m20261205_000007_change_feed;
 
 pub struct Migrator;
 
@@ -17,7 +19,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_immutable_packages::Migration),
             Box::new(m20261201_000003_package_dictionaries::Migration),
             Box::new(m20261201_000004_cache_epoch::Migration),
+            Box::new(m20261205_000005_access::Migration),
             Box::new(m20261205_000006_media::Migration),
+            Box::new(m20261205_000007_change_feed::Migration),
         ]
     }
 }

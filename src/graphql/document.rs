@@ -100,6 +100,53 @@ pub fn check_size(text: &str, max_nesting: usize, max_tokens: usize) -> Result<(
     Ok(())
 }
 
+/// The document with the text of every comment removed (each `#` kept, so every token
+/// keeps its line and column). The parser walks comments a character at a time; a
+/// document that is mostly comment then costs one flat scan instead.
+pub fn strip_comments(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    if !bytes.contains(&b'#') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                out.push_str(&text[start..=i]);
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+                start = i;
+                continue;
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 3;
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&text[start.min(text.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Refuses documents with more aliased fields than allowed (cheap amplification guard).
 pub fn check_alias_limit(doc: &ExecutableDocument, max_aliases: usize) -> Result<(), String> {
     // The parser bounds selection-set nesting (and `check_size` runs first), so this
@@ -137,7 +184,7 @@ pub fn check_alias_limit(doc: &ExecutableDocument, max_aliases: usize) -> Result
 /// The operation a request runs: the one named, or the only one. `None` when the name
 /// matches nothing or the document has several operations and no name was given (the
 /// schema reports those; callers then treat the document conservatively).
-fn selected_operation<'a>(
+pub(crate) fn selected_operation<'a>(
     doc: &'a ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'a OperationDefinition> {
@@ -296,6 +343,34 @@ mod tests {
         assert!(selects_mutation(&d, Some("B")));
         assert!(selects_mutation(&d, None));
         assert!(!selects_mutation(&doc("{ __typename }"), None));
+    }
+
+    #[test]
+    fn comments_are_emptied_in_place() {
+        assert_eq!(strip_comments("{ a }"), "{ a }");
+        assert_eq!(strip_comments("# x y\n{ a # z\n b }#"), "#\n{ a #\n b }#");
+        // `#` inside strings and block strings is text.
+        let text = "{ a(x: \"#1\", y: \"\"\"#2 \\\"\"\" #3\"\"\") } # c";
+        assert_eq!(
+            strip_comments(text),
+            "{ a(x: \"#1\", y: \"\"\"#2 \\\"\"\" #3\"\"\") } #"
+        );
+        // Unterminated strings end the scan without panicking.
+        assert_eq!(strip_comments("{ a(x: \"#"), "{ a(x: \"#");
+        assert_eq!(strip_comments("{ a(x: \"\"\"#"), "{ a(x: \"\"\"#");
+        let big = format!("# {}\n{{ __typename }}", "c".repeat(1_000_000));
+        let started = std::time::Instant::now();
+        let stripped = strip_comments(&big);
+        assert_eq!(stripped, "#\n{ __typename }");
+        parse_query(&stripped).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Errors keep their positions.
+        let bad = "# comment\n{ a(";
+        let pos = |t: &str| match parse_query(t).unwrap_err() {
+            async_graphql::parser::Error::Syntax { start, .. } => (start.line, start.column),
+            other => panic!("{other}"),
+        };
+        assert_eq!(pos(bad), pos(&strip_comments(bad)));
     }
 
     #[test]

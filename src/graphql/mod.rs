@@ -8,6 +8,9 @@ use crate::{
     error::{AppError, AppResult, ErrorCode},
 };
 
+pub mod access;
+pub mod changes;
+pub mod cost;
 pub mod document;
 pub mod loaders;
 pub mod packages;
@@ -19,7 +22,12 @@ pub mod types;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct Query(packages::PackageQuery, sessions::SessionQuery);
+pub struct Query(
+    packages::PackageQuery,
+    sessions::SessionQuery,
+    access::AccessQuery,
+    changes::ChangesQuery,
+);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
@@ -28,6 +36,7 @@ pub struct Mutation(
     sessions::SessionMutation,
     questions::QuestionMutation,
     packages::PackageMutation,
+    access::AccessMutation,
 );
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -47,7 +56,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
         .limit_directives(20)
         .data(loaders::loaders(&state))
         .data(state.clone());
-    if !config.graphql_introspection {
+    if !config.introspection() {
         builder = builder.disable_introspection();
     }
     if config.production {
@@ -73,7 +82,7 @@ pub fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
 /// The authenticated caller, or `UNAUTHENTICATED`.
 pub fn require_user(ctx: &Context<'_>) -> AppResult<AuthUser> {
     match ctx.data_opt::<RequestAuth>() {
-        Some(RequestAuth(Ok(user))) => Ok(*user),
+        Some(RequestAuth(Ok(user))) => Ok(user.clone()),
         Some(RequestAuth(Err(reason))) => Err(AppError::Unauthenticated(reason.clone())),
         None => Err(AppError::Unauthenticated("missing bearer token".into())),
     }

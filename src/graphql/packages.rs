@@ -1,5 +1,5 @@
 //! GraphQL of test packages: `packages`, `package`, `packageDelta`, `buildPackage`,
-//! `publishPackage`.
+//! `publishPackage`, `withdrawPackage`.
 //!
 //! `TestPackage` resolvers hold a package without its questions; the snapshots are read
 //! (batched by `loaders::PackageQuestionsLoader`) only when `questions` is selected.
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{loaders::Loaders, require_admin, require_user, state};
 use crate::{
+    access::{self, AccessError},
     error::AppError,
     media::{self, MediaPlacement},
     packages::{
@@ -236,6 +237,19 @@ impl TestPackage {
     async fn media_bundle_path(&self) -> String {
         self.summary.media_bundle_path()
     }
+
+    /// When an admin withdrew the package (null: served).
+    async fn withdrawn_at(&self) -> Option<DateTime<Utc>> {
+        self.summary.withdrawn_at
+    }
+
+    /// Why it was withdrawn: for admins only (null for others).
+    async fn withdrawn_reason(&self, ctx: &Context<'_>) -> Option<&str> {
+        let admin = require_user(ctx).is_ok_and(|u| u.is_admin());
+        admin
+            .then_some(self.summary.withdrawn_reason.as_deref())
+            .flatten()
+    }
 }
 
 /// What changed from one published version of a scope to another (docs/api.md §5.5).
@@ -283,35 +297,51 @@ impl PackageQuery {
         ctx: &Context<'_>,
         filter: Option<PackageFilter>,
     ) -> async_graphql::Result<Vec<TestPackage>> {
-        require_user(ctx)?;
+        let user = require_user(ctx)?;
         let filter = ListFilter::from(filter.unwrap_or_default());
-        let rows = packages::list_published(&state(ctx).db, &filter).await?;
+        let rows = access::gate::list_readable(state(ctx), &user, &filter).await?;
         Ok(rows.into_iter().map(TestPackage::from).collect())
     }
 
-    /// A package; an unpublished one only for admins (others get null).
+    /// A package; an unpublished or withdrawn one only for admins (others get null); one
+    /// the caller's grants do not cover is `FORBIDDEN`.
     async fn package(
         &self,
         ctx: &Context<'_>,
         id: Uuid,
     ) -> async_graphql::Result<Option<TestPackage>> {
         let user = require_user(ctx)?;
-        let summary = packages::find_summary(&state(ctx).db, id).await?;
-        Ok(summary
-            .filter(|s| s.is_published || user.is_admin())
-            .map(TestPackage::from))
+        let app = state(ctx);
+        let Some(summary) = packages::find_summary(&app.db, id).await? else {
+            return Ok(None);
+        };
+        if user.is_admin() {
+            return Ok(Some(summary.into()));
+        }
+        match access::may_read_package(app, &user, id).await {
+            Ok(()) => Ok(Some(summary.into())),
+            Err(AccessError::NotFound(_) | AccessError::Withdrawn(_)) => Ok(None),
+            Err(e) => Err(AppError::from(e).into()),
+        }
     }
 
     /// The delta from published package `from` to published package `id` (same scope
-    /// and scope data): null when either is unknown or unpublished.
+    /// and scope data): null when either is unknown or unpublished, or `id` withdrawn;
+    /// `FORBIDDEN` when the caller's grants do not cover both.
     async fn package_delta(
         &self,
         ctx: &Context<'_>,
         id: Uuid,
         from: Uuid,
     ) -> async_graphql::Result<Option<PackageDelta>> {
-        require_user(ctx)?;
-        let found = packages::package_delta(&state(ctx).db, id, from).await?;
+        let user = require_user(ctx)?;
+        let app = state(ctx);
+        match access::may_read_delta(app, &user, id, from).await {
+            Ok(()) => {}
+            Err(AccessError::NotFound(_) | AccessError::Withdrawn(_)) => return Ok(None),
+            Err(e) => return Err(AppError::from(e).into()),
+        }
+        let found = packages::package_delta(&app.db, id, from).await?;
         Ok(found.map(|(package, from, delta)| PackageDelta {
             package,
             from,
@@ -343,7 +373,11 @@ impl PackageMutation {
             publish: input.publish.unwrap_or(false),
             created_by: Some(user.id),
         };
-        let model = packages::build_package(&state(ctx).db, request).await?;
+        let app = state(ctx);
+        let model = packages::build_package(&app.db, request).await?;
+        if model.is_published {
+            published(app, model.id);
+        }
         Ok(model.into())
     }
 
@@ -354,7 +388,31 @@ impl PackageMutation {
         id: Uuid,
     ) -> async_graphql::Result<TestPackage> {
         require_admin(ctx)?;
-        let summary = packages::publish_package(&state(ctx).db, id).await?;
+        let app = state(ctx);
+        let summary = packages::publish_package(&app.db, id).await?;
+        published(app, id);
         Ok(summary.into())
     }
+
+    /// Withdraws a published package (admin): it leaves every list and its download
+    /// answers `410`; deltas from it still work. Withdrawing again changes nothing.
+    async fn withdraw_package(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        reason: String,
+    ) -> async_graphql::Result<TestPackage> {
+        require_admin(ctx)?;
+        let app = state(ctx);
+        let summary = packages::withdraw_package(&app.db, id, &reason).await?;
+        app.access.forget_package(id);
+        Ok(summary.into())
+    }
+}
+
+/// After a publish: the node limit's totals are counted again, and the delta from the
+/// previous version of the scope is built now, so phones do not wait for it.
+fn published(app: &crate::app::AppState, id: Uuid) {
+    app.packages.published_changed();
+    app.packages.prebuild_delta_from_previous(&app.db, id);
 }

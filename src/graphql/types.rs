@@ -14,10 +14,13 @@ pub struct TestSession {
     pub mode: SessionMode,
     pub status: SessionStatus,
     pub year: i32,
+    pub block_id: Option<i32>,
+    pub theme_id: Option<i32>,
     pub total_questions: i32,
     pub answered_count: i32,
     pub correct_count: i32,
     pub started_at: DateTime<Utc>,
+    pub submitted_at: Option<DateTime<Utc>>,
 }
 
 impl From<entity::test_session::Model> for TestSession {
@@ -28,10 +31,13 @@ impl From<entity::test_session::Model> for TestSession {
             mode: s.mode,
             status: s.status,
             year: s.year,
+            block_id: s.block_id,
+            theme_id: s.theme_id,
             total_questions: s.total_questions,
             answered_count: s.answered_count,
             correct_count: s.correct_count,
             started_at: s.started_at,
+            submitted_at: s.submitted_at,
         }
     }
 }

@@ -10,8 +10,13 @@ use crate::{
     app::AppState,
     auth::{AuthUser, bearer_token},
     error::{AppError, ErrorCode},
-    http::middleware_layer::record_user,
+    http::middleware_layer::{ClientAddr, check_anonymous, record_user},
 };
+
+/// Package, delta and media routes: their own per-user budget, apart from sync and GraphQL.
+fn is_package_path(path: &str) -> bool {
+    path.starts_with("/api/v1/tests/packages") || path.starts_with("/api/v1/media")
+}
 
 /// A JSON body: malformed JSON → 400 `MALFORMED_JSON`, wrong shape → 400
 /// `VALIDATION_ERROR`, too large → 413. The content type is not insisted on.
@@ -60,7 +65,20 @@ impl FromRequestParts<AppState> for AuthUser {
             .headers
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
-        let user = state.tokens.verify(bearer_token(header)?)?;
+        let user = match bearer_token(header).and_then(|token| state.tokens.verify(token)) {
+            Ok(user) => user,
+            Err(refused) => {
+                // A token that fails verification counts against its address's budget (a
+                // request with no `Authorization` at all was counted by the middleware).
+                if header.is_some() {
+                    check_anonymous(state, parts.extensions.get::<ClientAddr>().copied())?;
+                }
+                return Err(refused);
+            }
+        };
+        if is_package_path(parts.uri.path()) {
+            state.package_limiter.check(&user.id)?;
+        }
         state
             .users
             .ensure(&state.db, &user, state.primary.timeline())

@@ -23,14 +23,14 @@ use crate::{
     app::AppState,
     auth::bearer_token,
     error::{AppError, ErrorCode},
-    graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors, document},
+    graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors, cost, document},
     hashing::sha256_hex,
-    http::{graphiql, middleware_layer::record_user},
+    http::{
+        graphiql,
+        middleware_layer::{ClientAddr, check_anonymous, record_user},
+    },
     metrics,
 };
-
-/// How long a registered persisted query is kept in the cache.
-const APQ_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Every response varies with these request headers (the media type with `Accept`).
 const VARY: &str = "Accept, Authorization, Accept-Encoding";
@@ -150,6 +150,7 @@ fn accept_header(headers: &HeaderMap) -> Option<&str> {
 pub async fn graphql_post(
     State(state): State<AppState>,
     Extension(schema): Extension<AppSchema>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -205,12 +206,14 @@ pub async fn graphql_post(
             );
         }
     };
-    execute(state, schema, headers, fields, media, false).await
+    let client = client.map(|Extension(c)| c);
+    execute(state, schema, headers, client, fields, media, false).await
 }
 
 pub async fn graphql_get(
     State(state): State<AppState>,
     Extension(schema): Extension<AppSchema>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -233,7 +236,8 @@ pub async fn graphql_get(
             );
         }
     };
-    execute(state, schema, headers, fields, media, true).await
+    let client = client.map(|Extension(c)| c);
+    execute(state, schema, headers, client, fields, media, true).await
 }
 
 /// The GraphQL request parameters, each of its JSON type.
@@ -343,58 +347,95 @@ impl Refusal {
     }
 }
 
+/// A document ready to run: its text, parsed, and whether to register it for automatic
+/// persisted queries once it has validated for an authenticated caller.
+struct Prepared {
+    query: String,
+    parsed: async_graphql::parser::types::ExecutableDocument,
+    register_apq: Option<String>,
+}
+
 async fn execute(
     state: AppState,
     schema: AppSchema,
     headers: HeaderMap,
+    client: Option<ClientAddr>,
     fields: RequestFields,
     media: ResponseMedia,
     is_get: bool,
 ) -> Response {
+    // A request without a token is counted before its document costs anything; one whose
+    // token fails verification is counted once it is verified (`run`).
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Err(e) = check_anonymous(&state, client)
+    {
+        return app_error_response(media, e);
+    }
     match prepare(&state, &fields, media, is_get).await {
-        Ok((query, document)) => {
+        Ok(prepared) => {
             run(
-                state, schema, headers, fields, media, is_get, query, document,
+                state, schema, headers, client, fields, media, is_get, prepared,
             )
             .await
         }
-        Err(refused) => {
+        Err(Refused::Document(refused)) => {
             metrics::graphql_refused(refused.code.as_str());
             refused.into_response(media)
         }
+        Err(Refused::App(error)) => app_error_response(media, error),
+    }
+}
+
+/// Why a document does not run: refused, or the server could not judge it.
+enum Refused {
+    Document(Refusal),
+    App(AppError),
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        Refused::Document(refusal)
     }
 }
 
 /// Everything before authentication: the document's text (persisted or trusted), the
-/// nesting scan, parsing, the safelist, GET's no-mutation rule and the alias limit.
+/// nesting scan, parsing, the safelist, GET's no-mutation rule, the alias limit, the
+/// node limit and the one-`syncAttempts` rule.
 async fn prepare(
     state: &AppState,
     fields: &RequestFields,
     media: ResponseMedia,
     is_get: bool,
-) -> Result<(String, async_graphql::parser::types::ExecutableDocument), Refusal> {
-    let (query, source) = resolve_document(state, fields, media).await?;
+) -> Result<Prepared, Refused> {
+    let (query, source, register_apq) = resolve_document(state, fields, media).await?;
     // A flat scan first: hostile nesting or size never reaches the recursive parser.
     document::check_size(&query, document::MAX_NESTING, document::MAX_TOKENS)
         .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
-    let parsed = async_graphql::parser::parse_query(&query).map_err(|e| match e {
-        // The parser's own depth limit is a limit like the others.
-        async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
-            media,
-            ErrorCode::GraphqlValidationFailed,
-            "the document nests too deeply",
-        ),
-        other => Refusal::document(media, ErrorCode::GraphqlParseFailed, other.to_string()),
-    })?;
+    let parsed = async_graphql::parser::parse_query(document::strip_comments(&query)).map_err(
+        |e| match e {
+            // The parser's own depth limit is a limit like the others.
+            async_graphql::parser::Error::RecursionLimitExceeded => Refusal::document(
+                media,
+                ErrorCode::GraphqlValidationFailed,
+                "the document nests too deeply",
+            ),
+            other => Refusal::document(
+                media,
+                ErrorCode::GraphqlParseFailed,
+                parse_error_message(&other),
+            ),
+        },
+    )?;
     if source == DocumentSource::Unlisted
-        && !(state.config.graphql_introspection
+        && !(state.config.introspection()
             && document::is_introspection_only(&parsed, fields.operation_name.as_deref()))
     {
         return Err(Refusal::document(
             media,
             ErrorCode::QueryNotInSafelist,
             "this operation is not in the server's trusted documents",
-        ));
+        )
+        .into());
     }
     // GET is for queries only: a mutation over GET could be replayed by any cache or link.
     if is_get && document::selects_mutation(&parsed, fields.operation_name.as_deref()) {
@@ -403,11 +444,84 @@ async fn prepare(
             code: ErrorCode::BadUserInput,
             message: "mutations must be sent with POST".into(),
             no_store: false,
-        });
+        }
+        .into());
     }
     document::check_alias_limit(&parsed, state.config.graphql_max_aliases as usize)
         .map_err(|message| Refusal::document(media, ErrorCode::GraphqlValidationFailed, message))?;
-    Ok((query, parsed))
+    let operation = fields.operation_name.as_deref();
+    if cost::root_field_keys(&parsed, operation, "syncAttempts") > 1 {
+        return Err(Refusal::document(
+            media,
+            ErrorCode::GraphqlValidationFailed,
+            "an operation may select `syncAttempts` once; send one batch per request",
+        )
+        .into());
+    }
+    let sizes = if cost::needs_package_sizes(&parsed, operation) {
+        let totals = state
+            .packages
+            .published_totals(&state.db)
+            .await
+            .map_err(Refused::App)?;
+        cost::ListSizes {
+            packages: totals.packages,
+            total_questions: totals.questions,
+            max_questions: totals.max_questions,
+        }
+    } else {
+        cost::ListSizes::default()
+    };
+    let nodes = cost::node_count(&parsed, operation, &sizes);
+    let max_nodes = state.config.graphql_max_nodes;
+    if nodes > max_nodes {
+        return Err(Refusal::document(
+            media,
+            ErrorCode::GraphqlValidationFailed,
+            format!(
+                "the answer could hold {nodes} list items; at most {max_nodes} are allowed \
+                 (select fewer packages or questions, or fewer aliases)"
+            ),
+        )
+        .into());
+    }
+    Ok(Prepared {
+        query,
+        parsed,
+        register_apq,
+    })
+}
+
+/// A parse error without the document's text: where, not what (a hostile document must
+/// not come back in its own error).
+fn parse_error_message(error: &async_graphql::parser::Error) -> String {
+    match error.positions().next() {
+        Some(pos) => format!(
+            "the document does not parse (line {}, column {})",
+            pos.line, pos.column
+        ),
+        None => "the document does not parse".to_owned(),
+    }
+}
+
+/// Most errors one response carries, and the longest message: an error response stays
+/// a few kilobytes whatever the document (a message may quote a field name of any length).
+const MAX_ERRORS: usize = 10;
+const MAX_ERROR_MESSAGE: usize = 300;
+
+/// Cuts the errors of a response to their bounds.
+fn bound_errors(errors: &mut Vec<async_graphql::ServerError>) {
+    errors.truncate(MAX_ERRORS);
+    for error in errors {
+        if error.message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !error.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.message.truncate(end);
+            error.message.push('…');
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -415,12 +529,17 @@ async fn run(
     state: AppState,
     schema: AppSchema,
     headers: HeaderMap,
+    client: Option<ClientAddr>,
     fields: RequestFields,
     media: ResponseMedia,
     is_get: bool,
-    query: String,
-    parsed: async_graphql::parser::types::ExecutableDocument,
+    prepared: Prepared,
 ) -> Response {
+    let Prepared {
+        query,
+        parsed,
+        register_apq,
+    } = prepared;
     let auth_header = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
@@ -438,16 +557,27 @@ async fn run(
             Err(e) => Err(e.to_string()),
         },
     };
-    if let Ok(user) = &auth {
-        record_user(user.id);
-        if let Err(e) = state
-            .rate_limiter
-            .check(&state.cache, user.id, "graphql")
-            .await
-        {
-            return app_error_response(media, e);
+    match &auth {
+        Ok(user) => {
+            record_user(user.id);
+            if let Err(e) = state
+                .rate_limiter
+                .check(&state.cache, user.id, "graphql")
+                .await
+            {
+                return app_error_response(media, e);
+            }
         }
+        Err(_) if auth_header.is_some() => {
+            if let Err(e) = check_anonymous(&state, client) {
+                return app_error_response(media, e);
+            }
+        }
+        Err(_) => {}
     }
+    let authenticated = auth.is_ok();
+    // Registered only once it has validated, so only the text is needed past this point.
+    let apq_text = register_apq.as_ref().map(|_| query.clone());
 
     let mut request = async_graphql::Request::new(query).data(RequestAuth(auth));
     // Parsed once: the schema runs the document the checks above looked at.
@@ -462,6 +592,12 @@ async fn run(
     }
     let mut response = schema.execute(request).await;
     let kind = classify_errors(&mut response);
+    bound_errors(&mut response.errors);
+    if let (Some(hash), Some(text), true) = (register_apq, apq_text, authenticated)
+        && kind == ResponseKind::Ok
+    {
+        state.cache.apq_register(&hash, &text).await;
+    }
     let mut body = match serde_json::to_value(&response) {
         Ok(b) => b,
         Err(e) => return app_error_response(media, AppError::internal(e.to_string())),
@@ -519,13 +655,13 @@ async fn resolve_document(
     state: &AppState,
     fields: &RequestFields,
     media: ResponseMedia,
-) -> Result<(String, DocumentSource), Refusal> {
+) -> Result<(String, DocumentSource, Option<String>), Refusal> {
     let hash = persisted_query_hash(fields)?;
     if let Some(trusted) = &state.trusted_documents {
         return match (&hash, &fields.query) {
             // An id alone: the listed body, or nothing.
             (Some(hash), None) => match trusted.body(hash) {
-                Some(body) => Ok((body.to_owned(), DocumentSource::Listed)),
+                Some(body) => Ok((body.to_owned(), DocumentSource::Listed, None)),
                 None => Err(Refusal::document(
                     media,
                     ErrorCode::PersistedQueryNotInList,
@@ -543,7 +679,7 @@ async fn resolve_document(
                 } else {
                     DocumentSource::Unlisted
                 };
-                Ok((query.clone(), source))
+                Ok((query.clone(), source, None))
             }
             (None, Some(query)) if !query.trim().is_empty() => {
                 let source = if trusted.contains_body(query) {
@@ -551,7 +687,7 @@ async fn resolve_document(
                 } else {
                     DocumentSource::Unlisted
                 };
-                Ok((query.clone(), source))
+                Ok((query.clone(), source, None))
             }
             (None, _) => Err(Refusal::bad_request("the request has no `query`")),
         };
@@ -561,32 +697,23 @@ async fn resolve_document(
             .query
             .clone()
             .filter(|q| !q.trim().is_empty())
-            .map(|q| (q, DocumentSource::Open))
+            .map(|q| (q, DocumentSource::Open, None))
             .ok_or_else(|| Refusal::bad_request("the request has no `query`"));
     };
     // Automatic persisted queries (Apollo's protocol): a hash alone is looked up; a query
-    // with a hash is checked against it and registered for every instance (through Redis).
-    let key = state.cache.key("apq", &hash);
+    // with a hash is checked against it, and registered for every instance (through
+    // Redis) once it has validated for an authenticated caller (`run`).
     match &fields.query {
         Some(query) => {
             if sha256_hex(query.as_bytes()) != hash {
                 return Err(Refusal::bad_request("provided sha does not match query"));
             }
-            if let Err(e) = state.cache.set(&key, query, APQ_TTL).await {
-                metrics::cache_fallback("apq_register", e.kind());
-            }
-            Ok((query.clone(), DocumentSource::Open))
+            Ok((query.clone(), DocumentSource::Open, Some(hash)))
         }
         None => {
-            let found = match state.cache.get(&key).await {
-                Ok(found) => found,
-                Err(e) => {
-                    metrics::cache_fallback("apq_lookup", e.kind());
-                    None
-                }
-            };
+            let found = state.cache.apq_lookup(&hash).await;
             found
-                .map(|q| (q, DocumentSource::Open))
+                .map(|q| (q, DocumentSource::Open, None))
                 .ok_or_else(|| Refusal {
                     no_store: true,
                     ..Refusal::document(

@@ -188,13 +188,72 @@ fn route_template(matched: &str) -> &'static str {
     template
 }
 
+/// The client's address (the TCP peer), for the per-address limit of requests without a
+/// valid token.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// Paths that answer whatever the load and are never limited: probes and metrics must
+/// keep working when the instance is busiest.
+fn is_exempt(path: &str) -> bool {
+    matches!(path, "/livez" | "/readyz" | "/metrics")
+}
+
+/// Counts a request without a valid token against its client address's budget.
+pub fn check_anonymous(state: &AppState, client: Option<ClientAddr>) -> Result<(), AppError> {
+    match client {
+        Some(ClientAddr(ip)) => state.anonymous_limiter.check(&ip),
+        // No peer address (an in-process router without connect info): nothing to key on.
+        None => Ok(()),
+    }
+}
+
 pub async fn request_context(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id_of(&request);
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| ClientAddr(info.0.ip()));
+    if let Some(client) = client {
+        request.extensions_mut().insert(client);
+    }
+    let path = request.uri().path();
+    let exempt = is_exempt(path);
+    // Held until the response is made; none left means the instance is full.
+    let _permit = if exempt {
+        None
+    } else {
+        match state.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                metrics::load_shed();
+                let mut response = Surface::of(&request).error(AppError::Unavailable {
+                    retry_after_secs: 1,
+                });
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                return response;
+            }
+        }
+    };
+    // Requests to the REST API without a token are limited per address here; a token that
+    // fails verification is counted where it is verified.
+    if path.starts_with("/api/v1/")
+        && !request.headers().contains_key(header::AUTHORIZATION)
+        && let Err(refused) = check_anonymous(&state, client)
+    {
+        let mut response = refused.into_response();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        return response;
+    }
     let method = request.method().clone();
     let route = request
         .extensions()

@@ -9,6 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, graphql::AppSchema};
 
+pub mod changes;
 pub mod extract;
 pub mod graphiql;
 pub mod graphql;
@@ -32,6 +33,7 @@ pub fn rest_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(media::get_bundle))
         .routes(routes!(media::get_media, media::put_media))
         .routes(routes!(sync::sync_batch))
+        .routes(routes!(changes::sync_changes))
 }
 
 /// The routes that are not REST operations, and so not in the OpenAPI document: Prometheus
@@ -62,10 +64,16 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
         .layer(axum::Extension(schema));
 
     let (rest, _document) = rest_routes().split_for_parts();
+    // With `EXAMSYNC_METRICS_BIND`, `/metrics` is served on its own listener only.
+    let metrics = if state.config.metrics_bind.is_some() {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(health::metrics))
+    };
     // Only these routes are outside the OpenAPI document (`UNDOCUMENTED_ROUTES`).
     Router::new()
         .merge(rest)
-        .route("/metrics", get(health::metrics))
+        .merge(metrics)
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(graphql_routes)
@@ -76,6 +84,14 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
             state.clone(),
             middleware_layer::request_context,
         ))
+        .with_state(state)
+}
+
+/// The router of the metrics listener (`EXAMSYNC_METRICS_BIND`): `/metrics` alone.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 

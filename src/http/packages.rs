@@ -18,6 +18,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
+    access,
     app::AppState,
     auth::AuthUser,
     error::{AppError, ErrorCode},
@@ -59,13 +60,13 @@ pub const LIST_VARY: &str = "Authorization, Accept-Encoding";
 )]
 pub async fn list_packages(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(params) =
         query.map_err(|e| AppError::bad_request(format!("invalid query string: {e}")))?;
     let filter = parse_list_filter(&params)?;
-    let items = packages::list_published(&state.db, &filter)
+    let items = access::gate::list_readable(&state, &user, &filter)
         .await?
         .iter()
         .map(packages::PackageSummary::rest_list_item)
@@ -135,19 +136,23 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
         (status = 304, description = "If-None-Match matched: no body"),
         (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "ACCESS_DENIED: the caller's grants do not cover the package", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "unknown or unpublished", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "PACKAGE_WITHDRAWN", body = crate::http::openapi::ErrorBody),
         (status = 416, description = "unsatisfiable range", body = crate::http::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_package(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     path: Result<Path<String>, PathRejection>,
     // The request itself (not a `HeaderMap`, which would clone every header).
     request: Request,
 ) -> Result<Response, AppError> {
     let id = parse_package_id(path)?;
+    // Before any validator is compared: a revalidation never extends access.
+    access::may_read_package(&state, &user, id).await?;
     let headers = request.headers();
     let not_found = || AppError::NotFound(format!("no published package {id}"));
 
@@ -265,19 +270,22 @@ pub struct DeltaQuery {
         (status = 304, description = "If-None-Match matched: no body"),
         (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "missing or invalid token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "ACCESS_DENIED: the caller's grants do not cover both packages", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "either package unknown or unpublished", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "PACKAGE_WITHDRAWN: the package to reach is withdrawn", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "DELTA_SCOPE_MISMATCH: another scope or scope_data", body = crate::http::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_delta(
     State(state): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, AppError> {
     let id = parse_package_id(path)?;
     let from = delta_from(request.uri().query())?;
+    access::may_read_delta(&state, &user, id, from).await?;
     let headers = request.headers();
     let not_found = || AppError::NotFound(format!("no published package pair {id}, {from}"));
 

@@ -22,8 +22,8 @@ const LARGEST_SHARE: u64 = 8;
 const ENTRIES: u64 = 100_000;
 
 /// How long the referring packages of an object are trusted. A package published since is
-/// seen at once (a negative answer always asks the database again); a package withdrawn
-/// elsewhere stops granting on this instance within this time.
+/// seen at once (a negative answer always asks the database again), and a withdrawn one is
+/// refused by `may_read_package` itself; this only bounds how long a list is kept unread.
 pub const REFERRING_TTL: Duration = Duration::from_secs(30);
 
 pub struct MediaCache {

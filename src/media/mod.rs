@@ -22,6 +22,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
+    access::{self, AccessError},
     app::AppState,
     auth::AuthUser,
     error::{AppError, AppResult, ErrorCode},
@@ -354,33 +355,21 @@ pub async fn record_package_objects(
     Ok(())
 }
 
-/// Whether `caller` may read package `package` (a published one). THE one call point of the
-/// package-level access decision for media: the object route and the bundle route both ask
-/// it, so the grants rule (docs/api.md §3.1) replaces this body alone.
+/// Whether `caller` may read package `package`: published, not withdrawn, and covered by the
+/// caller's grants (docs/api.md §3.1). The object route asks it for every package that refers
+/// to an object; a refusal there is the object's `404`, never a `403`, so that a hash is never
+/// shown to exist.
 pub async fn may_read_package(
-    _state: &AppState,
-    _caller: &AuthUser,
-    package: &PackageSummary,
-) -> AppResult<bool> {
-    Ok(package.is_published)
-}
-
-/// The bundle route's form of [`may_read_package`]: an error when the caller may not read the
-/// package. Today that is the `404` of an unpublished one; with grants it becomes the
-/// route's `403 ACCESS_DENIED` (and `410 PACKAGE_WITHDRAWN` for a withdrawn package), while the
-/// object route keeps answering `404` so that a hash is never shown to exist.
-pub async fn ensure_may_read_package(
     state: &AppState,
     caller: &AuthUser,
     package: &PackageSummary,
-) -> AppResult<()> {
-    if may_read_package(state, caller, package).await? {
-        Ok(())
-    } else {
-        Err(AppError::NotFound(format!(
-            "no published package {}",
-            package.id
-        )))
+) -> AppResult<bool> {
+    match access::may_read_package(state, caller, package.id).await {
+        Ok(()) => Ok(true),
+        Err(AccessError::NotFound(_) | AccessError::Withdrawn(_) | AccessError::Denied(_)) => {
+            Ok(false)
+        }
+        Err(AccessError::ScopeMismatch(e) | AccessError::Failed(e)) => Err(e),
     }
 }
 
@@ -507,25 +496,19 @@ pub async fn bundle_objects(
     package_id: Uuid,
     from: Option<Uuid>,
 ) -> AppResult<Option<(PackageSummary, Vec<MediaMeta>)>> {
+    // The access rules answer in the contract's order: 404, 410, 409 (with `from`), 403.
+    match from {
+        Some(from) => access::may_read_delta(state, caller, package_id, from).await?,
+        None => access::may_read_package(state, caller, package_id).await?,
+    }
     let Some(package) = packages::find_summary(&state.db, package_id)
         .await?
         .filter(|p| p.is_published)
     else {
         return Ok(None);
     };
-    ensure_may_read_package(state, caller, &package).await?;
     let mut shas = package_objects(&state.db, package_id).await?;
     if let Some(from) = from {
-        let Some(held) = packages::find_summary(&state.db, from)
-            .await?
-            .filter(|p| p.is_published)
-        else {
-            return Ok(None);
-        };
-        packages::check_delta_scope(
-            (package.scope, &package.scope_key),
-            (held.scope, &held.scope_key),
-        )?;
         let held_shas = package_objects(&state.db, from).await?;
         shas.retain(|sha| held_shas.binary_search(sha).is_err());
     }

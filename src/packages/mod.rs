@@ -359,6 +359,15 @@ pub async fn build_package(
             .map(|q| Snapshot::with_media(q, media.references.remove(&q.id).unwrap_or_default()))
             .collect(),
     )?;
+    let index_rows: Vec<crate::access::index::IndexRow> = questions
+        .iter()
+        .map(|q| crate::access::index::IndexRow {
+            question_id: q.id,
+            year_id: q.year_id,
+            block_id: q.block_id,
+            theme_id: q.theme_id,
+        })
+        .collect();
     drop(questions);
 
     for _ in 0..BUILD_ATTEMPTS {
@@ -401,11 +410,15 @@ pub async fn build_package(
             created_by: Set(request.created_by),
             created_at: Set(at),
             updated_at: Set(at),
+            withdrawn_at: Set(None),
+            withdrawn_reason: Set(None),
         };
-        // The package and the list of its objects appear together or not at all.
+        // The package, its question index and the list of its objects appear together or
+        // not at all.
         let txn = db.begin().await?;
         match row.insert(&txn).await {
             Ok(model) => {
+                crate::access::index::insert(&txn, model.id, &index_rows).await?;
                 crate::media::record_package_objects(&txn, model.id, &media.objects).await?;
                 txn.commit().await?;
                 tracing::info!(
@@ -428,6 +441,52 @@ pub async fn build_package(
         }
     }
     Err(AppError::unavailable())
+}
+
+/// Withdraws a published package (docs/api.md section 4). Withdrawing again returns it
+/// unchanged, with its first time and reason.
+pub async fn withdraw_package(
+    db: &DatabaseConnection,
+    id: Uuid,
+    reason: &str,
+) -> AppResult<PackageSummary> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(AppError::bad_request_with(
+            ErrorCode::ValidationError,
+            "reason must not be empty",
+            json!({"field": "reason"}),
+        ));
+    }
+    let existing = find_summary(db, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no package {id}")))?;
+    if !existing.is_published {
+        return Err(AppError::bad_request_with(
+            ErrorCode::ValidationError,
+            "only a published package can be withdrawn",
+            json!({"field": "id"}),
+        ));
+    }
+    if existing.withdrawn_at.is_some() {
+        return Ok(existing);
+    }
+    // Only a not yet withdrawn row is touched: concurrent withdrawals withdraw once, and
+    // the triggers allow exactly this change of a published row.
+    test_package::Entity::update_many()
+        .col_expr(test_package::Column::WithdrawnAt, Expr::value(Some(now())))
+        .col_expr(
+            test_package::Column::WithdrawnReason,
+            Expr::value(Some(reason.to_owned())),
+        )
+        .filter(test_package::Column::Id.eq(id))
+        .filter(test_package::Column::WithdrawnAt.is_null())
+        .exec(db)
+        .await?;
+    tracing::info!(package_id = %id, "withdrew test package");
+    find_summary(db, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no package {id}")))
 }
 
 /// Publishes a package (idempotent: a published one is returned unchanged).
@@ -471,6 +530,8 @@ pub struct PackageSummary {
     pub created_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    pub withdrawn_reason: Option<String>,
 }
 
 impl From<&test_package::Model> for PackageSummary {
@@ -495,6 +556,8 @@ impl From<&test_package::Model> for PackageSummary {
             created_by: m.created_by,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            withdrawn_at: m.withdrawn_at,
+            withdrawn_reason: m.withdrawn_reason.clone(),
         }
     }
 }
@@ -523,7 +586,14 @@ impl PackageSummary {
             created_by: self.created_by,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            withdrawn_at: self.withdrawn_at,
+            withdrawn_reason: self.withdrawn_reason,
         }
+    }
+
+    /// Published and not withdrawn: what students may be served.
+    pub fn is_served(&self) -> bool {
+        self.is_published && self.withdrawn_at.is_none()
     }
 
     /// The REST path of the download.
@@ -663,7 +733,8 @@ pub async fn package_delta(
     else {
         return Ok(None);
     };
-    if !to.is_published || !held.is_published {
+    // A delta *from* a withdrawn package is how phones leave it; one *to* it is not served.
+    if !to.is_served() || !held.is_published {
         return Ok(None);
     }
     check_delta_scope((to.scope, &to.scope_key), (held.scope, &held.scope_key))?;
@@ -687,12 +758,16 @@ pub struct ListFilter {
     pub latest: bool,
 }
 
-/// Published packages matching `filter`, newest `published_at` first. Reads no questions.
-pub async fn list_published(
+/// Published, not withdrawn packages matching `filter`, every version (`filter.latest` is
+/// applied by [`finish_list`], after the caller's access has been judged). Reads no
+/// questions.
+pub async fn list_served(
     db: &DatabaseConnection,
     filter: &ListFilter,
 ) -> AppResult<Vec<PackageSummary>> {
-    let mut query = test_package::Entity::find().filter(test_package::Column::IsPublished.eq(true));
+    let mut query = test_package::Entity::find()
+        .filter(test_package::Column::IsPublished.eq(true))
+        .filter(test_package::Column::WithdrawnAt.is_null());
     if let Some(scope) = filter.scope {
         query = query.filter(test_package::Column::Scope.eq(scope));
     }
@@ -705,13 +780,18 @@ pub async fn list_published(
     if let Some(theme) = filter.theme_id {
         query = query.filter(test_package::Column::ThemeId.eq(theme));
     }
-    let mut rows: Vec<PackageSummary> = query
+    Ok(query
         .order_by_desc(test_package::Column::PublishedAt)
         .order_by_desc(test_package::Column::Version)
         .into_partial_model::<PackageSummary>()
         .all(db)
-        .await?;
-    if filter.latest {
+        .await?)
+}
+
+/// Keeps the newest version of each scope + scope_data when `latest`, and orders newest
+/// `published_at` first.
+pub fn finish_list(mut rows: Vec<PackageSummary>, latest: bool) -> Vec<PackageSummary> {
+    if latest {
         let mut newest: HashMap<(PackageScope, String), i32> = HashMap::new();
         for row in &rows {
             let entry = newest
@@ -728,7 +808,16 @@ pub async fn list_published(
             .then(b.version.cmp(&a.version))
             .then(a.id.cmp(&b.id))
     });
-    Ok(rows)
+    rows
+}
+
+/// Published, not withdrawn packages matching `filter`, newest first, for a caller who may
+/// read every package (admins, `EXAMSYNC_ACCESS=open`, the CLI).
+pub async fn list_published(
+    db: &DatabaseConnection,
+    filter: &ListFilter,
+) -> AppResult<Vec<PackageSummary>> {
+    Ok(finish_list(list_served(db, filter).await?, filter.latest))
 }
 
 /// One package without its questions (published or not).
@@ -902,6 +991,8 @@ mod tests {
             created_by: None,
             created_at: at,
             updated_at: at,
+            withdrawn_at: None,
+            withdrawn_reason: None,
         };
         let body = download_body(&package).unwrap();
         let typed: PackageDownload = serde_json::from_slice(&body).unwrap();
@@ -936,6 +1027,8 @@ mod tests {
             created_by: None,
             created_at: at,
             updated_at: at,
+            withdrawn_at: None,
+            withdrawn_reason: None,
         };
         let body = download_body(&package).unwrap();
         let text = String::from_utf8(body).unwrap();

@@ -1,7 +1,8 @@
 //! In-process caches of published packages. A published package never changes (the
 //! database refuses updates), so what is derived from it — its validators, its
 //! serialized body in each encoding, its scoring keys — is computed once per process and
-//! kept, within size bounds (least recently used entries go first). Unpublished packages
+//! kept, within size bounds (`moka` caches, each bounded on its own, by bytes where
+//! values vary in size). Unpublished packages
 //! are never cached: they may be published (by another instance) at any moment.
 //!
 //! - `published_meta`: id → ETag, so a revalidation that ends in `304` reads nothing once
@@ -15,13 +16,15 @@
 //!   here), so a digest a client got from any instance is found by a primary-key read.
 //!
 //! Bodies, deltas and `dcz` bodies are built once per key even under a burst of requests
-//! (`single_flight`): the others wait for the first build, then read it here.
+//! (`single_flight`): the others wait for the first build, then read it here. A build runs
+//! detached from the request that started it, so a client that gives up never makes the
+//! work go to waste, and at most one cold build per core runs at a time.
 use std::{
     collections::HashMap,
     hash::Hash,
     io::Write,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -29,7 +32,9 @@ use std::{
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -234,37 +239,74 @@ fn brotli(data: &[u8], quality: u32) -> AppResult<Vec<u8>> {
 /// Size bounds of the store.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
-    /// Bytes of bodies (all encodings together).
-    pub body_bytes: usize,
-    pub body_entries: usize,
-    pub meta_entries: usize,
+    /// Bytes of download bodies (all encodings together); deltas and `dcz` bodies get a
+    /// quarter of it each.
+    pub body_bytes: u64,
+    pub meta_entries: u64,
     /// Scoring keys (questions) over all packages.
-    pub scoring_questions: usize,
-    pub scoring_entries: usize,
+    pub scoring_questions: u64,
+    /// Cold builds running at once; the others wait their turn.
+    pub concurrent_builds: usize,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
         StoreLimits {
             body_bytes: 256 * 1024 * 1024,
-            body_entries: 1024,
             meta_entries: 100_000,
             scoring_questions: 2_000_000,
-            scoring_entries: 4096,
+            concurrent_builds: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
 
+/// How many packages are published and how many questions they hold (the GraphQL node
+/// limit's list sizes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishedTotals {
+    pub packages: u64,
+    pub questions: u64,
+    pub max_questions: u64,
+}
+
+/// How long the published totals are reused: a publish on another instance is seen
+/// within it (one instance's publishes are seen at once).
+const TOTALS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A cache bounded by the total weight of its values.
+type Weighted<K, V> = moka::sync::Cache<K, Arc<V>>;
+
+fn weighted<K, V>(max_weight: u64, weight: fn(&V) -> usize) -> Weighted<K, V>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(max_weight)
+        .weigher(move |_, value: &Arc<V>| u32::try_from(weight(value)).unwrap_or(u32::MAX))
+        .build()
+}
+
+/// The package store; cheap to clone (its builds run detached and need their own handle).
+#[derive(Clone)]
 pub struct PackageStore {
-    meta: Bounded<Uuid, PublishedMeta>,
-    bodies: Bounded<Uuid, PackageBodies>,
-    scoring: Bounded<Uuid, PackageScoring>,
-    deltas: Bounded<(Uuid, Uuid), DeltaBodies>,
-    dcz: Bounded<(Uuid, Uuid), Bytes>,
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    meta: Weighted<Uuid, PublishedMeta>,
+    bodies: Weighted<Uuid, PackageBodies>,
+    scoring: Weighted<Uuid, PackageScoring>,
+    deltas: Weighted<(Uuid, Uuid), DeltaBodies>,
+    dcz: Weighted<(Uuid, Uuid), Bytes>,
     /// Dictionary digest → package id (a positive answer never changes: packages are
     /// immutable, so their download bytes are too).
-    dictionaries: Bounded<[u8; 32], Uuid>,
+    dictionaries: Weighted<[u8; 32], Uuid>,
+    /// The totals of the published packages, kept a few seconds (one entry).
+    totals: moka::sync::Cache<(), PublishedTotals>,
     builds: Flights<BuildKey>,
+    /// Cold builds are CPU-bound: at most one per core runs, the rest wait here.
+    build_slots: Arc<tokio::sync::Semaphore>,
     /// Builds started, by `PackageBuild` (also counted in `/metrics`, which is per process).
     built: [AtomicU64; 3],
 }
@@ -288,15 +330,64 @@ impl Default for PackageStore {
 impl PackageStore {
     pub fn new(limits: StoreLimits) -> PackageStore {
         PackageStore {
-            meta: Bounded::new(limits.meta_entries, limits.meta_entries),
-            bodies: Bounded::new(limits.body_bytes, limits.body_entries),
-            scoring: Bounded::new(limits.scoring_questions, limits.scoring_entries),
-            deltas: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
-            dcz: Bounded::new(limits.body_bytes / 4, limits.body_entries * 4),
-            dictionaries: Bounded::new(limits.meta_entries, limits.meta_entries),
-            builds: Flights::default(),
-            built: Default::default(),
+            inner: Arc::new(StoreInner {
+                meta: weighted(limits.meta_entries, |_| 1),
+                bodies: weighted(limits.body_bytes, PackageBodies::weight),
+                scoring: weighted(limits.scoring_questions, |s: &PackageScoring| {
+                    s.questions.len().max(1)
+                }),
+                deltas: weighted(limits.body_bytes / 4, |d: &DeltaBodies| d.bodies.weight()),
+                dcz: weighted(limits.body_bytes / 4, |b: &Bytes| b.len() + 64),
+                dictionaries: weighted(limits.meta_entries, |_| 1),
+                totals: moka::sync::Cache::builder()
+                    .max_capacity(1)
+                    .time_to_live(TOTALS_TTL)
+                    .build(),
+                builds: Flights::default(),
+                build_slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent_builds.max(1))),
+                built: Default::default(),
+            }),
         }
+    }
+
+    /// Runs `build` detached from the request: a client that disconnects or runs out of
+    /// its budget drops only its wait, and the result still reaches the cache for the
+    /// retry. One build per key at a time (`single_flight`); `cached` is read again once
+    /// the key is ours, since the previous holder has usually just filled it.
+    async fn detached<T, C, B, F>(&self, key: BuildKey, cached: C, build: B) -> AppResult<T>
+    where
+        T: Send + 'static,
+        C: Fn(&StoreInner) -> Option<T> + Send + 'static,
+        B: FnOnce(PackageStore) -> F + Send + 'static,
+        F: Future<Output = AppResult<T>> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _flight = store.inner.builds.enter(key).await;
+            if let Some(found) = cached(&store.inner) {
+                return Ok(found);
+            }
+            build(store.clone()).await
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("a package build failed: {e}")))?
+    }
+
+    /// Runs CPU-bound work on a blocking thread once a build slot is free.
+    async fn cpu<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> AppResult<T> + Send + 'static,
+    ) -> AppResult<T> {
+        let _slot = self
+            .inner
+            .build_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::internal("build slots closed"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| AppError::internal(format!("a package build failed: {e}")))?
     }
 
     /// The validators of a published package (`None`: unknown or unpublished).
@@ -305,7 +396,7 @@ impl PackageStore {
         db: &DatabaseConnection,
         id: Uuid,
     ) -> AppResult<Option<Arc<PublishedMeta>>> {
-        if let Some(meta) = self.meta.get(&id) {
+        if let Some(meta) = self.inner.meta.get(&id) {
             return Ok(Some(meta));
         }
         type Row = (
@@ -336,7 +427,7 @@ impl PackageStore {
                     scope_key,
                     version,
                 )?);
-                Ok(Some(self.meta.insert(id, meta, 1)))
+                Ok(Some(insert(&self.inner.meta, id, meta)))
             }
             _ => Ok(None),
         }
@@ -348,34 +439,34 @@ impl PackageStore {
         db: &DatabaseConnection,
         id: Uuid,
     ) -> AppResult<Option<Arc<PackageBodies>>> {
-        if let Some(bodies) = self.bodies.get(&id) {
+        if let Some(bodies) = self.inner.bodies.get(&id) {
             return Ok(Some(bodies));
         }
-        let _build = self.builds.enter(BuildKey::Bodies(id)).await;
-        if let Some(bodies) = self.bodies.get(&id) {
-            return Ok(Some(bodies));
-        }
-        let Some(package) = test_package::Entity::find_by_id(id)
-            .filter(test_package::Column::IsPublished.eq(true))
-            .one(db)
-            .await?
-        else {
-            return Ok(None);
-        };
-        self.started(PackageBuild::Download);
-        let bodies = tokio::task::spawn_blocking(move || PackageBodies::build(&package))
-            .await
-            .map_err(|e| AppError::internal(format!("building a package body: {e}")))??;
-        let bodies = Arc::new(bodies);
-        self.meta.insert(id, bodies.meta.clone(), 1);
-        self.record_dictionary(db, bodies.sha256, id).await;
-        let weight = bodies.weight();
-        Ok(Some(self.bodies.insert(id, bodies, weight)))
+        let db = db.clone();
+        self.detached(
+            BuildKey::Bodies(id),
+            move |inner| inner.bodies.get(&id).map(Some),
+            move |store| async move {
+                let Some(package) = test_package::Entity::find_by_id(id)
+                    .filter(test_package::Column::IsPublished.eq(true))
+                    .one(&db)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                store.started(PackageBuild::Download);
+                let bodies = Arc::new(store.cpu(move || PackageBodies::build(&package)).await?);
+                insert(&store.inner.meta, id, bodies.meta.clone());
+                store.record_dictionary(&db, bodies.sha256, id).await;
+                Ok(Some(insert(&store.inner.bodies, id, bodies)))
+            },
+        )
+        .await
     }
 
     /// Records the dictionary digest of a download (here and for every instance).
     async fn record_dictionary(&self, db: &DatabaseConnection, sha256: [u8; 32], id: Uuid) {
-        self.dictionaries.insert(sha256, Arc::new(id), 1);
+        insert(&self.inner.dictionaries, sha256, Arc::new(id));
         let row = package_dictionary::ActiveModel {
             sha256: Set(hex::encode(sha256)),
             package_id: Set(id),
@@ -397,13 +488,13 @@ impl PackageStore {
         db: &DatabaseConnection,
         sha256: &[u8; 32],
     ) -> AppResult<Option<Uuid>> {
-        if let Some(id) = self.dictionaries.get(sha256) {
+        if let Some(id) = self.inner.dictionaries.get(sha256) {
             return Ok(Some(*id));
         }
         let row = package_dictionary::Entity::find_by_id(hex::encode(sha256))
             .one(db)
             .await?;
-        Ok(row.map(|r| *self.dictionaries.insert(*sha256, Arc::new(r.package_id), 1)))
+        Ok(row.map(|r| *insert(&self.inner.dictionaries, *sha256, Arc::new(r.package_id))))
     }
 
     /// The `dcz` body of package `id` with package `dictionary`'s download as the
@@ -415,28 +506,30 @@ impl PackageStore {
         dictionary: &Arc<PackageBodies>,
         dictionary_id: Uuid,
     ) -> AppResult<Bytes> {
-        if let Some(body) = self.dcz.get(&(id, dictionary_id)) {
+        let key = (id, dictionary_id);
+        if let Some(body) = self.inner.dcz.get(&key) {
             return Ok((*body).clone());
         }
-        let _build = self.builds.enter(BuildKey::Dcz(id, dictionary_id)).await;
-        if let Some(body) = self.dcz.get(&(id, dictionary_id)) {
-            return Ok((*body).clone());
-        }
-        self.started(PackageBuild::Dcz);
         let (target, dictionary) = (target.clone(), dictionary.clone());
-        let body = tokio::task::spawn_blocking(move || {
-            super::dcz::encode(
-                &dictionary.bodies.identity,
-                &dictionary.sha256,
-                &target.bodies.identity,
-            )
-        })
+        self.detached(
+            BuildKey::Dcz(id, dictionary_id),
+            move |inner| inner.dcz.get(&key).map(|b| (*b).clone()),
+            move |store| async move {
+                store.started(PackageBuild::Dcz);
+                let body = store
+                    .cpu(move || {
+                        super::dcz::encode(
+                            &dictionary.bodies.identity,
+                            &dictionary.sha256,
+                            &target.bodies.identity,
+                        )
+                        .map_err(|e| AppError::internal(format!("dcz: {e}")))
+                    })
+                    .await?;
+                Ok((*insert(&store.inner.dcz, key, Arc::new(Bytes::from(body)))).clone())
+            },
+        )
         .await
-        .map_err(|e| AppError::internal(format!("dcz: {e}")))?
-        .map_err(|e| AppError::internal(format!("dcz: {e}")))?;
-        let body = Bytes::from(body);
-        let weight = body.len() + 64;
-        Ok((*self.dcz.insert((id, dictionary_id), Arc::new(body), weight)).clone())
     }
 
     /// The delta from `from` to `id`, both published, computed once per pair.
@@ -447,13 +540,24 @@ impl PackageStore {
         id: Uuid,
         from: Uuid,
     ) -> AppResult<DeltaLookup<Arc<DeltaBodies>>> {
-        if let Some(bodies) = self.deltas.get(&(id, from)) {
+        if let Some(bodies) = self.inner.deltas.get(&(id, from)) {
             return Ok(DeltaLookup::Found(bodies));
         }
-        let _build = self.builds.enter(BuildKey::Delta(id, from)).await;
-        if let Some(bodies) = self.deltas.get(&(id, from)) {
-            return Ok(DeltaLookup::Found(bodies));
-        }
+        let db = db.clone();
+        self.detached(
+            BuildKey::Delta(id, from),
+            move |inner| inner.deltas.get(&(id, from)).map(DeltaLookup::Found),
+            move |store| async move { store.build_delta(&db, id, from).await },
+        )
+        .await
+    }
+
+    async fn build_delta(
+        &self,
+        db: &DatabaseConnection,
+        id: Uuid,
+        from: Uuid,
+    ) -> AppResult<DeltaLookup<Arc<DeltaBodies>>> {
         let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
             return Ok(DeltaLookup::NotFound);
         };
@@ -469,35 +573,34 @@ impl PackageStore {
             return Ok(DeltaLookup::NotFound);
         };
         self.started(PackageBuild::Delta);
-        let built = tokio::task::spawn_blocking(move || -> AppResult<DeltaBodies> {
-            let to = super::parse_snapshots(&to_json)?;
-            let held = super::parse_snapshots(&from_json)?;
-            let delta = super::delta::diff(&held, &to);
-            let ends = super::delta::DeltaEnds {
-                package_id: id,
-                version: to_meta.version,
-                version_hash: &to_meta.version_hash,
-                question_count: i32::try_from(to.len())
-                    .map_err(|_| AppError::internal("question count"))?,
-                from_package_id: from,
-                from_version: from_meta.version,
-                from_version_hash: &from_meta.version_hash,
-            };
-            let identity = super::delta::delta_body_bytes(ends, &delta)
-                .map_err(|e| AppError::internal(format!("delta body: {e}")))?;
-            Ok(DeltaBodies {
-                etag: delta_etag(&from_meta.version_hash, &to_meta.version_hash)?,
-                last_modified: http_date(to_meta.published_at.max(from_meta.published_at)),
-                bodies: Encoded::new(identity, DELTA_BROTLI_QUALITY)?,
+        let built = self
+            .cpu(move || -> AppResult<DeltaBodies> {
+                let to = super::parse_snapshots(&to_json)?;
+                let held = super::parse_snapshots(&from_json)?;
+                let delta = super::delta::diff(&held, &to);
+                let ends = super::delta::DeltaEnds {
+                    package_id: id,
+                    version: to_meta.version,
+                    version_hash: &to_meta.version_hash,
+                    question_count: i32::try_from(to.len())
+                        .map_err(|_| AppError::internal("question count"))?,
+                    from_package_id: from,
+                    from_version: from_meta.version,
+                    from_version_hash: &from_meta.version_hash,
+                };
+                let identity = super::delta::delta_body_bytes(ends, &delta)
+                    .map_err(|e| AppError::internal(format!("delta body: {e}")))?;
+                Ok(DeltaBodies {
+                    etag: delta_etag(&from_meta.version_hash, &to_meta.version_hash)?,
+                    last_modified: http_date(to_meta.published_at.max(from_meta.published_at)),
+                    bodies: Encoded::new(identity, DELTA_BROTLI_QUALITY)?,
+                })
             })
-        })
-        .await
-        .map_err(|e| AppError::internal(format!("building a delta: {e}")))??;
-        let weight = built.bodies.weight();
-        Ok(DeltaLookup::Found(self.deltas.insert(
+            .await?;
+        Ok(DeltaLookup::Found(insert(
+            &self.inner.deltas,
             (id, from),
             Arc::new(built),
-            weight,
         )))
     }
 
@@ -522,6 +625,75 @@ impl PackageStore {
         Ok(Some((to_meta, from_meta)))
     }
 
+    /// Starts building, detached, the delta from the previous published version of
+    /// `id`'s scope to `id`, so phones that ask for it right after a publish find it built.
+    pub fn prebuild_delta_from_previous(&self, db: &DatabaseConnection, id: Uuid) {
+        let (store, db) = (self.clone(), db.clone());
+        tokio::spawn(async move {
+            let previous = async {
+                let Some(meta) = store.published_meta(&db, id).await? else {
+                    return Ok(None);
+                };
+                let previous: Option<Uuid> = test_package::Entity::find()
+                    .select_only()
+                    .column(test_package::Column::Id)
+                    .filter(test_package::Column::IsPublished.eq(true))
+                    .filter(test_package::Column::Scope.eq(meta.scope))
+                    .filter(test_package::Column::ScopeKey.eq(meta.scope_key.clone()))
+                    .filter(test_package::Column::Id.ne(id))
+                    .filter(test_package::Column::PublishedAt.lte(meta.published_at))
+                    .order_by_desc(test_package::Column::PublishedAt)
+                    .order_by_desc(test_package::Column::Version)
+                    .into_tuple()
+                    .one(&db)
+                    .await?;
+                AppResult::Ok(previous)
+            };
+            let result = match previous.await {
+                Ok(Some(from)) => store.delta_bodies(&db, id, from).await.map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(err) = result {
+                // Not fatal: the first phone to ask builds it.
+                tracing::warn!(package_id = %id, error = %err, "could not prebuild the delta of a publish");
+            }
+        });
+    }
+
+    /// The published packages' totals, counted at most once per `TOTALS_TTL`.
+    pub async fn published_totals(&self, db: &DatabaseConnection) -> AppResult<PublishedTotals> {
+        if let Some(totals) = self.inner.totals.get(&()) {
+            return Ok(totals);
+        }
+        use sea_orm::sea_query::Expr;
+        let row: Option<(i64, Option<i64>, Option<i32>)> = test_package::Entity::find()
+            .select_only()
+            .column_as(test_package::Column::Id.count(), "packages")
+            .column_as(
+                Expr::cust("CAST(COALESCE(SUM(question_count), 0) AS BIGINT)"),
+                "questions",
+            )
+            .column_as(test_package::Column::QuestionCount.max(), "max_questions")
+            .filter(test_package::Column::IsPublished.eq(true))
+            .into_tuple()
+            .one(db)
+            .await?;
+        let (packages, questions, max_questions) = row.unwrap_or((0, None, None));
+        let totals = PublishedTotals {
+            packages: packages.max(0) as u64,
+            questions: questions.unwrap_or(0).max(0) as u64,
+            max_questions: max_questions.unwrap_or(0).max(0) as u64,
+        };
+        self.inner.totals.insert((), totals);
+        Ok(totals)
+    }
+
+    /// Forgets the published totals (this instance just published a package).
+    pub fn published_changed(&self) {
+        self.inner.totals.invalidate_all();
+    }
+
     /// Scoring keys of the given packages that exist and are published (others are absent).
     pub async fn scoring_for(
         &self,
@@ -534,7 +706,7 @@ impl PackageStore {
             if found.contains_key(&id) || missing.contains(&id) {
                 continue;
             }
-            match self.scoring.get(&id) {
+            match self.inner.scoring.get(&id) {
                 Some(scoring) => {
                     found.insert(id, scoring);
                 }
@@ -561,155 +733,47 @@ impl PackageStore {
                     .map(|s| (s.question_id, s.scoring_key()))
                     .collect(),
             };
-            let weight = scoring.questions.len().max(1);
-            found.insert(id, self.scoring.insert(id, Arc::new(scoring), weight));
+            found.insert(id, insert(&self.inner.scoring, id, Arc::new(scoring)));
         }
         Ok(found)
     }
 
     fn started(&self, kind: PackageBuild) {
-        self.built[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.inner.built[kind as usize].fetch_add(1, Ordering::Relaxed);
         metrics::package_build(kind);
     }
 
     /// Builds this store has started of `kind`, for tests and diagnostics.
     pub fn build_count(&self, kind: PackageBuild) -> u64 {
-        self.built[kind as usize].load(Ordering::Relaxed)
+        self.inner.built[kind as usize].load(Ordering::Relaxed)
     }
 
     /// Entries currently cached (meta, bodies, scoring), for tests and diagnostics.
-    pub fn cached_counts(&self) -> (usize, usize, usize) {
-        (self.meta.len(), self.bodies.len(), self.scoring.len())
+    pub fn cached_counts(&self) -> (u64, u64, u64) {
+        self.inner.meta.run_pending_tasks();
+        self.inner.bodies.run_pending_tasks();
+        self.inner.scoring.run_pending_tasks();
+        (
+            self.inner.meta.entry_count(),
+            self.inner.bodies.entry_count(),
+            self.inner.scoring.entry_count(),
+        )
     }
 }
 
-/// A map bounded by total weight and entry count; when full, the least recently used
-/// entries are evicted. Reads take a shared lock and bump an atomic clock.
-struct Bounded<K, V> {
-    inner: RwLock<BoundedInner<K, V>>,
-    clock: AtomicU64,
-    max_weight: usize,
-    max_entries: usize,
-}
-
-struct BoundedInner<K, V> {
-    map: HashMap<K, Slot<V>>,
-    weight: usize,
-}
-
-struct Slot<V> {
-    value: Arc<V>,
-    weight: usize,
-    used: AtomicU64,
-}
-
-impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
-    fn new(max_weight: usize, max_entries: usize) -> Self {
-        Bounded {
-            inner: RwLock::new(BoundedInner {
-                map: HashMap::new(),
-                weight: 0,
-            }),
-            clock: AtomicU64::new(0),
-            max_weight,
-            max_entries: max_entries.max(1),
-        }
-    }
-
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn get(&self, id: &K) -> Option<Arc<V>> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.map.get(id).map(|slot| {
-            slot.used.store(self.tick(), Ordering::Relaxed);
-            slot.value.clone()
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .len()
-    }
-
-    /// Inserts unless present; returns the cached value (the existing one if any). A value
-    /// heavier than the whole budget is returned without being cached.
-    fn insert(&self, id: K, value: Arc<V>, weight: usize) -> Arc<V> {
-        if weight > self.max_weight {
-            return value;
-        }
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = inner.map.get(&id) {
-            existing.used.store(self.tick(), Ordering::Relaxed);
-            return existing.value.clone();
-        }
-        while !inner.map.is_empty()
-            && (inner.weight + weight > self.max_weight || inner.map.len() >= self.max_entries)
-        {
-            let oldest = inner
-                .map
-                .iter()
-                .min_by_key(|(_, slot)| slot.used.load(Ordering::Relaxed))
-                .map(|(id, _)| *id);
-            match oldest.and_then(|id| inner.map.remove(&id)) {
-                Some(slot) => inner.weight -= slot.weight,
-                None => break,
-            }
-        }
-        inner.weight += weight;
-        inner.map.insert(
-            id,
-            Slot {
-                value: value.clone(),
-                weight,
-                used: AtomicU64::new(self.tick()),
-            },
-        );
-        value
-    }
+/// Inserts unless present; returns the cached value (the existing one if any).
+fn insert<K, V>(cache: &Weighted<K, V>, key: K, value: Arc<V>) -> Arc<V>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    cache.entry(key).or_insert(value).into_value()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    #[test]
-    fn bounded_evicts_least_recently_used_by_weight() {
-        let cache: Bounded<Uuid, u32> = Bounded::new(10, 100);
-        cache.insert(id(1), Arc::new(1), 4);
-        cache.insert(id(2), Arc::new(2), 4);
-        assert_eq!(cache.get(&id(1)).as_deref(), Some(&1)); // 1 is now newer than 2
-        cache.insert(id(3), Arc::new(3), 4); // over 10: evicts 2
-        assert!(cache.get(&id(2)).is_none());
-        assert!(cache.get(&id(1)).is_some());
-        assert!(cache.get(&id(3)).is_some());
-        assert_eq!(cache.len(), 2);
-        // Heavier than the budget: returned, not cached.
-        assert_eq!(*cache.insert(id(4), Arc::new(4), 11), 4);
-        assert!(cache.get(&id(4)).is_none());
-        // Present: the cached value wins.
-        assert_eq!(*cache.insert(id(1), Arc::new(99), 1), 1);
-    }
-
-    #[test]
-    fn bounded_evicts_by_count() {
-        let cache: Bounded<Uuid, u32> = Bounded::new(1000, 3);
-        for n in 0..10 {
-            cache.insert(id(n), Arc::new(n as u32), 1);
-        }
-        assert_eq!(cache.len(), 3);
-        assert!(cache.get(&id(9)).is_some());
-        assert!(cache.get(&id(0)).is_none());
-    }
 
     #[test]
     fn bodies_decode_to_the_identity_body() {

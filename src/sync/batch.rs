@@ -380,7 +380,11 @@ impl Batch<'_> {
             ids.dedup();
         }
 
-        let mut facts = Facts::default();
+        let mut facts = Facts {
+            access: crate::access::gate::sync_access(self.db(), &self.app.access, &self.user)
+                .await?,
+            ..Facts::default()
+        };
         for (session, offline) in
             store::find_sessions(self.db(), self.user.id, &session_ids, &offline_ids).await?
         {
@@ -487,6 +491,12 @@ impl Batch<'_> {
             })
             .await?;
 
+        // 0. The user's change counter, first: from here to commit this transaction holds
+        //    the user's row lock, so the pull feed sees the user's commits in counter order.
+        let seq = store::bump_change_seq(&txn, user_id)
+            .await?
+            .ok_or(TxnError::Inconsistent)?;
+
         // 1. Sessions of offline sessions seen for the first time; the scope comes from
         //    the first item (in request order) that names the offline session.
         let mut first_use: BTreeMap<Uuid, (usize, rules::Scope)> = BTreeMap::new();
@@ -508,7 +518,8 @@ impl Batch<'_> {
                 scope: *scope,
             })
             .collect();
-        let created = store::create_offline_sessions(&txn, user_id, &new_sessions, now).await?;
+        let created =
+            store::create_offline_sessions(&txn, user_id, &new_sessions, now, seq).await?;
         let mut targets: Vec<(Uuid, SessionState)> = Vec::with_capacity(items.len());
         for item in items {
             targets.push(match item.checked.target {
@@ -621,17 +632,13 @@ impl Batch<'_> {
                 })
                 .collect();
             let skew_ms = self.skew.map(|s| s.num_milliseconds());
+            // Also adds ackedCount, in the applying transaction: exact even if a later
+            // round fails.
             store::insert_attempts(&txn, user_id, &rows, skew_ms, now).await?;
             let answers: Vec<_> = plan.answers.into_iter().collect();
-            store::write_answers(&txn, &answers, now).await?;
+            store::write_answers(&txn, user_id, &answers, now, seq).await?;
             let deltas: Vec<_> = plan.deltas.into_iter().collect();
-            store::add_scores(&txn, &deltas, now).await?;
-            // ackedCount in the applying transaction: exact even if a later round fails.
-            let acked = Counts {
-                acked: open.len() as i64,
-                ..Counts::default()
-            };
-            store::add_counters(&txn, user_id, acked, now).await?;
+            store::add_scores(&txn, &deltas, now, seq).await?;
             applied.won = open
                 .iter()
                 .map(|&p| (p, attempt_ids[p], targets[p].0))

@@ -1,6 +1,7 @@
 //! Attempt sync, exactly once (docs/api.md sections 7 and 8). REST and GraphQL parse into
 //! `AttemptInput`s and call `process_batch`; only parsing and rendering differ.
 pub mod batch;
+pub mod changes;
 pub mod model;
 pub mod payload_hash;
 pub mod rest;

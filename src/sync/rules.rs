@@ -219,6 +219,8 @@ pub struct Facts {
     pub questions: HashMap<Uuid, QuestionFact>,
     /// Published packages only: their snapshot scoring keys by question.
     pub packages: HashMap<Uuid, Arc<PackageScoring>>,
+    /// The caller's grants, when grants limit what they may answer (docs/api.md §3.1).
+    pub access: Option<crate::access::gate::SyncAccess>,
 }
 
 /// An attempt that passed every check.
@@ -278,6 +280,25 @@ pub fn check(
     else {
         return reject(SyncErrorCode::QuestionNotFound, "no such question");
     };
+    if let Some(access) = &facts.access {
+        // Judged when the student answered (corrected by the skew), so a lapsed grant
+        // keeps the answers made while it was in force. A time the correction pushes out
+        // of range is refused further down; until then the sent time stands.
+        let at = corrected_time(&input.answered_at, skew)
+            .unwrap_or_else(|| input.answered_at.with_timezone(&Utc));
+        let (year_id, block_id, theme_id) = question.scope;
+        let scope = crate::access::QuestionScope {
+            year_id,
+            block_id,
+            theme_id,
+        };
+        if !access.covers_at(scope, at) {
+            return reject(
+                SyncErrorCode::AccessDenied,
+                "your access did not cover this question when it was answered",
+            );
+        }
+    }
     let key = match input.package_id {
         Some(package_id) => match facts
             .packages

@@ -24,7 +24,7 @@ use crate::replication::Commit;
 use super::rules::{Answer, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
     QuestionStatus, SessionMode, SessionStatus, attempt, idempotency_record, question,
-    session_answer, test_package, test_session, user,
+    session_answer, test_session, user,
 };
 
 pub fn uuids(items: impl IntoIterator<Item = Uuid>) -> Value {
@@ -242,39 +242,39 @@ pub async fn find_questions(
         .collect())
 }
 
-/// Which of these (not PUBLISHED) questions some published package still holds. Runs
-/// only for such questions, which a phone rarely has.
+/// Which of these (not PUBLISHED) questions some published package still holds: indexed
+/// reads of the question → package index, whatever the size of the bank.
 pub async fn in_published_packages(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, DbErr> {
-    let mut found = HashSet::new();
-    if ids.is_empty() {
-        return Ok(found);
-    }
-    // The stored snapshot array is RFC 8785 JSON: each question appears exactly as
-    // `"question_id":"<lowercase uuid>"`.
-    let mut condition = Condition::any();
-    for id in ids {
-        condition = condition
-            .add(test_package::Column::QuestionsJson.like(format!("%\"question_id\":\"{id}\"%")));
-    }
-    let rows: Vec<String> = test_package::Entity::find()
-        .select_only()
-        .column(test_package::Column::QuestionsJson)
-        .filter(test_package::Column::IsPublished.eq(true))
-        .filter(condition)
-        .into_tuple()
-        .all(db)
-        .await?;
-    for json in rows {
-        for id in ids {
-            if json.contains(&format!("\"question_id\":\"{id}\"")) {
-                found.insert(*id);
-            }
+    crate::access::index::in_published_packages(db, ids).await
+}
+
+/// Bumps the user's change counter and returns its new value: the first statement of every
+/// transaction that changes one of the user's sessions or answers. On PostgreSQL the
+/// UPDATE takes the user's row lock until commit, so the user's writers commit in counter
+/// order (see `docs/architecture.md`, the pull feed); on SQLite the write lock already
+/// serialises every writer. `None`: no such user.
+pub async fn bump_change_seq(
+    txn: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<Option<i64>, DbErr> {
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "UPDATE users SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq"
         }
-    }
-    Ok(found)
+        _ => "UPDATE users SET change_seq = change_seq + 1 WHERE id = ? RETURNING change_seq",
+    };
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [user_id.into()],
+        ))
+        .await?;
+    row.map(|r| r.try_get::<i64>("", "change_seq")).transpose()
 }
 
 /// A server session to create for an offline session seen for the first time.
@@ -292,6 +292,7 @@ pub async fn create_offline_sessions(
     user_id: Uuid,
     sessions: &[NewSession],
     now: DateTime<Utc>,
+    seq: i64,
 ) -> Result<HashMap<Uuid, SessionFact>, DbErr> {
     if sessions.is_empty() {
         return Ok(HashMap::new());
@@ -304,9 +305,9 @@ pub async fn create_offline_sessions(
                 .query_all_raw(pg(
                     "INSERT INTO test_sessions (id, user_id, offline_session_id, mode, status, \
                      year, block_id, theme_id, total_questions, answered_count, correct_count, \
-                     started_at, updated_at) \
+                     started_at, updated_at, change_seq) \
                      SELECT i, $1, o, 'TUTOR', 'ACTIVE', y, NULLIF(b, -2147483648), \
-                     NULLIF(t, -2147483648), 0, 0, 0, $2, $2 \
+                     NULLIF(t, -2147483648), 0, 0, 0, $2, $2, $8 \
                      FROM unnest($3::uuid[], $4::uuid[], $5::int4[], $6::int4[], $7::int4[]) \
                      AS u(i, o, y, b, t) ORDER BY o \
                      ON CONFLICT (user_id, offline_session_id) \
@@ -320,6 +321,7 @@ pub async fn create_offline_sessions(
                         ints(sessions.iter().map(|s| s.scope.0)),
                         opt_ints(sessions.iter().map(|s| s.scope.1)),
                         opt_ints(sessions.iter().map(|s| s.scope.2)),
+                        seq.into(),
                     ],
                 ))
                 .await?;
@@ -348,6 +350,7 @@ pub async fn create_offline_sessions(
                 started_at: Set(now),
                 submitted_at: Set(None),
                 updated_at: Set(now),
+                change_seq: Set(seq),
             });
             test_session::Entity::insert_many(models)
                 .on_conflict(
@@ -569,7 +572,10 @@ pub struct AttemptRow {
     pub answered_at_raw: String,
 }
 
-/// Appends the attempt history of the won claims.
+/// Appends the attempt history of the won claims and adds them to the user's `ackedCount`
+/// (exact: in the applying transaction). On PostgreSQL both are one statement: the user's
+/// row is already locked by `bump_change_seq`, so the order of the two writes inside it
+/// does not matter, and the batch pays no round trip for the counter.
 pub async fn insert_attempts(
     txn: &impl ConnectionTrait,
     user_id: Uuid,
@@ -585,7 +591,10 @@ pub async fn insert_attempts(
         // `answered_at` from its RFC 3339 text (exact: it carries at most microseconds), so
         // each value is sent once: ~13 kB for 100 rows.
         txn.execute_raw(pg(
-            "INSERT INTO attempts (id, user_id, session_id, question_id, package_id, \
+            "WITH counted AS (UPDATE users SET acked_count = acked_count + $11, \
+             last_sync_at = CASE WHEN last_sync_at IS NULL OR last_sync_at < $3 THEN $3 \
+             ELSE last_sync_at END WHERE id = $1) \
+             INSERT INTO attempts (id, user_id, session_id, question_id, package_id, \
              client_attempt_id, idempotency_key, payload_hash, selected_option_index, \
              is_correct, answered_at, answered_at_raw, clock_skew_ms, received_at) \
              SELECT r.attempt_id, r.user_id, r.session_id, u.q, \
@@ -613,6 +622,7 @@ pub async fn insert_attempts(
                     rows.iter()
                         .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
                 ),
+                Value::BigInt(Some(rows.len() as i64)),
             ],
         ))
         .await?;
@@ -637,14 +647,21 @@ pub async fn insert_attempts(
     attempt::Entity::insert_many(models)
         .exec_without_returning(txn)
         .await?;
-    Ok(())
+    let acked = Counts {
+        acked: rows.len() as i64,
+        ..Counts::default()
+    };
+    add_counters(txn, user_id, acked, now).await
 }
 
-/// Writes the changed current answers, one row per (session, question).
+/// Writes the changed current answers, one row per (session, question), stamped with the
+/// transaction's change counter.
 pub async fn write_answers(
     txn: &impl ConnectionTrait,
+    user_id: Uuid,
     answers: &[((Uuid, Uuid), Answer)],
     now: DateTime<Utc>,
+    seq: i64,
 ) -> Result<(), DbErr> {
     if answers.is_empty() {
         return Ok(());
@@ -652,15 +669,17 @@ pub async fn write_answers(
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_raw(pg(
             "INSERT INTO session_answers (id, session_id, question_id, attempt_id, \
-             selected_option_index, is_correct, answered_at, changed_count, created_at, updated_at) \
-             SELECT i, s, q, a, o, ok, t, c, $1, $1 \
+             selected_option_index, is_correct, answered_at, changed_count, created_at, updated_at, \
+             user_id, change_seq) \
+             SELECT i, s, q, a, o, ok, t, c, $1, $1, $10, $11 \
              FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::int4[], \
              $7::bool[], $8::timestamptz[], $9::int4[]) AS u(i, s, q, a, o, ok, t, c) \
              ON CONFLICT (session_id, question_id) DO UPDATE SET \
              attempt_id = excluded.attempt_id, \
              selected_option_index = excluded.selected_option_index, \
              is_correct = excluded.is_correct, answered_at = excluded.answered_at, \
-             changed_count = excluded.changed_count, updated_at = excluded.updated_at",
+             changed_count = excluded.changed_count, updated_at = excluded.updated_at, \
+             change_seq = excluded.change_seq",
             vec![
                 now.into(),
                 uuids(answers.iter().map(|(_, a)| a.id)),
@@ -679,6 +698,8 @@ pub async fn write_answers(
                         .map(|(_, a)| Value::ChronoDateTimeUtc(Some(a.answered_at))),
                 ),
                 ints(answers.iter().map(|(_, a)| a.changed_count)),
+                user_id.into(),
+                seq.into(),
             ],
         ))
         .await?;
@@ -688,6 +709,7 @@ pub async fn write_answers(
         |((session_id, question_id), a)| session_answer::ActiveModel {
             id: Set(a.id),
             session_id: Set(*session_id),
+            user_id: Set(user_id),
             question_id: Set(*question_id),
             attempt_id: Set(a.attempt_id),
             selected_option_index: Set(a.selected_option_index),
@@ -696,6 +718,7 @@ pub async fn write_answers(
             changed_count: Set(a.changed_count),
             created_at: Set(now),
             updated_at: Set(now),
+            change_seq: Set(seq),
         },
     );
     session_answer::Entity::insert_many(models)
@@ -711,6 +734,7 @@ pub async fn write_answers(
                 session_answer::Column::AnsweredAt,
                 session_answer::Column::ChangedCount,
                 session_answer::Column::UpdatedAt,
+                session_answer::Column::ChangeSeq,
             ])
             .to_owned(),
         )
@@ -719,11 +743,13 @@ pub async fn write_answers(
     Ok(())
 }
 
-/// Adds the score deltas to the sessions (`total_questions` follows `answered_count`).
+/// Adds the score deltas to the sessions (`total_questions` follows `answered_count`),
+/// stamped with the transaction's change counter.
 pub async fn add_scores(
     txn: &impl ConnectionTrait,
     deltas: &[(Uuid, ScoreDelta)],
     now: DateTime<Utc>,
+    seq: i64,
 ) -> Result<(), DbErr> {
     if deltas.is_empty() {
         return Ok(());
@@ -732,7 +758,7 @@ pub async fn add_scores(
         txn.execute_raw(pg(
             "UPDATE test_sessions AS s SET answered_count = s.answered_count + d.a, \
              total_questions = s.total_questions + d.a, \
-             correct_count = s.correct_count + d.c, updated_at = $1 \
+             correct_count = s.correct_count + d.c, updated_at = $1, change_seq = $5 \
              FROM unnest($2::uuid[], $3::int4[], $4::int4[]) AS d(id, a, c) \
              WHERE s.id = d.id AND s.id = ANY($2)",
             vec![
@@ -740,6 +766,7 @@ pub async fn add_scores(
                 uuids(deltas.iter().map(|(id, _)| *id)),
                 ints(deltas.iter().map(|(_, d)| d.answered)),
                 ints(deltas.iter().map(|(_, d)| d.correct)),
+                seq.into(),
             ],
         ))
         .await?;
@@ -761,6 +788,7 @@ pub async fn add_scores(
                 Expr::col(test_session::Column::CorrectCount).add(delta.correct),
             )
             .col_expr(test_session::Column::UpdatedAt, Expr::value(now))
+            .col_expr(test_session::Column::ChangeSeq, Expr::value(seq))
             .filter(test_session::Column::Id.eq(*session_id))
             .exec(txn)
             .await?;

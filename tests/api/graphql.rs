@@ -455,7 +455,7 @@ async fn production_mode_and_introspection_switch() {
 
     let prod = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
         c.production = true;
-        c.graphql_introspection = false;
+        c.graphql_introspection = Some(false);
     })
     .await;
     let (_, token) = prod.student();
@@ -1062,7 +1062,7 @@ async fn trusted_documents_run_only_listed_operations(backend: Backend) {
     // With introspection off, introspection text is just unlisted text.
     let closed = crate::helpers::spawn_app_with(Backend::Sqlite, |c| {
         c.graphql_trusted_documents = paths.clone();
-        c.graphql_introspection = false;
+        c.graphql_introspection = Some(false);
     })
     .await;
     let (s, b) = post_raw(&closed, t, json!({"query": INTROSPECTION_QUERY})).await;
@@ -1105,6 +1105,7 @@ fn bad_manifest_stops_serve_naming_the_entry() {
             )
             .env_remove("REDIS_URL")
             .env("JWT_SECRET", crate::helpers::SECRET)
+            .env("EXAMSYNC_ACCESS", "open")
             .env("EXAMSYNC_BIND", "127.0.0.1:0")
             .env(
                 "EXAMSYNC_GRAPHQL_TRUSTED_DOCUMENTS",

@@ -83,11 +83,24 @@ pub struct TestDatabase {
 }
 
 enum Cleanup {
+    /// Another instance's database: its owner cleans up.
+    Shared,
     Sqlite(tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
 }
 
 impl TestDatabase {
+    /// The same database for a second instance (the first one's owner removes it).
+    pub fn shared(other: &TestDatabase) -> TestDatabase {
+        TestDatabase {
+            url: other.url.clone(),
+            cleanup: Cleanup::Shared,
+        }
+    }
+
     pub async fn new(backend: Backend) -> TestDatabase {
         match backend {
             Backend::Sqlite => {
@@ -217,6 +230,9 @@ pub async fn test_config(backend: Backend) -> (Config, TestDatabase, Option<Test
     config.jwt_secret = Some(Secret(SECRET.into()));
     config.jwt_secret_previous = Some(Secret(PREVIOUS_SECRET.into()));
     config.db_pool_size = 5;
+    // Most suites test something other than access; tests/api/access.rs and
+    // tests/api/withdrawal.rs turn grants on (the production default) themselves.
+    config.access = examsync::access::AccessMode::Open;
     if let Some(redis) = &redis {
         config.redis_url = Some(redis.url.clone());
         config.redis_prefix = redis.prefix.clone();
@@ -282,6 +298,65 @@ impl TestApp {
     pub fn student(&self) -> (Uuid, String) {
         let id = Uuid::new_v4();
         (id, self.token(id, Role::Student))
+    }
+
+    /// A token with extra claims (e.g. `access`, `aud`) on top of the usual ones.
+    pub fn token_with(&self, user: Uuid, role: Role, extra: Value) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "sub": user, "role": role.as_str(), "exp": now + 3600, "iat": now, "type": "access",
+        });
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("token")
+    }
+
+    /// Grants `user` a scope through admin GraphQL; returns the grant id.
+    pub async fn grant(&self, user: Uuid, scope: &str, id: Option<i32>) -> Uuid {
+        let field = match scope {
+            "YEAR" => "yearId",
+            "BLOCK" => "blockId",
+            _ => "themeId",
+        };
+        let mut input = json!({"userId": user, "scope": scope});
+        if let Some(id) = id {
+            input[field] = json!(id);
+        }
+        let (status, body) = self
+            .graphql(
+                Some(&self.admin_token()),
+                "mutation($input: GrantAccessInput!) { grantAccess(input: $input) { id } }",
+                json!({"input": input}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("errors").is_none(), "{body}");
+        Uuid::parse_str(body["data"]["grantAccess"]["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    /// Builds and publishes a package through admin GraphQL; returns its id.
+    pub async fn publish(&self, scope: &str, scope_ids: Value) -> Uuid {
+        let mut input =
+            json!({"name": format!("{scope} package"), "scope": scope, "publish": true});
+        if let (Some(input), Some(ids)) = (input.as_object_mut(), scope_ids.as_object()) {
+            input.extend(ids.clone());
+        }
+        let (status, body) = self
+            .graphql(
+                Some(&self.admin_token()),
+                "mutation($input: BuildPackageInput!) { buildPackage(input: $input) { id } }",
+                json!({"input": input}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("errors").is_none(), "{body}");
+        Uuid::parse_str(body["data"]["buildPackage"]["id"].as_str().expect("id")).expect("uuid")
     }
 
     pub fn admin_token(&self) -> String {

@@ -4,16 +4,22 @@
 
 mod helpers;
 
+mod access;
+mod access_cli;
 mod api_fuzz;
+mod attacker;
 mod auth;
+mod changes;
 mod cli;
 mod cluster;
 mod edges;
 mod graphql;
 mod health;
+mod limits;
 mod media;
 mod operations;
 mod packages;
 mod security;
 mod sync;
 mod sync_faults;
+mod withdrawal;

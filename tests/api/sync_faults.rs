@@ -552,6 +552,7 @@ async fn redis_dying_and_coming_back_empty_loses_no_answer() {
     config.jwt_secret = Some(examsync::config::Secret(SECRET.into()));
     config.rate_limit_per_minute = 0;
     config.db_pool_size = 5;
+    config.access = examsync::access::AccessMode::Open;
     config.redis_url = Some(redis.url());
     let prefix = format!("examsync-fault:{}:", Uuid::new_v4().simple());
     config.redis_prefix = prefix.clone();
@@ -691,6 +692,7 @@ impl ServerProcess {
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", database_url)
             .env("JWT_SECRET", SECRET)
+            .env("EXAMSYNC_ACCESS", "open")
             .env("EXAMSYNC_RATE_LIMIT_PER_MINUTE", "0")
             .env("EXAMSYNC_DB_POOL_SIZE", "6")
             .env("RUST_LOG", "warn")

@@ -309,3 +309,80 @@ describe('media recipe (media.json)', () => {
     assert.deepEqual(await mediaRecipe.fns.readMediaBundle(empty), []);
   });
 });
+
+describe('pull-merge recipe (pull_merge.json)', () => {
+  const v = JSON.parse(readFileSync(path.join(vectorsDir, 'pull_merge.json'), 'utf8'));
+  let fns;
+  let block;
+  before(async () => {
+    ({ block, fns } = await loadRecipe('// recipe: pull-merge.js', 'pull-merge.mjs', [
+      'newStore',
+      'applyPage',
+      'pullAll',
+      'shownAnswer',
+      'queuedFor',
+    ]));
+  });
+
+  test('is self-contained: no imports, no require, JavaScript fence', () => {
+    assert.match(block.info, /^(js|javascript|mjs)\b/i);
+    assert.doesNotMatch(block.body, /^\s*import\s/m);
+    assert.doesNotMatch(block.body, /\brequire\s*\(/);
+    for (const name of ['newStore', 'applyPage', 'pullAll', 'shownAnswer', 'queuedFor']) {
+      assert.equal(typeof fns[name], 'function', name);
+    }
+  });
+
+  for (const c of v.merge) {
+    test(`merge: ${c.name}`, () => {
+      const shown = fns.shownAnswer(c.pulled, c.queued);
+      if (c.shown === null) {
+        assert.equal(shown, null);
+      } else {
+        assert.equal(shown.from_queue, c.shown.from_queue);
+        assert.equal(shown.selected_option_index, c.shown.selected_option_index);
+      }
+    });
+  }
+
+  test('queued attempts match a pulled session by offline_session_id or session_id', () => {
+    const session = { server_session_id: 's1', offline_session_id: 'o1' };
+    const queue = [
+      { offline_session_id: 'o1', session_id: null, question_id: 'q1' },
+      { offline_session_id: null, session_id: 's1', question_id: 'q1' },
+      { offline_session_id: 'o2', session_id: null, question_id: 'q1' },
+      { offline_session_id: 'o1', session_id: null, question_id: 'q2' },
+      { offline_session_id: null, session_id: null, question_id: 'q1' },
+    ];
+    assert.equal(fns.queuedFor(queue, session, 'q1').length, 2);
+    assert.equal(fns.queuedFor(queue, { server_session_id: 's9', offline_session_id: null }, 'q1').length, 0);
+  });
+
+  test('a restore pulls until has_more is false and starts again on 410', async () => {
+    const pages = [...v.pages];
+    const store = fns.newStore();
+    await fns.pullAll(store, async (since) => {
+      const next = pages.shift();
+      assert.ok(next, 'pulled past the last page');
+      assert.equal(since, next.since, 'the cursor sent');
+      return { status: next.status, body: next.body };
+    });
+    assert.equal(pages.length, 0, 'stopped before the last page');
+    assert.equal(store.cursor, v.final.cursor);
+    assert.deepEqual([...store.sessions.keys()].sort(), Object.keys(v.final.sessions).sort());
+    for (const [id, expected] of Object.entries(v.final.sessions)) {
+      for (const [field, value] of Object.entries(expected)) assert.equal(store.sessions.get(id)[field], value);
+    }
+    assert.deepEqual([...store.answers.keys()].sort(), Object.keys(v.final.answers).sort());
+    for (const [key, expected] of Object.entries(v.final.answers)) {
+      for (const [field, value] of Object.entries(expected)) assert.equal(store.answers.get(key)[field], value);
+    }
+  });
+
+  test('a failed pull throws (the caller backs off) and keeps the store', async () => {
+    const store = fns.newStore();
+    store.cursor = 'kept';
+    await assert.rejects(fns.pullAll(store, async () => ({ status: 503, body: null })));
+    assert.equal(store.cursor, 'kept');
+  });
+});

@@ -1,0 +1,475 @@
+//! Pull feed benchmark (docs/benchmarks.md, "## Pull feed").
+//!
+//! ```text
+//! cargo run --release --example bench_changes                  # a temporary SQLite file
+//! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!   cargo run --release --example bench_changes                # a fresh database next to it
+//! ```
+//!
+//! One server in this process on port 0 (rate limits off), two students seeded straight into
+//! the tables: one with 50 answers (one session), one with 50,000 (500 sessions of 100, one
+//! change counter value per session, as one batch per session leaves them). Then:
+//! 1. each student's restore in pages of 500 over HTTP: total, pages, time per page;
+//! 2. pages of the same size (50 items) at the start, middle and end of the long history and
+//!    the short one's whole feed: the cost of a page against the length of the history;
+//! 3. an incremental pull that finds nothing (the cursor of the end of the feed) against a
+//!    `304` of a package download, `BENCH_CLIENTS` (16) concurrent clients, `BENCH_SECONDS`
+//!    (3) each, `BENCH_ROUNDS` (3) rounds alternating the two; requests/s, median of rounds.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use examsync::{
+    Application, Config,
+    auth::{Role, sign_token},
+    config::Secret,
+    packages::{self, BuildRequest},
+    questions::{QuestionInput, QuestionStatus, import_questions},
+};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, EntityTrait};
+use serde_json::Value;
+use uuid::Uuid;
+
+const SECRET: &str = "bench-changes-secret-0123456789abcdef";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let clients: usize = env_or("BENCH_CLIENTS", "16")
+        .parse()
+        .map_err(|_| "BENCH_CLIENTS")?;
+    let seconds: u64 = env_or("BENCH_SECONDS", "3")
+        .parse()
+        .map_err(|_| "BENCH_SECONDS")?;
+    let rounds: usize = env_or("BENCH_ROUNDS", "3")
+        .parse()
+        .map_err(|_| "BENCH_ROUNDS")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (url, cleanup) = match std::env::var("BENCH_DATABASE_URL") {
+        Ok(admin_url) => {
+            let name = format!("examsync_bench_changes_{}", Uuid::new_v4().simple());
+            let admin = Database::connect(&admin_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                examsync_test_support::replace_database(&admin_url, &name),
+                Some((admin, name)),
+            )
+        }
+        Err(_) => (
+            format!("sqlite://{}/bench.db?mode=rwc", dir.path().display()),
+            None,
+        ),
+    };
+    let backend = if cleanup.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let mut config = Config::with_database(url);
+    config.jwt_secret = Some(Secret(SECRET.into()));
+    config.rate_limit_per_minute = 0;
+    config.package_rate_limit_per_minute = 0;
+    // The page and `304` costs are compared without grants in the way (bench_packages measures them).
+    config.access = examsync::access::AccessMode::Open;
+    let application = Application::build(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = application.local_addr().map_err(|e| e.to_string())?;
+    let db = application.state().db.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    let result = run(&db, &base, backend, clients, seconds, rounds).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    db.close().await.ok();
+    if let Some((admin, name)) = cleanup {
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    }
+    result
+}
+
+async fn run(
+    db: &DatabaseConnection,
+    base: &str,
+    backend: &str,
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+) -> Result<(), String> {
+    let questions = seed_questions(db).await?;
+    let package = packages::build_package(
+        db,
+        BuildRequest {
+            name: "bench".into(),
+            description: None,
+            scope: packages::PackageScope::Program,
+            year_id: None,
+            block_id: None,
+            theme_id: None,
+            publish: true,
+            created_by: None,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let light = Uuid::new_v4();
+    let heavy = Uuid::new_v4();
+    seed_history(db, light, 1, 50, &questions).await?;
+    seed_history(db, heavy, 500, 100, &questions).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients * 2)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let token = |user: Uuid| sign_token(SECRET, user, Role::Student, 3600).unwrap_or_default();
+
+    println!("## Pull feed — {backend}, {} cores\n", num_cpus());
+    println!("### Restore in pages of 500\n");
+    println!(
+        "| student | answers | pages | total ms | per page ms (median) | first page ms | last page ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut cursors = Vec::new();
+    let mut end_cursor = String::new();
+    for (label, user, answers) in [
+        ("short history", light, 50),
+        ("long history", heavy, 50_000),
+    ] {
+        let (times, page_cursors, end) = restore(&client, base, &token(user), 500).await?;
+        let total: f64 = times.iter().sum();
+        println!(
+            "| {label} | {answers} | {} | {total:.1} | {:.2} | {:.2} | {:.2} |",
+            times.len(),
+            median(times.clone()),
+            times[0],
+            times[times.len() - 1]
+        );
+        if user == heavy {
+            cursors = page_cursors;
+            end_cursor = end;
+        }
+    }
+
+    println!("\n### A page of 50 items against the length of the history\n");
+    println!("| where | median ms (200 pulls) |");
+    println!("| --- | ---: |");
+    let heavy_token = token(heavy);
+    let light_token = token(light);
+    let short = page_time(&client, base, &light_token, None, 50, 200).await?;
+    println!("| the short history's whole feed (50 answers) | {short:.2} |");
+    let mut worst: f64 = 0.0;
+    for (label, at) in [
+        ("long history, start", None),
+        (
+            "long history, middle",
+            cursors.get(cursors.len() / 2).cloned(),
+        ),
+        (
+            "long history, end",
+            cursors
+                .len()
+                .checked_sub(2)
+                .and_then(|i| cursors.get(i))
+                .cloned(),
+        ),
+    ] {
+        let t = page_time(&client, base, &heavy_token, at.as_deref(), 50, 200).await?;
+        worst = worst.max(t);
+        println!("| {label} | {t:.2} |");
+    }
+    println!(
+        "\nWorst long-history page / short-history page: {:.2}× (target ≤ 1.5×)",
+        worst / short
+    );
+
+    println!("\n### An incremental pull that finds nothing, against a package `304`\n");
+    let empty_url = format!("{base}/api/v1/sync/changes?since={end_cursor}");
+    let package_url = format!("{base}/api/v1/tests/packages/{}", package.id);
+    let etag = format!("W/\"{}\"", package.version_hash);
+    let mut pulls = Vec::new();
+    let mut not_modified = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let p = load(
+            &client,
+            &empty_url,
+            &heavy_token,
+            None,
+            200,
+            clients,
+            seconds,
+        )
+        .await?;
+        let n = load(
+            &client,
+            &package_url,
+            &heavy_token,
+            Some(&etag),
+            304,
+            clients,
+            seconds,
+        )
+        .await?;
+        ratios.push(p / n);
+        pulls.push(p);
+        not_modified.push(n);
+    }
+    println!("| request | requests/s (median of {rounds} rounds, {clients} clients) |");
+    println!("| --- | ---: |");
+    println!(
+        "| `GET /api/v1/sync/changes?since=<end>` (200, empty) | {:.0} |",
+        median(pulls)
+    );
+    println!(
+        "| `GET /api/v1/tests/packages/{{id}}` + `If-None-Match` (304) | {:.0} |",
+        median(not_modified)
+    );
+    println!(
+        "\nEmpty pull / 304: {:.0}% (median of the rounds' ratios; target ≥ 50%)",
+        100.0 * median(ratios)
+    );
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+async fn pull(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    since: Option<&str>,
+    limit: usize,
+) -> Result<Value, String> {
+    let mut request = client
+        .get(format!("{base}/api/v1/sync/changes"))
+        .bearer_auth(token)
+        .query(&[("limit", limit.to_string())]);
+    if let Some(since) = since {
+        request = request.query(&[("since", since)]);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("pull: {}", response.status()));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}
+
+/// A whole restore: each page's time in ms, the cursor after each page, the end cursor.
+async fn restore(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    limit: usize,
+) -> Result<(Vec<f64>, Vec<String>, String), String> {
+    let mut times = Vec::new();
+    let mut cursors = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut items = 0;
+    loop {
+        let started = Instant::now();
+        let page = pull(client, base, token, cursor.as_deref(), limit).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        items += page["answers"].as_array().map_or(0, Vec::len);
+        let next = page["cursor"].as_str().unwrap_or_default().to_owned();
+        cursors.push(next.clone());
+        cursor = Some(next);
+        if page["has_more"] != Value::Bool(true) {
+            break;
+        }
+    }
+    if items == 0 {
+        return Err("the restore returned no answers".into());
+    }
+    Ok((times, cursors, cursor.unwrap_or_default()))
+}
+
+/// The median time of `times` pulls of `limit` items from `since`.
+async fn page_time(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    since: Option<&str>,
+    limit: usize,
+    times: usize,
+) -> Result<f64, String> {
+    let mut samples = Vec::with_capacity(times);
+    for _ in 0..times {
+        let started = Instant::now();
+        let page = pull(client, base, token, since, limit).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        if page["answers"].as_array().map_or(0, Vec::len)
+            + page["sessions"].as_array().map_or(0, Vec::len)
+            == 0
+        {
+            return Err("an empty page where items were expected".into());
+        }
+    }
+    Ok(median(samples))
+}
+
+/// Requests/s of `clients` loops GETting `url` for `seconds`; every answer must be `status`.
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    if_none_match: Option<&str>,
+    status: u16,
+    clients: usize,
+    seconds: u64,
+) -> Result<f64, String> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let url = Arc::new(url.to_owned());
+    let token = Arc::new(token.to_owned());
+    let etag = Arc::new(if_none_match.map(str::to_owned));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, token, etag) =
+                (client.clone(), url.clone(), token.clone(), etag.clone());
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let mut request = client.get(url.as_str()).bearer_auth(token.as_str());
+                    if let Some(etag) = etag.as_deref() {
+                        request = request.header("If-None-Match", etag);
+                    }
+                    let response = request.send().await.map_err(|e| e.to_string())?;
+                    if response.status().as_u16() != status {
+                        return Err(format!("{url}: {}", response.status()));
+                    }
+                    let _ = response.bytes().await;
+                    done += 1;
+                }
+                Ok::<u64, String>(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+async fn seed_questions(db: &DatabaseConnection) -> Result<Vec<Uuid>, String> {
+    let items: Vec<QuestionInput> = (0..100)
+        .map(|n| QuestionInput {
+            id: None,
+            stem: format!("Benchmark question {n}"),
+            options: (0..4).map(|o| format!("Option {o} of {n}")).collect(),
+            correct_index: n % 4,
+            explanation_md: None,
+            year_id: 1,
+            block_id: Some(1),
+            theme_id: Some(1),
+            cognitive_level: None,
+            difficulty: None,
+            status: Some(QuestionStatus::Published),
+            media: None,
+        })
+        .collect();
+    Ok(import_questions(db, items)
+        .await
+        .map_err(|e| e.to_string())?
+        .ids)
+}
+
+/// `sessions` sessions of `per_session` answers for a new user, one change counter value per
+/// session.
+async fn seed_history(
+    db: &DatabaseConnection,
+    user: Uuid,
+    sessions: i64,
+    per_session: usize,
+    questions: &[Uuid],
+) -> Result<(), String> {
+    let now = chrono::Utc::now();
+    entity::user::Entity::insert(entity::user::ActiveModel {
+        id: Set(user),
+        role: Set("STUDENT".into()),
+        created_at: Set(now),
+        last_sync_at: Set(None),
+        acked_count: Set(sessions * per_session as i64),
+        duplicate_count: Set(0),
+        rejected_count: Set(0),
+        change_seq: Set(sessions),
+    })
+    .exec(db)
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answers = Vec::new();
+    for seq in 1..=sessions {
+        let session = Uuid::new_v4();
+        entity::test_session::Entity::insert(entity::test_session::ActiveModel {
+            id: Set(session),
+            user_id: Set(user),
+            offline_session_id: Set(Some(Uuid::new_v4())),
+            mode: Set(entity::SessionMode::Tutor),
+            status: Set(entity::SessionStatus::Submitted),
+            year: Set(1),
+            block_id: Set(Some(1)),
+            theme_id: Set(Some(1)),
+            total_questions: Set(per_session as i32),
+            answered_count: Set(per_session as i32),
+            correct_count: Set(0),
+            started_at: Set(now),
+            submitted_at: Set(Some(now)),
+            updated_at: Set(now),
+            change_seq: Set(seq),
+        })
+        .exec(db)
+        .await
+        .map_err(|e| e.to_string())?;
+        for question in questions.iter().take(per_session) {
+            answers.push(entity::session_answer::ActiveModel {
+                id: Set(Uuid::new_v4()),
+                session_id: Set(session),
+                user_id: Set(user),
+                question_id: Set(*question),
+                attempt_id: Set(Uuid::new_v4()),
+                selected_option_index: Set(1),
+                is_correct: Set(false),
+                answered_at: Set(now),
+                changed_count: Set(0),
+                created_at: Set(now),
+                updated_at: Set(now),
+                change_seq: Set(seq),
+            });
+        }
+        if answers.len() >= 1000 {
+            entity::session_answer::Entity::insert_many(std::mem::take(&mut answers))
+                .exec_without_returning(db)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if !answers.is_empty() {
+        entity::session_answer::Entity::insert_many(answers)
+            .exec_without_returning(db)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
