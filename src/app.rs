@@ -56,6 +56,8 @@ pub struct App {
     /// The database's cache epoch as read at start (instances restart after `examsync
     /// cache reset`): pull cursors carry it, so one minted before a restore is refused.
     pub cache_epoch: String,
+    /// What the media object route keeps in memory.
+    pub media: crate::media::cache::MediaCache,
 }
 
 #[derive(Clone)]
@@ -174,6 +176,7 @@ impl App {
             sync: Arc::default(),
             primary,
             cache_epoch: epoch,
+            media: crate::media::cache::MediaCache::default(),
         })))
     }
 }

@@ -10,7 +10,6 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::{
@@ -121,10 +120,9 @@ pub async fn get_media(
     if request.method() == Method::HEAD {
         return validators.respond(range, meta.bytes, Body::empty());
     }
-    let data = media::load_data(&state.db, &sha)
+    let data = media::object_data(&state, &sha)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no media object {sha}")))?;
-    let data = Bytes::from(data);
     let body = match range {
         RangeRequest::Part { start, end } => data.slice(start as usize..=end as usize),
         _ => data,
@@ -213,36 +211,42 @@ pub async fn get_bundle(
     validators.respond(
         range,
         total,
-        stream_bundle(state.db.clone(), layout, start, end),
+        stream_bundle(state.clone(), layout, start, end),
     )
 }
 
+/// How many pieces of a bundle are read ahead of the one being sent: the next object is
+/// fetched from the store while this one goes out, and at most this many are in memory.
+const BUNDLE_READ_AHEAD: usize = 2;
+
 /// Bytes `start..=end` of a bundle, streamed piece by piece: headers from the layout, each
-/// object's bytes read from the store only when reached, one object in memory at a time.
-fn stream_bundle(db: DatabaseConnection, layout: Arc<Layout>, start: u64, end: u64) -> Body {
+/// object's bytes read (from memory, or the store) only shortly before they are reached,
+/// never the whole bundle in memory.
+fn stream_bundle(state: AppState, layout: Arc<Layout>, start: u64, end: u64) -> Body {
     let pieces = layout.pieces_in(start, end);
-    let stream = futures::stream::iter(pieces).then(move |(piece, from, to)| {
-        let db = db.clone();
-        let layout = layout.clone();
-        async move {
-            let bytes = match piece {
-                Piece::Data { index } => {
-                    let object = layout.object(index);
-                    let data = media::load_data(&db, &object.sha256)
-                        .await
-                        .map_err(|e| std::io::Error::other(e.operator_message()))?
-                        .filter(|d| d.len() as u64 == object.bytes)
-                        .ok_or_else(|| {
-                            std::io::Error::other(format!("media {} changed", object.sha256))
-                        })?;
-                    Bytes::from(data)
-                }
-                header => Bytes::from(layout.header_bytes(header)),
-            };
-            // `from..to` lies within the piece (`Layout::pieces_in`).
-            Ok::<Bytes, std::io::Error>(bytes.slice(from as usize..to as usize))
-        }
-    });
+    let stream = futures::stream::iter(pieces)
+        .map(move |(piece, from, to)| {
+            let state = state.clone();
+            let layout = layout.clone();
+            async move {
+                let bytes = match piece {
+                    Piece::Data { index } => {
+                        let object = layout.object(index);
+                        media::object_data(&state, &object.sha256)
+                            .await
+                            .map_err(|e| std::io::Error::other(e.operator_message()))?
+                            .filter(|d| d.len() as u64 == object.bytes)
+                            .ok_or_else(|| {
+                                std::io::Error::other(format!("media {} changed", object.sha256))
+                            })?
+                    }
+                    header => Bytes::from(layout.header_bytes(header)),
+                };
+                // `from..to` lies within the piece (`Layout::pieces_in`).
+                Ok::<Bytes, std::io::Error>(bytes.slice(from as usize..to as usize))
+            }
+        })
+        .buffered(BUNDLE_READ_AHEAD);
     Body::from_stream(stream)
 }
 

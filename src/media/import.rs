@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use sea_orm::DatabaseConnection;
 
-use super::{MediaMeta, store_object};
+use super::{MediaMeta, MediaSha256, load_meta, store_object};
 use crate::error::AppError;
 
 /// What one import did.
@@ -46,12 +46,17 @@ fn walk(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
 
 /// Stores each allowed file. A refused file (type, size) is reported and the others still
 /// stored; an unreadable path or a database fault stops the import.
+///
+/// Every file is hashed first and the store asked once (per 500 hashes) which objects it
+/// already holds, so that running an import again reads the files but writes nothing and
+/// asks the database a handful of questions.
 pub async fn import_paths(
     db: &DatabaseConnection,
     paths: &[PathBuf],
     max_bytes: usize,
 ) -> Result<ImportReport, String> {
     let mut report = ImportReport::default();
+    let mut hashed = Vec::new();
     for file in files_of(paths)? {
         let len = std::fs::metadata(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?
@@ -63,9 +68,22 @@ pub async fn import_paths(
             ));
             continue;
         }
-        let data =
-            std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        match store_object(db, None, data, max_bytes).await {
+        let data = read(&file)?;
+        hashed.push((file, MediaSha256::of(&data)));
+    }
+    let shas: Vec<MediaSha256> = hashed.iter().map(|(_, sha)| *sha).collect();
+    let present = load_meta(db, &shas)
+        .await
+        .map_err(|e| e.operator_message())?;
+    for (file, sha) in hashed {
+        if let Some(meta) = present.get(&sha) {
+            report.stored.push((file, *meta));
+            continue;
+        }
+        // Read again rather than held from the first pass: a directory of radiographs need
+        // not fit in memory. The hash is checked again, so a file changed since is refused.
+        let data = read(&file)?;
+        match store_object(db, Some(sha), data, max_bytes).await {
             Ok((meta, _)) => report.stored.push((file, meta)),
             Err(
                 e @ (AppError::MediaTypeNotAllowed(_)
@@ -76,4 +94,8 @@ pub async fn import_paths(
         }
     }
     Ok(report)
+}
+
+fn read(file: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
 }

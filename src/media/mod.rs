@@ -3,16 +3,19 @@
 //! storage; `http::media` only parses and renders, and `bundle` lays out the ZIP of a
 //! package's objects.
 pub mod bundle;
+pub mod cache;
 pub mod draw;
 pub mod import;
 pub mod sniff;
 
-use std::{collections::HashMap, fmt};
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use bytes::Bytes;
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    QueryTrait, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
@@ -373,39 +376,92 @@ pub async fn may_read_package(
 /// The object `sha`, if `caller` may read it: an admin any stored object; anyone else one
 /// that some published package they may read refers to. `None` is a `404` (never a `403`:
 /// a hash the caller may not read is not shown to exist).
+///
+/// The metadata and the referring packages come from `state.media` when it holds them; the
+/// decision for this caller is taken anew each time by [`may_read_package`].
 pub async fn readable_by(
     state: &AppState,
     caller: &AuthUser,
     sha: &MediaSha256,
 ) -> AppResult<Option<MediaMeta>> {
-    let Some(meta) = load_meta(&state.db, &[*sha]).await?.remove(sha) else {
+    let Some(meta) = object_meta(state, sha).await? else {
         return Ok(None);
     };
     if caller.is_admin() {
         return Ok(Some(meta));
     }
-    let package_ids: Vec<Uuid> = package_media::Entity::find()
-        .select_only()
-        .column(package_media::Column::PackageId)
-        .filter(package_media::Column::Sha256.eq(sha.hex()))
-        .into_tuple()
-        .all(&state.db)
-        .await?;
-    if package_ids.is_empty() {
-        return Ok(None);
+    if let Some(referring) = state.media.referring(sha)
+        && may_read_any(state, caller, &referring).await?
+    {
+        return Ok(Some(meta));
     }
-    let referring: Vec<PackageSummary> = test_package::Entity::find()
-        .filter(test_package::Column::Id.is_in(package_ids))
-        .filter(test_package::Column::IsPublished.eq(true))
-        .into_partial_model::<PackageSummary>()
-        .all(&state.db)
-        .await?;
-    for package in &referring {
+    // Not known yet, or the packages known grant nothing to this caller: one published
+    // since may, so the database is asked again.
+    let referring: Arc<[PackageSummary]> = referring_packages(&state.db, sha).await?.into();
+    state.media.put_referring(*sha, referring.clone());
+    Ok(may_read_any(state, caller, &referring)
+        .await?
+        .then_some(meta))
+}
+
+async fn may_read_any(
+    state: &AppState,
+    caller: &AuthUser,
+    packages: &[PackageSummary],
+) -> AppResult<bool> {
+    for package in packages {
         if may_read_package(state, caller, package).await? {
-            return Ok(Some(meta));
+            return Ok(true);
         }
     }
-    Ok(None)
+    Ok(false)
+}
+
+/// The metadata of a stored object, from memory when it is there.
+async fn object_meta(state: &AppState, sha: &MediaSha256) -> AppResult<Option<MediaMeta>> {
+    if let Some(meta) = state.media.meta(sha) {
+        return Ok(Some(meta));
+    }
+    let meta = load_meta(&state.db, &[*sha]).await?.remove(sha);
+    if let Some(meta) = meta {
+        state.media.put_meta(meta);
+    }
+    Ok(meta)
+}
+
+/// The bytes of a stored object, from memory when they are there (and kept there when the
+/// cache's bound allows).
+pub async fn object_data(state: &AppState, sha: &MediaSha256) -> AppResult<Option<Bytes>> {
+    if let Some(data) = state.media.data(sha) {
+        return Ok(Some(data));
+    }
+    let Some(data) = load_data(&state.db, sha).await? else {
+        return Ok(None);
+    };
+    let data = Bytes::from(data);
+    state.media.put_data(*sha, data.clone());
+    Ok(Some(data))
+}
+
+/// The published packages that refer to `sha` (one query).
+async fn referring_packages(
+    db: &DatabaseConnection,
+    sha: &MediaSha256,
+) -> AppResult<Vec<PackageSummary>> {
+    Ok(test_package::Entity::find()
+        .filter(
+            test_package::Column::Id.in_subquery(
+                package_media::Entity::find()
+                    .select_only()
+                    .column(package_media::Column::PackageId)
+                    .filter(package_media::Column::Sha256.eq(sha.hex()))
+                    .into_query(),
+            ),
+        )
+        .filter(test_package::Column::IsPublished.eq(true))
+        .into_partial_model::<PackageSummary>()
+        .all(db)
+        .await?)
 }
 
 /// The distinct objects a package refers to, sorted by hash.

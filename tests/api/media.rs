@@ -314,6 +314,25 @@ async fn objects_are_served_with_validators_and_ranges(backend: Backend) {
     assert_eq!(unsatisfiable.status, 416);
     let star = format!("bytes */{}", image.len());
     assert_eq!(unsatisfiable.header("content-range"), Some(star.as_str()));
+
+    // Steady state: metadata, bytes and the referring packages come from memory, so
+    // neither a 304 nor a 200 asks the database (a background probe may run meanwhile).
+    let statements = || {
+        app.state
+            .db_statements
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = statements();
+    for _ in 0..20 {
+        let revalidated = get(&app.base, &path, &student, &[("if-none-match", &etag)]).await;
+        assert_eq!(revalidated.status, 304);
+        assert_eq!(get(&app.base, &path, &student, &[]).await.body, image);
+    }
+    assert!(
+        statements() - before <= 2,
+        "{} statements",
+        statements() - before
+    );
 }
 
 async fn objects_are_visible_only_through_published_packages(backend: Backend) {
