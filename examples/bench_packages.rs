@@ -40,6 +40,22 @@
 //! `BENCH_ONLY=examsync` (or `bare`) loads one server only, e.g. under `perf record`;
 //! `BENCH_SCENARIO=304` (or `gzip`, `delta`) runs the scenarios whose name contains it.
 //!
+//! `BENCH_WRK=/usr/bin/wrk` measures with an external load generator instead (issue 18's
+//! method): the process pins itself to `BENCH_SERVER_CPU` (0) before it starts any thread,
+//! so both servers run alone on that core, with `BENCH_SERVER_THREADS` defaulting to 1
+//! there; each run is `taskset -c BENCH_WRK_CPU wrk -t1 -cBENCH_CLIENTS -dBENCH_SECONDS
+//! --latency` (`BENCH_WRK_CPU`, 1) with the scenario's headers, after a discarded run of
+//! `BENCH_WARMUP_SECONDS`. wrk's count of non-2xx/3xx responses and socket errors must be
+//! zero and its bytes read per request must fit the expected body, else the run fails. The
+//! load average (`/proc/loadavg`) is printed with each run. `BENCH_WRK_PRINT=1` only
+//! prints the URLs and headers to hit and keeps the servers up until Ctrl-C, for a load
+//! generator run by hand.
+//!
+//! The package routes' per-user limit stays on with a budget no run reaches (every request
+//! comes from one student), so its count is paid as in production. To isolate costs:
+//! `BENCH_ACCESS=open` (`EXAMSYNC_ACCESS=open`: no grants check) and
+//! `BENCH_PACKAGE_LIMIT=off` (no per-user package limit).
+//!
 //! `BENCH_LOG=1` installs examsync's log subscriber (one line per request to stderr, as
 //! `examsync serve` does; redirect stderr). By default no subscriber is installed.
 use std::{
@@ -89,17 +105,25 @@ struct Settings {
     only: Option<String>,
     scenario: Option<String>,
     log: bool,
+    /// The external load generator (`wrk`), when measuring with it.
+    wrk: Option<String>,
+    wrk_cpu: usize,
+    server_cpu: usize,
+    wrk_print: bool,
+    access_open: bool,
+    package_limit_off: bool,
 }
 
 impl Settings {
     fn from_env() -> Result<Settings, String> {
+        let wrk = std::env::var("BENCH_WRK").ok().filter(|v| !v.is_empty());
         Ok(Settings {
             database_url: std::env::var("BENCH_DATABASE_URL").ok(),
             questions: env_or("BENCH_QUESTIONS", 5000)?,
             clients: env_or("BENCH_CLIENTS", 32)?,
             seconds: env_or("BENCH_SECONDS", 10)?,
             warmup_seconds: env_or("BENCH_WARMUP_SECONDS", 2)?,
-            server_threads: env_or("BENCH_SERVER_THREADS", 2)?,
+            server_threads: env_or("BENCH_SERVER_THREADS", if wrk.is_some() { 1 } else { 2 })?,
             client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
             rounds: env_or("BENCH_ROUNDS", 3)?,
             only: std::env::var("BENCH_ONLY").ok().filter(|v| !v.is_empty()),
@@ -107,6 +131,12 @@ impl Settings {
                 .ok()
                 .filter(|v| !v.is_empty()),
             log: std::env::var("BENCH_LOG").is_ok_and(|v| v == "1"),
+            wrk,
+            wrk_cpu: env_or("BENCH_WRK_CPU", 1)?,
+            server_cpu: env_or("BENCH_SERVER_CPU", 0)?,
+            wrk_print: std::env::var("BENCH_WRK_PRINT").is_ok_and(|v| v == "1"),
+            access_open: std::env::var("BENCH_ACCESS").is_ok_and(|v| v == "open"),
+            package_limit_off: std::env::var("BENCH_PACKAGE_LIMIT").is_ok_and(|v| v == "off"),
         })
     }
 }
@@ -125,6 +155,10 @@ fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
     if settings.log {
         examsync::telemetry::init(examsync::config::LogFormat::Text);
+    }
+    if settings.wrk.is_some() {
+        // Before any other thread exists: every thread started later inherits the core.
+        pin_self(settings.server_cpu)?;
     }
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.server_threads.max(1))
@@ -194,7 +228,17 @@ fn bench(
     let mut config = Config::with_database(database_url.to_owned());
     config.jwt_secret = Some(Secret(SECRET.into()));
     config.rate_limit_per_minute = 0;
-    config.package_rate_limit_per_minute = 0;
+    // One student sends every request: a budget no run reaches keeps the package limiter
+    // counting, as it does in production, without refusing (`BENCH_PACKAGE_LIMIT=off`
+    // turns it off, to isolate its cost).
+    config.package_rate_limit_per_minute = if settings.package_limit_off {
+        0
+    } else {
+        u32::MAX
+    };
+    if settings.access_open {
+        config.access = examsync::access::AccessMode::Open;
+    }
     let (examsync_addr, db, shutdown) = servers.block_on(async {
         let application = Application::build(config)
             .await
@@ -478,6 +522,31 @@ fn bench(
             path: delta_path.clone(),
         },
     ];
+    if settings.wrk_print {
+        println!("\nexamsync: http://{examsync_addr}    bare: http://{bare_addr}");
+        println!("header: Authorization: Bearer {token}");
+        for scenario in &scenarios {
+            let headers: Vec<String> = scenario
+                .headers
+                .iter()
+                .map(|(name, value)| format!("-H '{name}: {value}'"))
+                .collect();
+            println!(
+                "{}: path {} {} (expect {}, {} body bytes)",
+                scenario.name,
+                scenario.path,
+                headers.join(" "),
+                scenario.expect,
+                scenario.body_len
+            );
+        }
+        println!("Ctrl-C stops the servers.");
+        servers.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        let _ = shutdown.send(());
+        return Ok(());
+    }
     let mut rows = Vec::new();
     for scenario in scenarios.iter().filter(|s| {
         settings
@@ -507,9 +576,13 @@ fn bench(
                     bare_addr
                 };
                 let url = format!("http://{addr}{}", scenario.path);
-                let outcome = clients.block_on(load(settings, &url, &token, scenario))?;
+                let loadavg = loadavg();
+                let outcome = match &settings.wrk {
+                    Some(wrk) => load_wrk(settings, wrk, &url, &token, scenario)?,
+                    None => clients.block_on(load(settings, &url, &token, scenario))?,
+                };
                 eprintln!(
-                    "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req",
+                    "{:<22} {:<10} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req  load average {loadavg}",
                     scenario.name,
                     server,
                     outcome.per_sec,
@@ -538,7 +611,17 @@ fn bench(
     }
 
     println!(
-        "\n{} clients, {} s per run ({} s warm-up), median of {} alternating rounds, {} questions ({} bytes identity, {} bytes gzip), database {}\n",
+        "\n{}{} clients, {} s per run ({} s warm-up), median of {} alternating rounds, {} questions ({} bytes identity, {} bytes gzip), database {}\n",
+        match &settings.wrk {
+            Some(_) => format!(
+                "wrk -t1 on core {}, server ({} thread{}) alone on core {}, ",
+                settings.wrk_cpu,
+                settings.server_threads,
+                if settings.server_threads == 1 { "" } else { "s" },
+                settings.server_cpu
+            ),
+            None => String::new(),
+        },
         settings.clients,
         settings.seconds,
         settings.warmup_seconds,
@@ -773,6 +856,158 @@ async fn load(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         server_cpu_us: server_cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64,
+    })
+}
+
+/// Pins this process (its current thread, and so every thread it starts later) to `cpu`.
+fn pin_self(cpu: usize) -> Result<(), String> {
+    let status = std::process::Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("taskset -p -c {cpu} failed: {status}"))
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// One wrk run pinned to `settings.wrk_cpu`; its output.
+fn run_wrk(
+    settings: &Settings,
+    wrk: &str,
+    url: &str,
+    token: &str,
+    scenario: &Scenario,
+    seconds: u64,
+) -> Result<String, String> {
+    let mut command = std::process::Command::new("taskset");
+    command
+        .args(["-c", &settings.wrk_cpu.to_string(), wrk, "-t1"])
+        .arg(format!("-c{}", settings.clients))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    for (name, value) in &scenario.headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .map_err(|e| format!("{wrk}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "wrk failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    if let Some(line) = stdout
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx") || l.contains("Socket errors"))
+    {
+        return Err(format!("wrk reports `{}`:\n{stdout}", line.trim()));
+    }
+    Ok(stdout)
+}
+
+/// A wrk duration (`812.00us`, `1.20ms`, `2.00s`) in milliseconds.
+fn wrk_ms(value: &str) -> Option<f64> {
+    let split = value.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// A wrk byte count (`512.00B`, `1.50KB`, `2.00GB`: powers of 1024).
+fn wrk_bytes(value: &str) -> Option<f64> {
+    let split = value.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+/// The external load generator: a discarded warm-up run, then the measured one, with the
+/// server threads' CPU time over it.
+fn load_wrk(
+    settings: &Settings,
+    wrk: &str,
+    url: &str,
+    token: &str,
+    scenario: &Scenario,
+) -> Result<Outcome, String> {
+    if settings.warmup_seconds > 0 {
+        run_wrk(settings, wrk, url, token, scenario, settings.warmup_seconds)?;
+    }
+    let before = server_cpu::total();
+    let out = run_wrk(settings, wrk, url, token, scenario, settings.seconds)?;
+    let server_cpu = server_cpu::total().saturating_sub(before);
+    let unparsed = || format!("unexpected wrk output:\n{out}");
+    let percentile = |p: &str| {
+        out.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(|rest| wrk_ms(rest.trim()))
+    };
+    // `  1234567 requests in 10.00s, 500.00MB read`
+    let totals = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .ok_or_else(unparsed)?;
+    let requests: u64 = totals
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(unparsed)?;
+    let read = totals
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(wrk_bytes)
+        .ok_or_else(unparsed)?;
+    let per_sec: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(unparsed)?;
+    // Status line and headers are a few hundred bytes: a response of another size (a 200
+    // where a 304 was expected, an error body) shows here. wrk rounds the bytes read to
+    // three significant digits, hence the 1% either way.
+    let per_request = read / requests.max(1) as f64;
+    let body = scenario.body_len as f64;
+    if per_request < body * 0.99 || per_request > body * 1.01 + 1024.0 {
+        return Err(format!(
+            "{per_request:.0} bytes read per request, for a body of {body} bytes:\n{out}"
+        ));
+    }
+    Ok(Outcome {
+        per_sec,
+        p50_ms: percentile("50%").ok_or_else(unparsed)?,
+        p99_ms: percentile("99%").ok_or_else(unparsed)?,
+        server_cpu_us: server_cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
     })
 }
 
