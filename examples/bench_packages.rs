@@ -617,7 +617,11 @@ fn bench(
                 "wrk -t1 on core {}, server ({} thread{}) alone on core {}, ",
                 settings.wrk_cpu,
                 settings.server_threads,
-                if settings.server_threads == 1 { "" } else { "s" },
+                if settings.server_threads == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 settings.server_cpu
             ),
             None => String::new(),
@@ -862,7 +866,12 @@ async fn load(
 /// Pins this process (its current thread, and so every thread it starts later) to `cpu`.
 fn pin_self(cpu: usize) -> Result<(), String> {
     let status = std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &std::process::id().to_string()])
+        .args([
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("taskset: {e}"))?;
