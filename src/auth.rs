@@ -103,23 +103,10 @@ pub struct Claims {
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
-    /// Token → (user, `exp`), each kept until its token expires.
-    verified: moka::sync::Cache<String, (AuthUser, i64)>,
-}
-
-/// A remembered token expires with the token itself.
-struct UntilTokenExpiry;
-
-impl moka::Expiry<String, (AuthUser, i64)> for UntilTokenExpiry {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        value: &(AuthUser, i64),
-        _: std::time::Instant,
-    ) -> Option<std::time::Duration> {
-        let left = value.1.saturating_sub(unix_now()).max(0);
-        Some(std::time::Duration::from_secs(left as u64))
-    }
+    /// Token → (user, `exp`). An entry is used only before its `exp` (checked on every
+    /// read); expired ones are the first to go when the cache is full, as they are never
+    /// read again.
+    verified: quick_cache::sync::Cache<String, (AuthUser, i64)>,
 }
 
 /// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
@@ -127,7 +114,7 @@ impl moka::Expiry<String, (AuthUser, i64)> for UntilTokenExpiry {
 pub const NBF_LEEWAY_SECS: i64 = 60;
 
 /// Tokens remembered at once; past it the least used are verified again when they return.
-const VERIFIED_TOKENS_CAP: u64 = 100_000;
+const VERIFIED_TOKENS_CAP: usize = 100_000;
 
 impl TokenVerifier {
     /// Binds tokens to an issuer and an audience (docs/api.md section 3): with one set, a
@@ -160,10 +147,7 @@ impl TokenVerifier {
         TokenVerifier {
             keys,
             validation,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_TOKENS_CAP)
-                .expire_after(UntilTokenExpiry)
-                .build(),
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS_CAP),
         }
     }
 
@@ -328,16 +312,16 @@ fn unix_now() -> i64 {
 /// remembers holds for one server timeline (`primary`): a failover to a standby that
 /// missed the last commits may have lost a user row, so a new timeline starts afresh.
 pub struct UserRegistry {
-    known: moka::sync::Cache<(u32, Uuid), ()>,
+    known: quick_cache::sync::Cache<(u32, Uuid), ()>,
 }
 
 /// Users remembered at once; one forgotten costs one `INSERT … DO NOTHING` when it returns.
-const KNOWN_USERS_CAP: u64 = 200_000;
+const KNOWN_USERS_CAP: usize = 200_000;
 
 impl Default for UserRegistry {
     fn default() -> Self {
         UserRegistry {
-            known: moka::sync::Cache::new(KNOWN_USERS_CAP),
+            known: quick_cache::sync::Cache::new(KNOWN_USERS_CAP),
         }
     }
 }

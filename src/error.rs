@@ -16,12 +16,17 @@ pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 tokio::task_local! {
     /// The current request's id, set by the request-id middleware, so that error
     /// bodies carry the same id as the `X-Request-Id` header.
-    pub static REQUEST_ID: String;
+    /// bodies carry the same id as the `X-Request-Id` header. Kept as the header value
+    /// (a cheap clone); turned into text only when an error body needs it.
+    pub static REQUEST_ID: axum::http::HeaderValue;
 }
 
 /// The current request id, when called inside a request.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(|id| id.clone()).ok()
+    REQUEST_ID
+        .try_with(|id| id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
 }
 
 /// Every error code this server puts on the wire: REST `error_code` and GraphQL

@@ -84,7 +84,11 @@ pub fn sync_clock_skew(seconds: f64) {
 }
 
 pub fn package_download(status: u16, encoding: &'static str) {
-    counter!("examsync_package_downloads_total", "status" => status_label(status), "encoding" => encoding)
+    static HANDLES: HandleCache<(u16, &'static str), metrics::Counter> = HandleCache::new();
+    HANDLES
+        .get((status, encoding), || {
+            counter!("examsync_package_downloads_total", "status" => status_label(status), "encoding" => encoding)
+        })
         .increment(1);
 }
 
@@ -122,7 +126,11 @@ pub fn package_build(kind: PackageBuild) {
 
 /// A delta response (`encoding`: identity, gzip, br, or none for a 304).
 pub fn package_delta(status: u16, encoding: &'static str) {
-    counter!("examsync_package_deltas_total", "status" => status_label(status), "encoding" => encoding)
+    static HANDLES: HandleCache<(u16, &'static str), metrics::Counter> = HandleCache::new();
+    HANDLES
+        .get((status, encoding), || {
+            counter!("examsync_package_deltas_total", "status" => status_label(status), "encoding" => encoding)
+        })
         .increment(1);
 }
 
@@ -151,13 +159,42 @@ pub fn cache_fallback(operation: &'static str, kind: &'static str) {
 /// the registry: `method` is one of the standard methods or `OTHER`, `route` a template of
 /// our router (or `unmatched`), `status` a three-digit code.
 pub fn http_request(method: &axum::http::Method, route: &'static str, status: u16, seconds: f64) {
-    histogram!(
-        "examsync_http_request_duration_seconds",
-        "method" => method_label(method),
-        "route" => route,
-        "status" => status_code_label(status)
-    )
-    .record(seconds);
+    static HANDLES: HandleCache<(&'static str, &'static str, u16), metrics::Histogram> =
+        HandleCache::new();
+    let method = method_label(method);
+    HANDLES
+        .get((method, route, status), || {
+            histogram!(
+                "examsync_http_request_duration_seconds",
+                "method" => method,
+                "route" => route,
+                "status" => status_code_label(status)
+            )
+        })
+        .record(seconds);
+}
+
+/// Metric handles by label values. Resolving a handle through the registry hashes its
+/// whole key and labels (a good part of a `304`'s cost); the label values of the
+/// per-request metrics come from small fixed sets, so each handle is resolved once.
+struct HandleCache<K, H>(OnceLock<quick_cache::sync::Cache<K, H>>);
+
+impl<K, H> HandleCache<K, H>
+where
+    K: Eq + std::hash::Hash + Clone,
+    H: Clone,
+{
+    const fn new() -> Self {
+        HandleCache(OnceLock::new())
+    }
+
+    fn get(&self, key: K, register: impl FnOnce() -> H) -> H {
+        // Bounded anyway: an evicted handle is resolved again, its series kept.
+        let cache = self.0.get_or_init(|| quick_cache::sync::Cache::new(4096));
+        cache
+            .get_or_insert_with(&key, || Ok::<_, std::convert::Infallible>(register()))
+            .unwrap_or_else(|never| match never {})
+    }
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {
@@ -209,7 +246,11 @@ pub fn rate_limited(surface: &'static str) {
 
 /// One SQL statement ran (`failed`: it returned an error).
 pub fn db_statement(seconds: f64, failed: bool) {
-    histogram!("examsync_db_statement_duration_seconds", "failed" => if failed { "true" } else { "false" })
+    static HANDLES: HandleCache<bool, metrics::Histogram> = HandleCache::new();
+    HANDLES
+        .get(failed, || {
+            histogram!("examsync_db_statement_duration_seconds", "failed" => if failed { "true" } else { "false" })
+        })
         .record(seconds);
 }
 

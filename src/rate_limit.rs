@@ -79,13 +79,15 @@ pub struct LocalLimiter<K> {
     window: Duration,
     started: std::time::Instant,
     /// (key, window index) → requests counted in that window.
-    windows: moka::sync::Cache<(K, u64), Arc<AtomicU32>>,
+    /// (key, window index) → requests counted; past windows are never read again and are
+    /// the first to be evicted.
+    windows: quick_cache::sync::Cache<(K, u64), Arc<AtomicU32>>,
     surface: &'static str,
 }
 
 /// Keys a local limiter tracks at once. Past it the least used are forgotten (their count
 /// starts again), which a flood of fresh keys can cause but never turns into memory.
-const LOCAL_LIMITER_KEYS: u64 = 200_000;
+const LOCAL_LIMITER_KEYS: usize = 200_000;
 
 /// The window a moment falls in and the time left in it, both from the milliseconds
 /// since the limiter started.
@@ -112,10 +114,7 @@ impl<K: std::hash::Hash + Eq + Send + Sync + Clone + 'static> LocalLimiter<K> {
             budget: window_budget(per_minute, window),
             window,
             started: std::time::Instant::now(),
-            windows: moka::sync::Cache::builder()
-                .max_capacity(LOCAL_LIMITER_KEYS)
-                .time_to_live(window * 2)
-                .build(),
+            windows: quick_cache::sync::Cache::new(LOCAL_LIMITER_KEYS),
             surface,
         }
     }
@@ -126,9 +125,13 @@ impl<K: std::hash::Hash + Eq + Send + Sync + Clone + 'static> LocalLimiter<K> {
             return Ok(());
         }
         let (index, left) = window_at(self.started.elapsed(), self.window);
+        let key = (key.clone(), index);
         let counter = self
             .windows
-            .get_with((key.clone(), index), || Arc::new(AtomicU32::new(0)));
+            .get_or_insert_with(&key, || {
+                Ok::<_, std::convert::Infallible>(Arc::new(AtomicU32::new(0)))
+            })
+            .unwrap_or_else(|never| match never {});
         let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if count > self.budget {
             counter.fetch_sub(1, Ordering::Relaxed);

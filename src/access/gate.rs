@@ -35,8 +35,8 @@ use entity::test_package;
 pub const GRANTS_TTL: Duration = Duration::from_secs(20);
 /// How long a package found not withdrawn is trusted to stay so on this instance.
 pub const WITHDRAWAL_TTL: Duration = Duration::from_secs(20);
-/// Past this many cached users or packages the cache is emptied (and refilled from the
-/// database as requests come): it only ever costs extra reads.
+/// Users, packages and package scopes each remembered at once; past it the least used
+/// are read again from the database when they return.
 const CACHE_CAP: usize = 100_000;
 
 /// Why a package may not be read, in the order the checks run.
@@ -89,34 +89,25 @@ struct UserGrants {
     loaded: Instant,
     grants: Vec<Grant>,
     /// Packages these grants were found to cover.
-    readable: RwLock<HashSet<Uuid>>,
+    readable: RwLock<HashSet<Uuid, foldhash::fast::RandomState>>,
 }
 
 /// The access caches of one instance.
 pub struct AccessCache {
     mode: AccessMode,
-    users: RwLock<HashMap<Uuid, Arc<UserGrants>>>,
-    packages: RwLock<HashMap<Uuid, Arc<PackageFacts>>>,
+    users: quick_cache::sync::Cache<Uuid, Arc<UserGrants>>,
+    packages: quick_cache::sync::Cache<Uuid, Arc<PackageFacts>>,
     /// Question scopes of packages (immutable): also for packages only ever listed.
-    scopes: RwLock<HashMap<Uuid, Arc<[QuestionScope]>>>,
-}
-
-fn insert_capped<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, V>>, key: K, value: V) {
-    if let Ok(mut map) = map.write() {
-        if map.len() >= CACHE_CAP {
-            map.clear();
-        }
-        map.insert(key, value);
-    }
+    scopes: quick_cache::sync::Cache<Uuid, Arc<[QuestionScope]>>,
 }
 
 impl AccessCache {
     pub fn new(mode: AccessMode) -> AccessCache {
         AccessCache {
             mode,
-            users: RwLock::default(),
-            packages: RwLock::default(),
-            scopes: RwLock::default(),
+            users: quick_cache::sync::Cache::new(CACHE_CAP),
+            packages: quick_cache::sync::Cache::new(CACHE_CAP),
+            scopes: quick_cache::sync::Cache::new(CACHE_CAP),
         }
     }
 
@@ -131,16 +122,12 @@ impl AccessCache {
 
     /// Drops what this instance knows of a user's grants (after it changed them).
     pub fn forget_user(&self, user_id: Uuid) {
-        if let Ok(mut users) = self.users.write() {
-            users.remove(&user_id);
-        }
+        self.users.remove(&user_id);
     }
 
     /// Drops what this instance knows of a package (after it withdrew it).
     pub fn forget_package(&self, id: Uuid) {
-        if let Ok(mut packages) = self.packages.write() {
-            packages.remove(&id);
-        }
+        self.packages.remove(&id);
     }
 
     /// A published package's facts, `None` when unknown or unpublished.
@@ -149,7 +136,7 @@ impl AccessCache {
         db: &DatabaseConnection,
         id: Uuid,
     ) -> AppResult<Option<Arc<PackageFacts>>> {
-        let cached = self.packages.read().ok().and_then(|p| p.get(&id).cloned());
+        let cached = self.packages.get(&id);
         if let Some(facts) = &cached
             && (facts.withdrawn || facts.checked.elapsed() < WITHDRAWAL_TTL)
         {
@@ -183,7 +170,7 @@ impl AccessCache {
             checked: Instant::now(),
             question_scopes,
         });
-        insert_capped(&self.packages, id, facts.clone());
+        self.packages.insert(id, facts.clone());
         Ok(Some(facts))
     }
 
@@ -195,14 +182,12 @@ impl AccessCache {
     ) -> AppResult<HashMap<Uuid, Arc<[QuestionScope]>>> {
         let mut out = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
-        if let Ok(scopes) = self.scopes.read() {
-            for id in ids {
-                match scopes.get(id) {
-                    Some(s) => {
-                        out.insert(*id, s.clone());
-                    }
-                    None => missing.push(*id),
+        for id in ids {
+            match self.scopes.get(id) {
+                Some(s) => {
+                    out.insert(*id, s);
                 }
+                None => missing.push(*id),
             }
         }
         if !missing.is_empty() {
@@ -228,7 +213,7 @@ impl AccessCache {
                     }
                 };
                 let scopes: Arc<[QuestionScope]> = Arc::from(scopes);
-                insert_capped(&self.scopes, id, scopes.clone());
+                self.scopes.insert(id, scopes.clone());
                 out.insert(id, scopes);
             }
         }
@@ -243,11 +228,7 @@ impl AccessCache {
         fresh: bool,
     ) -> AppResult<(Arc<UserGrants>, bool)> {
         if !fresh
-            && let Some(entry) = self
-                .users
-                .read()
-                .ok()
-                .and_then(|u| u.get(&user_id).cloned())
+            && let Some(entry) = self.users.get(&user_id)
             && entry.loaded.elapsed() < GRANTS_TTL
         {
             return Ok((entry, false));
@@ -257,7 +238,7 @@ impl AccessCache {
             grants: grants::list(db, user_id).await?,
             readable: RwLock::default(),
         });
-        insert_capped(&self.users, user_id, entry.clone());
+        self.users.insert(user_id, entry.clone());
         Ok((entry, true))
     }
 
@@ -275,7 +256,8 @@ impl AccessCache {
         let token: &[GrantTarget] = user.access.as_deref().unwrap_or(&[]);
         let (mut entry, mut fresh) = self.user_grants(db, user.id, false).await?;
         loop {
-            let now = Utc::now();
+            // Read only when a decision is not already remembered.
+            let now = std::cell::LazyCell::new(Utc::now);
             let mut stored: Option<Coverage> = None;
             let mut with_token: Option<Coverage> = None;
             let mut newly_readable = Vec::new();
@@ -288,7 +270,7 @@ impl AccessCache {
                             return true;
                         }
                         let stored = stored
-                            .get_or_insert_with(|| Coverage::in_force_at(&entry.grants, &[], now));
+                            .get_or_insert_with(|| Coverage::in_force_at(&entry.grants, &[], *now));
                         if stored.covers_package(scopes) {
                             // Only what stored grants cover is remembered: token grants
                             // differ from token to token of the same user.
@@ -298,7 +280,7 @@ impl AccessCache {
                         !token.is_empty()
                             && with_token
                                 .get_or_insert_with(|| {
-                                    Coverage::in_force_at(&entry.grants, token, now)
+                                    Coverage::in_force_at(&entry.grants, token, *now)
                                 })
                                 .covers_package(scopes)
                     })

@@ -10,7 +10,7 @@ use crate::{
     app::AppState,
     auth::{AuthUser, bearer_token},
     error::{AppError, ErrorCode},
-    http::middleware_layer::{ClientAddr, check_anonymous, record_user},
+    http::middleware_layer::{check_anonymous, client_addr, record_user},
 };
 
 /// Package, delta and media routes: their own per-user budget, apart from sync and GraphQL.
@@ -71,7 +71,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 // A token that fails verification counts against its address's budget (a
                 // request with no `Authorization` at all was counted by the middleware).
                 if header.is_some() {
-                    check_anonymous(state, parts.extensions.get::<ClientAddr>().copied())?;
+                    check_anonymous(state, client_addr(&parts.extensions))?;
                 }
                 return Err(refused);
             }

@@ -150,7 +150,7 @@ fn accept_header(headers: &HeaderMap) -> Option<&str> {
 pub async fn graphql_post(
     State(state): State<AppState>,
     Extension(schema): Extension<AppSchema>,
-    client: Option<Extension<ClientAddr>>,
+    client: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -206,14 +206,14 @@ pub async fn graphql_post(
             );
         }
     };
-    let client = client.map(|Extension(c)| c);
+    let client = client.map(|Extension(info)| ClientAddr(info.0.ip()));
     execute(state, schema, headers, client, fields, media, false).await
 }
 
 pub async fn graphql_get(
     State(state): State<AppState>,
     Extension(schema): Extension<AppSchema>,
-    client: Option<Extension<ClientAddr>>,
+    client: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -236,7 +236,7 @@ pub async fn graphql_get(
             );
         }
     };
-    let client = client.map(|Extension(c)| c);
+    let client = client.map(|Extension(info)| ClientAddr(info.0.ip()));
     execute(state, schema, headers, client, fields, media, true).await
 }
 

@@ -313,6 +313,8 @@ impl Validators {
 
     fn not_modified_response(&self) -> Response {
         let mut response = Response::new(Body::empty());
+        // Sized for the headers set below and by the middleware: no regrowth.
+        *response.headers_mut() = HeaderMap::with_capacity(super::packages::RESPONSE_HEADERS);
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         self.insert(response.headers_mut());
         response
@@ -336,6 +338,8 @@ impl Validators {
             }
         };
         let mut response = Response::new(body);
+        // Sized for the headers set below and by the middleware: no regrowth.
+        *response.headers_mut() = HeaderMap::with_capacity(super::packages::RESPONSE_HEADERS);
         *response.status_mut() = status;
         let h = response.headers_mut();
         h.insert(

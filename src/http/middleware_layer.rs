@@ -41,14 +41,18 @@ pub fn record_user(user: Uuid) {
 }
 
 /// Accepts a client's request id when it is short and printable; otherwise makes one.
-fn request_id_of(request: &Request) -> String {
-    request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| Uuid::new_v4().to_string())
+/// Returned as the header value it goes out as: a client's is reused as it came (no
+/// copy), a new one is formatted on the stack and copied once.
+fn request_id_of(request: &Request) -> HeaderValue {
+    if let Some(id) = request.headers().get(REQUEST_ID_HEADER).filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+    }) {
+        return id.clone();
+    }
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Which error shape a request gets: the REST envelope or a GraphQL `{"errors": …}`.
@@ -110,7 +114,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Runs the rest of the stack within the request's budget, catching a panic.
-async fn run_guarded(request: Request, next: Next, config: &Config, request_id: &str) -> Response {
+async fn run_guarded(
+    request: Request,
+    next: Next,
+    config: &Config,
+    request_id: &HeaderValue,
+) -> Response {
     let surface = Surface::of(&request);
     let budget = config.request_timeout();
     let deadline = tokio::time::Instant::now() + budget;
@@ -125,7 +134,13 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
         // No body (most GETs): nothing to wait for, so no timer for it.
         body
     } else {
-        match tokio::time::timeout_at(deadline, read_body(body, body_limit)).await {
+        // Boxed for the same reason as the handler's timer below.
+        match Box::pin(tokio::time::timeout_at(
+            deadline,
+            read_body(body, body_limit),
+        ))
+        .await
+        {
             Ok(Ok(body)) => body,
             Ok(Err(_)) => {
                 let body = error_body(
@@ -147,12 +162,27 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
         }
     };
     let run = AssertUnwindSafe(next.run(Request::from_parts(parts, body))).catch_unwind();
-    match tokio::time::timeout_at(deadline, run).await {
+    let mut run = std::pin::pin!(run);
+    // Most requests (a `304`, anything served from memory) finish at their first poll:
+    // they get no timer at all. The timer is boxed, so this future's layout does not take
+    // the timer's cache-line alignment, which would make every allocation holding it
+    // (the middleware's boxed future) take the allocator's slow aligned path.
+    let outcome = match futures::poll!(run.as_mut()) {
+        std::task::Poll::Ready(outcome) => Ok(outcome),
+        std::task::Poll::Pending => {
+            let timer = Box::pin(tokio::time::sleep_until(deadline));
+            match futures::future::select(run, timer).await {
+                futures::future::Either::Left((outcome, _)) => Ok(outcome),
+                futures::future::Either::Right(_) => Err(()),
+            }
+        }
+    };
+    match outcome {
         Ok(Ok(response)) => envelope_bare_errors(response),
         Ok(Err(panic)) => {
             // The last net, never the fix: a panic here is a bug to find in this log line.
             tracing::error!(
-                request_id = %request_id,
+                request_id = request_id.to_str().unwrap_or_default(),
                 panic = panic_message(panic.as_ref()),
                 "request handler panicked"
             );
@@ -160,7 +190,7 @@ async fn run_guarded(request: Request, next: Next, config: &Config, request_id: 
         }
         Err(_) => {
             tracing::warn!(
-                request_id = %request_id,
+                request_id = request_id.to_str().unwrap_or_default(),
                 budget_secs = budget.as_secs_f64(),
                 "request ran out of its time budget"
             );
@@ -193,6 +223,13 @@ fn route_template(matched: &str) -> &'static str {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::IpAddr);
 
+/// The TCP peer of a request, when the server was started with connect info.
+pub fn client_addr(extensions: &axum::http::Extensions) -> Option<ClientAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| ClientAddr(info.0.ip()))
+}
+
 /// Paths that answer whatever the load and are never limited: probes and metrics must
 /// keep working when the instance is busiest.
 fn is_exempt(path: &str) -> bool {
@@ -210,18 +247,12 @@ pub fn check_anonymous(state: &AppState, client: Option<ClientAddr>) -> Result<(
 
 pub async fn request_context(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id_of(&request);
-    let client = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| ClientAddr(info.0.ip()));
-    if let Some(client) = client {
-        request.extensions_mut().insert(client);
-    }
+    let client = client_addr(request.extensions());
     let path = request.uri().path();
     let exempt = is_exempt(path);
     // Held until the response is made; none left means the instance is full.
@@ -235,9 +266,7 @@ pub async fn request_context(
                 let mut response = Surface::of(&request).error(AppError::Unavailable {
                     retry_after_secs: 1,
                 });
-                if let Ok(value) = HeaderValue::from_str(&request_id) {
-                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
-                }
+                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
                 return response;
             }
         }
@@ -249,9 +278,7 @@ pub async fn request_context(
         && let Err(refused) = check_anonymous(&state, client)
     {
         let mut response = refused.into_response();
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
+        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         return response;
     }
     let method = request.method().clone();
@@ -271,14 +298,11 @@ pub async fn request_context(
         })
         .await;
 
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::http_request(&method, route, status, elapsed.as_secs_f64());
     tracing::info!(
-        request_id = %request_id,
+        request_id = request_id.to_str().unwrap_or_default(),
         method = %method,
         route = %route,
         status,
@@ -286,6 +310,7 @@ pub async fn request_context(
         user_id = user.map(|u| u.to_string()).unwrap_or_default(),
         "request"
     );
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     response
 }
 

@@ -33,6 +33,10 @@ use crate::{
     },
 };
 
+/// Room for the headers of a package or media response: validators, caching, `Vary`,
+/// coding, range and dictionary headers, and the request id the middleware adds.
+pub const RESPONSE_HEADERS: usize = 12;
+
 pub const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 /// Package responses vary by user (authorization), coding and the RFC 9842 dictionary.
 pub const VARY: &str = "Authorization, Accept-Encoding, Available-Dictionary";
@@ -376,6 +380,8 @@ impl Representation<'_> {
         };
         let length = body.len();
         let mut response = Response::new(Body::from(body));
+        // Sized for the headers set below and by the middleware: no regrowth.
+        *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
         *response.status_mut() = status;
         let h = response.headers_mut();
         h.insert(
@@ -456,6 +462,8 @@ fn insert_validators(h: &mut HeaderMap, etag: &HeaderValue, last_modified: &Head
 /// `304`: no body, the validators the `200` would carry.
 fn not_modified(etag: &HeaderValue, last_modified: &HeaderValue) -> Response {
     let mut response = Response::new(Body::empty());
+    // Sized for the headers set below and by the middleware: no regrowth.
+    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     insert_validators(response.headers_mut(), etag, last_modified);
     response

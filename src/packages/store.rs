@@ -286,7 +286,8 @@ pub struct PackageStore {
 }
 
 struct StoreInner {
-    meta: Weighted<Uuid, PublishedMeta>,
+    /// Read by every revalidation: a `quick_cache` read costs a fraction of a `moka` one.
+    meta: quick_cache::sync::Cache<Uuid, Arc<PublishedMeta>>,
     bodies: Weighted<Uuid, PackageBodies>,
     scoring: Weighted<Uuid, PackageScoring>,
     deltas: Weighted<(Uuid, Uuid), DeltaBodies>,
@@ -323,7 +324,9 @@ impl PackageStore {
     pub fn new(limits: StoreLimits) -> PackageStore {
         PackageStore {
             inner: Arc::new(StoreInner {
-                meta: weighted(limits.meta_entries, |_| 1),
+                meta: quick_cache::sync::Cache::new(
+                    usize::try_from(limits.meta_entries).unwrap_or(usize::MAX),
+                ),
                 bodies: weighted(limits.body_bytes, PackageBodies::weight),
                 scoring: weighted(limits.scoring_questions, |s: &PackageScoring| {
                     s.questions.len().max(1)
@@ -419,7 +422,7 @@ impl PackageStore {
                     scope_key,
                     version,
                 )?);
-                Ok(Some(insert(&self.inner.meta, id, meta)))
+                Ok(Some(insert_meta(&self.inner.meta, id, meta)))
             }
             _ => Ok(None),
         }
@@ -448,7 +451,7 @@ impl PackageStore {
                 };
                 store.started(PackageBuild::Download);
                 let bodies = Arc::new(store.cpu(move || PackageBodies::build(&package)).await?);
-                insert(&store.inner.meta, id, bodies.meta.clone());
+                insert_meta(&store.inner.meta, id, bodies.meta.clone());
                 store.record_dictionary(&db, bodies.sha256, id).await;
                 Ok(Some(insert(&store.inner.bodies, id, bodies)))
             },
@@ -743,15 +746,25 @@ impl PackageStore {
 
     /// Entries currently cached (meta, bodies, scoring), for tests and diagnostics.
     pub fn cached_counts(&self) -> (u64, u64, u64) {
-        self.inner.meta.run_pending_tasks();
         self.inner.bodies.run_pending_tasks();
         self.inner.scoring.run_pending_tasks();
         (
-            self.inner.meta.entry_count(),
+            self.inner.meta.len() as u64,
             self.inner.bodies.entry_count(),
             self.inner.scoring.entry_count(),
         )
     }
+}
+
+/// Inserts unless present; returns the cached value (the existing one if any).
+fn insert_meta(
+    cache: &quick_cache::sync::Cache<Uuid, Arc<PublishedMeta>>,
+    id: Uuid,
+    meta: Arc<PublishedMeta>,
+) -> Arc<PublishedMeta> {
+    cache
+        .get_or_insert_with(&id, || Ok::<_, std::convert::Infallible>(meta))
+        .unwrap_or_else(|never| match never {})
 }
 
 /// Inserts unless present; returns the cached value (the existing one if any).
