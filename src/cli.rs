@@ -168,13 +168,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 }
 
 fn parse_scope(s: &str) -> Result<PackageScope, String> {
-    match s.to_ascii_uppercase().as_str() {
-        "PROGRAM" => Ok(PackageScope::Program),
-        "YEAR" => Ok(PackageScope::Year),
-        "BLOCK" => Ok(PackageScope::Block),
-        "THEME" => Ok(PackageScope::Theme),
-        _ => Err("must be PROGRAM, YEAR, BLOCK or THEME".into()),
-    }
+    PackageScope::parse(s).ok_or_else(|| "must be PROGRAM, YEAR, BLOCK or THEME".into())
 }
 
 /// `3600`, `90s`, `30m`, `1h`, `7d`.

@@ -32,150 +32,149 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut config = cli.config;
+    let config = cli.config;
     match cli.command {
         Command::Serve { demo } => serve(config, demo).await,
-        Command::Migrate => {
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
-            eprintln!("migrations applied ({})", config.database_url_redacted());
-            Ok(())
-        }
+        Command::Migrate => run_migrate(&config).await,
         Command::Token {
             user,
             role,
             ttl,
             grants,
-        } => {
-            let secret = config
-                .jwt_secret
-                .take()
-                .ok_or("JWT_SECRET is required to sign tokens")?;
-            let token =
-                sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, &grants)
-                    .map_err(|e| e.to_string())?;
-            println!("{token}");
-            Ok(())
-        }
-        Command::Questions {
-            command: QuestionsCommand::Import { file },
-        } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let items = questions::parse_import_file(&text).map_err(|e| e.operator_message())?;
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
-            let result = questions::import_questions(&db, items)
-                .await
-                .map_err(|e| e.operator_message())?;
-            println!(
-                "imported {} questions: {} created, {} updated",
-                result.ids.len(),
-                result.created,
-                result.updated
-            );
-            Ok(())
-        }
-        Command::Media {
-            command: MediaCommand::Import { paths },
-        } => {
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
-            let report = media::import::import_paths(&db, &paths, config.media_max_bytes).await?;
-            for (path, meta) in &report.stored {
-                println!(
-                    "{} {} {} {}",
-                    meta.sha256,
-                    meta.content_type.as_str(),
-                    meta.bytes,
-                    path.display()
-                );
-            }
-            for (path, why) in &report.refused {
-                eprintln!("refused {}: {why}", path.display());
-            }
-            match report.refused.len() {
-                0 => Ok(()),
-                n => Err(format!("{n} file(s) not stored")),
-            }
-        }
-        Command::Cache {
-            command: CacheCommand::Reset,
-        } => {
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
-            let (old, new) = examsync::cache::reset_epoch(&db)
-                .await
-                .map_err(|e| format!("cache reset failed: {e}"))?;
-            println!(
-                "cache epoch {} -> {new}; restart every instance to use it",
-                old.as_deref().unwrap_or("(none)")
-            );
-            Ok(())
-        }
+        } => run_token(config.jwt_secret, user, role, ttl, &grants),
+        Command::Questions { command } => run_questions(&config, command).await,
+        Command::Media { command } => run_media(&config, command).await,
+        Command::Cache { command } => run_cache(&config, command).await,
         Command::Access { command } => {
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
+            let db = connect_migrated(&config).await?;
             run_access(&db, command).await
         }
         Command::Schema => {
             print!("{}", graphql::sdl());
             Ok(())
         }
-        Command::Package {
-            command:
-                PackageCommand::Build {
-                    scope,
-                    year_id,
-                    block_id,
-                    theme_id,
-                    name,
-                    description,
-                    publish,
-                },
-        } => {
-            let db = connect(&config).await?;
-            db::migrate(&db)
-                .await
-                .map_err(|e| format!("migration failed: {e}"))?;
-            let request = packages::BuildRequest {
-                name: name.unwrap_or_else(|| format!("{scope:?} package")),
-                description,
-                scope,
-                year_id,
-                block_id,
-                theme_id,
-                publish,
-                created_by: None,
-            };
-            let package = packages::build_package(&db, request)
-                .await
-                .map_err(|e| e.operator_message())?;
-            println!(
-                "package {} version {} ({} questions, hash {}, {})",
-                package.id,
-                package.version,
-                package.question_count,
-                package.version_hash,
-                if package.is_published {
-                    "published"
-                } else {
-                    "unpublished"
-                }
-            );
-            Ok(())
-        }
+        Command::Package { command } => run_package(&config, command).await,
     }
+}
+
+/// `examsync migrate`: applies the migrations and says where.
+async fn run_migrate(config: &Config) -> Result<(), String> {
+    connect_migrated(config).await?;
+    eprintln!("migrations applied ({})", config.database_url_redacted());
+    Ok(())
+}
+
+/// `examsync token`: signs a token with the configured secret.
+fn run_token(
+    secret: Option<Secret>,
+    user: uuid::Uuid,
+    role: examsync::auth::Role,
+    ttl: std::time::Duration,
+    grants: &[access::GrantTarget],
+) -> Result<(), String> {
+    let secret = secret.ok_or("JWT_SECRET is required to sign tokens")?;
+    let token = sign_token_with_access(&secret.0, user, role, ttl.as_secs() as i64, grants)
+        .map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `examsync questions import FILE`: the file is read and checked before the
+/// database is opened.
+async fn run_questions(config: &Config, command: QuestionsCommand) -> Result<(), String> {
+    let QuestionsCommand::Import { file } = command;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let items = questions::parse_import_file(&text).map_err(|e| e.operator_message())?;
+    let db = connect_migrated(config).await?;
+    let result = questions::import_questions(&db, items)
+        .await
+        .map_err(|e| e.operator_message())?;
+    println!(
+        "imported {} questions: {} created, {} updated",
+        result.ids.len(),
+        result.created,
+        result.updated
+    );
+    Ok(())
+}
+
+/// `examsync media import PATH…`: stores each file, and fails if any was refused.
+async fn run_media(config: &Config, command: MediaCommand) -> Result<(), String> {
+    let MediaCommand::Import { paths } = command;
+    let db = connect_migrated(config).await?;
+    let report = media::import::import_paths(&db, &paths, config.media_max_bytes).await?;
+    for (path, meta) in &report.stored {
+        println!(
+            "{} {} {} {}",
+            meta.sha256,
+            meta.content_type.as_str(),
+            meta.bytes,
+            path.display()
+        );
+    }
+    for (path, why) in &report.refused {
+        eprintln!("refused {}: {why}", path.display());
+    }
+    match report.refused.len() {
+        0 => Ok(()),
+        n => Err(format!("{n} file(s) not stored")),
+    }
+}
+
+/// `examsync cache reset`: moves the shared cache to a new epoch.
+async fn run_cache(config: &Config, command: CacheCommand) -> Result<(), String> {
+    let CacheCommand::Reset = command;
+    let db = connect_migrated(config).await?;
+    let (old, new) = examsync::cache::reset_epoch(&db)
+        .await
+        .map_err(|e| format!("cache reset failed: {e}"))?;
+    println!(
+        "cache epoch {} -> {new}; restart every instance to use it",
+        old.as_deref().unwrap_or("(none)")
+    );
+    Ok(())
+}
+
+/// `examsync package build …`: builds a package from the published questions of a
+/// scope, and publishes it when asked.
+async fn run_package(config: &Config, command: PackageCommand) -> Result<(), String> {
+    let PackageCommand::Build {
+        scope,
+        year_id,
+        block_id,
+        theme_id,
+        name,
+        description,
+        publish,
+    } = command;
+    let db = connect_migrated(config).await?;
+    let request = packages::BuildRequest {
+        name: name.unwrap_or_else(|| format!("{scope:?} package")),
+        description,
+        scope,
+        year_id,
+        block_id,
+        theme_id,
+        publish,
+        created_by: None,
+    };
+    let package = packages::build_package(&db, request)
+        .await
+        .map_err(|e| e.operator_message())?;
+    println!(
+        "package {} version {} ({} questions, hash {}, {})",
+        package.id,
+        package.version,
+        package.question_count,
+        package.version_hash,
+        if package.is_published {
+            "published"
+        } else {
+            "unpublished"
+        }
+    );
+    Ok(())
 }
 
 /// `examsync access …`: the same rules as the admin GraphQL operations.
@@ -274,6 +273,16 @@ async fn connect(config: &Config) -> Result<sea_orm::DatabaseConnection, String>
             config.database_url_redacted()
         )
     })
+}
+
+/// Opens the database and applies the migrations: what every command that
+/// touches the database does first.
+async fn connect_migrated(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
+    let db = connect(config).await?;
+    db::migrate(&db)
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    Ok(db)
 }
 
 async fn serve(mut config: Config, demo: bool) -> Result<(), String> {

@@ -738,12 +738,36 @@ pub async fn package_delta(
         return Ok(None);
     }
     check_delta_scope((to.scope, &to.scope_key), (held.scope, &held.scope_key))?;
-    let json = load_questions_json(db, &[id, from]).await?;
-    let (Some(to_json), Some(held_json)) = (json.get(&id), json.get(&from)) else {
+    let Some((to_json, held_json)) = load_delta_json(db, id, from).await? else {
         return Ok(None);
     };
-    let delta = delta::diff(&parse_snapshots(held_json)?, &parse_snapshots(to_json)?);
+    let (_, delta) = diff_stored(&held_json, &to_json)?;
     Ok(Some((to, held, delta)))
+}
+
+/// The stored questions of both ends of a delta, `(to, from)`: `None` when either row is
+/// gone. `from == id` (an empty delta) is one row read once.
+pub async fn load_delta_json(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    from: Uuid,
+) -> AppResult<Option<(String, String)>> {
+    let mut json = load_questions_json(db, &[id, from]).await?;
+    let to_json = json.remove(&id);
+    let from_json = if from == id {
+        to_json.clone()
+    } else {
+        json.remove(&from)
+    };
+    Ok(to_json.zip(from_json))
+}
+
+/// The delta from the stored questions `from_json` to `to_json`, with the parsed
+/// questions of `to`.
+pub fn diff_stored(from_json: &str, to_json: &str) -> AppResult<(Vec<Snapshot>, delta::Delta)> {
+    let to = parse_snapshots(to_json)?;
+    let delta = delta::diff(&parse_snapshots(from_json)?, &to);
+    Ok((to, delta))
 }
 
 /// Filters of the package list (REST query and GraphQL `PackageFilter`).

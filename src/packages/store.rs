@@ -557,23 +557,13 @@ impl PackageStore {
         let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
             return Ok(None);
         };
-        let mut json = super::load_questions_json(db, &[id, from]).await?;
-        let to_json = json.remove(&id);
-        // `from == id` (an empty delta): the map holds one entry.
-        let from_json = if from == id {
-            to_json.clone()
-        } else {
-            json.remove(&from)
-        };
-        let (Some(to_json), Some(from_json)) = (to_json, from_json) else {
+        let Some((to_json, from_json)) = super::load_delta_json(db, id, from).await? else {
             return Ok(None);
         };
         self.started(PackageBuild::Delta);
         let built = self
             .cpu(move || -> AppResult<DeltaBodies> {
-                let to = super::parse_snapshots(&to_json)?;
-                let held = super::parse_snapshots(&from_json)?;
-                let delta = super::delta::diff(&held, &to);
+                let (to, delta) = super::diff_stored(&from_json, &to_json)?;
                 let ends = super::delta::DeltaEnds {
                     package_id: id,
                     version: to_meta.version,

@@ -844,6 +844,23 @@ pub struct Counts {
     pub rejected: i64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.acked += other.acked;
+        self.duplicate += other.duplicate;
+        self.rejected += other.rejected;
+    }
+}
+
+/// The stored counters plus counts not written yet.
+impl std::ops::AddAssign<Counts> for crate::sessions::SyncCounters {
+    fn add_assign(&mut self, other: Counts) {
+        self.acked += other.acked;
+        self.duplicate += other.duplicate;
+        self.rejected += other.rejected;
+    }
+}
+
 /// Makes every commit the server has already shown us as durable as a new commit: one
 /// transaction that writes WAL (a transactional logical message: no table, no lock, any
 /// role may), so its commit waits for the synchronous standby, which then holds

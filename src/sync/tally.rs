@@ -56,9 +56,7 @@ impl SyncState {
         }
         if let Ok(mut pending) = self.pending.lock() {
             let entry = pending.entry(user).or_default();
-            entry.counts.duplicate += counts.duplicate;
-            entry.counts.rejected += counts.rejected;
-            entry.counts.acked += counts.acked;
+            entry.counts += counts;
             entry.last_sync_at = entry.last_sync_at.max(Some(at));
         }
         if !self.flusher_started.swap(true, Ordering::SeqCst) {
@@ -88,9 +86,7 @@ impl SyncState {
                 tracing::warn!(error = %e, "could not write sync counters; kept for the next flush");
                 if let Ok(mut pending) = self.pending.lock() {
                     let entry = pending.entry(user).or_default();
-                    entry.counts.duplicate += counts.counts.duplicate;
-                    entry.counts.rejected += counts.counts.rejected;
-                    entry.counts.acked += counts.counts.acked;
+                    entry.counts += counts.counts;
                     entry.last_sync_at = entry.last_sync_at.max(counts.last_sync_at);
                 }
             }
@@ -102,9 +98,7 @@ impl SyncState {
         let _guard = self.flushing.read().await;
         let mut counters = crate::sessions::sync_counters(db, user).await?;
         let pending = self.pending_of(user);
-        counters.acked += pending.counts.acked;
-        counters.duplicate += pending.counts.duplicate;
-        counters.rejected += pending.counts.rejected;
+        counters += pending.counts;
         counters.last_sync_at = counters.last_sync_at.max(pending.last_sync_at);
         Ok(counters)
     }
