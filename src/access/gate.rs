@@ -99,6 +99,14 @@ pub struct AccessCache {
     packages: quick_cache::sync::Cache<Uuid, Arc<PackageFacts>>,
     /// Question scopes of packages (immutable): also for packages only ever listed.
     scopes: quick_cache::sync::Cache<Uuid, Arc<[QuestionScope]>>,
+    /// Reads allowed lately, the answer to what a phone asks most (revalidating what it
+    /// holds): (user, package, held package of a delta or nil) → until when the decision holds (no later than the facts
+    /// and grants it rests on would be read again) and under which generation. One
+    /// lookup instead of the facts, grants and coverage.
+    allowed: quick_cache::sync::Cache<(Uuid, Uuid, Uuid), (Instant, u64)>,
+    /// Bumped whenever this instance forgets a user or a package (a grant changed, a
+    /// package withdrawn): every remembered decision made before is void at once.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl AccessCache {
@@ -108,6 +116,8 @@ impl AccessCache {
             users: quick_cache::sync::Cache::new(CACHE_CAP),
             packages: quick_cache::sync::Cache::new(CACHE_CAP),
             scopes: quick_cache::sync::Cache::new(CACHE_CAP),
+            allowed: quick_cache::sync::Cache::new(CACHE_CAP),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -123,11 +133,56 @@ impl AccessCache {
     /// Drops what this instance knows of a user's grants (after it changed them).
     pub fn forget_user(&self, user_id: Uuid) {
         self.users.remove(&user_id);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops what this instance knows of a package (after it withdrew it).
     pub fn forget_package(&self, id: Uuid) {
         self.packages.remove(&id);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `user` was allowed to read `package` by a decision that still holds, with
+    /// nothing forgotten since.
+    fn allowed_lately(&self, user: Uuid, package: Uuid, held: Uuid) -> bool {
+        self.allowed
+            .get(&(user, package, held))
+            .is_some_and(|(until, generation)| {
+                Instant::now() < until
+                    && generation == self.generation.load(std::sync::atomic::Ordering::Relaxed)
+            })
+    }
+
+    /// Remembers that `user` may read the package of `facts`, for as long as what the
+    /// decision rests on is trusted: the facts' withdrawal check and, for a user whose
+    /// grants limit them, the stored grants. A decision that needed the token's own
+    /// grants is not remembered (another token of the same user may carry others).
+    fn remember_allowed(
+        &self,
+        user: &AuthUser,
+        (package, held): (Uuid, Uuid),
+        checked: Instant,
+        grants_loaded: Option<Instant>,
+        generation: u64,
+    ) {
+        let mut until = checked + WITHDRAWAL_TTL;
+        if self.restricts(user) {
+            if user.access.as_deref().is_some_and(|a| !a.is_empty()) {
+                return;
+            }
+            match grants_loaded {
+                Some(loaded) => until = until.min(loaded + GRANTS_TTL),
+                None => return,
+            }
+        }
+        self.allowed
+            .insert((user.id, package, held), (until, generation));
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A published package's facts, `None` when unknown or unpublished.
@@ -250,8 +305,19 @@ impl AccessCache {
         user: &AuthUser,
         packages: &[(Uuid, &[QuestionScope])],
     ) -> AppResult<Vec<bool>> {
+        Ok(self.covers_since(db, user, packages).await?.0)
+    }
+
+    /// [`Self::covers`], with when the stored grants it judged by were read (`None`: the
+    /// user's grants do not limit them).
+    async fn covers_since(
+        &self,
+        db: &DatabaseConnection,
+        user: &AuthUser,
+        packages: &[(Uuid, &[QuestionScope])],
+    ) -> AppResult<(Vec<bool>, Option<Instant>)> {
         if !self.restricts(user) {
-            return Ok(vec![true; packages.len()]);
+            return Ok((vec![true; packages.len()], None));
         }
         let token: &[GrantTarget] = user.access.as_deref().unwrap_or(&[]);
         let (mut entry, mut fresh) = self.user_grants(db, user.id, false).await?;
@@ -292,7 +358,7 @@ impl AccessCache {
                 r.extend(newly_readable);
             }
             if fresh || decisions.iter().all(|d| *d) {
-                return Ok(decisions);
+                return Ok((decisions, Some(entry.loaded)));
             }
             (entry, fresh) = self.user_grants(db, user.id, true).await?;
         }
@@ -303,6 +369,10 @@ impl AccessCache {
 /// `410` withdrawn (for admins too), `403` not covered by the caller's grants. The media
 /// routes call this too.
 pub async fn may_read_package(app: &App, user: &AuthUser, id: Uuid) -> Result<(), AccessError> {
+    if app.access.allowed_lately(user.id, id, Uuid::nil()) {
+        return Ok(());
+    }
+    let generation = app.access.generation();
     let facts = app
         .access
         .package_facts(&app.db, id)
@@ -311,11 +381,18 @@ pub async fn may_read_package(app: &App, user: &AuthUser, id: Uuid) -> Result<()
     if facts.withdrawn {
         return Err(AccessError::Withdrawn(id));
     }
-    let covered = app
+    let (covered, grants_loaded) = app
         .access
-        .covers(&app.db, user, &[(id, &facts.question_scopes)])
+        .covers_since(&app.db, user, &[(id, &facts.question_scopes)])
         .await?;
     if covered.first() == Some(&true) {
+        app.access.remember_allowed(
+            user,
+            (id, Uuid::nil()),
+            facts.checked,
+            grants_loaded,
+            generation,
+        );
         Ok(())
     } else {
         Err(AccessError::Denied(id))
@@ -332,6 +409,10 @@ pub async fn may_read_delta(
     id: Uuid,
     from: Uuid,
 ) -> Result<(), AccessError> {
+    if app.access.allowed_lately(user.id, id, from) {
+        return Ok(());
+    }
+    let generation = app.access.generation();
     let to = app
         .access
         .package_facts(&app.db, id)
@@ -347,16 +428,21 @@ pub async fn may_read_delta(
     }
     packages::check_delta_scope((to.scope, &to.scope_key), (held.scope, &held.scope_key))
         .map_err(AccessError::ScopeMismatch)?;
-    let covered = app
+    let (covered, grants_loaded) = app
         .access
-        .covers(
+        .covers_since(
             &app.db,
             user,
             &[(id, &to.question_scopes), (from, &held.question_scopes)],
         )
         .await?;
     match covered.iter().position(|c| !c) {
-        None => Ok(()),
+        None => {
+            // The held package's withdrawal does not matter; its facts' age does not either.
+            app.access
+                .remember_allowed(user, (id, from), to.checked, grants_loaded, generation);
+            Ok(())
+        }
         Some(0) => Err(AccessError::Denied(id)),
         Some(_) => Err(AccessError::Denied(from)),
     }
