@@ -58,6 +58,8 @@ pub struct App {
     pub cache_epoch: String,
     /// What the media object route keeps in memory.
     pub media: crate::media::cache::MediaCache,
+    /// Pull heads read together for concurrent pulls.
+    pub heads: crate::sync::heads::HeadReader,
 }
 
 #[derive(Clone)]
@@ -158,7 +160,9 @@ impl App {
         let anonymous_limiter =
             LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
+        let heads = crate::sync::heads::HeadReader::spawn(db.clone());
         Ok(AppState(Arc::new(App {
+            heads,
             package_limiter,
             anonymous_limiter,
             in_flight,

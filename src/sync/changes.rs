@@ -14,7 +14,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select, Statement, sea_query::Expr,
+    QuerySelect, Select, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -188,7 +188,7 @@ pub async fn pull(
         Some(cursor) => decode_cursor(&app.cache_epoch, cursor)?,
     };
     let db = &app.db;
-    let head = head(db, user_id).await?;
+    let head = app.heads.head(db, user_id).await?;
     if after >= Position::through(head) {
         // Nothing committed past the cursor: one primary-key read, what a phone's pull
         // after every sync usually costs.
@@ -272,26 +272,6 @@ fn answer_position(a: &session_answer::Model) -> Position {
         kind: Kind::Answer,
         id: a.id,
     }
-}
-
-/// The user's committed change counter (0 for a user never seen).
-async fn head(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<i64> {
-    let backend = db.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => "SELECT change_seq FROM users WHERE id = $1",
-        _ => "SELECT change_seq FROM users WHERE id = ?",
-    };
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [user_id.into()],
-        ))
-        .await?;
-    Ok(row
-        .map(|r| r.try_get::<i64>("", "change_seq"))
-        .transpose()?
-        .unwrap_or(0))
 }
 
 /// Rows of one kind after `after`, up to `head`: `change_seq >= s` is the index range on

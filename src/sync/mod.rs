@@ -2,6 +2,7 @@
 //! `AttemptInput`s and call `process_batch`; only parsing and rendering differ.
 pub mod batch;
 pub mod changes;
+pub mod heads;
 pub mod model;
 pub mod payload_hash;
 pub mod rest;
