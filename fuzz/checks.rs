@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
+use examsync::http::sync::wire::parse_body;
 use examsync::packages::etag::{
     IfNoneMatch, if_none_match_matches, negotiate_encoding, parse_if_none_match,
 };
@@ -15,7 +16,6 @@ use examsync::sync::ParsedAttempt;
 use examsync::sync::payload_hash::{
     canonical_legacy, canonical_v1, legacy_hash, parse_timestamp, v1_hash, verify,
 };
-use examsync::sync::rest::parse_body;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
