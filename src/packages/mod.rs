@@ -32,7 +32,7 @@
 //! empty package would be useless to a phone and would hide a typo in the ids.
 pub mod dcz;
 pub mod delta;
-pub mod etag;
+pub mod encoding;
 pub mod single_flight;
 pub mod store;
 

@@ -24,13 +24,13 @@ use crate::{
     app::AppState,
     auth::AuthUser,
     error::{AppError, ErrorCode},
+    http::headers::{
+        RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
+        parse_available_dictionary, parse_range,
+    },
     metrics,
     packages::{
         self, ListFilter, dcz,
-        etag::{
-            RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
-            parse_available_dictionary, parse_range,
-        },
         store::{self, PackageBodies},
     },
 };
@@ -332,7 +332,7 @@ pub async fn get_delta(
     Ok(response)
 }
 
-/// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `etag.rs` read
+/// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `headers.rs` read
 /// bytes, so nothing is copied or checked for UTF-8).
 fn accept_encodings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
