@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The package list body was built as a `serde_json::Value` with `json!` and then written out;
-//! it is now the typed `PackageList` (`PackageSummary::rest_list_item`), which serde writes
+//! it is now the typed `PackageList` (`PackageListItem::from(&PackageSummary)`), which serde writes
 //! directly. Both start from the same `PackageSummary` rows, as the handler does, and must give
 //! the same JSON. Each variant runs for
 //! `BENCH_ROUNDS` (7) rounds of `BENCH_ITERATIONS` (2,000) bodies, alternating; the median
@@ -14,7 +14,8 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use examsync::packages::{PackageList, PackageScope, PackageSummary};
+use examsync::http::packages::wire::{PackageList, PackageListItem};
+use examsync::packages::{PackageScope, PackageSummary};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -83,7 +84,7 @@ fn old_list_body(rows: &[PackageSummary]) -> Vec<u8> {
 /// Today's path.
 fn typed_list_body(rows: &[PackageSummary]) -> Vec<u8> {
     let body = PackageList {
-        items: rows.iter().map(PackageSummary::rest_list_item).collect(),
+        items: rows.iter().map(PackageListItem::from).collect(),
     };
     serde_json::to_vec(&body).unwrap_or_default()
 }

@@ -8,14 +8,14 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
-use examsync::packages::etag::{
+use examsync::http::headers::{
     IfNoneMatch, if_none_match_matches, negotiate_encoding, parse_if_none_match,
 };
+use examsync::http::sync::wire::parse_body;
 use examsync::sync::ParsedAttempt;
 use examsync::sync::payload_hash::{
     canonical_legacy, canonical_v1, legacy_hash, parse_timestamp, v1_hash, verify,
 };
-use examsync::sync::rest::parse_body;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -726,7 +726,7 @@ fn check_payload(question: [u8; 16], index: i64, dt: &DateTime<FixedOffset>, r: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// if_none_match: src/packages/etag.rs (docs/api.md section 5)
+// if_none_match: src/http/headers.rs (docs/api.md section 5)
 // ---------------------------------------------------------------------------------------------
 
 const FIXED_HASH: &str = "fc873d72d04c91ffeaa46adcec080bc90c743feaf188526560aeda94795d11bb";

@@ -14,6 +14,7 @@ use super::{loaders::Loaders, require_admin, require_user, state};
 use crate::{
     access::{self, AccessError},
     error::AppError,
+    http::packages::wire,
     media::{self, MediaPlacement},
     packages::{
         self, BuildRequest, ListFilter, PackageScope, PackageSummary, Snapshot, SnapshotMedia,
@@ -219,7 +220,7 @@ impl TestPackage {
 
     /// The REST path that downloads this package.
     async fn download_path(&self) -> String {
-        self.summary.download_path()
+        wire::download_path(self.summary.id)
     }
 
     /// Distinct media objects the snapshots refer to (what the bundle holds).
@@ -235,7 +236,7 @@ impl TestPackage {
 
     /// The REST path of the media bundle (one ZIP of every object).
     async fn media_bundle_path(&self) -> String {
-        self.summary.media_bundle_path()
+        wire::media_bundle_path(self.summary.id)
     }
 
     /// When an admin withdrew the package (null: served).

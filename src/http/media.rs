@@ -16,14 +16,12 @@ use crate::{
     app::AppState,
     auth::AuthUser,
     error::AppError,
+    http::headers::{RangeRequest, if_none_match_matches, parse_range},
     media::{
         self, MediaObjectBody, MediaSha256,
         bundle::{Layout, Piece},
     },
-    packages::{
-        etag::{RangeRequest, if_none_match_matches, parse_range},
-        store::http_date,
-    },
+    packages::store::http_date,
 };
 
 pub use super::packages::CACHE_CONTROL;

@@ -13,6 +13,7 @@ pub mod changes;
 pub mod extract;
 pub mod graphiql;
 pub mod graphql;
+pub mod headers;
 pub mod health;
 pub mod media;
 pub mod middleware_layer;

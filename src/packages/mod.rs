@@ -32,7 +32,7 @@
 //! empty package would be useless to a phone and would hide a typo in the ids.
 pub mod dcz;
 pub mod delta;
-pub mod etag;
+pub mod encoding;
 pub mod single_flight;
 pub mod store;
 
@@ -596,16 +596,6 @@ impl PackageSummary {
         self.is_published && self.withdrawn_at.is_none()
     }
 
-    /// The REST path of the download.
-    pub fn download_path(&self) -> String {
-        download_path(self.id)
-    }
-
-    /// The REST path of the media bundle.
-    pub fn media_bundle_path(&self) -> String {
-        format!("{}/media", download_path(self.id))
-    }
-
     /// The REST `scope_data`: all three keys, `null` where absent.
     pub fn rest_scope_data(&self) -> Value {
         json!({
@@ -614,89 +604,6 @@ impl PackageSummary {
             "theme_id": self.theme_id,
         })
     }
-
-    /// The REST `scope_data` as its wire type.
-    pub fn rest_scope_ids(&self) -> RestScopeData {
-        RestScopeData {
-            year_id: self.year_id,
-            block_id: self.block_id,
-            theme_id: self.theme_id,
-        }
-    }
-
-    /// One item of the REST list.
-    pub fn rest_list_item(&self) -> PackageListItem {
-        PackageListItem {
-            package_id: self.id,
-            name: self.name.clone(),
-            description: self.description.clone(),
-            scope: self.scope,
-            scope_data: self.rest_scope_ids(),
-            version: self.version,
-            version_hash: self.version_hash.clone(),
-            question_count: self.question_count,
-            media_count: self.media_count,
-            media_bytes: self.media_bytes,
-            published_at: self.published_at,
-            updated_at: self.updated_at,
-        }
-    }
-}
-
-pub fn download_path(id: Uuid) -> String {
-    format!("/api/v1/tests/packages/{id}")
-}
-
-/// REST `scope_data`: all three keys, `null` where absent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RestScopeData {
-    pub year_id: Option<i32>,
-    pub block_id: Option<i32>,
-    pub theme_id: Option<i32>,
-}
-
-/// One item of `GET /api/v1/tests/packages`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PackageListItem {
-    pub package_id: Uuid,
-    pub name: String,
-    pub description: Option<String>,
-    pub scope: PackageScope,
-    pub scope_data: RestScopeData,
-    pub version: i32,
-    pub version_hash: String,
-    pub question_count: i32,
-    /// Distinct media objects the package refers to (what its bundle holds), `0` when none.
-    pub media_count: i32,
-    /// Their total size in bytes, so a phone can decide before fetching (Wi-Fi only, space).
-    pub media_bytes: i64,
-    pub published_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// The body of `GET /api/v1/tests/packages`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PackageList {
-    pub items: Vec<PackageListItem>,
-}
-
-/// The body of `GET /api/v1/tests/packages/{package_id}`. The server splices the stored
-/// canonical `questions` into precomputed bytes (`download_body`) instead of serializing
-/// this type; a unit test checks that those bytes parse as exactly this shape.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PackageDownload {
-    pub package_id: Uuid,
-    pub name: String,
-    pub description: Option<String>,
-    pub scope: PackageScope,
-    pub scope_data: RestScopeData,
-    pub version: i32,
-    pub version_hash: String,
-    /// Ordered by `question_id`; RFC 8785 form, the bytes `version_hash` is taken over.
-    pub questions: Vec<Snapshot>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub published_at: Option<DateTime<Utc>>,
 }
 
 /// A delta needs two versions of one line (scope + scope_data): otherwise `409`.
@@ -871,7 +778,9 @@ pub async fn load_questions_json(
     Ok(rows.into_iter().collect())
 }
 
-/// The REST download body, with the stored canonical `questions` spliced in verbatim.
+/// The REST download body, with the stored canonical `questions` spliced in verbatim: the
+/// bytes the package store caches, in the shape of
+/// [`PackageDownload`](crate::http::packages::wire::PackageDownload).
 pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
     #[derive(Serialize)]
     struct Head<'a> {
@@ -970,61 +879,6 @@ mod tests {
             err.to_string().contains("PROGRAM, YEAR, BLOCK, THEME"),
             "{err}"
         );
-    }
-
-    /// The spliced bytes are exactly the documented wire type, field for field.
-    #[test]
-    fn download_body_is_the_package_download_shape() {
-        let at = Utc::now().trunc_subsecs(6);
-        let snapshot = Snapshot {
-            question_id: Uuid::from_u128(7),
-            stem: "Stem “q”".into(),
-            option_a: Some("a".into()),
-            option_b: Some("b".into()),
-            option_c: None,
-            option_d: None,
-            option_e: None,
-            correct_index: 1,
-            explanation_md: None,
-            year_id: 1,
-            block_id: Some(2),
-            theme_id: None,
-            cognitive_level: None,
-            difficulty: Some("EASY".into()),
-            media: Vec::new(),
-        };
-        let (questions_json, version_hash) = canonical_questions(vec![snapshot.clone()]).unwrap();
-        let package = test_package::Model {
-            id: Uuid::from_u128(1),
-            name: "N".into(),
-            description: Some("D".into()),
-            scope: PackageScope::Block,
-            scope_data: json!({"block_id": 2}),
-            scope_key: r#"{"block_id":2}"#.into(),
-            year_id: None,
-            block_id: Some(2),
-            theme_id: None,
-            version: 1,
-            version_hash: version_hash.clone(),
-            questions_json,
-            question_count: 1,
-            media_count: 0,
-            media_bytes: 0,
-            is_published: true,
-            published_at: Some(at),
-            created_by: None,
-            created_at: at,
-            updated_at: at,
-            withdrawn_at: None,
-            withdrawn_reason: None,
-        };
-        let body = download_body(&package).unwrap();
-        let typed: PackageDownload = serde_json::from_slice(&body).unwrap();
-        assert_eq!(typed.questions, vec![snapshot]);
-        assert_eq!(typed.version_hash, version_hash);
-        // Nothing more, nothing less: re-serializing the type gives the same JSON value.
-        let raw: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(serde_json::to_value(&typed).unwrap(), raw);
     }
 
     #[test]

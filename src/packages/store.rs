@@ -38,7 +38,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{PackageScope, etag::Encoding, single_flight::Flights};
+use super::{PackageScope, encoding::Encoding, single_flight::Flights};
 use crate::{
     error::{AppError, AppResult},
     metrics::{self, PackageBuild},

@@ -5,7 +5,6 @@ pub mod changes;
 pub mod heads;
 pub mod model;
 pub mod payload_hash;
-pub mod rest;
 pub mod rules;
 pub mod store;
 pub mod tally;

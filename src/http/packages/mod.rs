@@ -5,6 +5,8 @@
 //! package's ETag only (cached after the first look), a full download needs the cached
 //! bytes in the negotiated encoding. Compression is done here, once per package, not by
 //! a compression layer, so that the ETag and `Vary` are the same for every encoding.
+pub mod wire;
+
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
@@ -22,16 +24,18 @@ use crate::{
     app::AppState,
     auth::AuthUser,
     error::{AppError, ErrorCode},
+    http::headers::{
+        RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
+        parse_available_dictionary, parse_range,
+    },
     metrics,
     packages::{
         self, ListFilter, dcz,
-        etag::{
-            RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
-            parse_available_dictionary, parse_range,
-        },
         store::{self, PackageBodies},
     },
 };
+
+use wire::{PackageList, PackageListItem};
 
 /// Room for the headers of a package or media response: validators, caching, `Vary`,
 /// coding, range and dictionary headers, and the request id the middleware adds.
@@ -56,7 +60,7 @@ pub const LIST_VARY: &str = "Authorization, Accept-Encoding";
         ("latest" = Option<bool>, Query, description = "only the newest published version of each scope")
     ),
     responses(
-        (status = 200, description = "Published packages, newest first", body = packages::PackageList),
+        (status = 200, description = "Published packages, newest first", body = PackageList),
         (status = 400, description = "Bad filter", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::http::openapi::ErrorBody),
     ),
@@ -73,9 +77,9 @@ pub async fn list_packages(
     let items = access::gate::list_readable(&state, &user, &filter)
         .await?
         .iter()
-        .map(packages::PackageSummary::rest_list_item)
+        .map(PackageListItem::from)
         .collect();
-    let mut response = axum::Json(packages::PackageList { items }).into_response();
+    let mut response = axum::Json(PackageList { items }).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),
@@ -135,7 +139,7 @@ pub fn parse_list_filter(params: &HashMap<String, String>) -> Result<ListFilter,
     tag = "packages",
     params(("package_id" = Uuid, Path, description = "the package id")),
     responses(
-        (status = 200, description = "the package (identity, gzip, br or dcz)", body = packages::PackageDownload),
+        (status = 200, description = "the package (identity, gzip, br or dcz)", body = wire::PackageDownload),
         (status = 206, description = "one byte range of the chosen encoding"),
         (status = 304, description = "If-None-Match matched: no body"),
         (status = 400, description = "malformed id", body = crate::http::openapi::ErrorBody),
@@ -328,7 +332,7 @@ pub async fn get_delta(
     Ok(response)
 }
 
-/// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `etag.rs` read
+/// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `headers.rs` read
 /// bytes, so nothing is copied or checked for UTF-8).
 fn accept_encodings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers

@@ -1,16 +1,10 @@
 //! `POST /api/v1/sync/attempts:batch`: the previous server's route, snake_case.
+pub mod wire;
+
 use axum::{Json, extract::State};
 
-use crate::{
-    app::AppState,
-    auth::AuthUser,
-    error::AppError,
-    http::extract::ApiJson,
-    sync::{
-        self,
-        rest::{SyncBatchRequest, SyncBatchResponse},
-    },
-};
+use crate::{app::AppState, auth::AuthUser, error::AppError, http::extract::ApiJson, sync};
+use wire::{SyncBatchRequest, SyncBatchResponse};
 
 /// Applies queued offline attempts exactly once; one result per attempt, in order.
 #[utoipa::path(

@@ -5,6 +5,8 @@
 //! panic and never allocate per element: they are on the hot path of every package
 //! revalidation and are fuzzed.
 
+use crate::packages::encoding::Encoding;
+
 /// What an `If-None-Match` header asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IfNoneMatch<'a> {
@@ -86,25 +88,6 @@ where
             IfNoneMatch::Any => true,
             IfNoneMatch::Tags(tags) => tags.iter().any(|tag| tag.opaque == opaque.as_bytes()),
         })
-}
-
-/// A content coding the package route can serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-    Brotli,
-}
-
-impl Encoding {
-    /// The `Content-Encoding` token (and metrics label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::Identity => "identity",
-            Encoding::Gzip => "gzip",
-            Encoding::Brotli => "br",
-        }
-    }
 }
 
 /// Chooses `br` or `gzip` from `Accept-Encoding` values by their q-values (q=0 means

@@ -7,11 +7,13 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{
-    AttemptInput, AttemptResult, ParsedAttempt, SyncErrorCode, SyncStatus,
-    payload_hash::parse_timestamp,
+use crate::{
+    error::AppError,
+    sync::{
+        AttemptInput, AttemptResult, ParsedAttempt, SyncErrorCode, SyncStatus,
+        payload_hash::parse_timestamp,
+    },
 };
-use crate::error::AppError;
 
 /// The REST request body, as read by the handler.
 #[derive(Debug, Deserialize, ToSchema)]
