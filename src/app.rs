@@ -160,9 +160,8 @@ impl App {
         let anonymous_limiter =
             LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
-        let heads = crate::sync::heads::HeadReader::spawn(db.clone());
         Ok(AppState(Arc::new(App {
-            heads,
+            heads: crate::sync::heads::HeadReader::default(),
             package_limiter,
             anonymous_limiter,
             in_flight,

@@ -2,87 +2,144 @@
 //! [`super::changes`]) for concurrent pulls together.
 //!
 //! After every sync each phone pulls, and nearly every such pull finds nothing new: its whole
-//! cost is one primary-key read. On PostgreSQL that read is a network round trip, far dearer
-//! than the rest of the request. Pulls that arrive while a read is under way wait for the
-//! next one, which reads all their users in one statement (`WHERE id = ANY(…)`): under load
-//! one round trip serves many pulls; an idle server reads at once, as before.
+//! cost is one primary-key read, and that read is a hand-off to another thread (SQLite's
+//! worker) or a network round trip (PostgreSQL), far dearer than the rest of the request.
+//! So pulls share reads: a pull that finds no read under way reads at once, itself, for
+//! every pull queued by then; pulls that arrive meanwhile queue, and the next read (one
+//! statement, `WHERE id = ANY(…)`) serves them all. An idle server reads at once, as before.
 //!
 //! The no-skip argument is unchanged: a pull's head is read by a statement that starts after
 //! the pull was queued, so it sees every change committed before the pull arrived.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::AppResult;
 
 /// Users read by one statement at most.
 const MAX_BATCH: usize = 256;
-/// Head reads under way at once; pulls arriving meanwhile wait for the next one.
-const READS_IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<Option<i64>>;
 
-/// The queue of head reads; cheap to share.
+/// The pulls waiting for a head, and whether a read is under way.
+#[derive(Default)]
+struct Queue {
+    reading: bool,
+    waiting: Vec<(Uuid, Reply)>,
+}
+
+/// Shares head reads between concurrent pulls; cheap to clone.
+#[derive(Clone, Default)]
 pub struct HeadReader {
-    queue: mpsc::UnboundedSender<(Uuid, Reply)>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl HeadReader {
-    /// Starts the reader's task on the current runtime.
-    pub fn spawn(db: DatabaseConnection) -> HeadReader {
-        let (queue, requests) = mpsc::unbounded_channel();
-        tokio::spawn(run(db, requests));
-        HeadReader { queue }
-    }
-
     /// The user's committed change counter (0 for a user never seen).
     pub async fn head(&self, db: &DatabaseConnection, user_id: Uuid) -> AppResult<i64> {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send((user_id, reply)).is_ok()
-            && let Ok(Some(head)) = answer.await
-        {
-            return Ok(head);
+        let lead = {
+            let mut queue = self.lock();
+            queue.waiting.push((user_id, reply));
+            !std::mem::replace(&mut queue.reading, true)
+        };
+        if lead {
+            // This pull reads for everyone queued, itself included; whoever queued during
+            // the read is served by a task of its own, so this request waits for one read.
+            let mut reading = Reading {
+                reader: self,
+                done: false,
+            };
+            self.read_once(db).await;
+            reading.done = true;
+            if !self.finish_or_continue() {
+                let reader = self.clone();
+                let db = db.clone();
+                tokio::spawn(async move { reader.serve_queue(&db).await });
+            }
         }
-        // The shared read failed (or its task is gone): read alone, so that this request
-        // gets the error its own read gives (transient or not).
-        Ok(read_heads(db, &[user_id])
-            .await?
-            .get(&user_id)
-            .copied()
-            .unwrap_or(0))
+        match answer.await {
+            Ok(Some(head)) => Ok(head),
+            // The shared read failed or was dropped: read alone, so that this request gets
+            // the error its own read gives (transient or not).
+            _ => Ok(read_heads(db, &[user_id])
+                .await?
+                .get(&user_id)
+                .copied()
+                .unwrap_or(0)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads for the pulls queued now (at most [`MAX_BATCH`]) and answers them.
+    async fn read_once(&self, db: &DatabaseConnection) {
+        let batch: Vec<(Uuid, Reply)> = {
+            let mut queue = self.lock();
+            let take = queue.waiting.len().min(MAX_BATCH);
+            queue.waiting.drain(..take).collect()
+        };
+        let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let heads = read_heads(db, &ids).await.ok();
+        for (id, reply) in batch {
+            let head = heads
+                .as_ref()
+                .map(|heads| heads.get(&id).copied().unwrap_or(0));
+            let _ = reply.send(head);
+        }
+    }
+
+    /// Ends the reading turn when nobody waits (`true`); else the turn goes on.
+    fn finish_or_continue(&self) -> bool {
+        let mut queue = self.lock();
+        if queue.waiting.is_empty() {
+            queue.reading = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads until nobody waits.
+    async fn serve_queue(&self, db: &DatabaseConnection) {
+        let mut reading = Reading {
+            reader: self,
+            done: false,
+        };
+        loop {
+            self.read_once(db).await;
+            if self.finish_or_continue() {
+                reading.done = true;
+                return;
+            }
+        }
     }
 }
 
-async fn run(db: DatabaseConnection, mut requests: mpsc::UnboundedReceiver<(Uuid, Reply)>) {
-    let reads = Arc::new(Semaphore::new(READS_IN_FLIGHT));
-    while let Some(first) = requests.recv().await {
-        let Ok(permit) = reads.clone().acquire_owned().await else {
-            return;
-        };
-        // Everything queued by now goes into this read.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+/// A reading turn; if its future is dropped mid-read (the client went away), the turn ends
+/// and the pulls still queued read alone.
+struct Reading<'a> {
+    reader: &'a HeadReader,
+    done: bool,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut queue = self.reader.lock();
+            queue.reading = false;
+            // Their senders dropped: each falls back to a read of its own.
+            queue.waiting.clear();
         }
-        let db = db.clone();
-        tokio::spawn(async move {
-            let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let heads = read_heads(&db, &ids).await.ok();
-            for (id, reply) in batch {
-                let head = heads
-                    .as_ref()
-                    .map(|heads| heads.get(&id).copied().unwrap_or(0));
-                let _ = reply.send(head);
-            }
-            drop(permit);
-        });
     }
 }
 
@@ -114,4 +171,43 @@ async fn read_heads(db: &DatabaseConnection, ids: &[Uuid]) -> AppResult<HashMap<
         .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "change_seq")?)))
         .collect::<Result<_, sea_orm::DbErr>>()
         .map_err(Into::into)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Many pulls at once get each their own user's head, whichever pull reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_pulls_get_their_own_heads() {
+        let db = crate::db::connect("sqlite::memory:", 1).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let users: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        for (n, user) in users.iter().enumerate().take(30) {
+            db.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "INSERT INTO users (id, role, created_at, acked_count, duplicate_count, \
+                 rejected_count, change_seq) VALUES (?, 'STUDENT', CURRENT_TIMESTAMP, 0, 0, 0, ?)",
+                [(*user).into(), (n as i64 * 7).into()],
+            ))
+            .await
+            .unwrap();
+        }
+        let reader = HeadReader::default();
+        let pulls = users.iter().enumerate().flat_map(|(n, user)| {
+            let (reader, db) = (reader.clone(), db.clone());
+            (0..5).map(move |_| {
+                let (reader, db, user) = (reader.clone(), db.clone(), *user);
+                tokio::spawn(async move { (n, reader.head(&db, user).await.unwrap()) })
+            })
+        });
+        for pull in futures::future::join_all(pulls.collect::<Vec<_>>()).await {
+            let (n, head) = pull.unwrap();
+            let expected = if n < 30 { n as i64 * 7 } else { 0 };
+            assert_eq!(head, expected, "user {n}");
+        }
+        assert!(!reader.lock().reading, "the reading turn ended");
+        assert!(reader.lock().waiting.is_empty());
+    }
 }
