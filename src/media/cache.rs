@@ -2,7 +2,10 @@
 //! nothing: each object's metadata and bytes (immutable: the hash names them), and which
 //! published packages refer to an object. Only what does not depend on the caller is kept;
 //! the caller's decision is taken on every request by `may_read_package`.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use moka::sync::Cache;
@@ -19,17 +22,20 @@ pub const DEFAULT_DATA_BYTES: u64 = 64 * 1024 * 1024;
 const LARGEST_SHARE: u64 = 8;
 
 /// How many objects' metadata and referring packages are kept (entries are small).
-const ENTRIES: u64 = 100_000;
+const ENTRIES: usize = 100_000;
 
 /// How long the referring packages of an object are trusted. A package published since is
 /// seen at once (a negative answer always asks the database again), and a withdrawn one is
 /// refused by `may_read_package` itself; this only bounds how long a list is kept unread.
 pub const REFERRING_TTL: Duration = Duration::from_secs(30);
 
+/// Metadata and referring packages are read on every request (`quick_cache`: a cheap
+/// read); the bytes are weighed, which `moka` does.
 pub struct MediaCache {
-    meta: Cache<MediaSha256, MediaMeta>,
+    meta: quick_cache::sync::Cache<MediaSha256, MediaMeta>,
     data: Cache<MediaSha256, Bytes>,
-    referring: Cache<MediaSha256, Arc<[PackageSummary]>>,
+    /// With when they were read: kept for [`REFERRING_TTL`].
+    referring: quick_cache::sync::Cache<MediaSha256, (Instant, Arc<[PackageSummary]>)>,
     data_bytes: u64,
 }
 
@@ -43,15 +49,12 @@ impl MediaCache {
     /// A cache holding at most `data_bytes` of object bytes (0: bytes are never kept).
     pub fn new(data_bytes: u64) -> MediaCache {
         MediaCache {
-            meta: Cache::new(ENTRIES),
+            meta: quick_cache::sync::Cache::new(ENTRIES),
             data: Cache::builder()
                 .max_capacity(data_bytes)
                 .weigher(|_, data: &Bytes| u32::try_from(data.len()).unwrap_or(u32::MAX))
                 .build(),
-            referring: Cache::builder()
-                .max_capacity(ENTRIES)
-                .time_to_live(REFERRING_TTL)
-                .build(),
+            referring: quick_cache::sync::Cache::new(ENTRIES),
             data_bytes,
         }
     }
@@ -75,14 +78,17 @@ impl MediaCache {
     }
 
     pub fn referring(&self, sha: &MediaSha256) -> Option<Arc<[PackageSummary]>> {
-        self.referring.get(sha)
+        self.referring
+            .get(sha)
+            .filter(|(read, _)| read.elapsed() < REFERRING_TTL)
+            .map(|(_, packages)| packages)
     }
 
     pub fn put_referring(&self, sha: MediaSha256, packages: Arc<[PackageSummary]>) {
         if packages.is_empty() {
-            self.referring.invalidate(&sha);
+            self.referring.remove(&sha);
         } else {
-            self.referring.insert(sha, packages);
+            self.referring.insert(sha, (Instant::now(), packages));
         }
     }
 }
