@@ -37,10 +37,6 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-/// The allocator `examsync serve` runs with, so the servers here are the ones measured.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let clients: usize = env_or("BENCH_CLIENTS", "16")

@@ -95,10 +95,6 @@ impl Settings {
     }
 }
 
-/// The allocator `examsync serve` runs with, so the servers here are the ones measured.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let outcome = match args.get(1).map(String::as_str) {

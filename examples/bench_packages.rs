@@ -141,10 +141,6 @@ impl Settings {
     }
 }
 
-/// The allocator `examsync serve` runs with, so the servers here are the ones measured.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -72,10 +72,6 @@ use uuid::Uuid;
 const SECRET: &str = "bench-sync-secret-0123456789abcdef";
 const BATCH: usize = 100;
 
-/// The allocator `examsync serve` runs with, so the servers here are the ones measured.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let serve_mode = std::env::args().nth(1).as_deref() == Some("--serve");
     // Pin before the runtime starts its threads: they inherit the main thread's affinity.

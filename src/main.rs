@@ -14,10 +14,6 @@ use examsync::{
     db, demo, graphql, media, packages, questions, telemetry,
 };
 
-/// mimalloc: see `Cargo.toml` (a request's many small blocks cost less than with glibc's).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
