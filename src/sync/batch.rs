@@ -25,14 +25,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, DurationRound, FixedOffset, Utc};
 use sea_orm::{
-    DatabaseConnection, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{
     AttemptInput, AttemptResult, MAX_BATCH, ParsedAttempt, SyncErrorCode, SyncStatus,
-    rules::{self, Checked, Facts, QuestionFact, Record, SessionState, Target},
+    rules::{self, Checked, Facts, QuestionFact, Record, SessionFact, SessionState, Target},
     store::{self, Claim, Counts},
 };
 use crate::{
@@ -188,14 +189,49 @@ fn inconsistent() -> AppError {
 }
 
 /// What the applying transaction decided for its items.
-#[derive(Default)]
 struct Applied {
-    /// Applied: (item position, attempt id, session id).
-    won: Vec<(usize, Uuid, Uuid)>,
+    won: Vec<Won>,
     /// Positions whose key another request holds.
     lost: Vec<usize>,
     /// Positions whose session is closed (claims given back).
     closed: Vec<usize>,
+}
+
+/// An applied item.
+struct Won {
+    position: usize,
+    attempt_id: Uuid,
+    session_id: Uuid,
+}
+
+/// An item's ids in the transaction: the attempt id is fixed before the claim so that
+/// the idempotency record names it.
+#[derive(Clone, Copy)]
+struct Placed {
+    attempt_id: Uuid,
+    session: SessionFact,
+}
+
+/// Positions (into the transaction's items) by the claim of their key.
+#[derive(Default)]
+struct KeyClaims {
+    won: Vec<usize>,
+    /// Another request holds the key.
+    lost: Vec<usize>,
+}
+
+/// Won positions by the status of their session, read again under its lock.
+struct SessionRecheck {
+    open: Vec<usize>,
+    /// Their claims are given back.
+    closed: Vec<usize>,
+}
+
+/// The item that first names an offline session.
+#[derive(Clone, Copy)]
+struct FirstUse {
+    index: usize,
+    scope: rules::Scope,
 }
 
 struct Batch<'a> {
@@ -478,173 +514,178 @@ impl Batch<'_> {
 
     /// The one transaction of a batch (positions index into `items`).
     async fn apply_in_transaction(&self, items: &[&Accepted]) -> Result<Applied, TxnError> {
-        let now = self.received_at;
-        let user_id = self.user.id;
+        let txn = self.begin().await?;
+        let seq = self.bump_change_seq(&txn).await?;
+        let sessions = self.create_offline_sessions(&txn, items, seq).await?;
+        let placed: Vec<Placed> = sessions
+            .into_iter()
+            .map(|session| Placed {
+                attempt_id: Uuid::new_v4(),
+                session,
+            })
+            .collect();
+        let claims = self.claim_keys(&txn, items, &placed).await?;
+        let recheck = self
+            .recheck_sessions(&txn, items, &placed, claims.won)
+            .await?;
+        let mut won = Vec::new();
+        if !recheck.open.is_empty() {
+            let plan = fold_into_answers(&txn, items, &placed, &recheck.open).await?;
+            self.write_open(&txn, items, &placed, &recheck.open, plan, seq)
+                .await?;
+            won = recheck
+                .open
+                .iter()
+                .map(|&position| Won {
+                    position,
+                    attempt_id: placed[position].attempt_id,
+                    session_id: placed[position].session.id,
+                })
+                .collect();
+        }
+        self.commit(txn).await?;
+        Ok(Applied {
+            won,
+            lost: claims.lost,
+            closed: recheck.closed,
+        })
+    }
+
+    async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         // SQLite: take the one write lock at BEGIN (waiting out the busy timeout) rather
         // than upgrading a read snapshot later, which can fail with SQLITE_BUSY_SNAPSHOT.
-        let txn = self
-            .db()
+        self.db()
             .begin_with_options(TransactionOptions {
                 isolation_level: None,
                 access_mode: None,
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             })
-            .await?;
+            .await
+    }
 
-        // 0. The user's change counter, first: from here to commit this transaction holds
-        //    the user's row lock, so the pull feed sees the user's commits in counter order.
-        let seq = store::bump_change_seq(&txn, user_id)
+    /// First in the transaction: from here to commit it holds the user's row lock, so
+    /// the pull feed sees the user's commits in counter order.
+    async fn bump_change_seq(&self, txn: &DatabaseTransaction) -> Result<i64, TxnError> {
+        store::bump_change_seq(txn, self.user.id)
             .await?
-            .ok_or(TxnError::Inconsistent)?;
+            .ok_or(TxnError::Inconsistent)
+    }
 
-        // 1. Sessions of offline sessions seen for the first time; the scope comes from
-        //    the first item (in request order) that names the offline session.
-        let mut first_use: BTreeMap<Uuid, (usize, rules::Scope)> = BTreeMap::new();
-        for item in items {
-            if let Target::NewOffline(offline) = item.checked.target {
-                let entry = first_use
-                    .entry(offline)
-                    .or_insert((item.pending.index, item.checked.scope));
-                if item.pending.index < entry.0 {
-                    *entry = (item.pending.index, item.checked.scope);
-                }
-            }
-        }
-        let new_sessions: Vec<store::NewSession> = first_use
-            .iter()
-            .map(|(offline, (_, scope))| store::NewSession {
-                id: Uuid::new_v4(),
-                offline_session_id: *offline,
-                scope: *scope,
-            })
-            .collect();
+    /// The session of every item (position by position), creating those of offline
+    /// sessions seen for the first time.
+    async fn create_offline_sessions(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &[&Accepted],
+        seq: i64,
+    ) -> Result<Vec<SessionFact>, TxnError> {
+        let new_sessions = new_offline_sessions(items);
         let created =
-            store::create_offline_sessions(&txn, user_id, &new_sessions, now, seq).await?;
-        let mut targets: Vec<(Uuid, SessionState)> = Vec::with_capacity(items.len());
-        for item in items {
-            targets.push(match item.checked.target {
-                Target::Session(id) => (id, SessionState::Active),
-                Target::NewOffline(offline) => match created.get(&offline) {
-                    Some(session) => (session.id, session.state),
-                    // The upsert returns the row it inserted or found; without one the
-                    // database is not in a state to decide in: a retry will be.
-                    None => return Err(TxnError::Inconsistent),
-                },
-            });
-        }
+            store::create_offline_sessions(txn, self.user.id, &new_sessions, self.received_at, seq)
+                .await?;
+        items
+            .iter()
+            .map(|item| match item.checked.target {
+                Target::Session(id) => Ok(SessionFact {
+                    id,
+                    state: SessionState::Active,
+                }),
+                // The upsert returns the row it inserted or found; without one the
+                // database is not in a state to decide in: a retry will be.
+                Target::NewOffline(offline) => {
+                    created.get(&offline).copied().ok_or(TxnError::Inconsistent)
+                }
+            })
+            .collect()
+    }
 
-        // 2. Claim every key before any other check or write.
-        let attempt_ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+    /// Every key is claimed before any other check or write.
+    async fn claim_keys(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &[&Accepted],
+        placed: &[Placed],
+    ) -> Result<KeyClaims, TxnError> {
         let claims: Vec<Claim> = items
             .iter()
-            .zip(&attempt_ids)
-            .zip(&targets)
-            .map(|((item, attempt_id), (session_id, _))| Claim {
+            .zip(placed)
+            .map(|(item, placed)| Claim {
                 key: item.pending.input.idempotency_key,
                 v1_hash: item.pending.v1_hash.clone(),
-                attempt_id: *attempt_id,
-                session_id: *session_id,
+                attempt_id: placed.attempt_id,
+                session_id: placed.session.id,
             })
             .collect();
-        let won_keys = store::claim(&txn, user_id, &claims, now).await?;
-        let mut applied = Applied::default();
-        let mut winners: Vec<usize> = Vec::new();
+        let won_keys = store::claim(txn, self.user.id, &claims, self.received_at).await?;
+        let mut outcome = KeyClaims::default();
         for (position, item) in items.iter().enumerate() {
             if won_keys.contains(&item.pending.input.idempotency_key) {
-                winners.push(position);
+                outcome.won.push(position);
             } else {
-                applied.lost.push(position);
+                outcome.lost.push(position);
             }
         }
+        Ok(outcome)
+    }
 
-        // 3. Lock the sessions and read their status again: a submitSession may have
-        //    committed since the checks. Items of closed sessions give their keys back.
-        let mut session_ids: Vec<Uuid> = winners.iter().map(|&p| targets[p].0).collect();
+    /// A submitSession may have committed since the checks: the won sessions are locked
+    /// and their status read again. Items of closed sessions give their keys back.
+    async fn recheck_sessions(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &[&Accepted],
+        placed: &[Placed],
+        won: Vec<usize>,
+    ) -> Result<SessionRecheck, TxnError> {
+        let mut session_ids: Vec<Uuid> = won.iter().map(|&p| placed[p].session.id).collect();
         session_ids.sort_unstable();
         session_ids.dedup();
         let states = if session_ids.is_empty() {
             HashMap::new()
         } else {
-            store::lock_sessions(&txn, &session_ids).await?
+            store::lock_sessions(txn, &session_ids).await?
         };
-        let (open, closed): (Vec<usize>, Vec<usize>) = winners.into_iter().partition(|&p| {
-            targets[p].1 == SessionState::Active
-                && states.get(&targets[p].0) == Some(&SessionState::Active)
+        let (open, closed): (Vec<usize>, Vec<usize>) = won.into_iter().partition(|&p| {
+            let session = placed[p].session;
+            session.state == SessionState::Active
+                && states.get(&session.id) == Some(&SessionState::Active)
         });
         let released: Vec<Uuid> = closed
             .iter()
             .map(|&p| items[p].pending.input.idempotency_key)
             .collect();
-        store::release(&txn, user_id, &released).await?;
-        applied.closed = closed;
+        store::release(txn, self.user.id, &released).await?;
+        Ok(SessionRecheck { open, closed })
+    }
 
-        if !open.is_empty() {
-            // 4. Fold the new attempts into the current answers.
-            let mut question_ids: Vec<Uuid> = open
-                .iter()
-                .map(|&p| items[p].pending.input.question_id)
-                .collect();
-            question_ids.sort_unstable();
-            question_ids.dedup();
-            let mut open_sessions: Vec<Uuid> = open.iter().map(|&p| targets[p].0).collect();
-            open_sessions.sort_unstable();
-            open_sessions.dedup();
-            let current = store::current_answers(&txn, &open_sessions, &question_ids).await?;
-            let new_attempts: Vec<rules::NewAttempt> = open
-                .iter()
-                .map(|&p| {
-                    let item = items[p];
-                    rules::NewAttempt {
-                        attempt_id: attempt_ids[p],
-                        session_id: targets[p].0,
-                        question_id: item.pending.input.question_id,
-                        selected_option_index: option_index(&item.pending.input),
-                        is_correct: item.checked.is_correct,
-                        effective_at: item.checked.effective_at,
-                        order: item.pending.index,
-                    }
-                })
-                .collect();
-            let plan = rules::fold_answers(current, &new_attempts, &mut Uuid::new_v4);
+    /// The writes of the open items, one statement each.
+    async fn write_open(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &[&Accepted],
+        placed: &[Placed],
+        open: &[usize],
+        plan: rules::AnswerPlan,
+        seq: i64,
+    ) -> Result<(), TxnError> {
+        let user_id = self.user.id;
+        let now = self.received_at;
+        let rows: Vec<store::AttemptRow> = open
+            .iter()
+            .map(|&p| attempt_row(items[p], placed[p]))
+            .collect();
+        let skew_ms = self.skew.map(|s| s.num_milliseconds());
+        // Also adds ackedCount, in the applying transaction: exact even if a later
+        // round fails.
+        store::insert_attempts(txn, user_id, &rows, skew_ms, now).await?;
+        let answers: Vec<_> = plan.answers.into_iter().collect();
+        store::write_answers(txn, user_id, &answers, now, seq).await?;
+        let deltas: Vec<_> = plan.deltas.into_iter().collect();
+        store::add_scores(txn, &deltas, now, seq).await?;
+        Ok(())
+    }
 
-            // 5. The writes, one statement each.
-            let rows: Vec<store::AttemptRow> = open
-                .iter()
-                .map(|&p| {
-                    let input = &items[p].pending.input;
-                    let answered_at = input
-                        .answered_at
-                        .duration_trunc(Duration::microseconds(1))
-                        .unwrap_or(input.answered_at);
-                    store::AttemptRow {
-                        attempt_id: attempt_ids[p],
-                        key: input.idempotency_key,
-                        v1_hash: items[p].pending.v1_hash.clone(),
-                        session_id: targets[p].0,
-                        question_id: input.question_id,
-                        package_id: input.package_id,
-                        client_attempt_id: input.client_attempt_id,
-                        selected_option_index: option_index(input),
-                        is_correct: items[p].checked.is_correct,
-                        answered_at: answered_at.with_timezone(&Utc),
-                        answered_at_raw: answered_at.to_rfc3339(),
-                    }
-                })
-                .collect();
-            let skew_ms = self.skew.map(|s| s.num_milliseconds());
-            // Also adds ackedCount, in the applying transaction: exact even if a later
-            // round fails.
-            store::insert_attempts(&txn, user_id, &rows, skew_ms, now).await?;
-            let answers: Vec<_> = plan.answers.into_iter().collect();
-            store::write_answers(&txn, user_id, &answers, now, seq).await?;
-            let deltas: Vec<_> = plan.deltas.into_iter().collect();
-            store::add_scores(&txn, &deltas, now, seq).await?;
-            applied.won = open
-                .iter()
-                .map(|&p| (p, attempt_ids[p], targets[p].0))
-                .collect();
-        }
-
+    async fn commit(&self, txn: DatabaseTransaction) -> Result<(), TxnError> {
         let (committed, commit) = watch_commit(txn.commit()).await;
         committed?;
         if commit == Commit::Unconfirmed {
@@ -654,7 +695,7 @@ impl Batch<'_> {
             .sync
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(applied)
+        Ok(())
     }
 
     /// After commit: results for the winners, their records cached, and the items whose
@@ -666,7 +707,12 @@ impl Batch<'_> {
     ) -> AppResult<Vec<(usize, AttemptResult)>> {
         let mut out = Vec::with_capacity(items.len());
         let mut cache_entries = Vec::with_capacity(applied.won.len());
-        for &(position, attempt_id, session_id) in &applied.won {
+        for &Won {
+            position,
+            attempt_id,
+            session_id,
+        } in &applied.won
+        {
             let item = items[position];
             let record = Record {
                 payload_hash: item.pending.v1_hash.clone(),
@@ -762,4 +808,92 @@ impl Batch<'_> {
 /// `Int`), and `rules::check` bounds them by the option count.
 fn option_index(input: &AttemptInput) -> i32 {
     i32::try_from(input.selected_option_index).unwrap_or(i32::MAX)
+}
+
+/// Sessions for the offline sessions first seen in this batch; the scope comes from the
+/// first item (in request order) that names the offline session.
+fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
+    let mut first_use: BTreeMap<Uuid, FirstUse> = BTreeMap::new();
+    for item in items {
+        if let Target::NewOffline(offline) = item.checked.target {
+            let candidate = FirstUse {
+                index: item.pending.index,
+                scope: item.checked.scope,
+            };
+            let entry = first_use.entry(offline).or_insert(candidate);
+            if candidate.index < entry.index {
+                *entry = candidate;
+            }
+        }
+    }
+    first_use
+        .into_iter()
+        .map(|(offline, first)| store::NewSession {
+            id: Uuid::new_v4(),
+            offline_session_id: offline,
+            scope: first.scope,
+        })
+        .collect()
+}
+
+/// The current answers of the open items' sessions and questions, with the new attempts
+/// folded in.
+async fn fold_into_answers(
+    txn: &DatabaseTransaction,
+    items: &[&Accepted],
+    placed: &[Placed],
+    open: &[usize],
+) -> Result<rules::AnswerPlan, TxnError> {
+    let mut question_ids: Vec<Uuid> = open
+        .iter()
+        .map(|&p| items[p].pending.input.question_id)
+        .collect();
+    question_ids.sort_unstable();
+    question_ids.dedup();
+    let mut open_sessions: Vec<Uuid> = open.iter().map(|&p| placed[p].session.id).collect();
+    open_sessions.sort_unstable();
+    open_sessions.dedup();
+    let current = store::current_answers(txn, &open_sessions, &question_ids).await?;
+    let new_attempts: Vec<rules::NewAttempt> = open
+        .iter()
+        .map(|&p| new_attempt(items[p], placed[p]))
+        .collect();
+    Ok(rules::fold_answers(
+        current,
+        &new_attempts,
+        &mut Uuid::new_v4,
+    ))
+}
+
+fn new_attempt(item: &Accepted, placed: Placed) -> rules::NewAttempt {
+    rules::NewAttempt {
+        attempt_id: placed.attempt_id,
+        session_id: placed.session.id,
+        question_id: item.pending.input.question_id,
+        selected_option_index: option_index(&item.pending.input),
+        is_correct: item.checked.is_correct,
+        effective_at: item.checked.effective_at,
+        order: item.pending.index,
+    }
+}
+
+fn attempt_row(item: &Accepted, placed: Placed) -> store::AttemptRow {
+    let input = &item.pending.input;
+    let answered_at = input
+        .answered_at
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap_or(input.answered_at);
+    store::AttemptRow {
+        attempt_id: placed.attempt_id,
+        key: input.idempotency_key,
+        v1_hash: item.pending.v1_hash.clone(),
+        session_id: placed.session.id,
+        question_id: input.question_id,
+        package_id: input.package_id,
+        client_attempt_id: input.client_attempt_id,
+        selected_option_index: option_index(input),
+        is_correct: item.checked.is_correct,
+        answered_at: answered_at.with_timezone(&Utc),
+        answered_at_raw: answered_at.to_rfc3339(),
+    }
 }
