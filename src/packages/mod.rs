@@ -311,6 +311,46 @@ pub async fn build_package(
     db: &DatabaseConnection,
     request: BuildRequest,
 ) -> AppResult<test_package::Model> {
+    let name = package_name(&request)?;
+    let ids = ScopeIds::new(
+        request.scope,
+        request.year_id,
+        request.block_id,
+        request.theme_id,
+    )?;
+    let scope_key = ids.scope_key()?;
+    let questions = published_questions(db, &ids, &scope_key).await?;
+    let contents = package_contents(db, questions).await?;
+
+    for _ in 0..BUILD_ATTEMPTS {
+        let newest = newest_version(db, &ids, &scope_key).await?;
+        if let Some(newest) = newest
+            .as_ref()
+            .filter(|n| n.version_hash == contents.version_hash)
+        {
+            return reuse_version(db, newest, request.publish, contents.questions_json).await;
+        }
+        let version = newest.as_ref().map_or(1, |p| p.version + 1);
+        let row = new_version_row(&request, &name, &ids, &scope_key, version, &contents);
+        if let Some(model) = insert_version(db, row, version, &contents).await? {
+            return Ok(model);
+        }
+    }
+    Err(AppError::unavailable())
+}
+
+/// What a scope's questions become in a package, worked out once so that a build retrying
+/// after a lost version race only reads the newest version again.
+struct PackageContents {
+    questions_json: String,
+    version_hash: String,
+    question_count: i32,
+    media: crate::media::PackageMediaSet,
+    index_rows: Vec<crate::access::index::IndexRow>,
+}
+
+/// The trimmed package name; a blank one is refused.
+fn package_name(request: &BuildRequest) -> AppResult<String> {
     let name = request.name.trim().to_owned();
     if name.is_empty() {
         return Err(AppError::bad_request_with(
@@ -319,14 +359,15 @@ pub async fn build_package(
             json!({"field": "name"}),
         ));
     }
-    let ids = ScopeIds::new(
-        request.scope,
-        request.year_id,
-        request.block_id,
-        request.theme_id,
-    )?;
-    let scope_key = ids.scope_key()?;
+    Ok(name)
+}
 
+/// The published questions of the scope; a scope without any makes no package.
+async fn published_questions(
+    db: &DatabaseConnection,
+    ids: &ScopeIds,
+    scope_key: &str,
+) -> AppResult<Vec<question::Model>> {
     let mut query = question::Entity::find()
         .filter(question::Column::Status.eq(entity::QuestionStatus::Published));
     if let Some(year) = ids.year_id {
@@ -350,6 +391,16 @@ pub async fn build_package(
             json!({"scope": ids.scope.as_str(), "scope_data": ids.scope_data()}),
         ));
     }
+    Ok(questions)
+}
+
+/// Snapshots the questions with their media, canonicalises and hashes the snapshots, and
+/// keeps what the question index needs. Takes the questions so that they are freed before
+/// the version loop.
+async fn package_contents(
+    db: &DatabaseConnection,
+    questions: Vec<question::Model>,
+) -> AppResult<PackageContents> {
     let question_count = i32::try_from(questions.len())
         .map_err(|_| AppError::bad_request("the scope holds too many questions"))?;
     let mut media = crate::media::question_media(db, &questions).await?;
@@ -359,7 +410,7 @@ pub async fn build_package(
             .map(|q| Snapshot::with_media(q, media.references.remove(&q.id).unwrap_or_default()))
             .collect(),
     )?;
-    let index_rows: Vec<crate::access::index::IndexRow> = questions
+    let index_rows = questions
         .iter()
         .map(|q| crate::access::index::IndexRow {
             question_id: q.id,
@@ -368,79 +419,115 @@ pub async fn build_package(
             theme_id: q.theme_id,
         })
         .collect();
-    drop(questions);
+    Ok(PackageContents {
+        questions_json,
+        version_hash,
+        question_count,
+        media,
+        index_rows,
+    })
+}
 
-    for _ in 0..BUILD_ATTEMPTS {
-        let newest = test_package::Entity::find()
-            .filter(test_package::Column::Scope.eq(ids.scope))
-            .filter(test_package::Column::ScopeKey.eq(scope_key.as_str()))
-            .order_by_desc(test_package::Column::Version)
-            .into_partial_model::<PackageSummary>()
-            .one(db)
-            .await?;
-        if let Some(newest) = newest.as_ref().filter(|n| n.version_hash == version_hash) {
-            // Same hash, same canonical bytes: the stored questions need not be read.
-            let newest = if request.publish && !newest.is_published {
-                publish_package(db, newest.id).await?
-            } else {
-                newest.clone()
-            };
-            return Ok(newest.with_questions(questions_json));
-        }
-        let version = newest.as_ref().map_or(1, |p| p.version + 1);
-        let at = now();
-        let row = test_package::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            name: Set(name.clone()),
-            description: Set(request.description.clone()),
-            scope: Set(ids.scope),
-            scope_data: Set(ids.scope_data()),
-            scope_key: Set(scope_key.clone()),
-            year_id: Set(ids.year_id),
-            block_id: Set(ids.block_id),
-            theme_id: Set(ids.theme_id),
-            version: Set(version),
-            version_hash: Set(version_hash.clone()),
-            questions_json: Set(questions_json.clone()),
-            question_count: Set(question_count),
-            media_count: Set(media.count()),
-            media_bytes: Set(media.total_bytes()),
-            is_published: Set(request.publish),
-            published_at: Set(request.publish.then_some(at)),
-            created_by: Set(request.created_by),
-            created_at: Set(at),
-            updated_at: Set(at),
-            withdrawn_at: Set(None),
-            withdrawn_reason: Set(None),
-        };
-        // The package, its question index and the list of its objects appear together or
-        // not at all.
-        let txn = db.begin().await?;
-        match row.insert(&txn).await {
-            Ok(model) => {
-                crate::access::index::insert(&txn, model.id, &index_rows).await?;
-                crate::media::record_package_objects(&txn, model.id, &media.objects).await?;
-                txn.commit().await?;
-                tracing::info!(
-                    package_id = %model.id,
-                    scope = model.scope.as_str(),
-                    scope_key = model.scope_key,
-                    version = model.version,
-                    questions = model.question_count,
-                    published = model.is_published,
-                    "built test package"
-                );
-                return Ok(model);
-            }
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                // Another build made this version first: look again.
-                tracing::debug!(version, "lost a package version race; re-reading");
-                continue;
-            }
-            Err(err) => return Err(err.into()),
-        }
+/// The newest version of the scope's package, if any.
+async fn newest_version(
+    db: &DatabaseConnection,
+    ids: &ScopeIds,
+    scope_key: &str,
+) -> AppResult<Option<PackageSummary>> {
+    Ok(test_package::Entity::find()
+        .filter(test_package::Column::Scope.eq(ids.scope))
+        .filter(test_package::Column::ScopeKey.eq(scope_key))
+        .order_by_desc(test_package::Column::Version)
+        .into_partial_model::<PackageSummary>()
+        .one(db)
+        .await?)
+}
+
+/// Returns the existing version whose hash matches, publishing it first when asked.
+async fn reuse_version(
+    db: &DatabaseConnection,
+    newest: &PackageSummary,
+    publish: bool,
+    questions_json: String,
+) -> AppResult<test_package::Model> {
+    // Same hash, same canonical bytes: the stored questions need not be read.
+    let newest = if publish && !newest.is_published {
+        publish_package(db, newest.id).await?
+    } else {
+        newest.clone()
+    };
+    Ok(newest.with_questions(questions_json))
+}
+
+/// The row of a new version `version` of the scope's package.
+fn new_version_row(
+    request: &BuildRequest,
+    name: &str,
+    ids: &ScopeIds,
+    scope_key: &str,
+    version: i32,
+    contents: &PackageContents,
+) -> test_package::ActiveModel {
+    let at = now();
+    test_package::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        name: Set(name.to_owned()),
+        description: Set(request.description.clone()),
+        scope: Set(ids.scope),
+        scope_data: Set(ids.scope_data()),
+        scope_key: Set(scope_key.to_owned()),
+        year_id: Set(ids.year_id),
+        block_id: Set(ids.block_id),
+        theme_id: Set(ids.theme_id),
+        version: Set(version),
+        version_hash: Set(contents.version_hash.clone()),
+        questions_json: Set(contents.questions_json.clone()),
+        question_count: Set(contents.question_count),
+        media_count: Set(contents.media.count()),
+        media_bytes: Set(contents.media.total_bytes()),
+        is_published: Set(request.publish),
+        published_at: Set(request.publish.then_some(at)),
+        created_by: Set(request.created_by),
+        created_at: Set(at),
+        updated_at: Set(at),
+        withdrawn_at: Set(None),
+        withdrawn_reason: Set(None),
     }
-    Err(AppError::unavailable())
+}
+
+/// Inserts the version with its question index and media objects; `None` when another
+/// build made this version first, so the caller looks again.
+async fn insert_version(
+    db: &DatabaseConnection,
+    row: test_package::ActiveModel,
+    version: i32,
+    contents: &PackageContents,
+) -> AppResult<Option<test_package::Model>> {
+    // The package, its question index and the list of its objects appear together or
+    // not at all.
+    let txn = db.begin().await?;
+    match row.insert(&txn).await {
+        Ok(model) => {
+            crate::access::index::insert(&txn, model.id, &contents.index_rows).await?;
+            crate::media::record_package_objects(&txn, model.id, &contents.media.objects).await?;
+            txn.commit().await?;
+            tracing::info!(
+                package_id = %model.id,
+                scope = model.scope.as_str(),
+                scope_key = model.scope_key,
+                version = model.version,
+                questions = model.question_count,
+                published = model.is_published,
+                "built test package"
+            );
+            Ok(Some(model))
+        }
+        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            tracing::debug!(version, "lost a package version race; re-reading");
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Withdraws a published package (docs/api.md section 4). Withdrawing again returns it
