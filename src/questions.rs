@@ -232,17 +232,43 @@ pub async fn import_questions(
     let given: Vec<Uuid> = items.iter().filter_map(|item| item.id).collect();
 
     let txn = db.begin().await?;
-    let mut existing: HashMap<Uuid, chrono::DateTime<Utc>> = HashMap::new();
-    for chunk in given.chunks(INSERT_CHUNK) {
+    let existing = created_at_of(&txn, &given).await?;
+    let references = media_rows(&items, &ids);
+    let rows = question_rows(items, &ids, &existing, now);
+    upsert_questions(&txn, rows).await?;
+    // An upsert replaces the references of the questions that existed.
+    let existing_ids: Vec<Uuid> = existing.keys().copied().collect();
+    replace_media(&txn, &existing_ids, references).await?;
+    txn.commit().await?;
+    let updated = existing.len() as i32;
+    Ok(ImportQuestionsPayload {
+        created: ids.len() as i32 - updated,
+        updated,
+        ids,
+    })
+}
+
+/// The creation times of the questions among `ids` that exist already (an update keeps it).
+async fn created_at_of(
+    txn: &sea_orm::DatabaseTransaction,
+    ids: &[Uuid],
+) -> AppResult<HashMap<Uuid, chrono::DateTime<Utc>>> {
+    let mut existing = HashMap::new();
+    for chunk in ids.chunks(INSERT_CHUNK) {
         let rows = question::Entity::find()
             .filter(question::Column::Id.is_in(chunk.iter().copied()))
-            .all(&txn)
+            .all(txn)
             .await?;
         existing.extend(rows.into_iter().map(|row| (row.id, row.created_at)));
     }
-    let references: Vec<question_media::ActiveModel> = items
+    Ok(existing)
+}
+
+/// The media references of the imported questions, in their given order.
+fn media_rows(items: &[QuestionInput], ids: &[Uuid]) -> Vec<question_media::ActiveModel> {
+    items
         .iter()
-        .zip(&ids)
+        .zip(ids)
         .flat_map(|(item, id)| {
             item.media
                 .iter()
@@ -257,10 +283,18 @@ pub async fn import_questions(
                     alt: Set(r.alt.clone()),
                 })
         })
-        .collect();
-    let rows: Vec<question::ActiveModel> = items
+        .collect()
+}
+
+fn question_rows(
+    items: Vec<QuestionInput>,
+    ids: &[Uuid],
+    existing: &HashMap<Uuid, chrono::DateTime<Utc>>,
+    now: chrono::DateTime<Utc>,
+) -> Vec<question::ActiveModel> {
+    items
         .into_iter()
-        .zip(&ids)
+        .zip(ids)
         .map(|(item, id)| question::ActiveModel {
             id: Set(*id),
             stem: Set(item.stem),
@@ -276,7 +310,14 @@ pub async fn import_questions(
             created_at: Set(existing.get(id).copied().unwrap_or(now)),
             updated_at: Set(now),
         })
-        .collect();
+        .collect()
+}
+
+/// Inserts or updates the questions, in chunks under the bind-parameter limit.
+async fn upsert_questions(
+    txn: &sea_orm::DatabaseTransaction,
+    rows: Vec<question::ActiveModel>,
+) -> AppResult<()> {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
@@ -298,31 +339,32 @@ pub async fn import_questions(
                     ])
                     .to_owned(),
             )
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
-    // An upsert replaces the references of the questions that existed.
-    let existing_ids: Vec<Uuid> = existing.keys().copied().collect();
-    for chunk in existing_ids.chunks(INSERT_CHUNK) {
+    Ok(())
+}
+
+/// Drops the old references of `existing` questions and inserts `references`.
+async fn replace_media(
+    txn: &sea_orm::DatabaseTransaction,
+    existing: &[Uuid],
+    references: Vec<question_media::ActiveModel>,
+) -> AppResult<()> {
+    for chunk in existing.chunks(INSERT_CHUNK) {
         question_media::Entity::delete_many()
             .filter(question_media::Column::QuestionId.is_in(chunk.iter().copied()))
-            .exec(&txn)
+            .exec(txn)
             .await?;
     }
     let mut references = references.into_iter().peekable();
     while references.peek().is_some() {
         let chunk: Vec<_> = references.by_ref().take(INSERT_CHUNK).collect();
         question_media::Entity::insert_many(chunk)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
-    txn.commit().await?;
-    let updated = existing.len() as i32;
-    Ok(ImportQuestionsPayload {
-        created: ids.len() as i32 - updated,
-        updated,
-        ids,
-    })
+    Ok(())
 }
 
 /// The options of a stored question (a JSON array of strings).
