@@ -8,6 +8,12 @@
 //! every pull queued by then; pulls that arrive meanwhile queue, and the next read (one
 //! statement, `WHERE id = ANY(…)`) serves them all. An idle server reads at once, as before.
 //!
+//! The reads go through a connection of the reader's own, opened with the pool's settings:
+//! reads take turns anyway, and a pool checkout would add the pool's work around every read
+//! (sqlx pings each connection it takes back: one more round trip, or one more hand-off to
+//! SQLite's worker thread, per read). A read that fails drops that connection, and the pulls
+//! it served read alone through the pool, so each gets the error of its own read.
+//!
 //! The no-skip argument is unchanged: a pull's head is read by a statement that starts after
 //! the pull was queued, so it sees every change committed before the pull arrived.
 use std::{
@@ -15,7 +21,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, Statement,
+    sqlx::{self, Connection as _, PgConnection, SqliteConnection},
+};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -37,6 +46,56 @@ struct Queue {
 #[derive(Clone, Default)]
 pub struct HeadReader {
     queue: Arc<Mutex<Queue>>,
+    /// The reader's own connection, opened at the first read (and again after a failure).
+    own: Arc<tokio::sync::Mutex<Option<OwnConnection>>>,
+}
+
+/// A connection outside the pool, for head reads only.
+enum OwnConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl OwnConnection {
+    /// A new connection with the pool's settings (statement timeout, busy timeout; an
+    /// in-memory SQLite database is shared between its connections).
+    async fn open(db: &DatabaseConnection) -> Result<OwnConnection, sqlx::Error> {
+        Ok(match db.get_database_backend() {
+            DbBackend::Postgres => OwnConnection::Postgres(
+                PgConnection::connect_with(&db.get_postgres_connection_pool().connect_options())
+                    .await?,
+            ),
+            _ => OwnConnection::Sqlite(
+                SqliteConnection::connect_with(&db.get_sqlite_connection_pool().connect_options())
+                    .await?,
+            ),
+        })
+    }
+
+    async fn read(&mut self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+        match self {
+            OwnConnection::Postgres(conn) => {
+                sqlx::query_as("SELECT id, change_seq FROM users WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(conn)
+                    .await
+            }
+            OwnConnection::Sqlite(conn) => {
+                let sql = sqlite_heads_sql(ids.len());
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            }
+        }
+    }
+}
+
+/// SQLite has no arrays: one placeholder per user.
+fn sqlite_heads_sql(users: usize) -> String {
+    let marks = vec!["?"; users].join(", ");
+    format!("SELECT id, change_seq FROM users WHERE id IN ({marks})")
 }
 
 impl HeadReader {
@@ -89,13 +148,34 @@ impl HeadReader {
         let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let heads = read_heads(db, &ids).await.ok();
+        let heads = self.read_own(db, &ids).await.ok();
         for (id, reply) in batch {
             let head = heads
                 .as_ref()
                 .map(|heads| heads.get(&id).copied().unwrap_or(0));
             let _ = reply.send(head);
         }
+    }
+
+    /// Heads through the reader's own connection. A failed read (or one whose future is
+    /// dropped) closes it; the next read opens another.
+    async fn read_own(
+        &self,
+        db: &DatabaseConnection,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+        let mut slot = self.own.lock().await;
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => OwnConnection::open(db).await?,
+        };
+        let heads = conn.read(ids).await;
+        if let Err(e) = &heads {
+            tracing::warn!(error = %e, "head read failed; its pulls read through the pool");
+        } else {
+            *slot = Some(conn);
+        }
+        Ok(heads?.into_iter().collect())
     }
 
     /// Ends the reading turn when nobody waits (`true`); else the turn goes on.
@@ -157,14 +237,11 @@ async fn read_heads(db: &DatabaseConnection, ids: &[Uuid]) -> AppResult<HashMap<
             "SELECT id, change_seq FROM users WHERE id = ANY($1)",
             [super::store::uuids(ids.iter().copied())],
         ),
-        _ => {
-            let marks = vec!["?"; ids.len()].join(", ");
-            Statement::from_sql_and_values(
-                backend,
-                format!("SELECT id, change_seq FROM users WHERE id IN ({marks})"),
-                ids.iter().map(|id| (*id).into()),
-            )
-        }
+        _ => Statement::from_sql_and_values(
+            backend,
+            sqlite_heads_sql(ids.len()),
+            ids.iter().map(|id| (*id).into()),
+        ),
     };
     let rows = db.query_all_raw(statement).await?;
     rows.iter()
