@@ -15,9 +15,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use entity::UserId;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use crate::error::AppResult;
 
@@ -30,7 +30,7 @@ type Reply = oneshot::Sender<Option<i64>>;
 #[derive(Default)]
 struct Queue {
     reading: bool,
-    waiting: Vec<(Uuid, Reply)>,
+    waiting: Vec<(UserId, Reply)>,
 }
 
 /// Shares head reads between concurrent pulls; cheap to clone.
@@ -41,7 +41,7 @@ pub struct HeadReader {
 
 impl HeadReader {
     /// The user's committed change counter (0 for a user never seen).
-    pub async fn head(&self, db: &DatabaseConnection, user_id: Uuid) -> AppResult<i64> {
+    pub async fn head(&self, db: &DatabaseConnection, user_id: UserId) -> AppResult<i64> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queue = self.lock();
@@ -81,12 +81,12 @@ impl HeadReader {
 
     /// Reads for the pulls queued now (at most [`MAX_BATCH`]) and answers them.
     async fn read_once(&self, db: &DatabaseConnection) {
-        let batch: Vec<(Uuid, Reply)> = {
+        let batch: Vec<(UserId, Reply)> = {
             let mut queue = self.lock();
             let take = queue.waiting.len().min(MAX_BATCH);
             queue.waiting.drain(..take).collect()
         };
-        let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        let mut ids: Vec<UserId> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
         let heads = read_heads(db, &ids).await.ok();
@@ -144,7 +144,7 @@ impl Drop for Reading<'_> {
 }
 
 /// The committed change counters of `ids` (users never seen are absent).
-async fn read_heads(db: &DatabaseConnection, ids: &[Uuid]) -> AppResult<HashMap<Uuid, i64>> {
+async fn read_heads(db: &DatabaseConnection, ids: &[UserId]) -> AppResult<HashMap<UserId, i64>> {
     let backend = db.get_database_backend();
     let statement = match (backend, ids) {
         (DbBackend::Postgres, [id]) => Statement::from_sql_and_values(
@@ -183,7 +183,7 @@ mod tests {
     async fn concurrent_pulls_get_their_own_heads() {
         let db = crate::db::connect("sqlite::memory:", 1).await.unwrap();
         crate::db::migrate(&db).await.unwrap();
-        let users: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        let users: Vec<UserId> = (0..40).map(|_| UserId::new_v4()).collect();
         for (n, user) in users.iter().enumerate().take(30) {
             db.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
