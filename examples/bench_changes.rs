@@ -407,8 +407,8 @@ async fn seed_history(
 ) -> Result<(), String> {
     let now = chrono::Utc::now();
     entity::user::Entity::insert(entity::user::ActiveModel {
-        id: Set(user),
-        role: Set("STUDENT".into()),
+        id: Set(user.into()),
+        role: Set(entity::Role::Student),
         created_at: Set(now),
         last_sync_at: Set(None),
         acked_count: Set(sessions * per_session as i64),
@@ -423,9 +423,9 @@ async fn seed_history(
     for seq in 1..=sessions {
         let session = Uuid::new_v4();
         entity::test_session::Entity::insert(entity::test_session::ActiveModel {
-            id: Set(session),
-            user_id: Set(user),
-            offline_session_id: Set(Some(Uuid::new_v4())),
+            id: Set(session.into()),
+            user_id: Set(user.into()),
+            offline_session_id: Set(Some(Uuid::new_v4().into())),
             mode: Set(entity::SessionMode::Tutor),
             status: Set(entity::SessionStatus::Submitted),
             year: Set(1),
@@ -444,11 +444,11 @@ async fn seed_history(
         .map_err(|e| e.to_string())?;
         for question in questions.iter().take(per_session) {
             answers.push(entity::session_answer::ActiveModel {
-                id: Set(Uuid::new_v4()),
-                session_id: Set(session),
-                user_id: Set(user),
-                question_id: Set(*question),
-                attempt_id: Set(Uuid::new_v4()),
+                id: Set(Uuid::new_v4().into()),
+                session_id: Set(session.into()),
+                user_id: Set(user.into()),
+                question_id: Set((*question).into()),
+                attempt_id: Set(Uuid::new_v4().into()),
                 selected_option_index: Set(1),
                 is_correct: Set(false),
                 answered_at: Set(now),

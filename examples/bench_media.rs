@@ -653,7 +653,7 @@ async fn run(settings: &Settings, dir: &Path, database_url: &str) -> Result<(), 
     // check as production does (`EXAMSYNC_ACCESS=grants`, the default).
     let student = Uuid::new_v4();
     let grant = examsync::access::grants::NewGrant::new(
-        student,
+        student.into(),
         PackageScope::Program,
         None,
         None,

@@ -291,7 +291,7 @@ fn bench(
     let student = Uuid::new_v4();
     servers.block_on(async {
         let grant = examsync::access::grants::NewGrant::new(
-            student,
+            student.into(),
             PackageScope::Program,
             None,
             None,

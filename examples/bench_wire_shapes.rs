@@ -30,7 +30,7 @@ fn env_or(name: &str, default: usize) -> usize {
 fn summaries() -> Vec<PackageSummary> {
     (0..200)
         .map(|n| PackageSummary {
-            id: Uuid::new_v4(),
+            id: Uuid::new_v4().into(),
             name: format!("Block {n} — cardiology and respiratory review"),
             description: (n % 2 == 0).then(|| "Weekly update of the block's questions".to_owned()),
             scope: PackageScope::Block,
@@ -40,7 +40,7 @@ fn summaries() -> Vec<PackageSummary> {
             block_id: Some(n),
             theme_id: None,
             version: n % 7 + 1,
-            version_hash: hex_hash(n),
+            version_hash: hex_hash(n).parse().expect("64 hex digits"),
             question_count: 100 + n,
             media_count: 0,
             media_bytes: 0,

@@ -142,12 +142,18 @@ fn check_item(i: usize, item: &Value, parsed: &ParsedAttempt) {
                 "item {i} accepted with bad fields {bad:?}: {item}"
             );
             let uuid = |name: &str| uuid_value(object.get(name)).ok().flatten();
-            assert_eq!(Some(input.client_attempt_id), uuid("client_attempt_id"));
-            assert_eq!(Some(input.idempotency_key), uuid("idempotency_key"));
-            assert_eq!(Some(input.question_id), uuid("question_id"));
-            assert_eq!(input.offline_session_id, uuid("offline_session_id"));
-            assert_eq!(input.session_id, uuid("session_id"));
-            assert_eq!(input.package_id, uuid("package_id"));
+            assert_eq!(
+                Some(input.client_attempt_id.into()),
+                uuid("client_attempt_id")
+            );
+            assert_eq!(Some(input.idempotency_key.into()), uuid("idempotency_key"));
+            assert_eq!(Some(input.question_id.into()), uuid("question_id"));
+            assert_eq!(
+                input.offline_session_id.map(Into::into),
+                uuid("offline_session_id")
+            );
+            assert_eq!(input.session_id.map(Into::into), uuid("session_id"));
+            assert_eq!(input.package_id.map(Into::into), uuid("package_id"));
             assert_eq!(
                 Some(input.selected_option_index),
                 index_value(object.get("selected_option_index"))
@@ -179,7 +185,7 @@ fn check_item(i: usize, item: &Value, parsed: &ParsedAttempt) {
                 "item {i}: {message:?} names none of the bad fields {bad:?}"
             );
             assert_eq!(
-                *client_attempt_id,
+                client_attempt_id.map(Into::into),
                 uuid_value(object.get("client_attempt_id")).ok().flatten(),
                 "item {i}: the result must carry the client_attempt_id when it parses"
             );
@@ -709,7 +715,7 @@ fn check_payload(question: [u8; 16], index: i64, dt: &DateTime<FixedOffset>, r: 
     assert_eq!(v1_hex, sha256_hex(&v1));
     assert_eq!(legacy_hex, sha256_hex(&legacy));
     assert_eq!(v1_hex.len(), 64);
-    let found = |given: &str| verify(given, q, index, dt);
+    let found = |given: &str| verify(given, q, index, dt).map(|h| h.as_str().to_owned());
     assert_eq!(found(&v1_hex).as_ref(), Some(&v1_hex));
     assert_eq!(found(&v1_hex.to_ascii_uppercase()).as_ref(), Some(&v1_hex));
     assert_eq!(found(&legacy_hex).as_ref(), Some(&v1_hex));
@@ -872,7 +878,11 @@ fn check_core(
                     option_count: 5,
                     correct_index: 0,
                 },
-                scope: (1, None, None),
+                scope: rules::Scope {
+                    year: 1,
+                    block: None,
+                    theme: None,
+                },
                 answerable: true,
             },
         );
@@ -888,7 +898,7 @@ fn check_core(
         let mut input = input.clone();
         input.package_id = None;
         if input.session_id.is_none() && input.offline_session_id.is_none() {
-            input.offline_session_id = Some(input.client_attempt_id);
+            input.offline_session_id = Some(input.client_attempt_id.into_uuid().into());
         }
         match rules::check(&input, &facts, now, skew) {
             Ok(checked) => {

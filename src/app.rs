@@ -38,7 +38,7 @@ pub struct App {
     pub access: AccessCache,
     pub rate_limiter: RateLimiter,
     /// Package and media requests per user (per instance).
-    pub package_limiter: LocalLimiter<uuid::Uuid>,
+    pub package_limiter: LocalLimiter<entity::UserId>,
     /// Requests without a valid token per client address (per instance).
     pub anonymous_limiter: LocalLimiter<std::net::IpAddr>,
     /// One permit per request in flight (`EXAMSYNC_MAX_IN_FLIGHT`); none left: `503`.

@@ -9,6 +9,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use entity::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::{Deserialize, Serialize};
@@ -19,36 +20,13 @@ use crate::{
     error::{AppError, AppResult},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    Student,
-    Admin,
-    Reviewer,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "STUDENT" => Some(Role::Student),
-            "ADMIN" => Some(Role::Admin),
-            "REVIEWER" => Some(Role::Reviewer),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Student => "STUDENT",
-            Role::Admin => "ADMIN",
-            Role::Reviewer => "REVIEWER",
-        }
-    }
-}
+/// The role a token names; `users.role` stores it by the same name.
+pub use entity::Role;
 
 /// The caller of a request, from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthUser {
-    pub id: Uuid,
+    pub id: UserId,
     pub role: Role,
     /// The grants of the token's `access` claim (docs/api.md section 3.1), when it has one.
     pub access: Option<Arc<[GrantTarget]>>,
@@ -213,7 +191,9 @@ fn claims_to_user(claims: &Claims, now: i64) -> AppResult<AuthUser> {
             "token type must be \"access\"".into(),
         ));
     }
-    let id = Uuid::parse_str(&claims.sub)
+    let id: UserId = claims
+        .sub
+        .parse()
         .map_err(|_| AppError::Unauthenticated("token subject is not a UUID".into()))?;
     let role = Role::parse(&claims.role)
         .ok_or_else(|| AppError::Unauthenticated("token role is not recognised".into()))?;
@@ -259,14 +239,19 @@ pub fn bearer_token(header: Option<&str>) -> AppResult<&str> {
 }
 
 /// Signs an access token (the `token` CLI command, the demo and tests).
-pub fn sign_token(secret: &str, user: Uuid, role: Role, ttl_secs: i64) -> Result<String, AppError> {
+pub fn sign_token(
+    secret: &str,
+    user: impl Into<UserId>,
+    role: Role,
+    ttl_secs: i64,
+) -> Result<String, AppError> {
     sign_token_with_access(secret, user, role, ttl_secs, &[])
 }
 
 /// Signs an access token carrying grants in its `access` claim (none: no claim).
 pub fn sign_token_with_access(
     secret: &str,
-    user: Uuid,
+    user: impl Into<UserId>,
     role: Role,
     ttl_secs: i64,
     access: &[GrantTarget],
@@ -281,7 +266,7 @@ pub fn sign_token_with_access(
     });
     let now = unix_now();
     let claims = Claims {
-        sub: user.to_string(),
+        sub: user.into().to_string(),
         role: role.as_str().to_owned(),
         exp: now + ttl_secs,
         iat: Some(now),
@@ -312,7 +297,7 @@ fn unix_now() -> i64 {
 /// remembers holds for one server timeline (`primary`): a failover to a standby that
 /// missed the last commits may have lost a user row, so a new timeline starts afresh.
 pub struct UserRegistry {
-    known: quick_cache::sync::Cache<(u32, Uuid), ()>,
+    known: quick_cache::sync::Cache<(u32, UserId), ()>,
 }
 
 /// Users remembered at once; one forgotten costs one `INSERT … DO NOTHING` when it returns.
@@ -340,7 +325,7 @@ impl UserRegistry {
         }
         let row = entity::user::ActiveModel {
             id: sea_orm::Set(user.id),
-            role: sea_orm::Set(user.role.as_str().to_owned()),
+            role: sea_orm::Set(user.role),
             created_at: sea_orm::Set(chrono::Utc::now()),
             last_sync_at: sea_orm::Set(None),
             acked_count: sea_orm::Set(0),
@@ -373,7 +358,7 @@ mod tests {
         assert_eq!(
             verifier.verify(&token).unwrap(),
             AuthUser {
-                id: user,
+                id: user.into(),
                 role: Role::Admin,
                 access: None,
             }

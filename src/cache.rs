@@ -186,14 +186,14 @@ impl Cache {
     }
 
     /// A key for one user's record: `<prefix>{<user>}:<kind>:<id>`.
-    pub fn user_key(&self, user: &uuid::Uuid, kind: &str, id: &str) -> String {
+    pub fn user_key(&self, user: &entity::UserId, kind: &str, id: &str) -> String {
         format!("{}{{{}}}:{}:{}", self.prefix, user, kind, id)
     }
 
     /// A key for one user's record read from or written to the database on `timeline`
     /// (see `primary`): `<prefix>t<timeline>:{<user>}:<kind>:<id>`. After a promotion the
     /// new timeline's keys are new: nothing cached from the old primary is read.
-    pub fn record_key(&self, timeline: u32, user: &uuid::Uuid, kind: &str, id: &str) -> String {
+    pub fn record_key(&self, timeline: u32, user: &entity::UserId, kind: &str, id: &str) -> String {
         format!(
             "{}t{:08x}:{{{}}}:{}:{}",
             self.prefix, timeline, user, kind, id

@@ -1,5 +1,6 @@
 //! `serve --demo`: a realistic demo question bank and published packages, seeded once
 //! into an empty database, plus tokens printed on every start.
+use entity::{PackageId, UserId};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use uuid::Uuid;
 
@@ -14,8 +15,10 @@ use crate::{
 };
 
 /// Fixed ids so that demo tokens keep meaning the same users across restarts.
-pub const DEMO_STUDENT: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001);
-pub const DEMO_ADMIN: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0002);
+pub const DEMO_STUDENT: UserId =
+    UserId::from_uuid(Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001));
+pub const DEMO_ADMIN: UserId =
+    UserId::from_uuid(Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0002));
 
 const YEARS: i32 = 5;
 const BLOCKS_PER_YEAR: i32 = 4;
@@ -254,7 +257,7 @@ pub async fn access_summary(app: &App) -> AppResult<String> {
         access: None,
     };
     let filter = ListFilter::default();
-    let readable: std::collections::HashSet<Uuid> =
+    let readable: std::collections::HashSet<PackageId> =
         crate::access::gate::list_readable(app, &student, &filter)
             .await?
             .iter()

@@ -209,7 +209,7 @@ async fn run_access(
             valid_until,
         } => {
             let new = NewGrant::new(
-                user,
+                user.into(),
                 scope,
                 year_id,
                 block_id,
@@ -224,13 +224,13 @@ async fn run_access(
             println!("{}", grant.id);
         }
         AccessCommand::Revoke { grant_id } => {
-            let grant = access::grants::revoke(db, access::GrantId(grant_id))
+            let grant = access::grants::revoke(db, access::GrantId::from(grant_id))
                 .await
                 .map_err(|e| e.operator_message())?;
             println!("{}", line(&grant));
         }
         AccessCommand::List { user } => {
-            for grant in access::grants::list(db, user)
+            for grant in access::grants::list(db, user.into())
                 .await
                 .map_err(|e| e.operator_message())?
             {

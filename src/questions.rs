@@ -16,7 +16,7 @@ use crate::{
     error::{AppError, AppResult, ErrorCode},
     media::{self, MediaPlacement, MediaSha256},
 };
-use entity::{question, question_media};
+use entity::{MediaHash, QuestionId, question, question_media};
 
 pub use entity::QuestionStatus;
 
@@ -225,34 +225,37 @@ pub async fn import_questions(
     validate(&items)?;
     check_media_exist(db, &items).await?;
     let now = Utc::now();
-    let ids: Vec<Uuid> = items
+    let ids: Vec<QuestionId> = items
         .iter()
-        .map(|item| item.id.unwrap_or_else(Uuid::new_v4))
+        .map(|item| item.id.map_or_else(QuestionId::new_v4, QuestionId::from))
         .collect();
-    let given: Vec<Uuid> = items.iter().filter_map(|item| item.id).collect();
+    let given: Vec<QuestionId> = items
+        .iter()
+        .filter_map(|item| item.id.map(QuestionId::from))
+        .collect();
 
     let txn = db.begin().await?;
     let existing = created_at_of(&txn, &given).await?;
-    let references = media_rows(&items, &ids);
+    let references = media_rows(&items, &ids)?;
     let rows = question_rows(items, &ids, &existing, now);
     upsert_questions(&txn, rows).await?;
     // An upsert replaces the references of the questions that existed.
-    let existing_ids: Vec<Uuid> = existing.keys().copied().collect();
+    let existing_ids: Vec<QuestionId> = existing.keys().copied().collect();
     replace_media(&txn, &existing_ids, references).await?;
     txn.commit().await?;
     let updated = existing.len() as i32;
     Ok(ImportQuestionsPayload {
         created: ids.len() as i32 - updated,
         updated,
-        ids,
+        ids: ids.into_iter().map(QuestionId::into_uuid).collect(),
     })
 }
 
 /// The creation times of the questions among `ids` that exist already (an update keeps it).
 async fn created_at_of(
     txn: &sea_orm::DatabaseTransaction,
-    ids: &[Uuid],
-) -> AppResult<HashMap<Uuid, chrono::DateTime<Utc>>> {
+    ids: &[QuestionId],
+) -> AppResult<HashMap<QuestionId, chrono::DateTime<Utc>>> {
     let mut existing = HashMap::new();
     for chunk in ids.chunks(INSERT_CHUNK) {
         let rows = question::Entity::find()
@@ -265,7 +268,10 @@ async fn created_at_of(
 }
 
 /// The media references of the imported questions, in their given order.
-fn media_rows(items: &[QuestionInput], ids: &[Uuid]) -> Vec<question_media::ActiveModel> {
+fn media_rows(
+    items: &[QuestionInput],
+    ids: &[QuestionId],
+) -> AppResult<Vec<question_media::ActiveModel>> {
     items
         .iter()
         .zip(ids)
@@ -274,13 +280,18 @@ fn media_rows(items: &[QuestionInput], ids: &[Uuid]) -> Vec<question_media::Acti
                 .iter()
                 .flatten()
                 .enumerate()
-                .map(|(position, r)| question_media::ActiveModel {
-                    question_id: Set(*id),
-                    // At most `MAX_REFERENCES`, checked by `validate`.
-                    position: Set(position as i32),
-                    sha256: Set(r.sha256.clone()),
-                    placement: Set(r.placement),
-                    alt: Set(r.alt.clone()),
+                .map(|(position, r)| {
+                    // Checked by `validate`: a malformed hash never gets here.
+                    let sha256 = MediaHash::parse(&r.sha256)
+                        .map_err(|_| AppError::internal("unvalidated media sha256"))?;
+                    Ok(question_media::ActiveModel {
+                        question_id: Set(*id),
+                        // At most `MAX_REFERENCES`, checked by `validate`.
+                        position: Set(position as i32),
+                        sha256: Set(sha256),
+                        placement: Set(r.placement),
+                        alt: Set(r.alt.clone()),
+                    })
                 })
         })
         .collect()
@@ -288,8 +299,8 @@ fn media_rows(items: &[QuestionInput], ids: &[Uuid]) -> Vec<question_media::Acti
 
 fn question_rows(
     items: Vec<QuestionInput>,
-    ids: &[Uuid],
-    existing: &HashMap<Uuid, chrono::DateTime<Utc>>,
+    ids: &[QuestionId],
+    existing: &HashMap<QuestionId, chrono::DateTime<Utc>>,
     now: chrono::DateTime<Utc>,
 ) -> Vec<question::ActiveModel> {
     items
@@ -348,7 +359,7 @@ async fn upsert_questions(
 /// Drops the old references of `existing` questions and inserts `references`.
 async fn replace_media(
     txn: &sea_orm::DatabaseTransaction,
-    existing: &[Uuid],
+    existing: &[QuestionId],
     references: Vec<question_media::ActiveModel>,
 ) -> AppResult<()> {
     for chunk in existing.chunks(INSERT_CHUNK) {

@@ -13,8 +13,6 @@ use std::{
     time::Duration,
 };
 
-use uuid::Uuid;
-
 use crate::{cache::Cache, error::AppError, metrics};
 
 pub struct RateLimiter {
@@ -39,7 +37,7 @@ impl RateLimiter {
     pub async fn check(
         &self,
         cache: &Cache,
-        user: Uuid,
+        user: entity::UserId,
         surface: &'static str,
     ) -> Result<(), AppError> {
         if self.budget == 0 {

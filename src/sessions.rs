@@ -1,10 +1,10 @@
 //! Server sessions of a user: listing, submitting, and the caller's sync counters.
 use chrono::{DateTime, Utc};
+use entity::{SessionId, UserId};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, SqliteTransactionMode,
     TransactionOptions, TransactionTrait, sea_query::Expr,
 };
-use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 use entity::{SessionStatus, test_session, user};
@@ -12,7 +12,7 @@ use entity::{SessionStatus, test_session, user};
 /// The caller's sessions, newest first.
 pub async fn list_for_user(
     db: &DatabaseConnection,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> AppResult<Vec<test_session::Model>> {
     Ok(test_session::Entity::find()
         .filter(test_session::Column::UserId.eq(user_id))
@@ -36,8 +36,8 @@ pub async fn list_for_user(
 /// them) and stamps the session with it.
 pub async fn submit(
     db: &DatabaseConnection,
-    user_id: Uuid,
-    id: Uuid,
+    user_id: UserId,
+    id: SessionId,
 ) -> AppResult<test_session::Model> {
     let now = Utc::now();
     let txn = db
@@ -80,7 +80,7 @@ pub struct SyncCounters {
     pub rejected: i64,
 }
 
-pub async fn sync_counters(db: &DatabaseConnection, user_id: Uuid) -> AppResult<SyncCounters> {
+pub async fn sync_counters(db: &DatabaseConnection, user_id: UserId) -> AppResult<SyncCounters> {
     Ok(user::Entity::find_by_id(user_id)
         .one(db)
         .await?

@@ -3,12 +3,14 @@
 //! still decides whether answers made while it was in force count.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{GrantId, UserId};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "access_grants")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub user_id: Uuid,
+    pub id: GrantId,
+    pub user_id: UserId,
     pub scope: crate::enums::PackageScope,
     /// Set for YEAR grants only (likewise `block_id` for BLOCK, `theme_id` for THEME).
     pub year_id: Option<i32>,

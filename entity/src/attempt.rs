@@ -2,20 +2,25 @@
 //! replace the session's answer because a later answer was already there.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{
+    AttemptId, ClientAttemptId, IdempotencyKey, PackageId, PayloadHash, QuestionId, SessionId,
+    UserId,
+};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "attempts")]
 pub struct Model {
     /// The `serverAttemptId` reported to the phone.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub session_id: Uuid,
-    pub question_id: Uuid,
-    pub package_id: Option<Uuid>,
-    pub client_attempt_id: Uuid,
-    pub idempotency_key: Uuid,
+    pub id: AttemptId,
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub question_id: QuestionId,
+    pub package_id: Option<PackageId>,
+    pub client_attempt_id: ClientAttemptId,
+    pub idempotency_key: IdempotencyKey,
     /// The v1 payload hash computed by the server (the payload's identity).
-    pub payload_hash: String,
+    pub payload_hash: PayloadHash,
     pub selected_option_index: i32,
     pub is_correct: bool,
     /// `answered_at` in UTC as the client sent it (not corrected).

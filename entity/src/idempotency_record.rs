@@ -2,16 +2,18 @@
 //! `DUPLICATE` answers. Kept as long as the attempt it points at.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{AttemptId, IdempotencyKey, PayloadHash, SessionId, UserId};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_records")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub user_id: Uuid,
+    pub user_id: UserId,
     #[sea_orm(primary_key, auto_increment = false)]
-    pub idempotency_key: Uuid,
-    pub payload_hash: String,
-    pub attempt_id: Uuid,
-    pub session_id: Uuid,
+    pub idempotency_key: IdempotencyKey,
+    pub payload_hash: PayloadHash,
+    pub attempt_id: AttemptId,
+    pub session_id: SessionId,
     pub created_at: DateTimeUtc,
 }
 

@@ -7,6 +7,7 @@ pub mod access_grant;
 pub mod attempt;
 pub mod enums;
 pub mod idempotency_record;
+pub mod ids;
 pub mod media_object;
 pub mod package_dictionary;
 pub mod package_media;
@@ -19,6 +20,10 @@ pub mod test_session;
 pub mod user;
 
 pub use enums::{MediaContentType, MediaPlacement, QuestionStatus, SessionMode, SessionStatus};
+pub use ids::{
+    AnswerId, AttemptId, ClientAttemptId, GrantId, IdempotencyKey, InvalidHash, MediaHash,
+    OfflineSessionId, PackageId, PayloadHash, QuestionId, Role, SessionId, UserId, VersionHash,
+};
 
 pub mod prelude {
     pub use super::access_grant::Entity as AccessGrant;

@@ -3,12 +3,14 @@
 //! foreign keys of `question_media` and `package_media` refuse its deletion).
 use sea_orm::entity::prelude::*;
 
+use crate::ids::MediaHash;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "media_objects")]
 pub struct Model {
     /// Lowercase hex SHA-256 of `data`.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub sha256: String,
+    pub sha256: MediaHash,
     pub content_type: crate::enums::MediaContentType,
     pub bytes: i64,
     pub width: Option<i32>,

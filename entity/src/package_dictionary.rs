@@ -5,13 +5,15 @@
 //! its row.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::PackageId;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "package_dictionaries")]
 pub struct Model {
     /// Lowercase hex SHA-256 of the download's identity bytes.
     #[sea_orm(primary_key, auto_increment = false)]
     pub sha256: String,
-    pub package_id: Uuid,
+    pub package_id: PackageId,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

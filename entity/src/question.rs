@@ -1,13 +1,15 @@
 //! A single-best-answer question of the bank.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::QuestionId;
+
 use crate::enums::QuestionStatus;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "questions")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: QuestionId,
     #[sea_orm(column_type = "Text")]
     pub stem: String,
     /// JSON array of 2–5 option strings (A–E).

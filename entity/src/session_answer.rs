@@ -1,17 +1,19 @@
 //! The current answer to one question in one session: unique (session_id, question_id).
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{AnswerId, AttemptId, QuestionId, SessionId, UserId};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "session_answers")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub session_id: Uuid,
+    pub id: AnswerId,
+    pub session_id: SessionId,
     /// The session's owner, so that the pull feed reads one user's rows by index.
-    pub user_id: Uuid,
-    pub question_id: Uuid,
+    pub user_id: UserId,
+    pub question_id: QuestionId,
     /// The attempt whose answer this is (the latest by `answered_at`).
-    pub attempt_id: Uuid,
+    pub attempt_id: AttemptId,
     pub selected_option_index: i32,
     pub is_correct: bool,
     pub answered_at: DateTimeUtc,

@@ -4,11 +4,13 @@
 //! the application has no update path for it and the database refuses one (triggers).
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{PackageId, UserId, VersionHash};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "test_packages")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: PackageId,
     pub name: String,
     #[sea_orm(column_type = "Text", nullable)]
     pub description: Option<String>,
@@ -21,7 +23,7 @@ pub struct Model {
     pub block_id: Option<i32>,
     pub theme_id: Option<i32>,
     pub version: i32,
-    pub version_hash: String,
+    pub version_hash: VersionHash,
     /// The REST `questions` array in RFC 8785 canonical form: exactly the bytes hashed.
     #[sea_orm(column_type = "Text")]
     pub questions_json: String,
@@ -31,7 +33,7 @@ pub struct Model {
     pub media_bytes: i64,
     pub is_published: bool,
     pub published_at: Option<DateTimeUtc>,
-    pub created_by: Option<Uuid>,
+    pub created_by: Option<UserId>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     /// Set once when an admin withdraws the package: the one change a published package

@@ -2,15 +2,17 @@
 //! `offline_session_id`; unique (user_id, offline_session_id) is the offline-session map.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{OfflineSessionId, SessionId, UserId};
+
 use crate::enums::{SessionMode, SessionStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "test_sessions")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub offline_session_id: Option<Uuid>,
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub offline_session_id: Option<OfflineSessionId>,
     pub mode: SessionMode,
     pub status: SessionStatus,
     pub year: i32,

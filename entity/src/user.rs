@@ -1,13 +1,15 @@
 //! A user as known from a valid JWT; created on first sight.
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{Role, UserId};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: UserId,
     /// Role seen in the first token (informational; every request's token decides).
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTimeUtc,
     /// When this user's last sync batch was processed.
     pub last_sync_at: Option<DateTimeUtc>,

@@ -18,8 +18,8 @@ use std::{
 };
 
 use chrono::Utc;
+use entity::{PackageId, UserId};
 use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
-use uuid::Uuid;
 
 use super::{AccessMode, Coverage, Grant, GrantTarget, QuestionScope, grants, index};
 use crate::{
@@ -43,14 +43,14 @@ const CACHE_CAP: usize = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("no published package {0}")]
-    NotFound(Uuid),
+    NotFound(PackageId),
     #[error("package {0} has been withdrawn")]
-    Withdrawn(Uuid),
+    Withdrawn(PackageId),
     /// A delta between packages of two scopes (`409 DELTA_SCOPE_MISMATCH`).
     #[error("{0}")]
     ScopeMismatch(AppError),
     #[error("your access does not cover package {0}")]
-    Denied(Uuid),
+    Denied(PackageId),
     #[error("{0}")]
     Failed(#[from] AppError),
 }
@@ -89,21 +89,21 @@ struct UserGrants {
     loaded: Instant,
     grants: Vec<Grant>,
     /// Packages these grants were found to cover.
-    readable: RwLock<HashSet<Uuid, foldhash::fast::RandomState>>,
+    readable: RwLock<HashSet<PackageId, foldhash::fast::RandomState>>,
 }
 
 /// The access caches of one instance.
 pub struct AccessCache {
     mode: AccessMode,
-    users: quick_cache::sync::Cache<Uuid, Arc<UserGrants>>,
-    packages: quick_cache::sync::Cache<Uuid, Arc<PackageFacts>>,
+    users: quick_cache::sync::Cache<UserId, Arc<UserGrants>>,
+    packages: quick_cache::sync::Cache<PackageId, Arc<PackageFacts>>,
     /// Question scopes of packages (immutable): also for packages only ever listed.
-    scopes: quick_cache::sync::Cache<Uuid, Arc<[QuestionScope]>>,
+    scopes: quick_cache::sync::Cache<PackageId, Arc<[QuestionScope]>>,
     /// Reads allowed lately, the answer to what a phone asks most (revalidating what it
     /// holds): (user, package, held package of a delta or nil) → until when the decision holds (no later than the facts
     /// and grants it rests on would be read again) and under which generation. One
     /// lookup instead of the facts, grants and coverage.
-    allowed: quick_cache::sync::Cache<(Uuid, Uuid, Uuid), (Instant, u64)>,
+    allowed: quick_cache::sync::Cache<(UserId, PackageId, PackageId), (Instant, u64)>,
     /// Bumped whenever this instance forgets a user or a package (a grant changed, a
     /// package withdrawn): every remembered decision made before is void at once.
     generation: std::sync::atomic::AtomicU64,
@@ -131,14 +131,14 @@ impl AccessCache {
     }
 
     /// Drops what this instance knows of a user's grants (after it changed them).
-    pub fn forget_user(&self, user_id: Uuid) {
+    pub fn forget_user(&self, user_id: UserId) {
         self.users.remove(&user_id);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops what this instance knows of a package (after it withdrew it).
-    pub fn forget_package(&self, id: Uuid) {
+    pub fn forget_package(&self, id: PackageId) {
         self.packages.remove(&id);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -146,7 +146,7 @@ impl AccessCache {
 
     /// Whether `user` was allowed to read `package` by a decision that still holds, with
     /// nothing forgotten since.
-    fn allowed_lately(&self, user: Uuid, package: Uuid, held: Uuid) -> bool {
+    fn allowed_lately(&self, user: UserId, package: PackageId, held: PackageId) -> bool {
         self.allowed
             .get(&(user, package, held))
             .is_some_and(|(until, generation)| {
@@ -162,7 +162,7 @@ impl AccessCache {
     fn remember_allowed(
         &self,
         user: &AuthUser,
-        (package, held): (Uuid, Uuid),
+        (package, held): (PackageId, PackageId),
         checked: Instant,
         grants_loaded: Option<Instant>,
         generation: u64,
@@ -189,7 +189,7 @@ impl AccessCache {
     pub async fn package_facts(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
+        id: PackageId,
     ) -> AppResult<Option<Arc<PackageFacts>>> {
         let cached = self.packages.get(&id);
         if let Some(facts) = &cached
@@ -233,8 +233,8 @@ impl AccessCache {
     async fn question_scopes(
         &self,
         db: &DatabaseConnection,
-        ids: &[Uuid],
-    ) -> AppResult<HashMap<Uuid, Arc<[QuestionScope]>>> {
+        ids: &[PackageId],
+    ) -> AppResult<HashMap<PackageId, Arc<[QuestionScope]>>> {
         let mut out = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
@@ -279,7 +279,7 @@ impl AccessCache {
     async fn user_grants(
         &self,
         db: &DatabaseConnection,
-        user_id: Uuid,
+        user_id: UserId,
         fresh: bool,
     ) -> AppResult<(Arc<UserGrants>, bool)> {
         if !fresh
@@ -303,7 +303,7 @@ impl AccessCache {
         &self,
         db: &DatabaseConnection,
         user: &AuthUser,
-        packages: &[(Uuid, &[QuestionScope])],
+        packages: &[(PackageId, &[QuestionScope])],
     ) -> AppResult<Vec<bool>> {
         Ok(self.covers_since(db, user, packages).await?.0)
     }
@@ -314,7 +314,7 @@ impl AccessCache {
         &self,
         db: &DatabaseConnection,
         user: &AuthUser,
-        packages: &[(Uuid, &[QuestionScope])],
+        packages: &[(PackageId, &[QuestionScope])],
     ) -> AppResult<(Vec<bool>, Option<Instant>)> {
         if !self.restricts(user) {
             return Ok((vec![true; packages.len()], None));
@@ -368,8 +368,12 @@ impl AccessCache {
 /// Whether `user` may read the published package `id`: `404` unknown or unpublished,
 /// `410` withdrawn (for admins too), `403` not covered by the caller's grants. The media
 /// routes call this too.
-pub async fn may_read_package(app: &App, user: &AuthUser, id: Uuid) -> Result<(), AccessError> {
-    if app.access.allowed_lately(user.id, id, Uuid::nil()) {
+pub async fn may_read_package(
+    app: &App,
+    user: &AuthUser,
+    id: PackageId,
+) -> Result<(), AccessError> {
+    if app.access.allowed_lately(user.id, id, PackageId::nil()) {
         return Ok(());
     }
     let generation = app.access.generation();
@@ -388,7 +392,7 @@ pub async fn may_read_package(app: &App, user: &AuthUser, id: Uuid) -> Result<()
     if covered.first() == Some(&true) {
         app.access.remember_allowed(
             user,
-            (id, Uuid::nil()),
+            (id, PackageId::nil()),
             facts.checked,
             grants_loaded,
             generation,
@@ -406,8 +410,8 @@ pub async fn may_read_package(app: &App, user: &AuthUser, id: Uuid) -> Result<()
 pub async fn may_read_delta(
     app: &App,
     user: &AuthUser,
-    id: Uuid,
-    from: Uuid,
+    id: PackageId,
+    from: PackageId,
 ) -> Result<(), AccessError> {
     if app.access.allowed_lately(user.id, id, from) {
         return Ok(());
@@ -457,15 +461,15 @@ pub async fn list_readable(
 ) -> AppResult<Vec<PackageSummary>> {
     let mut rows = packages::list_served(&app.db, filter).await?;
     if app.access.restricts(user) && !rows.is_empty() {
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let ids: Vec<PackageId> = rows.iter().map(|r| r.id).collect();
         let scopes = app.access.question_scopes(&app.db, &ids).await?;
         let empty: Arc<[QuestionScope]> = Arc::from(Vec::new());
-        let pairs: Vec<(Uuid, &[QuestionScope])> = ids
+        let pairs: Vec<(PackageId, &[QuestionScope])> = ids
             .iter()
             .map(|id| (*id, scopes.get(id).unwrap_or(&empty).as_ref()))
             .collect();
         let decisions = app.access.covers(&app.db, user, &pairs).await?;
-        let readable: HashSet<Uuid> = ids
+        let readable: HashSet<PackageId> = ids
             .iter()
             .zip(decisions)
             .filter_map(|(id, d)| d.then_some(*id))

@@ -1,11 +1,11 @@
 //! Stored grants: record, revoke, list, import (admin GraphQL and the CLI call these).
 use chrono::{DateTime, SubsecRound, Utc};
+use entity::UserId;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
     TransactionTrait, sea_query::Expr,
 };
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{Grant, GrantId, GrantTarget, PackageScope, Window};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -14,7 +14,7 @@ use entity::access_grant;
 /// A grant to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewGrant {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub target: GrantTarget,
     pub valid_from: Option<DateTime<Utc>>,
     pub valid_until: Option<DateTime<Utc>>,
@@ -23,7 +23,7 @@ pub struct NewGrant {
 impl NewGrant {
     /// Checks the ids against the scope and the window's order (`BAD_USER_INPUT`).
     pub fn new(
-        user_id: Uuid,
+        user_id: UserId,
         scope: PackageScope,
         year_id: Option<i32>,
         block_id: Option<i32>,
@@ -66,7 +66,7 @@ fn to_grants(rows: Vec<access_grant::Model>) -> Vec<Grant> {
 }
 
 /// Every stored grant of a user, revoked and expired ones included, oldest first.
-pub async fn list(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<Vec<Grant>> {
+pub async fn list(db: &impl ConnectionTrait, user_id: UserId) -> AppResult<Vec<Grant>> {
     let rows = access_grant::Entity::find()
         .filter(access_grant::Column::UserId.eq(user_id))
         .order_by_asc(access_grant::Column::CreatedAt)
@@ -77,7 +77,7 @@ pub async fn list(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<Vec<Gra
 }
 
 /// The user's stored grants in force now (`myAccess`).
-pub async fn in_force(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<Vec<Grant>> {
+pub async fn in_force(db: &impl ConnectionTrait, user_id: UserId) -> AppResult<Vec<Grant>> {
     let at = Utc::now();
     Ok(list(db, user_id)
         .await?
@@ -89,7 +89,7 @@ pub async fn in_force(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<Vec
 async fn insert(db: &impl ConnectionTrait, new: &NewGrant) -> AppResult<Grant> {
     let (year_id, block_id, theme_id) = new.target.ids();
     let row = access_grant::ActiveModel {
-        id: Set(Uuid::new_v4()),
+        id: Set(GrantId::new_v4()),
         user_id: Set(new.user_id),
         scope: Set(new.target.scope()),
         year_id: Set(year_id),
@@ -124,11 +124,11 @@ pub async fn grant(db: &DatabaseConnection, new: NewGrant) -> AppResult<Grant> {
 pub async fn revoke(db: &DatabaseConnection, id: GrantId) -> AppResult<Grant> {
     access_grant::Entity::update_many()
         .col_expr(access_grant::Column::RevokedAt, Expr::value(Some(now())))
-        .filter(access_grant::Column::Id.eq(id.0))
+        .filter(access_grant::Column::Id.eq(id))
         .filter(access_grant::Column::RevokedAt.is_null())
         .exec(db)
         .await?;
-    let row = access_grant::Entity::find_by_id(id.0)
+    let row = access_grant::Entity::find_by_id(id)
         .one(db)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no grant {id}")))?;
@@ -151,7 +151,7 @@ pub struct ImportOutcome {
 pub async fn import(db: &DatabaseConnection, grants: &[NewGrant]) -> AppResult<ImportOutcome> {
     let txn = db.begin().await?;
     let mut outcome = ImportOutcome::default();
-    let mut by_user: std::collections::HashMap<Uuid, Vec<Grant>> = Default::default();
+    let mut by_user: std::collections::HashMap<UserId, Vec<Grant>> = Default::default();
     for new in grants {
         let stored = match by_user.entry(new.user_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -103,7 +103,11 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<NewGrant>, ImportError> {
         };
         let user_id = cell(user)
             .ok_or_else(|| at(line, "user_id is empty"))
-            .and_then(|v| Uuid::try_parse(v).map_err(|_| at(line, "user_id must be a UUID")))?;
+            .and_then(|v| {
+                Uuid::try_parse(v)
+                    .map(entity::UserId::from)
+                    .map_err(|_| at(line, "user_id must be a UUID"))
+            })?;
         let scope = if legacy_blocks {
             PackageScope::Block
         } else {

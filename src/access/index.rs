@@ -4,11 +4,11 @@
 //! sync) by indexed reads, never by scanning package JSON.
 use std::collections::{HashMap, HashSet};
 
+use entity::{PackageId, QuestionId};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
     Set, TransactionTrait,
 };
-use uuid::Uuid;
 
 use super::QuestionScope;
 use entity::{package_question, test_package};
@@ -16,7 +16,7 @@ use entity::{package_question, test_package};
 /// One question of a package, as snapshotted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexRow {
-    pub question_id: Uuid,
+    pub question_id: QuestionId,
     pub year_id: i32,
     pub block_id: Option<i32>,
     pub theme_id: Option<i32>,
@@ -28,7 +28,7 @@ const INSERT_CHUNK: usize = 1000;
 /// Writes a package's index rows (in the caller's transaction).
 pub async fn insert(
     db: &impl ConnectionTrait,
-    package_id: Uuid,
+    package_id: PackageId,
     rows: &[IndexRow],
 ) -> Result<(), DbErr> {
     for chunk in rows.chunks(INSERT_CHUNK) {
@@ -50,7 +50,7 @@ pub async fn insert(
 /// Indexes every package that has no index rows yet (those built before the index
 /// existed), from its stored snapshots. Run at start-up; a no-op once done.
 pub async fn backfill(db: &DatabaseConnection) -> Result<usize, DbErr> {
-    let indexed: HashSet<Uuid> = package_question::Entity::find()
+    let indexed: HashSet<PackageId> = package_question::Entity::find()
         .select_only()
         .column(package_question::Column::PackageId)
         .distinct()
@@ -59,7 +59,7 @@ pub async fn backfill(db: &DatabaseConnection) -> Result<usize, DbErr> {
         .await?
         .into_iter()
         .collect();
-    let all: Vec<Uuid> = test_package::Entity::find()
+    let all: Vec<PackageId> = test_package::Entity::find()
         .select_only()
         .column(test_package::Column::Id)
         .into_tuple()
@@ -80,7 +80,7 @@ pub async fn backfill(db: &DatabaseConnection) -> Result<usize, DbErr> {
 /// Indexes one package from its stored snapshots (idempotent) and returns its rows; empty
 /// for an unknown package. Also how a package built by an older binary during a rolling
 /// upgrade gets indexed on first use.
-pub async fn index_package(db: &DatabaseConnection, id: Uuid) -> Result<Vec<IndexRow>, DbErr> {
+pub async fn index_package(db: &DatabaseConnection, id: PackageId) -> Result<Vec<IndexRow>, DbErr> {
     let Some(json) = crate::packages::load_questions_json(db, &[id])
         .await
         .map_err(|e| DbErr::Custom(e.operator_message()))?
@@ -109,21 +109,22 @@ pub async fn index_package(db: &DatabaseConnection, id: Uuid) -> Result<Vec<Inde
 /// a package.
 pub async fn question_scopes(
     db: &impl ConnectionTrait,
-    package_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<QuestionScope>>, DbErr> {
-    let mut out: HashMap<Uuid, Vec<QuestionScope>> = HashMap::new();
+    package_ids: &[PackageId],
+) -> Result<HashMap<PackageId, Vec<QuestionScope>>, DbErr> {
+    let mut out: HashMap<PackageId, Vec<QuestionScope>> = HashMap::new();
     for chunk in package_ids.chunks(INSERT_CHUNK) {
-        let rows: Vec<(Uuid, i32, Option<i32>, Option<i32>)> = package_question::Entity::find()
-            .select_only()
-            .column(package_question::Column::PackageId)
-            .column(package_question::Column::YearId)
-            .column(package_question::Column::BlockId)
-            .column(package_question::Column::ThemeId)
-            .distinct()
-            .filter(package_question::Column::PackageId.is_in(chunk.iter().copied()))
-            .into_tuple()
-            .all(db)
-            .await?;
+        let rows: Vec<(PackageId, i32, Option<i32>, Option<i32>)> =
+            package_question::Entity::find()
+                .select_only()
+                .column(package_question::Column::PackageId)
+                .column(package_question::Column::YearId)
+                .column(package_question::Column::BlockId)
+                .column(package_question::Column::ThemeId)
+                .distinct()
+                .filter(package_question::Column::PackageId.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(db)
+                .await?;
         for (package_id, year_id, block_id, theme_id) in rows {
             out.entry(package_id).or_default().push(QuestionScope {
                 year_id,
@@ -142,11 +143,11 @@ pub async fn question_scopes(
 /// still scores against them).
 pub async fn in_published_packages(
     db: &impl ConnectionTrait,
-    question_ids: &[Uuid],
-) -> Result<HashSet<Uuid>, DbErr> {
+    question_ids: &[QuestionId],
+) -> Result<HashSet<QuestionId>, DbErr> {
     let mut found = HashSet::new();
     for chunk in question_ids.chunks(INSERT_CHUNK) {
-        let published: Vec<Uuid> = package_question::Entity::find()
+        let published: Vec<QuestionId> = package_question::Entity::find()
             .select_only()
             .column(package_question::Column::QuestionId)
             .distinct()

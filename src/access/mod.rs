@@ -10,10 +10,10 @@ pub mod grants;
 pub mod import;
 pub mod index;
 
-use std::{collections::HashSet, fmt};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use entity::UserId;
 
 pub use entity::enums::PackageScope;
 pub use gate::{AccessCache, AccessError, may_read_delta, may_read_package};
@@ -29,14 +29,7 @@ pub enum AccessMode {
 }
 
 /// The id of a stored grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GrantId(pub Uuid);
-
-impl fmt::Display for GrantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use entity::GrantId;
 
 /// What a grant opens: a scope with its one id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -173,7 +166,7 @@ impl Window {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub id: GrantId,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub target: GrantTarget,
     pub window: Window,
     pub created_at: DateTime<Utc>,
@@ -185,7 +178,7 @@ impl Grant {
     pub fn from_row(row: entity::access_grant::Model) -> Option<Grant> {
         let target = GrantTarget::new(row.scope, row.year_id, row.block_id, row.theme_id).ok()?;
         Some(Grant {
-            id: GrantId(row.id),
+            id: row.id,
             user_id: row.user_id,
             target,
             window: Window {
@@ -290,8 +283,8 @@ mod tests {
 
     fn grant(target: GrantTarget, window: Window) -> Grant {
         Grant {
-            id: GrantId(Uuid::new_v4()),
-            user_id: Uuid::nil(),
+            id: GrantId::new_v4(),
+            user_id: UserId::nil(),
             target,
             window,
             created_at: at(1),

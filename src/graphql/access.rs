@@ -29,8 +29,8 @@ impl From<Grant> for AccessGrant {
     fn from(g: Grant) -> Self {
         let (year_id, block_id, theme_id) = g.target.ids();
         AccessGrant {
-            id: g.id.0,
-            user_id: g.user_id,
+            id: g.id.into(),
+            user_id: g.user_id.into(),
             scope: g.target.scope(),
             year_id,
             block_id,
@@ -73,7 +73,7 @@ impl AccessQuery {
         user_id: Uuid,
     ) -> async_graphql::Result<Vec<AccessGrant>> {
         require_admin(ctx)?;
-        let rows = grants::list(&state(ctx).db, user_id).await?;
+        let rows = grants::list(&state(ctx).db, user_id.into()).await?;
         Ok(rows.into_iter().map(AccessGrant::from).collect())
     }
 }
@@ -92,7 +92,7 @@ impl AccessMutation {
         require_admin(ctx)?;
         let app = state(ctx);
         let new = NewGrant::new(
-            input.user_id,
+            input.user_id.into(),
             input.scope,
             input.year_id,
             input.block_id,
@@ -113,7 +113,7 @@ impl AccessMutation {
     ) -> async_graphql::Result<AccessGrant> {
         require_admin(ctx)?;
         let app = state(ctx);
-        let grant = grants::revoke(&app.db, GrantId(id)).await?;
+        let grant = grants::revoke(&app.db, GrantId::from(id)).await?;
         app.access.forget_user(grant.user_id);
         Ok(grant.into())
     }

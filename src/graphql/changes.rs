@@ -38,14 +38,14 @@ impl From<PulledAnswer> for SessionAnswer {
         let a = p.answer;
         SessionAnswer {
             id: ID(format!("{}:{}", a.session_id, a.question_id)),
-            session_id: a.session_id,
-            question_id: a.question_id,
-            package_id: p.package_id,
+            session_id: a.session_id.into(),
+            question_id: a.question_id.into(),
+            package_id: p.package_id.map(Uuid::from),
             selected_option_index: a.selected_option_index,
             answered_at: a.answered_at,
             is_correct: a.is_correct,
             changed_count: a.changed_count,
-            server_attempt_id: a.attempt_id,
+            server_attempt_id: a.attempt_id.into(),
         }
     }
 }

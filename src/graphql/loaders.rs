@@ -2,8 +2,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::dataloader::{DataLoader, Loader};
+use entity::PackageId;
 use sea_orm::DatabaseConnection;
-use uuid::Uuid;
 
 use crate::{
     app::AppState,
@@ -60,11 +60,14 @@ pub struct PackageQuestionsLoader {
     db: DatabaseConnection,
 }
 
-impl Loader<Uuid> for PackageQuestionsLoader {
+impl Loader<PackageId> for PackageQuestionsLoader {
     type Value = Arc<Vec<Snapshot>>;
     type Error = LoadError;
 
-    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+    async fn load(
+        &self,
+        keys: &[PackageId],
+    ) -> Result<HashMap<PackageId, Self::Value>, Self::Error> {
         let stored = packages::load_questions_json(&self.db, keys).await?;
         let mut out = HashMap::with_capacity(stored.len());
         for (id, json) in stored {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
+use entity::PackageId;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -108,10 +109,10 @@ impl From<&SnapshotMedia> for MediaRef {
 }
 
 impl QuestionSnapshot {
-    fn new(package_id: Uuid, s: &Snapshot) -> Self {
+    fn new(package_id: PackageId, s: &Snapshot) -> Self {
         QuestionSnapshot {
             id: ID(format!("{package_id}:{}", s.question_id)),
-            question_id: s.question_id,
+            question_id: s.question_id.into(),
             stem: s.stem.clone(),
             options: s.options(),
             correct_index: s.correct_index,
@@ -154,7 +155,7 @@ impl From<test_package::Model> for TestPackage {
 #[Object]
 impl TestPackage {
     async fn id(&self) -> Uuid {
-        self.summary.id
+        self.summary.id.into()
     }
 
     async fn name(&self) -> &str {
@@ -180,7 +181,7 @@ impl TestPackage {
 
     /// SHA-256 of the RFC 8785 JSON of the REST `questions` array; the REST ETag.
     async fn version_hash(&self) -> &str {
-        &self.summary.version_hash
+        self.summary.version_hash.as_str()
     }
 
     async fn question_count(&self) -> i32 {
@@ -220,7 +221,7 @@ impl TestPackage {
 
     /// The REST path that downloads this package.
     async fn download_path(&self) -> String {
-        wire::download_path(self.summary.id)
+        wire::download_path(self.summary.id.into())
     }
 
     /// Distinct media objects the snapshots refer to (what the bundle holds).
@@ -236,7 +237,7 @@ impl TestPackage {
 
     /// The REST path of the media bundle (one ZIP of every object).
     async fn media_bundle_path(&self) -> String {
-        wire::media_bundle_path(self.summary.id)
+        wire::media_bundle_path(self.summary.id.into())
     }
 
     /// When an admin withdrew the package (null: served).
@@ -282,8 +283,8 @@ impl PackageDelta {
     }
 
     /// Question ids of `from` that `package` lacks, ascending.
-    async fn removed(&self) -> &[Uuid] {
-        &self.delta.removed
+    async fn removed(&self) -> Vec<Uuid> {
+        self.delta.removed.iter().map(|&id| id.into()).collect()
     }
 }
 
@@ -311,6 +312,7 @@ impl PackageQuery {
         ctx: &Context<'_>,
         id: Uuid,
     ) -> async_graphql::Result<Option<TestPackage>> {
+        let id = PackageId::from(id);
         let user = require_user(ctx)?;
         let app = state(ctx);
         let Some(summary) = packages::find_summary(&app.db, id).await? else {
@@ -335,6 +337,7 @@ impl PackageQuery {
         id: Uuid,
         from: Uuid,
     ) -> async_graphql::Result<Option<PackageDelta>> {
+        let (id, from) = (PackageId::from(id), PackageId::from(from));
         let user = require_user(ctx)?;
         let app = state(ctx);
         match access::may_read_delta(app, &user, id, from).await {
@@ -388,6 +391,7 @@ impl PackageMutation {
         ctx: &Context<'_>,
         id: Uuid,
     ) -> async_graphql::Result<TestPackage> {
+        let id = PackageId::from(id);
         require_admin(ctx)?;
         let app = state(ctx);
         let summary = packages::publish_package(&app.db, id).await?;
@@ -403,6 +407,7 @@ impl PackageMutation {
         id: Uuid,
         reason: String,
     ) -> async_graphql::Result<TestPackage> {
+        let id = PackageId::from(id);
         require_admin(ctx)?;
         let app = state(ctx);
         let summary = packages::withdraw_package(&app.db, id, &reason).await?;
@@ -413,7 +418,7 @@ impl PackageMutation {
 
 /// After a publish: the node limit's totals are counted again, and the delta from the
 /// previous version of the scope is built now, so phones do not wait for it.
-fn published(app: &crate::app::AppState, id: Uuid) {
+fn published(app: &crate::app::AppState, id: PackageId) {
     app.packages.published_changed();
     app.packages.prebuild_delta_from_previous(&app.db, id);
 }

@@ -47,7 +47,7 @@ impl SessionMutation {
         id: Uuid,
     ) -> async_graphql::Result<TestSession> {
         let user = require_user(ctx)?;
-        let session = sessions::submit(&state(ctx).db, user.id, id).await?;
+        let session = sessions::submit(&state(ctx).db, user.id, id.into()).await?;
         Ok(session.into())
     }
 }

@@ -30,15 +30,15 @@ pub struct SyncAttemptInput {
 impl From<SyncAttemptInput> for ParsedAttempt {
     fn from(a: SyncAttemptInput) -> Self {
         ParsedAttempt::Valid(AttemptInput {
-            client_attempt_id: a.client_attempt_id,
-            idempotency_key: a.idempotency_key,
-            offline_session_id: a.offline_session_id,
-            session_id: a.session_id,
-            question_id: a.question_id,
+            client_attempt_id: a.client_attempt_id.into(),
+            idempotency_key: a.idempotency_key.into(),
+            offline_session_id: a.offline_session_id.map(Into::into),
+            session_id: a.session_id.map(Into::into),
+            question_id: a.question_id.into(),
             selected_option_index: i64::from(a.selected_option_index),
             answered_at: a.answered_at,
             payload_hash: a.payload_hash,
-            package_id: a.package_id,
+            package_id: a.package_id.map(Into::into),
         })
     }
 }

@@ -26,8 +26,8 @@ pub struct TestSession {
 impl From<entity::test_session::Model> for TestSession {
     fn from(s: entity::test_session::Model) -> Self {
         TestSession {
-            id: s.id,
-            offline_session_id: s.offline_session_id,
+            id: s.id.into(),
+            offline_session_id: s.offline_session_id.map(Uuid::from),
             mode: s.mode,
             status: s.status,
             year: s.year,
@@ -64,10 +64,10 @@ impl From<AttemptResult> for SyncAttemptResult {
     fn from(r: AttemptResult) -> Self {
         SyncAttemptResult {
             // GraphQL inputs always carry a parsed client id.
-            client_attempt_id: r.client_attempt_id.unwrap_or_default(),
+            client_attempt_id: r.client_attempt_id.map_or_else(Uuid::nil, Uuid::from),
             status: r.status,
-            server_attempt_id: r.server_attempt_id,
-            server_session_id: r.server_session_id,
+            server_attempt_id: r.server_attempt_id.map(Uuid::from),
+            server_session_id: r.server_session_id.map(Uuid::from),
             error_code: r.error_code,
             message: r.message,
         }

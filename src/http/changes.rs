@@ -75,8 +75,8 @@ pub struct PulledAnswerBody {
 impl From<test_session::Model> for PulledSession {
     fn from(s: test_session::Model) -> Self {
         PulledSession {
-            server_session_id: s.id,
-            offline_session_id: s.offline_session_id,
+            server_session_id: s.id.into(),
+            offline_session_id: s.offline_session_id.map(Uuid::from),
             mode: s.mode,
             status: s.status,
             year_id: s.year,
@@ -95,14 +95,14 @@ impl From<PulledAnswer> for PulledAnswerBody {
     fn from(p: PulledAnswer) -> Self {
         let a = p.answer;
         PulledAnswerBody {
-            server_session_id: a.session_id,
-            question_id: a.question_id,
-            package_id: p.package_id,
+            server_session_id: a.session_id.into(),
+            question_id: a.question_id.into(),
+            package_id: p.package_id.map(Uuid::from),
             selected_option_index: a.selected_option_index,
             answered_at: to_iso_string(&a.answered_at),
             is_correct: a.is_correct,
             changed_count: a.changed_count,
-            server_attempt_id: a.attempt_id,
+            server_attempt_id: a.attempt_id.into(),
         }
     }
 }

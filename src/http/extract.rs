@@ -83,7 +83,7 @@ impl FromRequestParts<AppState> for AuthUser {
             .users
             .ensure(&state.db, &user, state.primary.timeline())
             .await?;
-        record_user(user.id);
+        record_user(user.id.into());
         Ok(user)
     }
 }

@@ -559,7 +559,7 @@ async fn run(
     };
     match &auth {
         Ok(user) => {
-            record_user(user.id);
+            record_user(user.id.into());
             if let Err(e) = state
                 .rate_limiter
                 .check(&state.cache, user.id, "graphql")

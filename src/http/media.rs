@@ -184,7 +184,7 @@ pub async fn get_bundle(
 ) -> Result<Response, AppError> {
     let id = super::packages::parse_package_id(path)?;
     let from = bundle_from(request.uri().query())?;
-    let (package, objects) = media::bundle_objects(&state, &user, id, from)
+    let (package, objects) = media::bundle_objects(&state, &user, id, from.map(Into::into))
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no published package {id}")))?;
     let layout = Arc::new(Layout::new(objects).map_err(|e| AppError::internal(e.to_string()))?);

@@ -273,7 +273,7 @@ mod tests {
             })
             .collect();
         let question = |n: u128, stem: &str, media: Vec<SnapshotMedia>| Snapshot {
-            question_id: Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 + n),
+            question_id: Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 + n).into(),
             stem: stem.into(),
             option_a: Some("Sinus rhythm".into()),
             option_b: Some("Atrial fibrillation".into()),

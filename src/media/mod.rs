@@ -13,13 +13,13 @@ use std::{collections::HashMap, fmt, sync::Arc};
 use bytes::Bytes;
 
 use chrono::{SubsecRound, Utc};
+use entity::{MediaHash, PackageId, QuestionId};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
     QueryTrait, Set, sea_query::OnConflict,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::{
     access::{self, AccessError},
@@ -104,6 +104,20 @@ impl<'de> Deserialize<'de> for MediaSha256 {
     }
 }
 
+/// The stored column's type and this one hold the same 32 bytes: both are valid by
+/// construction, so converting either way cannot fail.
+impl From<MediaSha256> for MediaHash {
+    fn from(sha: MediaSha256) -> Self {
+        MediaHash::from_digest(sha.0)
+    }
+}
+
+impl From<&MediaHash> for MediaSha256 {
+    fn from(hash: &MediaHash) -> Self {
+        MediaSha256(hash.to_bytes())
+    }
+}
+
 /// What is known of a stored object without its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MediaMeta {
@@ -149,13 +163,19 @@ pub struct MediaObjectBody {
 }
 
 /// A stored object as the rows read it: metadata only, the bytes are never selected here.
-type MetaRow = (String, MediaContentType, i64, Option<i32>, Option<i32>, i64);
+type MetaRow = (
+    MediaHash,
+    MediaContentType,
+    i64,
+    Option<i32>,
+    Option<i32>,
+    i64,
+);
 
 fn meta_of(row: MetaRow) -> AppResult<MediaMeta> {
     let (sha, content_type, bytes, width, height, crc32) = row;
     Ok(MediaMeta {
-        sha256: MediaSha256::parse(&sha)
-            .ok_or_else(|| AppError::internal(format!("stored media hash `{sha}` is malformed")))?,
+        sha256: MediaSha256::from(&sha),
         content_type,
         bytes: u64::try_from(bytes).map_err(|_| AppError::internal("negative media size"))?,
         width,
@@ -179,7 +199,9 @@ pub async fn load_meta(
             .column(media_object::Column::Width)
             .column(media_object::Column::Height)
             .column(media_object::Column::Crc32)
-            .filter(media_object::Column::Sha256.is_in(chunk.iter().map(MediaSha256::hex)))
+            .filter(
+                media_object::Column::Sha256.is_in(chunk.iter().map(|&sha| MediaHash::from(sha))),
+            )
             .into_tuple()
             .all(db)
             .await?;
@@ -193,7 +215,7 @@ pub async fn load_meta(
 
 /// The bytes of one stored object.
 pub async fn load_data(db: &impl ConnectionTrait, sha: &MediaSha256) -> AppResult<Option<Vec<u8>>> {
-    Ok(media_object::Entity::find_by_id(sha.hex())
+    Ok(media_object::Entity::find_by_id(MediaHash::from(*sha))
         .select_only()
         .column(media_object::Column::Data)
         .into_tuple::<Vec<u8>>()
@@ -246,7 +268,7 @@ pub async fn store_object(
         crc32: crc32fast::hash(&data),
     };
     let row = media_object::ActiveModel {
-        sha256: Set(sha.hex()),
+        sha256: Set(MediaHash::from(sha)),
         content_type: Set(meta.content_type),
         bytes: Set(meta.bytes as i64),
         width: Set(meta.width),
@@ -271,7 +293,7 @@ pub async fn store_object(
 /// distinct objects, and their totals.
 #[derive(Debug, Default)]
 pub struct PackageMediaSet {
-    pub references: HashMap<Uuid, Vec<SnapshotMedia>>,
+    pub references: HashMap<QuestionId, Vec<SnapshotMedia>>,
     /// Distinct, sorted by hash.
     pub objects: Vec<MediaMeta>,
 }
@@ -293,7 +315,7 @@ pub async fn question_media(
     questions: &[question::Model],
 ) -> AppResult<PackageMediaSet> {
     let mut rows = Vec::new();
-    let ids: Vec<Uuid> = questions.iter().map(|q| q.id).collect();
+    let ids: Vec<QuestionId> = questions.iter().map(|q| q.id).collect();
     for chunk in ids.chunks(500) {
         rows.extend(
             question_media::Entity::find()
@@ -306,20 +328,13 @@ pub async fn question_media(
         return Ok(PackageMediaSet::default());
     }
     rows.sort_by_key(|r| (r.question_id, r.position));
-    let mut shas = rows
-        .iter()
-        .map(|r| {
-            MediaSha256::parse(&r.sha256).ok_or_else(|| {
-                AppError::internal(format!("stored media hash `{}` is malformed", r.sha256))
-            })
-        })
-        .collect::<AppResult<Vec<_>>>()?;
+    let mut shas: Vec<MediaSha256> = rows.iter().map(|r| MediaSha256::from(&r.sha256)).collect();
     shas.sort();
     shas.dedup();
     let meta = load_meta(db, &shas).await?;
     let mut set = PackageMediaSet::default();
     for row in rows {
-        let found = MediaSha256::parse(&row.sha256).and_then(|sha| meta.get(&sha));
+        let found = meta.get(&MediaSha256::from(&row.sha256));
         let Some(found) = found else {
             return Err(AppError::internal(format!(
                 "question {} refers to missing media {}",
@@ -341,13 +356,13 @@ pub async fn question_media(
 /// Writes the objects a new package refers to (inside its build transaction).
 pub async fn record_package_objects(
     db: &impl ConnectionTrait,
-    package_id: Uuid,
+    package_id: PackageId,
     objects: &[MediaMeta],
 ) -> AppResult<()> {
     for chunk in objects.chunks(500) {
         package_media::Entity::insert_many(chunk.iter().map(|m| package_media::ActiveModel {
             package_id: Set(package_id),
-            sha256: Set(m.sha256.hex()),
+            sha256: Set(MediaHash::from(m.sha256)),
         }))
         .exec_without_returning(db)
         .await?;
@@ -454,7 +469,7 @@ async fn referring_packages(
                 package_media::Entity::find()
                     .select_only()
                     .column(package_media::Column::PackageId)
-                    .filter(package_media::Column::Sha256.eq(sha.hex()))
+                    .filter(package_media::Column::Sha256.eq(MediaHash::from(*sha)))
                     .into_query(),
             ),
         )
@@ -467,22 +482,16 @@ async fn referring_packages(
 /// The distinct objects a package refers to, sorted by hash.
 pub async fn package_objects(
     db: &impl ConnectionTrait,
-    package_id: Uuid,
+    package_id: PackageId,
 ) -> AppResult<Vec<MediaSha256>> {
-    let rows: Vec<String> = package_media::Entity::find()
+    let rows: Vec<MediaHash> = package_media::Entity::find()
         .select_only()
         .column(package_media::Column::Sha256)
         .filter(package_media::Column::PackageId.eq(package_id))
         .into_tuple()
         .all(db)
         .await?;
-    let mut shas = rows
-        .iter()
-        .map(|s| {
-            MediaSha256::parse(s)
-                .ok_or_else(|| AppError::internal(format!("stored media hash `{s}` is malformed")))
-        })
-        .collect::<AppResult<Vec<_>>>()?;
+    let mut shas: Vec<MediaSha256> = rows.iter().map(MediaSha256::from).collect();
     shas.sort();
     shas.dedup();
     Ok(shas)
@@ -493,8 +502,8 @@ pub async fn package_objects(
 pub async fn bundle_objects(
     state: &AppState,
     caller: &AuthUser,
-    package_id: Uuid,
-    from: Option<Uuid>,
+    package_id: PackageId,
+    from: Option<PackageId>,
 ) -> AppResult<Option<(PackageSummary, Vec<MediaMeta>)>> {
     // The access rules answer in the contract's order: 404, 410, 409 (with `from`), 403.
     match from {

@@ -6,6 +6,7 @@
 //! RFC 8785 form, as the download serves them) so that every instance sends the same bytes.
 use std::collections::HashMap;
 
+use entity::{PackageId, QuestionId};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ pub struct Delta {
     /// different, ordered by `question_id`.
     pub upserted: Vec<Snapshot>,
     /// Question ids the held package has and the target lacks, ascending.
-    pub removed: Vec<Uuid>,
+    pub removed: Vec<QuestionId>,
 }
 
 /// `question_id` order of docs/api.md section 4: compared as lowercase strings. A `Uuid`'s
@@ -29,16 +30,17 @@ fn by_id(a: &Snapshot, b: &Snapshot) -> std::cmp::Ordering {
 
 /// The delta from `held` to `target` (either may be in any order).
 pub fn diff(held: &[Snapshot], target: &[Snapshot]) -> Delta {
-    let held_by_id: HashMap<Uuid, &Snapshot> = held.iter().map(|s| (s.question_id, s)).collect();
+    let held_by_id: HashMap<QuestionId, &Snapshot> =
+        held.iter().map(|s| (s.question_id, s)).collect();
     let mut upserted: Vec<Snapshot> = target
         .iter()
         .filter(|s| held_by_id.get(&s.question_id) != Some(s))
         .cloned()
         .collect();
     upserted.sort_by(by_id);
-    let target_ids: std::collections::HashSet<Uuid> =
+    let target_ids: std::collections::HashSet<QuestionId> =
         target.iter().map(|s| s.question_id).collect();
-    let mut removed: Vec<Uuid> = held_by_id
+    let mut removed: Vec<QuestionId> = held_by_id
         .keys()
         .filter(|id| !target_ids.contains(id))
         .copied()
@@ -50,7 +52,7 @@ pub fn diff(held: &[Snapshot], target: &[Snapshot]) -> Delta {
 /// Applies a delta as a phone does: the held questions minus `removed`, each upserted
 /// snapshot replacing or adding the one of its id, ordered by `question_id`.
 pub fn apply(held: &[Snapshot], delta: &Delta) -> Vec<Snapshot> {
-    let mut by_id: HashMap<Uuid, Snapshot> =
+    let mut by_id: HashMap<QuestionId, Snapshot> =
         held.iter().map(|s| (s.question_id, s.clone())).collect();
     for id in &delta.removed {
         by_id.remove(id);
@@ -82,11 +84,11 @@ pub struct DeltaBody {
 /// The two ends of a delta, as the body names them.
 #[derive(Clone, Copy, Debug)]
 pub struct DeltaEnds<'a> {
-    pub package_id: Uuid,
+    pub package_id: PackageId,
     pub version: i32,
     pub version_hash: &'a str,
     pub question_count: i32,
-    pub from_package_id: Uuid,
+    pub from_package_id: PackageId,
     pub from_version: i32,
     pub from_version_hash: &'a str,
 }
@@ -97,11 +99,11 @@ pub fn delta_body_bytes(ends: DeltaEnds<'_>, delta: &Delta) -> Result<Vec<u8>, S
     let upserted = crate::hashing::canonical_json(&delta.upserted).map_err(|e| e.to_string())?;
     #[derive(Serialize)]
     struct Head<'a> {
-        package_id: Uuid,
+        package_id: PackageId,
         version: i32,
         version_hash: &'a str,
         question_count: i32,
-        from_package_id: Uuid,
+        from_package_id: PackageId,
         from_version: i32,
         from_version_hash: &'a str,
     }
@@ -135,7 +137,7 @@ mod tests {
 
     fn snapshot(n: u128, stem: &str) -> Snapshot {
         Snapshot {
-            question_id: Uuid::from_u128(n),
+            question_id: QuestionId::from(Uuid::from_u128(n)),
             stem: stem.into(),
             option_a: Some("a".into()),
             option_b: Some("b".into()),
@@ -167,10 +169,16 @@ mod tests {
         let ids: Vec<u128> = delta
             .upserted
             .iter()
-            .map(|s| s.question_id.as_u128())
+            .map(|s| s.question_id.into_uuid().as_u128())
             .collect();
         assert_eq!(ids, vec![2, 4, 5]);
-        assert_eq!(delta.removed, vec![Uuid::from_u128(1), Uuid::from_u128(3)]);
+        assert_eq!(
+            delta.removed,
+            vec![
+                QuestionId::from(Uuid::from_u128(1)),
+                QuestionId::from(Uuid::from_u128(3))
+            ]
+        );
         let mut expected = target.clone();
         expected.sort_by(by_id);
         assert_eq!(apply(&held, &delta), expected);
@@ -188,7 +196,7 @@ mod tests {
         #[derive(serde::Deserialize)]
         struct Wire {
             upserted: Vec<Snapshot>,
-            removed: Vec<Uuid>,
+            removed: Vec<QuestionId>,
         }
         #[derive(serde::Deserialize)]
         struct Vector {
@@ -223,11 +231,11 @@ mod tests {
     fn body_bytes_are_json_of_the_wire_shape() {
         let delta = diff(&[snapshot(1, "a")], &[snapshot(2, "b")]);
         let ends = DeltaEnds {
-            package_id: Uuid::from_u128(9),
+            package_id: PackageId::from(Uuid::from_u128(9)),
             version: 2,
             version_hash: "h2",
             question_count: 1,
-            from_package_id: Uuid::from_u128(8),
+            from_package_id: PackageId::from(Uuid::from_u128(8)),
             from_version: 1,
             from_version_hash: "h1",
         };
@@ -303,7 +311,7 @@ mod tests {
                 )| {
                     let mut o = options.into_iter();
                     Snapshot {
-                        question_id: Uuid::from_u128(id),
+                        question_id: QuestionId::from(Uuid::from_u128(id)),
                         stem,
                         option_a: o.next(),
                         option_b: o.next(),
@@ -333,7 +341,7 @@ mod tests {
             None => Some(text.clone()),
         };
         match field % 15 {
-            0 => s.question_id = Uuid::from_u128(u128::from(salt) << 64 | 0xffff),
+            0 => s.question_id = QuestionId::from(Uuid::from_u128(u128::from(salt) << 64 | 0xffff)),
             1 => s.stem.push_str(&text),
             2 => s.option_a = Some(text.clone()),
             3 => s.option_b = Some(text.clone()),
@@ -453,13 +461,16 @@ mod tests {
             prop_assert!(delta.removed.windows(2).all(|w| w[0] < w[1]));
             // And the wire round trip keeps it.
             let ends = DeltaEnds {
-                package_id: Uuid::nil(), version: 2, version_hash: &target_hash,
-                question_count: 0, from_package_id: Uuid::nil(), from_version: 1,
+                package_id: PackageId::nil(), version: 2, version_hash: target_hash.as_str(),
+                question_count: 0, from_package_id: PackageId::nil(), from_version: 1,
                 from_version_hash: "",
             };
             let body: DeltaBody =
                 serde_json::from_slice(&delta_body_bytes(ends, &delta).unwrap()).unwrap();
-            let wire = Delta { upserted: body.upserted, removed: body.removed };
+            let wire = Delta {
+                upserted: body.upserted,
+                removed: body.removed.into_iter().map(QuestionId::from).collect(),
+            };
             prop_assert_eq!(canonical_questions(apply(&held, &wire)).unwrap().1, target_hash);
         }
     }

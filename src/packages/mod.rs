@@ -41,6 +41,7 @@ pub use store::{PackageScoring, PackageStore, ScoringKey};
 use std::collections::HashMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use entity::{PackageId, QuestionId, UserId, VersionHash};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DerivePartialModel,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
@@ -48,11 +49,10 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use crate::{
     error::{AppError, AppResult, ErrorCode},
-    hashing::{canonical_json, sha256_hex},
+    hashing::canonical_json,
     media::{MediaContentType, MediaMeta, MediaPlacement, MediaSha256},
 };
 use entity::{question, test_package};
@@ -92,7 +92,7 @@ pub struct BuildRequest {
     pub block_id: Option<i32>,
     pub theme_id: Option<i32>,
     pub publish: bool,
-    pub created_by: Option<Uuid>,
+    pub created_by: Option<UserId>,
 }
 
 /// A question as frozen in a package: exactly the 14 fields of the REST download, plus
@@ -100,7 +100,8 @@ pub struct BuildRequest {
 /// does not matter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
-    pub question_id: Uuid,
+    #[schema(value_type = uuid::Uuid)]
+    pub question_id: QuestionId,
     pub stem: String,
     pub option_a: Option<String>,
     pub option_b: Option<String>,
@@ -205,7 +206,7 @@ impl Snapshot {
 
 /// The canonical `questions` array (sorted by `question_id` as lowercase strings) and its
 /// `version_hash`.
-pub fn canonical_questions(mut snapshots: Vec<Snapshot>) -> AppResult<(String, String)> {
+pub fn canonical_questions(mut snapshots: Vec<Snapshot>) -> AppResult<(String, VersionHash)> {
     let mut keyed: Vec<(String, Snapshot)> = snapshots
         .drain(..)
         .map(|s| (s.question_id.to_string().to_ascii_lowercase(), s))
@@ -214,7 +215,7 @@ pub fn canonical_questions(mut snapshots: Vec<Snapshot>) -> AppResult<(String, S
     let ordered: Vec<Snapshot> = keyed.into_iter().map(|(_, s)| s).collect();
     let canonical = canonical_json(&ordered)
         .map_err(|e| AppError::internal(format!("canonical JSON of snapshots: {e}")))?;
-    let hash = sha256_hex(canonical.as_bytes());
+    let hash = VersionHash::from_digest(crate::hashing::sha256(canonical.as_bytes()));
     Ok((canonical, hash))
 }
 
@@ -343,7 +344,7 @@ pub async fn build_package(
 /// after a lost version race only reads the newest version again.
 struct PackageContents {
     questions_json: String,
-    version_hash: String,
+    version_hash: VersionHash,
     question_count: i32,
     media: crate::media::PackageMediaSet,
     index_rows: Vec<crate::access::index::IndexRow>,
@@ -470,7 +471,7 @@ fn new_version_row(
 ) -> test_package::ActiveModel {
     let at = now();
     test_package::ActiveModel {
-        id: Set(Uuid::new_v4()),
+        id: Set(PackageId::new_v4()),
         name: Set(name.to_owned()),
         description: Set(request.description.clone()),
         scope: Set(ids.scope),
@@ -534,7 +535,7 @@ async fn insert_version(
 /// unchanged, with its first time and reason.
 pub async fn withdraw_package(
     db: &DatabaseConnection,
-    id: Uuid,
+    id: PackageId,
     reason: &str,
 ) -> AppResult<PackageSummary> {
     let reason = reason.trim();
@@ -577,7 +578,7 @@ pub async fn withdraw_package(
 }
 
 /// Publishes a package (idempotent: a published one is returned unchanged).
-pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<PackageSummary> {
+pub async fn publish_package(db: &DatabaseConnection, id: PackageId) -> AppResult<PackageSummary> {
     let at = now();
     // Only an unpublished row is touched, so the immutability trigger never fires here,
     // and concurrent publishes publish once.
@@ -598,7 +599,7 @@ pub async fn publish_package(db: &DatabaseConnection, id: Uuid) -> AppResult<Pac
 #[derive(Clone, Debug, PartialEq, Eq, DerivePartialModel)]
 #[sea_orm(entity = "test_package::Entity")]
 pub struct PackageSummary {
-    pub id: Uuid,
+    pub id: PackageId,
     pub name: String,
     pub description: Option<String>,
     pub scope: PackageScope,
@@ -608,13 +609,13 @@ pub struct PackageSummary {
     pub block_id: Option<i32>,
     pub theme_id: Option<i32>,
     pub version: i32,
-    pub version_hash: String,
+    pub version_hash: VersionHash,
     pub question_count: i32,
     pub media_count: i32,
     pub media_bytes: i64,
     pub is_published: bool,
     pub published_at: Option<DateTime<Utc>>,
-    pub created_by: Option<Uuid>,
+    pub created_by: Option<UserId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub withdrawn_at: Option<DateTime<Utc>>,
@@ -720,8 +721,8 @@ pub fn check_delta_scope(to: (PackageScope, &str), from: (PackageScope, &str)) -
 /// bytes): `None` when either is unknown or unpublished.
 pub async fn package_delta(
     db: &DatabaseConnection,
-    id: Uuid,
-    from: Uuid,
+    id: PackageId,
+    from: PackageId,
 ) -> AppResult<Option<(PackageSummary, PackageSummary, delta::Delta)>> {
     let (Some(to), Some(held)) = (find_summary(db, id).await?, find_summary(db, from).await?)
     else {
@@ -743,8 +744,8 @@ pub async fn package_delta(
 /// gone. `from == id` (an empty delta) is one row read once.
 pub async fn load_delta_json(
     db: &impl ConnectionTrait,
-    id: Uuid,
-    from: Uuid,
+    id: PackageId,
+    from: PackageId,
 ) -> AppResult<Option<(String, String)>> {
     let mut json = load_questions_json(db, &[id, from]).await?;
     let to_json = json.remove(&id);
@@ -841,7 +842,7 @@ pub async fn list_published(
 /// One package without its questions (published or not).
 pub async fn find_summary(
     db: &impl ConnectionTrait,
-    id: Uuid,
+    id: PackageId,
 ) -> AppResult<Option<PackageSummary>> {
     Ok(test_package::Entity::find_by_id(id)
         .into_partial_model::<PackageSummary>()
@@ -852,9 +853,9 @@ pub async fn find_summary(
 /// The stored questions (`questions_json`) of some packages, by id.
 pub async fn load_questions_json(
     db: &impl ConnectionTrait,
-    ids: &[Uuid],
-) -> AppResult<HashMap<Uuid, String>> {
-    let rows: Vec<(Uuid, String)> = test_package::Entity::find()
+    ids: &[PackageId],
+) -> AppResult<HashMap<PackageId, String>> {
+    let rows: Vec<(PackageId, String)> = test_package::Entity::find()
         .select_only()
         .column(test_package::Column::Id)
         .column(test_package::Column::QuestionsJson)
@@ -871,7 +872,7 @@ pub async fn load_questions_json(
 pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
     #[derive(Serialize)]
     struct Head<'a> {
-        package_id: Uuid,
+        package_id: PackageId,
         name: &'a str,
         description: Option<&'a str>,
         scope: PackageScope,
@@ -892,7 +893,7 @@ pub fn download_body(package: &test_package::Model) -> AppResult<Vec<u8>> {
         scope: package.scope,
         scope_data: PackageSummary::from(package).rest_scope_data(),
         version: package.version,
-        version_hash: &package.version_hash,
+        version_hash: package.version_hash.as_str(),
     })
     .map_err(|e| AppError::internal(e.to_string()))?;
     let tail = serde_json::to_vec(&Tail {
@@ -972,7 +973,7 @@ mod tests {
     fn download_body_splices_the_stored_questions() {
         let at = Utc::now().trunc_subsecs(6);
         let package = test_package::Model {
-            id: Uuid::nil(),
+            id: PackageId::nil(),
             name: "N".into(),
             description: None,
             scope: PackageScope::Year,
@@ -982,7 +983,7 @@ mod tests {
             block_id: None,
             theme_id: None,
             version: 3,
-            version_hash: "h".into(),
+            version_hash: VersionHash::from_digest([0; 32]),
             questions_json: r#"[{"b":1,"a":2}]"#.into(),
             question_count: 1,
             media_count: 0,
@@ -1007,6 +1008,6 @@ mod tests {
             json!({"year_id": 1, "block_id": null, "theme_id": null})
         );
         assert_eq!(value["version"], 3);
-        assert_eq!(value["package_id"], Uuid::nil().to_string());
+        assert_eq!(value["package_id"], PackageId::nil().to_string());
     }
 }

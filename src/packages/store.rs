@@ -32,11 +32,11 @@ use std::{
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use entity::{PackageId, QuestionId, VersionHash};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::{PackageScope, encoding::Encoding, single_flight::Flights};
 use crate::{
@@ -55,13 +55,13 @@ pub struct ScoringKey {
 /// The scoring keys of one published package, by question id.
 #[derive(Debug, Default)]
 pub struct PackageScoring {
-    pub questions: HashMap<Uuid, ScoringKey>,
+    pub questions: HashMap<QuestionId, ScoringKey>,
 }
 
 /// What a revalidation needs of a published package.
 #[derive(Debug)]
 pub struct PublishedMeta {
-    pub version_hash: String,
+    pub version_hash: VersionHash,
     /// `W/"<version_hash>"`, ready to send.
     pub etag: HeaderValue,
     /// `published_at` as an HTTP-date, ready to send (and compared with `If-Range`).
@@ -74,7 +74,7 @@ pub struct PublishedMeta {
 
 impl PublishedMeta {
     pub fn new(
-        version_hash: String,
+        version_hash: VersionHash,
         published_at: DateTime<Utc>,
         scope: PackageScope,
         scope_key: String,
@@ -287,14 +287,14 @@ pub struct PackageStore {
 
 struct StoreInner {
     /// Read by every revalidation: a `quick_cache` read costs a fraction of a `moka` one.
-    meta: quick_cache::sync::Cache<Uuid, Arc<PublishedMeta>>,
-    bodies: Weighted<Uuid, PackageBodies>,
-    scoring: Weighted<Uuid, PackageScoring>,
-    deltas: Weighted<(Uuid, Uuid), DeltaBodies>,
-    dcz: Weighted<(Uuid, Uuid), Bytes>,
+    meta: quick_cache::sync::Cache<PackageId, Arc<PublishedMeta>>,
+    bodies: Weighted<PackageId, PackageBodies>,
+    scoring: Weighted<PackageId, PackageScoring>,
+    deltas: Weighted<(PackageId, PackageId), DeltaBodies>,
+    dcz: Weighted<(PackageId, PackageId), Bytes>,
     /// Dictionary digest → package id (a positive answer never changes: packages are
     /// immutable, so their download bytes are too).
-    dictionaries: Weighted<[u8; 32], Uuid>,
+    dictionaries: Weighted<[u8; 32], PackageId>,
     /// The totals of the published packages, kept a few seconds (one entry).
     totals: moka::sync::Cache<(), PublishedTotals>,
     builds: Flights<BuildKey>,
@@ -307,11 +307,11 @@ struct StoreInner {
 /// What is being built, for `single_flight`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum BuildKey {
-    Bodies(Uuid),
+    Bodies(PackageId),
     /// (package, held package).
-    Delta(Uuid, Uuid),
+    Delta(PackageId, PackageId),
     /// (package, dictionary package).
-    Dcz(Uuid, Uuid),
+    Dcz(PackageId, PackageId),
 }
 
 impl Default for PackageStore {
@@ -389,13 +389,13 @@ impl PackageStore {
     pub async fn published_meta(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
+        id: PackageId,
     ) -> AppResult<Option<Arc<PublishedMeta>>> {
         if let Some(meta) = self.inner.meta.get(&id) {
             return Ok(Some(meta));
         }
         type Row = (
-            String,
+            VersionHash,
             bool,
             Option<DateTime<Utc>>,
             PackageScope,
@@ -432,7 +432,7 @@ impl PackageStore {
     pub async fn published_bodies(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
+        id: PackageId,
     ) -> AppResult<Option<Arc<PackageBodies>>> {
         if let Some(bodies) = self.inner.bodies.get(&id) {
             return Ok(Some(bodies));
@@ -460,7 +460,7 @@ impl PackageStore {
     }
 
     /// Records the dictionary digest of a download (here and for every instance).
-    async fn record_dictionary(&self, db: &DatabaseConnection, sha256: [u8; 32], id: Uuid) {
+    async fn record_dictionary(&self, db: &DatabaseConnection, sha256: [u8; 32], id: PackageId) {
         insert(&self.inner.dictionaries, sha256, Arc::new(id));
         let row = package_dictionary::ActiveModel {
             sha256: Set(hex::encode(sha256)),
@@ -482,7 +482,7 @@ impl PackageStore {
         &self,
         db: &DatabaseConnection,
         sha256: &[u8; 32],
-    ) -> AppResult<Option<Uuid>> {
+    ) -> AppResult<Option<PackageId>> {
         if let Some(id) = self.inner.dictionaries.get(sha256) {
             return Ok(Some(*id));
         }
@@ -497,9 +497,9 @@ impl PackageStore {
     pub async fn dcz_body(
         &self,
         target: &Arc<PackageBodies>,
-        id: Uuid,
+        id: PackageId,
         dictionary: &Arc<PackageBodies>,
-        dictionary_id: Uuid,
+        dictionary_id: PackageId,
     ) -> AppResult<Bytes> {
         let key = (id, dictionary_id);
         if let Some(body) = self.inner.dcz.get(&key) {
@@ -533,8 +533,8 @@ impl PackageStore {
     pub async fn delta_bodies(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
-        from: Uuid,
+        id: PackageId,
+        from: PackageId,
     ) -> AppResult<Option<Arc<DeltaBodies>>> {
         if let Some(bodies) = self.inner.deltas.get(&(id, from)) {
             return Ok(Some(bodies));
@@ -551,8 +551,8 @@ impl PackageStore {
     async fn build_delta(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
-        from: Uuid,
+        id: PackageId,
+        from: PackageId,
     ) -> AppResult<Option<Arc<DeltaBodies>>> {
         let Some((to_meta, from_meta)) = self.delta_ends(db, id, from).await? else {
             return Ok(None);
@@ -567,17 +567,20 @@ impl PackageStore {
                 let ends = super::delta::DeltaEnds {
                     package_id: id,
                     version: to_meta.version,
-                    version_hash: &to_meta.version_hash,
+                    version_hash: to_meta.version_hash.as_str(),
                     question_count: i32::try_from(to.len())
                         .map_err(|_| AppError::internal("question count"))?,
                     from_package_id: from,
                     from_version: from_meta.version,
-                    from_version_hash: &from_meta.version_hash,
+                    from_version_hash: from_meta.version_hash.as_str(),
                 };
                 let identity = super::delta::delta_body_bytes(ends, &delta)
                     .map_err(|e| AppError::internal(format!("delta body: {e}")))?;
                 Ok(DeltaBodies {
-                    etag: delta_etag(&from_meta.version_hash, &to_meta.version_hash)?,
+                    etag: delta_etag(
+                        from_meta.version_hash.as_str(),
+                        to_meta.version_hash.as_str(),
+                    )?,
                     last_modified: http_date(to_meta.published_at.max(from_meta.published_at)),
                     bodies: Encoded::new(identity, DELTA_BROTLI_QUALITY)?,
                 })
@@ -595,8 +598,8 @@ impl PackageStore {
     pub async fn delta_ends(
         &self,
         db: &DatabaseConnection,
-        id: Uuid,
-        from: Uuid,
+        id: PackageId,
+        from: PackageId,
     ) -> AppResult<Option<(Arc<PublishedMeta>, Arc<PublishedMeta>)>> {
         let Some(to_meta) = self.published_meta(db, id).await? else {
             return Ok(None);
@@ -613,14 +616,14 @@ impl PackageStore {
 
     /// Starts building, detached, the delta from the previous published version of
     /// `id`'s scope to `id`, so phones that ask for it right after a publish find it built.
-    pub fn prebuild_delta_from_previous(&self, db: &DatabaseConnection, id: Uuid) {
+    pub fn prebuild_delta_from_previous(&self, db: &DatabaseConnection, id: PackageId) {
         let (store, db) = (self.clone(), db.clone());
         tokio::spawn(async move {
             let previous = async {
                 let Some(meta) = store.published_meta(&db, id).await? else {
                     return Ok(None);
                 };
-                let previous: Option<Uuid> = test_package::Entity::find()
+                let previous: Option<PackageId> = test_package::Entity::find()
                     .select_only()
                     .column(test_package::Column::Id)
                     .filter(test_package::Column::IsPublished.eq(true))
@@ -684,8 +687,8 @@ impl PackageStore {
     pub async fn scoring_for(
         &self,
         db: &DatabaseConnection,
-        ids: &[Uuid],
-    ) -> AppResult<HashMap<Uuid, Arc<PackageScoring>>> {
+        ids: &[PackageId],
+    ) -> AppResult<HashMap<PackageId, Arc<PackageScoring>>> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         for &id in ids {
@@ -702,7 +705,7 @@ impl PackageStore {
         if missing.is_empty() {
             return Ok(found);
         }
-        let rows: Vec<(Uuid, String)> = test_package::Entity::find()
+        let rows: Vec<(PackageId, String)> = test_package::Entity::find()
             .select_only()
             .column(test_package::Column::Id)
             .column(test_package::Column::QuestionsJson)
@@ -748,8 +751,8 @@ impl PackageStore {
 
 /// Inserts unless present; returns the cached value (the existing one if any).
 fn insert_meta(
-    cache: &quick_cache::sync::Cache<Uuid, Arc<PublishedMeta>>,
-    id: Uuid,
+    cache: &quick_cache::sync::Cache<PackageId, Arc<PublishedMeta>>,
+    id: PackageId,
     meta: Arc<PublishedMeta>,
 ) -> Arc<PublishedMeta> {
     cache

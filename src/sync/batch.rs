@@ -24,12 +24,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, DurationRound, FixedOffset, Utc};
+use entity::{
+    AnswerId, AttemptId, IdempotencyKey, OfflineSessionId, PackageId, PayloadHash, QuestionId,
+    SessionId,
+};
 use sea_orm::{
     DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
     TransactionTrait,
 };
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{
     AttemptInput, AttemptResult, MAX_BATCH, ParsedAttempt, SyncErrorCode, SyncStatus,
@@ -147,7 +150,7 @@ pub async fn process_batch(
 struct Pending {
     index: usize,
     input: AttemptInput,
-    v1_hash: String,
+    v1_hash: PayloadHash,
 }
 
 /// An item that passed every check.
@@ -200,15 +203,15 @@ struct Applied {
 /// An applied item.
 struct Won {
     position: usize,
-    attempt_id: Uuid,
-    session_id: Uuid,
+    attempt_id: AttemptId,
+    session_id: SessionId,
 }
 
 /// An item's ids in the transaction: the attempt id is fixed before the claim so that
 /// the idempotency record names it.
 #[derive(Clone, Copy)]
 struct Placed {
-    attempt_id: Uuid,
+    attempt_id: AttemptId,
     session: SessionFact,
 }
 
@@ -249,7 +252,7 @@ impl Batch<'_> {
         &self.app.db
     }
 
-    fn cache_key(&self, timeline: u32, key: &Uuid) -> String {
+    fn cache_key(&self, timeline: u32, key: &IdempotencyKey) -> String {
         self.app
             .cache
             .record_key(timeline, &self.user.id, "idem", &key.to_string())
@@ -278,7 +281,7 @@ impl Batch<'_> {
         let mut out = Vec::with_capacity(round.len());
 
         // Idempotency: a known key decides the outcome before anything else is read.
-        let keys: Vec<Uuid> = round.iter().map(|p| p.input.idempotency_key).collect();
+        let keys: Vec<IdempotencyKey> = round.iter().map(|p| p.input.idempotency_key).collect();
         let records = self.lookup_records(&keys).await?;
         let mut fresh = Vec::new();
         for p in round {
@@ -323,7 +326,7 @@ impl Batch<'_> {
         if rejected.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<Uuid> = rejected
+        let keys: Vec<IdempotencyKey> = rejected
             .iter()
             .map(|(p, _)| p.input.idempotency_key)
             .collect();
@@ -345,7 +348,10 @@ impl Batch<'_> {
 
     /// Idempotency records of `keys` for this user: cache first, then the database
     /// (refilling the cache).
-    async fn lookup_records(&self, keys: &[Uuid]) -> AppResult<HashMap<Uuid, Record>> {
+    async fn lookup_records(
+        &self,
+        keys: &[IdempotencyKey],
+    ) -> AppResult<HashMap<IdempotencyKey, Record>> {
         let cache = &self.app.cache;
         let mut found = HashMap::new();
         let mut missing = Vec::new();
@@ -398,23 +404,20 @@ impl Batch<'_> {
 
     /// Sessions, questions (drafts resolved) and package snapshots the checks need.
     async fn facts(&self, items: &[Pending]) -> AppResult<Facts> {
-        let mut session_ids: Vec<Uuid> = items.iter().filter_map(|p| p.input.session_id).collect();
-        let mut offline_ids: Vec<Uuid> = items
+        let mut session_ids: Vec<SessionId> =
+            items.iter().filter_map(|p| p.input.session_id).collect();
+        let mut offline_ids: Vec<OfflineSessionId> = items
             .iter()
             .filter(|p| p.input.session_id.is_none())
             .filter_map(|p| p.input.offline_session_id)
             .collect();
-        let mut question_ids: Vec<Uuid> = items.iter().map(|p| p.input.question_id).collect();
-        let mut package_ids: Vec<Uuid> = items.iter().filter_map(|p| p.input.package_id).collect();
-        for ids in [
-            &mut session_ids,
-            &mut offline_ids,
-            &mut question_ids,
-            &mut package_ids,
-        ] {
-            ids.sort_unstable();
-            ids.dedup();
-        }
+        let mut question_ids: Vec<QuestionId> = items.iter().map(|p| p.input.question_id).collect();
+        let mut package_ids: Vec<PackageId> =
+            items.iter().filter_map(|p| p.input.package_id).collect();
+        sort_dedup(&mut session_ids);
+        sort_dedup(&mut offline_ids);
+        sort_dedup(&mut question_ids);
+        sort_dedup(&mut package_ids);
 
         let mut facts = Facts {
             access: crate::access::gate::sync_access(self.db(), &self.app.access, &self.user)
@@ -439,19 +442,19 @@ impl Batch<'_> {
         let questions = store::find_questions(self.db(), &question_ids).await?;
         // A question that is not PUBLISHED is answerable only while a published package
         // holds it: first the packages already at hand, then (rarely) the others.
-        let in_known_package = |id: &Uuid| {
+        let in_known_package = |id: &QuestionId| {
             facts
                 .packages
                 .values()
                 .any(|p| p.questions.contains_key(id))
         };
-        let unknown: Vec<Uuid> = questions
+        let unknown: Vec<QuestionId> = questions
             .iter()
             .filter(|q| !q.published && !in_known_package(&q.id))
             .map(|q| q.id)
             .collect();
         let elsewhere = store::in_published_packages(self.db(), &unknown).await?;
-        let answerable: HashSet<Uuid> = questions
+        let answerable: HashSet<QuestionId> = questions
             .iter()
             .filter(|q| q.published || in_known_package(&q.id) || elsewhere.contains(&q.id))
             .map(|q| q.id)
@@ -520,7 +523,7 @@ impl Batch<'_> {
         let placed: Vec<Placed> = sessions
             .into_iter()
             .map(|session| Placed {
-                attempt_id: Uuid::new_v4(),
+                attempt_id: AttemptId::new_v4(),
                 session,
             })
             .collect();
@@ -637,7 +640,7 @@ impl Batch<'_> {
         placed: &[Placed],
         won: Vec<usize>,
     ) -> Result<SessionRecheck, TxnError> {
-        let mut session_ids: Vec<Uuid> = won.iter().map(|&p| placed[p].session.id).collect();
+        let mut session_ids: Vec<SessionId> = won.iter().map(|&p| placed[p].session.id).collect();
         session_ids.sort_unstable();
         session_ids.dedup();
         let states = if session_ids.is_empty() {
@@ -650,7 +653,7 @@ impl Batch<'_> {
             session.state == SessionState::Active
                 && states.get(&session.id) == Some(&SessionState::Active)
         });
-        let released: Vec<Uuid> = closed
+        let released: Vec<IdempotencyKey> = closed
             .iter()
             .map(|&p| items[p].pending.input.idempotency_key)
             .collect();
@@ -759,7 +762,7 @@ impl Batch<'_> {
             ));
         }
         if !applied.lost.is_empty() {
-            let keys: Vec<Uuid> = applied
+            let keys: Vec<IdempotencyKey> = applied
                 .lost
                 .iter()
                 .map(|&p| items[p].pending.input.idempotency_key)
@@ -804,6 +807,11 @@ impl Batch<'_> {
     }
 }
 
+fn sort_dedup<T: Ord>(ids: &mut Vec<T>) {
+    ids.sort_unstable();
+    ids.dedup();
+}
+
 /// The parsers only let through indices that fit an `i32` (REST checks, GraphQL's type is
 /// `Int`), and `rules::check` bounds them by the option count.
 fn option_index(input: &AttemptInput) -> i32 {
@@ -813,7 +821,7 @@ fn option_index(input: &AttemptInput) -> i32 {
 /// Sessions for the offline sessions first seen in this batch; the scope comes from the
 /// first item (in request order) that names the offline session.
 fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
-    let mut first_use: BTreeMap<Uuid, FirstUse> = BTreeMap::new();
+    let mut first_use: BTreeMap<OfflineSessionId, FirstUse> = BTreeMap::new();
     for item in items {
         if let Target::NewOffline(offline) = item.checked.target {
             let candidate = FirstUse {
@@ -829,7 +837,7 @@ fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
     first_use
         .into_iter()
         .map(|(offline, first)| store::NewSession {
-            id: Uuid::new_v4(),
+            id: SessionId::new_v4(),
             offline_session_id: offline,
             scope: first.scope,
         })
@@ -844,13 +852,13 @@ async fn fold_into_answers(
     placed: &[Placed],
     open: &[usize],
 ) -> Result<rules::AnswerPlan, TxnError> {
-    let mut question_ids: Vec<Uuid> = open
+    let mut question_ids: Vec<QuestionId> = open
         .iter()
         .map(|&p| items[p].pending.input.question_id)
         .collect();
     question_ids.sort_unstable();
     question_ids.dedup();
-    let mut open_sessions: Vec<Uuid> = open.iter().map(|&p| placed[p].session.id).collect();
+    let mut open_sessions: Vec<SessionId> = open.iter().map(|&p| placed[p].session.id).collect();
     open_sessions.sort_unstable();
     open_sessions.dedup();
     let current = store::current_answers(txn, &open_sessions, &question_ids).await?;
@@ -861,7 +869,7 @@ async fn fold_into_answers(
     Ok(rules::fold_answers(
         current,
         &new_attempts,
-        &mut Uuid::new_v4,
+        &mut AnswerId::new_v4,
     ))
 }
 

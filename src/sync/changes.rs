@@ -12,6 +12,7 @@
 //! position of the last row given, or "everything up to the head" on the last page, so a
 //! change committed later always lies after it.
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use entity::{AttemptId, PackageId, UserId};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Select, sea_query::Expr,
@@ -163,7 +164,7 @@ pub fn page_limit(limit: Option<i64>) -> AppResult<i64> {
 #[derive(Clone, Debug)]
 pub struct PulledAnswer {
     pub answer: session_answer::Model,
-    pub package_id: Option<Uuid>,
+    pub package_id: Option<PackageId>,
 }
 
 /// One page of the feed.
@@ -178,7 +179,7 @@ pub struct Page {
 /// The caller's changes after `since` (`None`: from the beginning), at most `limit` items.
 pub async fn pull(
     app: &App,
-    user_id: Uuid,
+    user_id: UserId,
     since: Option<&str>,
     limit: Option<i64>,
 ) -> AppResult<Page> {
@@ -262,7 +263,7 @@ fn session_position(s: &test_session::Model) -> Position {
     Position {
         seq: s.change_seq,
         kind: Kind::Session,
-        id: s.id,
+        id: s.id.into_uuid(),
     }
 }
 
@@ -270,7 +271,7 @@ fn answer_position(a: &session_answer::Model) -> Position {
     Position {
         seq: a.change_seq,
         kind: Kind::Answer,
-        id: a.id,
+        id: a.id.into_uuid(),
     }
 }
 
@@ -299,7 +300,7 @@ fn after_condition<C: ColumnTrait>(
 
 /// The page query of sessions (public for the plan test).
 pub fn sessions_page(
-    user_id: Uuid,
+    user_id: UserId,
     after: Position,
     head: i64,
     limit: u64,
@@ -320,7 +321,7 @@ pub fn sessions_page(
 
 /// The page query of answers (public for the plan test).
 pub fn answers_page(
-    user_id: Uuid,
+    user_id: UserId,
     after: Position,
     head: i64,
     limit: u64,
@@ -352,8 +353,8 @@ async fn with_packages(
     if answers.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = answers.iter().map(|a| a.attempt_id).collect();
-    let mut packages: std::collections::HashMap<Uuid, Option<Uuid>> =
+    let ids: Vec<AttemptId> = answers.iter().map(|a| a.attempt_id).collect();
+    let mut packages: std::collections::HashMap<AttemptId, Option<PackageId>> =
         std::collections::HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(PACKAGE_LOOKUP_CHUNK) {
         let query = attempt::Entity::find()
@@ -367,7 +368,12 @@ async fn with_packages(
         } else {
             query.filter(attempt::Column::Id.is_in(chunk.iter().copied()))
         };
-        packages.extend(query.into_tuple::<(Uuid, Option<Uuid>)>().all(db).await?);
+        packages.extend(
+            query
+                .into_tuple::<(AttemptId, Option<PackageId>)>()
+                .all(db)
+                .await?,
+        );
     }
     Ok(answers
         .into_iter()

@@ -21,6 +21,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use entity::UserId;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, Statement,
     sqlx::{self, Connection as _, PgConnection, SqliteConnection},
@@ -39,7 +40,7 @@ type Reply = oneshot::Sender<Option<i64>>;
 #[derive(Default)]
 struct Queue {
     reading: bool,
-    waiting: Vec<(Uuid, Reply)>,
+    waiting: Vec<(UserId, Reply)>,
 }
 
 /// Shares head reads between concurrent pulls; cheap to clone.
@@ -72,9 +73,10 @@ impl OwnConnection {
         })
     }
 
-    async fn read(&mut self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    async fn read(&mut self, ids: &[UserId]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
         match self {
             OwnConnection::Postgres(conn) => {
+                let ids: Vec<Uuid> = ids.iter().map(|id| id.into_uuid()).collect();
                 sqlx::query_as("SELECT id, change_seq FROM users WHERE id = ANY($1)")
                     .bind(ids)
                     .fetch_all(conn)
@@ -84,7 +86,7 @@ impl OwnConnection {
                 let sql = sqlite_heads_sql(ids.len());
                 let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for id in ids {
-                    query = query.bind(*id);
+                    query = query.bind(id.into_uuid());
                 }
                 query.fetch_all(conn).await
             }
@@ -100,7 +102,7 @@ fn sqlite_heads_sql(users: usize) -> String {
 
 impl HeadReader {
     /// The user's committed change counter (0 for a user never seen).
-    pub async fn head(&self, db: &DatabaseConnection, user_id: Uuid) -> AppResult<i64> {
+    pub async fn head(&self, db: &DatabaseConnection, user_id: UserId) -> AppResult<i64> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queue = self.lock();
@@ -140,12 +142,12 @@ impl HeadReader {
 
     /// Reads for the pulls queued now (at most [`MAX_BATCH`]) and answers them.
     async fn read_once(&self, db: &DatabaseConnection) {
-        let batch: Vec<(Uuid, Reply)> = {
+        let batch: Vec<(UserId, Reply)> = {
             let mut queue = self.lock();
             let take = queue.waiting.len().min(MAX_BATCH);
             queue.waiting.drain(..take).collect()
         };
-        let mut ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        let mut ids: Vec<UserId> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
         let heads = self.read_own(db, &ids).await.ok();
@@ -162,8 +164,8 @@ impl HeadReader {
     async fn read_own(
         &self,
         db: &DatabaseConnection,
-        ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+        ids: &[UserId],
+    ) -> Result<HashMap<UserId, i64>, sqlx::Error> {
         let mut slot = self.own.lock().await;
         let mut conn = match slot.take() {
             Some(conn) => conn,
@@ -175,7 +177,10 @@ impl HeadReader {
         } else {
             *slot = Some(conn);
         }
-        Ok(heads?.into_iter().collect())
+        Ok(heads?
+            .into_iter()
+            .map(|(id, head)| (UserId::from(id), head))
+            .collect())
     }
 
     /// Ends the reading turn when nobody waits (`true`); else the turn goes on.
@@ -224,7 +229,7 @@ impl Drop for Reading<'_> {
 }
 
 /// The committed change counters of `ids` (users never seen are absent).
-async fn read_heads(db: &DatabaseConnection, ids: &[Uuid]) -> AppResult<HashMap<Uuid, i64>> {
+async fn read_heads(db: &DatabaseConnection, ids: &[UserId]) -> AppResult<HashMap<UserId, i64>> {
     let backend = db.get_database_backend();
     let statement = match (backend, ids) {
         (DbBackend::Postgres, [id]) => Statement::from_sql_and_values(
@@ -260,7 +265,7 @@ mod tests {
     async fn concurrent_pulls_get_their_own_heads() {
         let db = crate::db::connect("sqlite::memory:", 1).await.unwrap();
         crate::db::migrate(&db).await.unwrap();
-        let users: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        let users: Vec<UserId> = (0..40).map(|_| UserId::new_v4()).collect();
         for (n, user) in users.iter().enumerate().take(30) {
             db.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Sqlite,

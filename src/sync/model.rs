@@ -1,21 +1,23 @@
 //! The sync data shapes shared by both surfaces.
 use async_graphql::Enum;
 use chrono::{DateTime, FixedOffset};
-use uuid::Uuid;
+use entity::{
+    AttemptId, ClientAttemptId, IdempotencyKey, OfflineSessionId, PackageId, QuestionId, SessionId,
+};
 
 /// One attempt as the phone sent it, parsed (types checked, nothing else).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttemptInput {
-    pub client_attempt_id: Uuid,
-    pub idempotency_key: Uuid,
-    pub offline_session_id: Option<Uuid>,
-    pub session_id: Option<Uuid>,
-    pub question_id: Uuid,
+    pub client_attempt_id: ClientAttemptId,
+    pub idempotency_key: IdempotencyKey,
+    pub offline_session_id: Option<OfflineSessionId>,
+    pub session_id: Option<SessionId>,
+    pub question_id: QuestionId,
     pub selected_option_index: i64,
     /// Keeps the client's UTC offset (the legacy hash needs it).
     pub answered_at: DateTime<FixedOffset>,
     pub payload_hash: String,
-    pub package_id: Option<Uuid>,
+    pub package_id: Option<PackageId>,
 }
 
 /// An item of a batch: parsed, or why it could not be (REST only; GraphQL types are
@@ -24,7 +26,7 @@ pub struct AttemptInput {
 pub enum ParsedAttempt {
     Valid(AttemptInput),
     Invalid {
-        client_attempt_id: Option<Uuid>,
+        client_attempt_id: Option<ClientAttemptId>,
         message: String,
     },
 }
@@ -89,17 +91,17 @@ impl SyncErrorCode {
 /// The outcome of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptResult {
-    pub client_attempt_id: Option<Uuid>,
+    pub client_attempt_id: Option<ClientAttemptId>,
     pub status: SyncStatus,
-    pub server_attempt_id: Option<Uuid>,
-    pub server_session_id: Option<Uuid>,
+    pub server_attempt_id: Option<AttemptId>,
+    pub server_session_id: Option<SessionId>,
     pub error_code: Option<SyncErrorCode>,
     pub message: Option<String>,
 }
 
 impl AttemptResult {
     pub fn rejected(
-        client_attempt_id: Option<Uuid>,
+        client_attempt_id: Option<ClientAttemptId>,
         code: SyncErrorCode,
         message: impl Into<String>,
     ) -> Self {
@@ -114,10 +116,10 @@ impl AttemptResult {
     }
 
     pub fn applied(
-        client_attempt_id: Uuid,
+        client_attempt_id: ClientAttemptId,
         status: SyncStatus,
-        attempt_id: Uuid,
-        session_id: Uuid,
+        attempt_id: AttemptId,
+        session_id: SessionId,
     ) -> Self {
         AttemptResult {
             client_attempt_id: Some(client_attempt_id),

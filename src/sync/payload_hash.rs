@@ -5,7 +5,9 @@ use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::hashing::{canonical_json, sha256_hex};
+use entity::PayloadHash;
+
+use crate::hashing::{canonical_json, sha256, sha256_hex};
 
 /// The v1 canonical payload: RFC 8785 JSON with `answered_at` as JavaScript's `toISOString()`.
 pub fn canonical_v1(
@@ -72,7 +74,18 @@ pub fn v1_hash(
     selected_option_index: i64,
     answered_at: &DateTime<FixedOffset>,
 ) -> String {
-    sha256_hex(canonical_v1(question_id, selected_option_index, answered_at).as_bytes())
+    v1_payload_hash(question_id, selected_option_index, answered_at).into_string()
+}
+
+/// The v1 hash as the typed value stored with the attempt.
+pub fn v1_payload_hash(
+    question_id: Uuid,
+    selected_option_index: i64,
+    answered_at: &DateTime<FixedOffset>,
+) -> PayloadHash {
+    PayloadHash::from_digest(sha256(
+        canonical_v1(question_id, selected_option_index, answered_at).as_bytes(),
+    ))
 }
 
 pub fn legacy_hash(
@@ -90,9 +103,9 @@ pub fn verify(
     question_id: Uuid,
     selected_option_index: i64,
     answered_at: &DateTime<FixedOffset>,
-) -> Option<String> {
-    let v1 = v1_hash(question_id, selected_option_index, answered_at);
-    if given.eq_ignore_ascii_case(&v1)
+) -> Option<PayloadHash> {
+    let v1 = v1_payload_hash(question_id, selected_option_index, answered_at);
+    if given.eq_ignore_ascii_case(v1.as_str())
         || given.eq_ignore_ascii_case(&legacy_hash(
             question_id,
             selected_option_index,
@@ -139,9 +152,16 @@ mod tests {
                 v["legacy_payload_hash"].as_str().unwrap()
             );
             let v1 = v["payload_hash"].as_str().unwrap();
-            assert_eq!(verify(&v1.to_uppercase(), q, i, &at).as_deref(), Some(v1));
             assert_eq!(
-                verify(v["legacy_payload_hash"].as_str().unwrap(), q, i, &at).as_deref(),
+                verify(&v1.to_uppercase(), q, i, &at)
+                    .as_ref()
+                    .map(PayloadHash::as_str),
+                Some(v1)
+            );
+            assert_eq!(
+                verify(v["legacy_payload_hash"].as_str().unwrap(), q, i, &at)
+                    .as_ref()
+                    .map(PayloadHash::as_str),
                 Some(v1)
             );
             assert_eq!(verify(&"0".repeat(64), q, i, &at), None);

@@ -9,7 +9,10 @@ use std::{
 };
 
 use chrono::{DateTime, Duration, DurationRound, FixedOffset, NaiveDate, TimeZone, Utc};
-use uuid::Uuid;
+use entity::{
+    AnswerId, AttemptId, ClientAttemptId, IdempotencyKey, OfflineSessionId, PackageId, PayloadHash,
+    QuestionId, SessionId,
+};
 
 use super::{AttemptInput, AttemptResult, SyncErrorCode, SyncStatus, payload_hash};
 use crate::packages::{PackageScoring, ScoringKey};
@@ -81,7 +84,7 @@ pub fn corrected_time(
 
 /// The first checks of docs/api.md §7.2 that need no stored state: `answered_at` in range, then
 /// the payload hash. `Ok` is the v1 hash, the payload's identity for idempotency.
-pub fn precheck(input: &AttemptInput) -> Result<String, (SyncErrorCode, &'static str)> {
+pub fn precheck(input: &AttemptInput) -> Result<PayloadHash, (SyncErrorCode, &'static str)> {
     if !in_range(&input.answered_at) {
         return Err((
             SyncErrorCode::InvalidAttempt,
@@ -90,7 +93,7 @@ pub fn precheck(input: &AttemptInput) -> Result<String, (SyncErrorCode, &'static
     }
     payload_hash::verify(
         &input.payload_hash,
-        input.question_id,
+        input.question_id.into_uuid(),
         input.selected_option_index,
         &input.answered_at,
     )
@@ -103,9 +106,9 @@ pub fn precheck(input: &AttemptInput) -> Result<String, (SyncErrorCode, &'static
 /// Splits a batch into rounds so that the n-th occurrence of an idempotency key is in
 /// round n: a repeated key then gets exactly what a resend after the earlier item gets.
 /// Input: (request index, key) of the items that passed `precheck`; output: indices.
-pub fn plan_rounds(items: &[(usize, Uuid)]) -> Vec<Vec<usize>> {
+pub fn plan_rounds(items: &[(usize, IdempotencyKey)]) -> Vec<Vec<usize>> {
     let mut rounds: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<Uuid, usize> = HashMap::new();
+    let mut seen: HashMap<IdempotencyKey, usize> = HashMap::new();
     for &(index, key) in items {
         let round = seen.entry(key).or_insert(0);
         if rounds.len() <= *round {
@@ -120,9 +123,9 @@ pub fn plan_rounds(items: &[(usize, Uuid)]) -> Vec<Vec<usize>> {
 /// A stored idempotency record (database or cache).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub payload_hash: String,
-    pub attempt_id: Uuid,
-    pub session_id: Uuid,
+    pub payload_hash: PayloadHash,
+    pub attempt_id: AttemptId,
+    pub session_id: SessionId,
 }
 
 impl Record {
@@ -137,17 +140,21 @@ impl Record {
     pub fn decode(text: &str) -> Option<Record> {
         let mut parts = text.split('|');
         let record = Record {
-            payload_hash: parts.next()?.to_owned(),
-            attempt_id: Uuid::parse_str(parts.next()?).ok()?,
-            session_id: Uuid::parse_str(parts.next()?).ok()?,
+            payload_hash: parts.next()?.parse().ok()?,
+            attempt_id: parts.next()?.parse().ok()?,
+            session_id: parts.next()?.parse().ok()?,
         };
         parts.next().is_none().then_some(record)
     }
 
     /// What a resend of an item with this key gets: the same payload → `DUPLICATE` with
     /// the original ids; another payload → `IDEMPOTENCY_KEY_REUSED`.
-    pub fn outcome_for(&self, client_attempt_id: Uuid, v1_hash: &str) -> AttemptResult {
-        if self.payload_hash == v1_hash {
+    pub fn outcome_for(
+        &self,
+        client_attempt_id: ClientAttemptId,
+        v1_hash: &PayloadHash,
+    ) -> AttemptResult {
+        if self.payload_hash == *v1_hash {
             AttemptResult::applied(
                 client_attempt_id,
                 SyncStatus::Duplicate,
@@ -186,12 +193,27 @@ impl From<entity::SessionStatus> for SessionState {
 /// One of the user's sessions as the checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionFact {
-    pub id: Uuid,
+    pub id: SessionId,
     pub state: SessionState,
 }
 
 /// Year/block/theme of a question: the scope of a session created by its first answer.
-pub type Scope = (i32, Option<i32>, Option<i32>);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub year: i32,
+    pub block: Option<i32>,
+    pub theme: Option<i32>,
+}
+
+impl From<Scope> for crate::access::QuestionScope {
+    fn from(scope: Scope) -> Self {
+        crate::access::QuestionScope {
+            year_id: scope.year,
+            block_id: scope.block,
+            theme_id: scope.theme,
+        }
+    }
+}
 
 /// A question as the checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,19 +228,19 @@ pub struct QuestionFact {
 /// Where an accepted attempt goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
-    Session(Uuid),
+    Session(SessionId),
     /// An offline session seen for the first time: created in the applying transaction.
-    NewOffline(Uuid),
+    NewOffline(OfflineSessionId),
 }
 
 /// Everything the post-idempotency checks read, for one batch of one user.
 #[derive(Debug, Default)]
 pub struct Facts {
-    pub sessions_by_id: HashMap<Uuid, SessionFact>,
-    pub sessions_by_offline: HashMap<Uuid, SessionFact>,
-    pub questions: HashMap<Uuid, QuestionFact>,
+    pub sessions_by_id: HashMap<SessionId, SessionFact>,
+    pub sessions_by_offline: HashMap<OfflineSessionId, SessionFact>,
+    pub questions: HashMap<QuestionId, QuestionFact>,
     /// Published packages only: their snapshot scoring keys by question.
-    pub packages: HashMap<Uuid, Arc<PackageScoring>>,
+    pub packages: HashMap<PackageId, Arc<PackageScoring>>,
     /// The caller's grants, when grants limit what they may answer (docs/api.md §3.1).
     pub access: Option<crate::access::gate::SyncAccess>,
 }
@@ -286,13 +308,7 @@ pub fn check(
         // of range is refused further down; until then the sent time stands.
         let at = corrected_time(&input.answered_at, skew)
             .unwrap_or_else(|| input.answered_at.with_timezone(&Utc));
-        let (year_id, block_id, theme_id) = question.scope;
-        let scope = crate::access::QuestionScope {
-            year_id,
-            block_id,
-            theme_id,
-        };
-        if !access.covers_at(scope, at) {
+        if !access.covers_at(question.scope.into(), at) {
             return reject(
                 SyncErrorCode::AccessDenied,
                 "your access did not cover this question when it was answered",
@@ -349,8 +365,8 @@ pub fn check(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     /// Row id: kept when the answer is replaced.
-    pub id: Uuid,
-    pub attempt_id: Uuid,
+    pub id: AnswerId,
+    pub attempt_id: AttemptId,
     pub selected_option_index: i32,
     pub is_correct: bool,
     pub answered_at: DateTime<Utc>,
@@ -362,9 +378,9 @@ pub struct Answer {
 /// A won attempt, ready to be folded into the answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAttempt {
-    pub attempt_id: Uuid,
-    pub session_id: Uuid,
-    pub question_id: Uuid,
+    pub attempt_id: AttemptId,
+    pub session_id: SessionId,
+    pub question_id: QuestionId,
     pub selected_option_index: i32,
     pub is_correct: bool,
     pub effective_at: DateTime<Utc>,
@@ -380,27 +396,37 @@ pub struct ScoreDelta {
     pub correct: i32,
 }
 
+/// What a current answer is kept by: one per question per session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AnswerKey {
+    pub session_id: SessionId,
+    pub question_id: QuestionId,
+}
+
 /// The writes that follow from folding attempts into the current answers.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AnswerPlan {
     /// Changed answers by (session, question), each once.
-    pub answers: BTreeMap<(Uuid, Uuid), Answer>,
-    pub deltas: BTreeMap<Uuid, ScoreDelta>,
+    pub answers: BTreeMap<AnswerKey, Answer>,
+    pub deltas: BTreeMap<SessionId, ScoreDelta>,
 }
 
 /// One answer per question per session: attempts are replayed in answer-time order; a
 /// later one replaces the current answer (`changed_count` goes up when the option
 /// differs), an earlier one is history only. The score counts each question once.
 pub fn fold_answers(
-    mut current: HashMap<(Uuid, Uuid), Answer>,
+    mut current: HashMap<AnswerKey, Answer>,
     attempts: &[NewAttempt],
-    new_answer_id: &mut impl FnMut() -> Uuid,
+    new_answer_id: &mut impl FnMut() -> AnswerId,
 ) -> AnswerPlan {
     let mut ordered: Vec<&NewAttempt> = attempts.iter().collect();
     ordered.sort_by_key(|a| (a.effective_at, a.order));
     let mut plan = AnswerPlan::default();
     for attempt in ordered {
-        let pair = (attempt.session_id, attempt.question_id);
+        let pair = AnswerKey {
+            session_id: attempt.session_id,
+            question_id: attempt.question_id,
+        };
         let delta = plan.deltas.entry(attempt.session_id).or_default();
         match current.get_mut(&pair) {
             None => {
@@ -449,13 +475,13 @@ mod tests {
         at(text).with_timezone(&Utc)
     }
 
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
+    fn id<T: From<uuid::Uuid>>(n: u128) -> T {
+        uuid::Uuid::from_u128(n).into()
     }
 
     const NOW: &str = "2026-12-01T12:00:00Z";
 
-    fn input(question: Uuid, index: i64, answered: &str) -> AttemptInput {
+    fn input(question: QuestionId, index: i64, answered: &str) -> AttemptInput {
         let answered_at = at(answered);
         AttemptInput {
             client_attempt_id: id(1),
@@ -464,7 +490,7 @@ mod tests {
             session_id: None,
             question_id: question,
             selected_option_index: index,
-            payload_hash: v1_hash(question, index, &answered_at),
+            payload_hash: v1_hash(question.into_uuid(), index, &answered_at),
             answered_at,
             package_id: None,
         }
@@ -483,7 +509,11 @@ mod tests {
             id(10),
             QuestionFact {
                 key: key(4, 2),
-                scope: (1, Some(2), Some(3)),
+                scope: Scope {
+                    year: 1,
+                    block: Some(2),
+                    theme: Some(3),
+                },
                 answerable: true,
             },
         );
@@ -491,7 +521,11 @@ mod tests {
             id(11),
             QuestionFact {
                 key: key(3, 0),
-                scope: (1, None, None),
+                scope: Scope {
+                    year: 1,
+                    block: None,
+                    theme: None,
+                },
                 answerable: false,
             },
         );
@@ -617,21 +651,23 @@ mod tests {
 
     #[test]
     fn record_outcomes() {
+        let abc = PayloadHash::from_digest([0xab; 32]);
+        let abd = PayloadHash::from_digest([0xad; 32]);
         let record = Record {
-            payload_hash: "abc".into(),
+            payload_hash: abc.clone(),
             attempt_id: id(5),
             session_id: id(6),
         };
         assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
         assert_eq!(Record::decode("abc|x|y"), None);
         assert_eq!(Record::decode(&format!("{}|extra", record.encode())), None);
-        let dup = record.outcome_for(id(1), "abc");
+        let dup = record.outcome_for(id(1), &abc);
         assert_eq!(dup.status, SyncStatus::Duplicate);
         assert_eq!(
             (dup.server_attempt_id, dup.server_session_id),
             (Some(id(5)), Some(id(6)))
         );
-        let reused = record.outcome_for(id(1), "abd");
+        let reused = record.outcome_for(id(1), &abd);
         assert_eq!(reused.error_code, Some(SyncErrorCode::IdempotencyKeyReused));
     }
 
@@ -676,7 +712,14 @@ mod tests {
         item.offline_session_id = Some(id(32));
         let checked = check(&item, &facts, now, None).expect("new offline session");
         assert_eq!(checked.target, Target::NewOffline(id(32)));
-        assert_eq!(checked.scope, (1, Some(2), Some(3)));
+        assert_eq!(
+            checked.scope,
+            Scope {
+                year: 1,
+                block: Some(2),
+                theme: Some(3),
+            }
+        );
     }
 
     #[test]
@@ -766,8 +809,8 @@ mod tests {
 
     fn attempt(
         n: u128,
-        session: Uuid,
-        question: Uuid,
+        session: SessionId,
+        question: QuestionId,
         option: i32,
         correct: bool,
         at: &str,
@@ -783,7 +826,14 @@ mod tests {
         }
     }
 
-    fn ids() -> impl FnMut() -> Uuid {
+    fn pair(session_id: SessionId, question_id: QuestionId) -> AnswerKey {
+        AnswerKey {
+            session_id,
+            question_id,
+        }
+    }
+
+    fn ids() -> impl FnMut() -> AnswerId {
         let mut n = 1000;
         move || {
             n += 1;
@@ -821,7 +871,7 @@ mod tests {
     fn a_later_answer_replaces_and_an_earlier_one_is_history() {
         let (s, q) = (id(20), id(10));
         let current = HashMap::from([(
-            (s, q),
+            pair(s, q),
             Answer {
                 id: id(500),
                 attempt_id: id(501),
@@ -857,7 +907,7 @@ mod tests {
             &[attempt(1, s, q, 2, true, "2026-12-01T11:00:00Z")],
             &mut ids(),
         );
-        let answer = &later.answers[&(s, q)];
+        let answer = &later.answers[&pair(s, q)];
         assert_eq!(
             (
                 answer.id,
@@ -879,7 +929,7 @@ mod tests {
             &[attempt(1, s, q, 1, false, "2026-12-01T11:00:00Z")],
             &mut ids(),
         );
-        let answer = &same_option.answers[&(s, q)];
+        let answer = &same_option.answers[&pair(s, q)];
         assert_eq!(
             (answer.attempt_id, answer.changed_count),
             (id(1), 0),
@@ -901,7 +951,7 @@ mod tests {
             ],
             &mut ids(),
         );
-        let answer = &plan.answers[&(s, q)];
+        let answer = &plan.answers[&pair(s, q)];
         assert_eq!(
             (answer.attempt_id, answer.changed_count, answer.is_correct),
             (id(1), 2, true)

@@ -21,24 +21,26 @@ use uuid::Uuid;
 
 use crate::replication::Commit;
 
-use super::rules::{Answer, Record, Scope, ScoreDelta, SessionFact, SessionState};
+use super::rules::{Answer, AnswerKey, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
-    QuestionStatus, SessionMode, SessionStatus, attempt, idempotency_record, question,
-    session_answer, test_session, user,
+    AttemptId, ClientAttemptId, IdempotencyKey, OfflineSessionId, PackageId, PayloadHash,
+    QuestionId, QuestionStatus, SessionId, SessionMode, SessionStatus, UserId, attempt,
+    idempotency_record, question, session_answer, test_session, user,
 };
 
-pub fn uuids(items: impl IntoIterator<Item = Uuid>) -> Value {
+/// A `uuid[]` parameter: typed ids become bare UUIDs here, at the raw-SQL boundary.
+pub fn uuids<T: Into<Uuid>>(items: impl IntoIterator<Item = T>) -> Value {
     array(
         ArrayType::Uuid,
-        items.into_iter().map(|u| Value::Uuid(Some(u))),
+        items.into_iter().map(|u| Value::Uuid(Some(u.into()))),
     )
 }
 
 /// sea-query cannot bind an array holding NULLs (it panics), so `None` travels as a
 /// sentinel that the SQL turns back into NULL with `NULLIF(x, <sentinel>)`: the nil UUID,
 /// which no generated id ever is.
-fn opt_uuids(items: impl IntoIterator<Item = Option<Uuid>>) -> Value {
-    uuids(items.into_iter().map(|u| u.unwrap_or(Uuid::nil())))
+fn opt_uuids<T: Into<Uuid>>(items: impl IntoIterator<Item = Option<T>>) -> Value {
+    uuids(items.into_iter().map(|u| u.map_or(Uuid::nil(), Into::into)))
 }
 
 /// Like `opt_uuids`, with `i32::MIN` (no year, block or theme id is negative).
@@ -79,45 +81,45 @@ pub const FIND_RECORDS_PG: &str = "SELECT r.idempotency_key, r.payload_hash, r.a
 /// Idempotency records of `keys` for `user`: O(batch) whatever the user's history.
 pub async fn find_records(
     db: &impl ConnectionTrait,
-    user_id: Uuid,
-    keys: &[Uuid],
-) -> Result<HashMap<Uuid, Record>, DbErr> {
+    user_id: UserId,
+    keys: &[IdempotencyKey],
+) -> Result<HashMap<IdempotencyKey, Record>, DbErr> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, String, Uuid, Uuid)> = if db.get_database_backend() == DbBackend::Postgres
-    {
-        let rows = db
-            .query_all_raw(pg(
-                FIND_RECORDS_PG,
-                vec![user_id.into(), uuids(keys.iter().copied())],
-            ))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("", "idempotency_key")?,
-                    r.try_get("", "payload_hash")?,
-                    r.try_get("", "attempt_id")?,
-                    r.try_get("", "session_id")?,
+    let rows: Vec<(IdempotencyKey, PayloadHash, AttemptId, SessionId)> =
+        if db.get_database_backend() == DbBackend::Postgres {
+            let rows = db
+                .query_all_raw(pg(
+                    FIND_RECORDS_PG,
+                    vec![user_id.into(), uuids(keys.iter().copied())],
                 ))
-            })
-            .collect::<Result<_, DbErr>>()?
-    } else {
-        idempotency_record::Entity::find()
-            .select_only()
-            .columns([
-                idempotency_record::Column::IdempotencyKey,
-                idempotency_record::Column::PayloadHash,
-                idempotency_record::Column::AttemptId,
-                idempotency_record::Column::SessionId,
-            ])
-            .filter(idempotency_record::Column::UserId.eq(user_id))
-            .filter(idempotency_record::Column::IdempotencyKey.is_in(keys.iter().copied()))
-            .into_tuple()
-            .all(db)
-            .await?
-    };
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("", "idempotency_key")?,
+                        r.try_get("", "payload_hash")?,
+                        r.try_get("", "attempt_id")?,
+                        r.try_get("", "session_id")?,
+                    ))
+                })
+                .collect::<Result<_, DbErr>>()?
+        } else {
+            idempotency_record::Entity::find()
+                .select_only()
+                .columns([
+                    idempotency_record::Column::IdempotencyKey,
+                    idempotency_record::Column::PayloadHash,
+                    idempotency_record::Column::AttemptId,
+                    idempotency_record::Column::SessionId,
+                ])
+                .filter(idempotency_record::Column::UserId.eq(user_id))
+                .filter(idempotency_record::Column::IdempotencyKey.is_in(keys.iter().copied()))
+                .into_tuple()
+                .all(db)
+                .await?
+        };
     Ok(rows
         .into_iter()
         .map(|(key, payload_hash, attempt_id, session_id)| {
@@ -136,14 +138,15 @@ pub async fn find_records(
 /// The user's sessions named by id or by offline session id.
 pub async fn find_sessions(
     db: &impl ConnectionTrait,
-    user_id: Uuid,
-    ids: &[Uuid],
-    offline_ids: &[Uuid],
-) -> Result<Vec<(SessionFact, Option<Uuid>)>, DbErr> {
+    user_id: UserId,
+    ids: &[SessionId],
+    offline_ids: &[OfflineSessionId],
+) -> Result<Vec<(SessionFact, Option<OfflineSessionId>)>, DbErr> {
     if ids.is_empty() && offline_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, Option<Uuid>, SessionStatus)> = if db.get_database_backend()
+    let rows: Vec<(SessionId, Option<OfflineSessionId>, SessionStatus)> = if db
+        .get_database_backend()
         == DbBackend::Postgres
     {
         let rows = db
@@ -206,7 +209,7 @@ pub async fn find_sessions(
 
 /// A question's scoring data as stored now.
 pub struct QuestionRow {
-    pub id: Uuid,
+    pub id: QuestionId,
     pub option_count: usize,
     pub correct_index: i32,
     pub scope: Scope,
@@ -215,7 +218,7 @@ pub struct QuestionRow {
 
 pub async fn find_questions(
     db: &impl ConnectionTrait,
-    ids: &[Uuid],
+    ids: &[QuestionId],
 ) -> Result<Vec<QuestionRow>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -236,7 +239,11 @@ pub async fn find_questions(
             id: q.id,
             option_count: crate::questions::options_of(&q).len(),
             correct_index: q.correct_index,
-            scope: (q.year_id, q.block_id, q.theme_id),
+            scope: Scope {
+                year: q.year_id,
+                block: q.block_id,
+                theme: q.theme_id,
+            },
             published: q.status == QuestionStatus::Published,
         })
         .collect())
@@ -246,8 +253,8 @@ pub async fn find_questions(
 /// reads of the question → package index, whatever the size of the bank.
 pub async fn in_published_packages(
     db: &impl ConnectionTrait,
-    ids: &[Uuid],
-) -> Result<HashSet<Uuid>, DbErr> {
+    ids: &[QuestionId],
+) -> Result<HashSet<QuestionId>, DbErr> {
     crate::access::index::in_published_packages(db, ids).await
 }
 
@@ -258,7 +265,7 @@ pub async fn in_published_packages(
 /// serialises every writer. `None`: no such user.
 pub async fn bump_change_seq(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> Result<Option<i64>, DbErr> {
     let backend = txn.get_database_backend();
     let sql = match backend {
@@ -279,8 +286,8 @@ pub async fn bump_change_seq(
 
 /// A server session to create for an offline session seen for the first time.
 pub struct NewSession {
-    pub id: Uuid,
-    pub offline_session_id: Uuid,
+    pub id: SessionId,
+    pub offline_session_id: OfflineSessionId,
     pub scope: Scope,
 }
 
@@ -289,15 +296,15 @@ pub struct NewSession {
 /// Returns each offline session's server session.
 pub async fn create_offline_sessions(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
     sessions: &[NewSession],
     now: DateTime<Utc>,
     seq: i64,
-) -> Result<HashMap<Uuid, SessionFact>, DbErr> {
+) -> Result<HashMap<OfflineSessionId, SessionFact>, DbErr> {
     if sessions.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, Option<Uuid>, SessionStatus)> =
+    let rows: Vec<(SessionId, Option<OfflineSessionId>, SessionStatus)> =
         if txn.get_database_backend() == DbBackend::Postgres {
             // DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING also gives the
             // winner's row when another request created it first: no read-back.
@@ -318,9 +325,9 @@ pub async fn create_offline_sessions(
                         now.into(),
                         uuids(sessions.iter().map(|s| s.id)),
                         uuids(sessions.iter().map(|s| s.offline_session_id)),
-                        ints(sessions.iter().map(|s| s.scope.0)),
-                        opt_ints(sessions.iter().map(|s| s.scope.1)),
-                        opt_ints(sessions.iter().map(|s| s.scope.2)),
+                        ints(sessions.iter().map(|s| s.scope.year)),
+                        opt_ints(sessions.iter().map(|s| s.scope.block)),
+                        opt_ints(sessions.iter().map(|s| s.scope.theme)),
                         seq.into(),
                     ],
                 ))
@@ -341,9 +348,9 @@ pub async fn create_offline_sessions(
                 offline_session_id: Set(Some(s.offline_session_id)),
                 mode: Set(SessionMode::Tutor),
                 status: Set(SessionStatus::Active),
-                year: Set(s.scope.0),
-                block_id: Set(s.scope.1),
-                theme_id: Set(s.scope.2),
+                year: Set(s.scope.year),
+                block_id: Set(s.scope.block),
+                theme_id: Set(s.scope.theme),
                 total_questions: Set(0),
                 answered_count: Set(0),
                 correct_count: Set(0),
@@ -388,10 +395,10 @@ pub async fn create_offline_sessions(
 
 /// One idempotency claim.
 pub struct Claim {
-    pub key: Uuid,
-    pub v1_hash: String,
-    pub attempt_id: Uuid,
-    pub session_id: Uuid,
+    pub key: IdempotencyKey,
+    pub v1_hash: PayloadHash,
+    pub attempt_id: AttemptId,
+    pub session_id: SessionId,
 }
 
 /// Claims the keys (`ON CONFLICT DO NOTHING`): returns those this transaction won. A key
@@ -400,20 +407,19 @@ pub struct Claim {
 /// so concurrent batches take the row locks in one order.
 pub async fn claim(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
     claims: &[Claim],
     now: DateTime<Utc>,
-) -> Result<HashSet<Uuid>, DbErr> {
+) -> Result<HashSet<IdempotencyKey>, DbErr> {
     if claims.is_empty() {
         return Ok(HashSet::new());
     }
     if txn.get_database_backend() == DbBackend::Postgres {
-        // Hashes travel as bytes (32 instead of 64): half the size of the message.
-        let hashes = claims.iter().map(|c| {
-            Value::Bytes(Some(
-                hex::decode(&c.v1_hash).unwrap_or_else(|_| c.v1_hash.clone().into_bytes()),
-            ))
-        });
+        // Hashes travel as bytes (32 instead of 64): half the size of the message. A
+        // `PayloadHash` is 64 hex digits by construction, so this cannot fail.
+        let hashes = claims
+            .iter()
+            .map(|c| Value::Bytes(Some(c.v1_hash.to_bytes().to_vec())));
         let rows = txn
             .query_all_raw(pg(
                 "INSERT INTO idempotency_records \
@@ -435,7 +441,7 @@ pub async fn claim(
             .await?;
         return rows
             .iter()
-            .map(|r| r.try_get::<Uuid>("", "idempotency_key"))
+            .map(|r| r.try_get::<IdempotencyKey>("", "idempotency_key"))
             .collect();
     }
     let mut sorted: Vec<&Claim> = claims.iter().collect();
@@ -470,8 +476,8 @@ pub async fn claim(
 /// a rejected item does not use up its key.
 pub async fn release(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
-    keys: &[Uuid],
+    user_id: UserId,
+    keys: &[IdempotencyKey],
 ) -> Result<(), DbErr> {
     if keys.is_empty() {
         return Ok(());
@@ -489,9 +495,10 @@ pub async fn release(
 /// `submitSession` may have committed since the checks.
 pub async fn lock_sessions(
     txn: &impl ConnectionTrait,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, SessionState>, DbErr> {
-    let rows: Vec<(Uuid, SessionStatus)> = if txn.get_database_backend() == DbBackend::Postgres {
+    ids: &[SessionId],
+) -> Result<HashMap<SessionId, SessionState>, DbErr> {
+    let rows: Vec<(SessionId, SessionStatus)> = if txn.get_database_backend() == DbBackend::Postgres
+    {
         let rows = txn
             .query_all_raw(pg(
                 "SELECT id, status FROM test_sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -519,9 +526,9 @@ pub async fn lock_sessions(
 /// Current answers of the sessions × questions touched (a superset of the pairs).
 pub async fn current_answers(
     txn: &impl ConnectionTrait,
-    session_ids: &[Uuid],
-    question_ids: &[Uuid],
-) -> Result<HashMap<(Uuid, Uuid), Answer>, DbErr> {
+    session_ids: &[SessionId],
+    question_ids: &[QuestionId],
+) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
     let mut query = session_answer::Entity::find();
     query = if txn.get_database_backend() == DbBackend::Postgres {
         query.filter(Expr::cust_with_values(
@@ -539,7 +546,10 @@ pub async fn current_answers(
         .into_iter()
         .map(|a| {
             (
-                (a.session_id, a.question_id),
+                AnswerKey {
+                    session_id: a.session_id,
+                    question_id: a.question_id,
+                },
                 Answer {
                     id: a.id,
                     attempt_id: a.attempt_id,
@@ -556,13 +566,13 @@ pub async fn current_answers(
 
 /// One row of the attempt history.
 pub struct AttemptRow {
-    pub attempt_id: Uuid,
-    pub key: Uuid,
-    pub v1_hash: String,
-    pub session_id: Uuid,
-    pub question_id: Uuid,
-    pub package_id: Option<Uuid>,
-    pub client_attempt_id: Uuid,
+    pub attempt_id: AttemptId,
+    pub key: IdempotencyKey,
+    pub v1_hash: PayloadHash,
+    pub session_id: SessionId,
+    pub question_id: QuestionId,
+    pub package_id: Option<PackageId>,
+    pub client_attempt_id: ClientAttemptId,
     pub selected_option_index: i32,
     pub is_correct: bool,
     /// As the client sent it (not corrected), in UTC, to the microsecond.
@@ -578,7 +588,7 @@ pub struct AttemptRow {
 /// does not matter, and the batch pays no round trip for the counter.
 pub async fn insert_attempts(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
     rows: &[AttemptRow],
     skew_ms: Option<i64>,
     now: DateTime<Utc>,
@@ -658,8 +668,8 @@ pub async fn insert_attempts(
 /// transaction's change counter.
 pub async fn write_answers(
     txn: &impl ConnectionTrait,
-    user_id: Uuid,
-    answers: &[((Uuid, Uuid), Answer)],
+    user_id: UserId,
+    answers: &[(AnswerKey, Answer)],
     now: DateTime<Utc>,
     seq: i64,
 ) -> Result<(), DbErr> {
@@ -683,8 +693,8 @@ pub async fn write_answers(
             vec![
                 now.into(),
                 uuids(answers.iter().map(|(_, a)| a.id)),
-                uuids(answers.iter().map(|((s, _), _)| *s)),
-                uuids(answers.iter().map(|((_, q), _)| *q)),
+                uuids(answers.iter().map(|(k, _)| k.session_id)),
+                uuids(answers.iter().map(|(k, _)| k.question_id)),
                 uuids(answers.iter().map(|(_, a)| a.attempt_id)),
                 ints(answers.iter().map(|(_, a)| a.selected_option_index)),
                 array(
@@ -705,22 +715,20 @@ pub async fn write_answers(
         .await?;
         return Ok(());
     }
-    let models = answers.iter().map(
-        |((session_id, question_id), a)| session_answer::ActiveModel {
-            id: Set(a.id),
-            session_id: Set(*session_id),
-            user_id: Set(user_id),
-            question_id: Set(*question_id),
-            attempt_id: Set(a.attempt_id),
-            selected_option_index: Set(a.selected_option_index),
-            is_correct: Set(a.is_correct),
-            answered_at: Set(a.answered_at),
-            changed_count: Set(a.changed_count),
-            created_at: Set(now),
-            updated_at: Set(now),
-            change_seq: Set(seq),
-        },
-    );
+    let models = answers.iter().map(|(key, a)| session_answer::ActiveModel {
+        id: Set(a.id),
+        session_id: Set(key.session_id),
+        user_id: Set(user_id),
+        question_id: Set(key.question_id),
+        attempt_id: Set(a.attempt_id),
+        selected_option_index: Set(a.selected_option_index),
+        is_correct: Set(a.is_correct),
+        answered_at: Set(a.answered_at),
+        changed_count: Set(a.changed_count),
+        created_at: Set(now),
+        updated_at: Set(now),
+        change_seq: Set(seq),
+    });
     session_answer::Entity::insert_many(models)
         .on_conflict(
             OnConflict::columns([
@@ -747,7 +755,7 @@ pub async fn write_answers(
 /// stamped with the transaction's change counter.
 pub async fn add_scores(
     txn: &impl ConnectionTrait,
-    deltas: &[(Uuid, ScoreDelta)],
+    deltas: &[(SessionId, ScoreDelta)],
     now: DateTime<Utc>,
     seq: i64,
 ) -> Result<(), DbErr> {
@@ -800,7 +808,7 @@ pub async fn add_scores(
 /// off the write path (`Tally`).
 pub async fn add_counters(
     db: &impl ConnectionTrait,
-    user_id: Uuid,
+    user_id: UserId,
     counts: Counts,
     last_sync_at: DateTime<Utc>,
 ) -> Result<(), DbErr> {

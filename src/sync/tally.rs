@@ -12,8 +12,8 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use entity::UserId;
 use sea_orm::DatabaseConnection;
-use uuid::Uuid;
 
 use super::store::{self, Counts};
 use crate::{error::AppResult, sessions::SyncCounters};
@@ -31,7 +31,7 @@ struct Pending {
 /// round-trip budget test reads.
 #[derive(Default)]
 pub struct SyncState {
-    pending: Mutex<HashMap<Uuid, Pending>>,
+    pending: Mutex<HashMap<UserId, Pending>>,
     /// Held (write) while a flush moves counts from `pending` into the database, and
     /// (read) while `status` reads both, so a reader never sees a count twice or not at all.
     flushing: tokio::sync::RwLock<()>,
@@ -47,7 +47,7 @@ impl SyncState {
     pub fn add(
         self: &Arc<Self>,
         db: &DatabaseConnection,
-        user: Uuid,
+        user: UserId,
         counts: Counts,
         at: DateTime<Utc>,
     ) {
@@ -64,7 +64,7 @@ impl SyncState {
         }
     }
 
-    fn pending_of(&self, user: Uuid) -> Pending {
+    fn pending_of(&self, user: UserId) -> Pending {
         self.pending
             .lock()
             .ok()
@@ -75,7 +75,7 @@ impl SyncState {
     /// Writes what is pending; counts that fail to write stay pending.
     pub async fn flush(&self, db: &DatabaseConnection) {
         let _guard = self.flushing.write().await;
-        let batch: Vec<(Uuid, Pending)> = match self.pending.lock() {
+        let batch: Vec<(UserId, Pending)> = match self.pending.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => return,
         };
@@ -94,7 +94,7 @@ impl SyncState {
     }
 
     /// `syncStatus`: the stored counters plus what this instance has not flushed yet.
-    pub async fn status(&self, db: &DatabaseConnection, user: Uuid) -> AppResult<SyncCounters> {
+    pub async fn status(&self, db: &DatabaseConnection, user: UserId) -> AppResult<SyncCounters> {
         let _guard = self.flushing.read().await;
         let mut counters = crate::sessions::sync_counters(db, user).await?;
         let pending = self.pending_of(user);

@@ -750,11 +750,11 @@ async fn page_queries_use_the_change_index(backend: Backend) {
     let statements = [
         (
             "idx_test_sessions_user_change",
-            sessions_page(user, after, 20_000, 501).build(db_backend),
+            sessions_page(user.into(), after, 20_000, 501).build(db_backend),
         ),
         (
             "idx_session_answers_user_change",
-            answers_page(user, after, 20_000, 501).build(db_backend),
+            answers_page(user.into(), after, 20_000, 501).build(db_backend),
         ),
     ];
     for (index, statement) in statements {

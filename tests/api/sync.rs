@@ -1462,8 +1462,8 @@ async fn pending_counters_are_written_on_graceful_shutdown() {
     let state = application.state().clone();
     let user = Uuid::new_v4();
     entity::user::Entity::insert(entity::user::ActiveModel {
-        id: Set(user),
-        role: Set("STUDENT".into()),
+        id: Set(user.into()),
+        role: Set(entity::Role::Student),
         created_at: Set(Utc::now()),
         last_sync_at: Set(None),
         acked_count: Set(0),
@@ -1483,7 +1483,7 @@ async fn pending_counters_are_written_on_graceful_shutdown() {
         duplicate: 2,
         rejected: 1,
     };
-    state.sync.add(&state.db, user, counts, Utc::now());
+    state.sync.add(&state.db, user.into(), counts, Utc::now());
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     let db = sea_orm::Database::connect(&database.url).await.unwrap();

@@ -87,11 +87,17 @@ pub async fn check(
     // phones were told; none for any other key.
     let mut rows_of: HashMap<Uuid, Vec<&attempt::Model>> = HashMap::new();
     for row in &attempts {
-        rows_of.entry(row.idempotency_key).or_default().push(row);
+        rows_of
+            .entry(row.idempotency_key.into())
+            .or_default()
+            .push(row);
     }
     let mut records_of: HashMap<Uuid, Vec<&idempotency_record::Model>> = HashMap::new();
     for row in &records {
-        records_of.entry(row.idempotency_key).or_default().push(row);
+        records_of
+            .entry(row.idempotency_key.into())
+            .or_default()
+            .push(row);
     }
     let mut lost: HashSet<Uuid> = HashSet::new();
     let mut misscored: HashSet<Uuid> = HashSet::new();
@@ -140,13 +146,13 @@ pub async fn check(
             item.client_attempt_id,
         );
         let stored = (
-            row.id,
-            row.session_id,
-            row.user_id,
-            row.question_id,
+            row.id.into_uuid(),
+            row.session_id.into_uuid(),
+            row.user_id.into_uuid(),
+            row.question_id.into_uuid(),
             row.selected_option_index,
             row.is_correct,
-            row.client_attempt_id,
+            row.client_attempt_id.into_uuid(),
         );
         if expected != stored {
             out.violation(format!(
@@ -159,8 +165,11 @@ pub async fn check(
                 report.index
             ));
         }
-        if (rec.attempt_id, rec.session_id, rec.user_id)
-            != (record.attempt_id, record.session_id, report.user)
+        if (
+            rec.attempt_id.into_uuid(),
+            rec.session_id.into_uuid(),
+            rec.user_id.into_uuid(),
+        ) != (record.attempt_id, record.session_id, report.user)
             || rec.payload_hash != item.payload_hash
         {
             out.violation(format!(
@@ -169,7 +178,7 @@ pub async fn check(
         }
     }
     for row in &attempts {
-        if !ledger.contains_key(&row.idempotency_key) {
+        if !ledger.contains_key(&row.idempotency_key.into_uuid()) {
             out.violation(format!(
                 "attempts row {} for key {} that no phone was ever told about",
                 row.id, row.idempotency_key
@@ -189,13 +198,13 @@ pub async fn check(
     let mut answers_of: HashMap<Uuid, Vec<&session_answer::Model>> = HashMap::new();
     for answer in &answers {
         answers_of
-            .entry(answer.session_id)
+            .entry(answer.session_id.into_uuid())
             .or_default()
             .push(answer);
     }
     for session in &sessions {
         let rows = answers_of
-            .get(&session.id)
+            .get(&session.id.into_uuid())
             .map(Vec::as_slice)
             .unwrap_or_default();
         let correct = rows.iter().filter(|a| a.is_correct).count() as i32;
@@ -203,7 +212,7 @@ pub async fn check(
             || session.total_questions != session.answered_count
             || session.correct_count != correct
         {
-            misscored.insert(session.id);
+            misscored.insert(session.id.into_uuid());
             out.violation(format!(
                 "session {}: answered {} total {} correct {}, but {} answers of which {correct} correct",
                 session.id,
@@ -215,7 +224,7 @@ pub async fn check(
         }
     }
     let sessions_by_id: HashMap<Uuid, &test_session::Model> =
-        sessions.iter().map(|s| (s.id, s)).collect();
+        sessions.iter().map(|s| (s.id.into_uuid(), s)).collect();
     let mut expected_sessions = 0usize;
     for report in reports {
         // offline session → question → the latest acknowledged answer.
@@ -251,7 +260,11 @@ pub async fn check(
                 out.violation(format!("session {server_id} is not in the database"));
                 continue;
             };
-            if (session.user_id, session.offline_session_id) != (report.user, Some(*offline)) {
+            if (
+                session.user_id.into_uuid(),
+                session.offline_session_id.map(Uuid::from),
+            ) != (report.user, Some(*offline))
+            {
                 out.violation(format!(
                     "session {server_id} belongs to ({}, {:?}), not phone {}'s ({}, {offline})",
                     session.user_id, session.offline_session_id, report.index, report.user
@@ -270,13 +283,17 @@ pub async fn check(
             }
             let stored: HashMap<Uuid, &session_answer::Model> = answers_of
                 .get(server_id)
-                .map(|rows| rows.iter().map(|a| (a.question_id, *a)).collect())
+                .map(|rows| {
+                    rows.iter()
+                        .map(|a| (a.question_id.into_uuid(), *a))
+                        .collect()
+                })
                 .unwrap_or_default();
             for (question, item) in questions {
                 let want = ledger[&item.idempotency_key].attempt_id;
                 match stored.get(question) {
                     Some(answer)
-                        if answer.attempt_id == want
+                        if answer.attempt_id.into_uuid() == want
                             && answer.is_correct == item.is_correct
                             && answer.selected_option_index
                                 == item.selected_option_index as i32 => {}

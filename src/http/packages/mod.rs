@@ -16,6 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use entity::PackageId;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -173,7 +174,7 @@ pub async fn get_package(
             .ok_or_else(not_found)?;
         if if_none_match_matches(
             if_none_match.iter().map(HeaderValue::as_bytes),
-            &meta.version_hash,
+            meta.version_hash.as_str(),
         ) {
             metrics::package_download(304, "none");
             return Ok(not_modified(&meta.etag, &meta.last_modified));
@@ -208,7 +209,7 @@ pub async fn get_package(
 async fn dcz_body(
     state: &AppState,
     headers: &HeaderMap,
-    id: Uuid,
+    id: PackageId,
     target: &Arc<PackageBodies>,
 ) -> Result<Option<Bytes>, AppError> {
     let Some(digest) = headers
@@ -244,12 +245,14 @@ async fn dcz_body(
 
 /// `?from=`, the delta route's one parameter, read straight from the query string (a
 /// deserializer would cost this hot route more than the rest of its parsing).
-fn delta_from(query: Option<&str>) -> Result<Uuid, AppError> {
+fn delta_from(query: Option<&str>) -> Result<PackageId, AppError> {
     let mut values = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(name, _)| name == "from")
         .map(|(_, value)| value);
     match (values.next(), values.next()) {
-        (Some(from), None) => Uuid::try_parse(from.trim()).map_err(|_| malformed("from", &from)),
+        (Some(from), None) => Uuid::try_parse(from.trim())
+            .map(PackageId::from)
+            .map_err(|_| malformed("from", &from)),
         // Missing, or given twice.
         _ => Err(malformed("from", "")),
     }
@@ -305,7 +308,10 @@ pub async fn get_delta(
             .delta_ends(&state.db, id, from)
             .await?
             .ok_or_else(not_found)?;
-        let etag = store::delta_etag(&from_meta.version_hash, &to_meta.version_hash)?;
+        let etag = store::delta_etag(
+            from_meta.version_hash.as_str(),
+            to_meta.version_hash.as_str(),
+        )?;
         let opaque = &etag.as_bytes()[3..etag.len() - 1];
         if if_none_match_matches(
             if_none_match.iter().map(HeaderValue::as_bytes),
@@ -437,12 +443,14 @@ pub const USE_AS_DICTIONARY_VALUE: &str = "match=\"/api/v1/tests/packages/*\"";
 /// A malformed id is `400`, never a `404` or `500`.
 pub(crate) fn parse_package_id(
     path: Result<Path<String>, PathRejection>,
-) -> Result<Uuid, AppError> {
+) -> Result<PackageId, AppError> {
     let raw = match path {
         Ok(Path(raw)) => raw,
         Err(_) => return Err(malformed("package_id", "")),
     };
-    Uuid::try_parse(raw.trim()).map_err(|_| malformed("package_id", &raw))
+    Uuid::try_parse(raw.trim())
+        .map(PackageId::from)
+        .map_err(|_| malformed("package_id", &raw))
 }
 
 fn malformed(field: &'static str, raw: &str) -> AppError {

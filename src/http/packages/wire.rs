@@ -62,13 +62,13 @@ pub struct PackageListItem {
 impl From<&PackageSummary> for PackageListItem {
     fn from(summary: &PackageSummary) -> Self {
         PackageListItem {
-            package_id: summary.id,
+            package_id: summary.id.into(),
             name: summary.name.clone(),
             description: summary.description.clone(),
             scope: summary.scope,
             scope_data: RestScopeData::from(summary),
             version: summary.version,
-            version_hash: summary.version_hash.clone(),
+            version_hash: summary.version_hash.to_string(),
             question_count: summary.question_count,
             media_count: summary.media_count,
             media_bytes: summary.media_bytes,
@@ -118,7 +118,7 @@ mod tests {
     fn download_body_is_the_package_download_shape() {
         let at = Utc::now().trunc_subsecs(6);
         let snapshot = Snapshot {
-            question_id: Uuid::from_u128(7),
+            question_id: Uuid::from_u128(7).into(),
             stem: "Stem “q”".into(),
             option_a: Some("a".into()),
             option_b: Some("b".into()),
@@ -136,7 +136,7 @@ mod tests {
         };
         let (questions_json, version_hash) = canonical_questions(vec![snapshot.clone()]).unwrap();
         let package = test_package::Model {
-            id: Uuid::from_u128(1),
+            id: Uuid::from_u128(1).into(),
             name: "N".into(),
             description: Some("D".into()),
             scope: PackageScope::Block,
@@ -162,7 +162,7 @@ mod tests {
         let body = download_body(&package).unwrap();
         let typed: PackageDownload = serde_json::from_slice(&body).unwrap();
         assert_eq!(typed.questions, vec![snapshot]);
-        assert_eq!(typed.version_hash, version_hash);
+        assert_eq!(version_hash, typed.version_hash);
         // Nothing more, nothing less: re-serializing the type gives the same JSON value.
         let raw: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(serde_json::to_value(&typed).unwrap(), raw);

@@ -116,10 +116,10 @@ pub struct SyncResult {
 impl From<AttemptResult> for SyncResult {
     fn from(r: AttemptResult) -> Self {
         SyncResult {
-            client_attempt_id: r.client_attempt_id,
+            client_attempt_id: r.client_attempt_id.map(Uuid::from),
             status: r.status,
-            server_attempt_id: r.server_attempt_id,
-            server_session_id: r.server_session_id,
+            server_attempt_id: r.server_attempt_id.map(Uuid::from),
+            server_session_id: r.server_session_id.map(Uuid::from),
             error_code: r.error_code,
             message: r.message,
         }
@@ -156,7 +156,7 @@ impl SyncBatchRequest {
 impl SyncAttempt {
     fn parse(self) -> ParsedAttempt {
         let invalid = |message: &str| ParsedAttempt::Invalid {
-            client_attempt_id: Some(self.client_attempt_id),
+            client_attempt_id: Some(self.client_attempt_id.into()),
             message: message.to_owned(),
         };
         let Some(answered_at) = parse_timestamp(&self.answered_at) else {
@@ -166,15 +166,15 @@ impl SyncAttempt {
             return invalid("`payload_hash` is required");
         }
         ParsedAttempt::Valid(AttemptInput {
-            client_attempt_id: self.client_attempt_id,
-            idempotency_key: self.idempotency_key,
-            offline_session_id: self.offline_session_id,
-            session_id: self.session_id,
-            question_id: self.question_id,
+            client_attempt_id: self.client_attempt_id.into(),
+            idempotency_key: self.idempotency_key.into(),
+            offline_session_id: self.offline_session_id.map(Into::into),
+            session_id: self.session_id.map(Into::into),
+            question_id: self.question_id.into(),
             selected_option_index: i64::from(self.selected_option_index),
             answered_at,
             payload_hash: self.payload_hash,
-            package_id: self.package_id,
+            package_id: self.package_id.map(Into::into),
         })
     }
 }
@@ -207,9 +207,6 @@ fn parse_item(value: &Value) -> ParsedAttempt {
 }
 
 fn parse_fields(object: &Map<String, Value>) -> Result<AttemptInput, String> {
-    let required_uuid = |name: &str| -> Result<Uuid, String> {
-        uuid_field(object, name)?.ok_or_else(|| format!("`{name}` is required"))
-    };
     let selected_option_index = match object.get("selected_option_index") {
         None | Some(Value::Null) => return Err("`selected_option_index` is required".into()),
         Some(v) => v
@@ -230,11 +227,11 @@ fn parse_fields(object: &Map<String, Value>) -> Result<AttemptInput, String> {
         Some(_) => return Err("`payload_hash` must be a hex string".into()),
     };
     Ok(AttemptInput {
-        client_attempt_id: required_uuid("client_attempt_id")?,
-        idempotency_key: required_uuid("idempotency_key")?,
+        client_attempt_id: required_uuid(object, "client_attempt_id")?,
+        idempotency_key: required_uuid(object, "idempotency_key")?,
         offline_session_id: uuid_field(object, "offline_session_id")?,
         session_id: uuid_field(object, "session_id")?,
-        question_id: required_uuid("question_id")?,
+        question_id: required_uuid(object, "question_id")?,
         selected_option_index,
         answered_at,
         payload_hash,
@@ -242,12 +239,17 @@ fn parse_fields(object: &Map<String, Value>) -> Result<AttemptInput, String> {
     })
 }
 
+/// A required UUID field, as the id type it names.
+fn required_uuid<T: From<Uuid>>(object: &Map<String, Value>, name: &str) -> Result<T, String> {
+    uuid_field(object, name)?.ok_or_else(|| format!("`{name}` is required"))
+}
+
 /// An optional UUID field: absent or null → `None`; anything but a UUID string → error.
-fn uuid_field(object: &Map<String, Value>, name: &str) -> Result<Option<Uuid>, String> {
+fn uuid_field<T: From<Uuid>>(object: &Map<String, Value>, name: &str) -> Result<Option<T>, String> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Uuid::parse_str(s)
-            .map(Some)
+            .map(|id| Some(T::from(id)))
             .map_err(|_| format!("`{name}` is not a valid UUID")),
         Some(_) => Err(format!("`{name}` must be a UUID string")),
     }

@@ -511,24 +511,29 @@ async fn scoring_keys_for_sync(backend: Backend) {
     app.import_questions(json!([question("d", &["a", "b", "c"], 2, 9, None, None)]))
         .await;
     let draft = build_ok(&app, json!({"name": "d", "scope": "YEAR", "yearId": 9})).await;
-    let published: Uuid = package["id"].as_str().unwrap().parse().unwrap();
-    let unpublished: Uuid = draft["id"].as_str().unwrap().parse().unwrap();
+    let published: entity::PackageId = package["id"].as_str().unwrap().parse().unwrap();
+    let unpublished: entity::PackageId = draft["id"].as_str().unwrap().parse().unwrap();
     let store = PackageStore::default();
     for _ in 0..2 {
         // The second round comes from the cache.
         let keys = store
             .scoring_for(
                 &app.db,
-                &[published, unpublished, Uuid::new_v4(), published],
+                &[
+                    published,
+                    unpublished,
+                    entity::PackageId::new_v4(),
+                    published,
+                ],
             )
             .await
             .unwrap();
         assert_eq!(keys.len(), 1);
         let scoring = &keys[&published];
         assert_eq!(scoring.questions.len(), 3);
-        let nerve = scoring.questions[&ids[0]];
+        let nerve = scoring.questions[&entity::QuestionId::from(ids[0])];
         assert_eq!((nerve.option_count, nerve.correct_index), (2, 1));
-        let drug = scoring.questions[&ids[1]];
+        let drug = scoring.questions[&entity::QuestionId::from(ids[1])];
         assert_eq!((drug.option_count, drug.correct_index), (5, 4));
     }
     assert_eq!(store.cached_counts().2, 1);
