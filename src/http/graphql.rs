@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     app::AppState,
-    auth::bearer_token,
+    auth::{AuthUser, bearer_token},
     error::{AppError, ErrorCode},
     graphql::{AppSchema, RequestAuth, ResponseKind, classify_errors, cost, document},
     hashing::sha256_hex,
@@ -543,44 +543,68 @@ async fn run(
     let auth_header = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let auth = match auth_header {
-        None => Err("missing bearer token".to_owned()),
-        Some(_) => match bearer_token(auth_header).and_then(|t| state.tokens.verify(t)) {
-            Ok(user) => match state
-                .users
-                .ensure(&state.db, &user, state.primary.timeline())
-                .await
-            {
-                Ok(()) => Ok(user),
-                Err(e) => return app_error_response(media, e),
-            },
-            Err(e) => Err(e.to_string()),
-        },
+    let auth = match authenticate(&state, auth_header, client).await {
+        Ok(auth) => auth,
+        Err(e) => return app_error_response(media, e),
     };
-    match &auth {
-        Ok(user) => {
-            record_user(user.id.into());
-            if let Err(e) = state
-                .rate_limiter
-                .check(&state.cache, user.id, "graphql")
-                .await
-            {
-                return app_error_response(media, e);
-            }
-        }
-        Err(_) if auth_header.is_some() => {
-            if let Err(e) = check_anonymous(&state, client) {
-                return app_error_response(media, e);
-            }
-        }
-        Err(_) => {}
-    }
     let authenticated = auth.is_ok();
     // Registered only once it has validated, so only the text is needed past this point.
     let apq_text = register_apq.as_ref().map(|_| query.clone());
+    let request = graphql_request(query, parsed, fields, auth);
+    let mut response = schema.execute(request).await;
+    let kind = classify_errors(&mut response);
+    bound_errors(&mut response.errors);
+    if let (Some(hash), Some(text), true) = (register_apq, apq_text, authenticated)
+        && kind == ResponseKind::Ok
+    {
+        state.cache.apq_register(&hash, &text).await;
+    }
+    // Only an anonymous, error-free query over GET may be kept by shared caches.
+    let shareable = is_get && response.errors.is_empty() && auth_header.is_none();
+    render(&response, kind, media, shareable)
+}
 
+/// Who is calling: a verified user (known to the database, within the rate limit), or why
+/// not (the schema answers `UNAUTHENTICATED` where a field needs a user). A refusal that
+/// ends the request (rate limit, a fault) is the error.
+async fn authenticate(
+    state: &AppState,
+    auth_header: Option<&str>,
+    client: Option<ClientAddr>,
+) -> Result<Result<AuthUser, String>, AppError> {
+    let Some(_) = auth_header else {
+        return Ok(Err("missing bearer token".to_owned()));
+    };
+    match bearer_token(auth_header).and_then(|t| state.tokens.verify(t)) {
+        Ok(user) => {
+            state
+                .users
+                .ensure(&state.db, &user, state.primary.timeline())
+                .await?;
+            record_user(user.id.into());
+            state
+                .rate_limiter
+                .check(&state.cache, user.id, "graphql")
+                .await?;
+            Ok(Ok(user))
+        }
+        Err(e) => {
+            // A token that fails verification counts as a request without one.
+            check_anonymous(state, client)?;
+            Ok(Err(e.to_string()))
+        }
+    }
+}
+
+/// The request the schema runs: the document parsed once (the checks looked at this very
+/// document), its operation, variables and the caller.
+fn graphql_request(
+    query: String,
+    parsed: async_graphql::parser::types::ExecutableDocument,
+    fields: RequestFields,
+    auth: Result<AuthUser, String>,
+) -> async_graphql::Request {
     let mut request = async_graphql::Request::new(query).data(RequestAuth(auth));
-    // Parsed once: the schema runs the document the checks above looked at.
     request.set_parsed_query(parsed);
     if let Some(name) = fields.operation_name {
         request = request.operation_name(name);
@@ -590,15 +614,17 @@ async fn run(
             variables,
         )));
     }
-    let mut response = schema.execute(request).await;
-    let kind = classify_errors(&mut response);
-    bound_errors(&mut response.errors);
-    if let (Some(hash), Some(text), true) = (register_apq, apq_text, authenticated)
-        && kind == ResponseKind::Ok
-    {
-        state.cache.apq_register(&hash, &text).await;
-    }
-    let mut body = match serde_json::to_value(&response) {
+    request
+}
+
+/// The HTTP response of an executed (or schema-refused) document.
+fn render(
+    response: &async_graphql::Response,
+    kind: ResponseKind,
+    media: ResponseMedia,
+    shareable: bool,
+) -> Response {
+    let mut body = match serde_json::to_value(response) {
         Ok(b) => b,
         Err(e) => return app_error_response(media, AppError::internal(e.to_string())),
     };
@@ -623,7 +649,7 @@ async fn run(
     } else {
         StatusCode::OK
     };
-    let cache_control = if is_get && response.errors.is_empty() && auth_header.is_none() {
+    let cache_control = if shareable {
         "public, max-age=60"
     } else {
         "private, no-store"

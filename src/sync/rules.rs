@@ -266,35 +266,7 @@ pub fn check(
     received_at: DateTime<Utc>,
     skew: Option<Duration>,
 ) -> Result<Checked, Rejection> {
-    let reject = |code: SyncErrorCode, message: &str| Err((code, message.to_owned()));
-    let target = if let Some(id) = input.session_id {
-        match facts.sessions_by_id.get(&id) {
-            None => return reject(SyncErrorCode::SessionNotFound, "no such session of yours"),
-            Some(s) if s.state == SessionState::Closed => {
-                return reject(
-                    SyncErrorCode::SessionClosed,
-                    "the session is no longer active",
-                );
-            }
-            Some(s) => Target::Session(s.id),
-        }
-    } else if let Some(offline) = input.offline_session_id {
-        match facts.sessions_by_offline.get(&offline) {
-            Some(s) if s.state == SessionState::Closed => {
-                return reject(
-                    SyncErrorCode::SessionClosed,
-                    "the session is no longer active",
-                );
-            }
-            Some(s) => Target::Session(s.id),
-            None => Target::NewOffline(offline),
-        }
-    } else {
-        return reject(
-            SyncErrorCode::SessionRequired,
-            "give session_id or offline_session_id",
-        );
-    };
+    let target = session_target(input, facts)?;
     let Some(question) = facts
         .questions
         .get(&input.question_id)
@@ -302,35 +274,8 @@ pub fn check(
     else {
         return reject(SyncErrorCode::QuestionNotFound, "no such question");
     };
-    if let Some(access) = &facts.access {
-        // Judged when the student answered (corrected by the skew), so a lapsed grant
-        // keeps the answers made while it was in force. A time the correction pushes out
-        // of range is refused further down; until then the sent time stands.
-        let at = corrected_time(&input.answered_at, skew)
-            .unwrap_or_else(|| input.answered_at.with_timezone(&Utc));
-        if !access.covers_at(question.scope.into(), at) {
-            return reject(
-                SyncErrorCode::AccessDenied,
-                "your access did not cover this question when it was answered",
-            );
-        }
-    }
-    let key = match input.package_id {
-        Some(package_id) => match facts
-            .packages
-            .get(&package_id)
-            .and_then(|p| p.questions.get(&input.question_id))
-        {
-            Some(key) => *key,
-            None => {
-                return reject(
-                    SyncErrorCode::PackageMismatch,
-                    "the question is not in that published package",
-                );
-            }
-        },
-        None => question.key,
-    };
+    check_access(input, facts, question, skew)?;
+    let key = scoring_key(input, facts, question)?;
     let index = input.selected_option_index;
     if index < 0 || index >= key.option_count as i64 {
         return Err((
@@ -341,6 +286,102 @@ pub fn check(
             ),
         ));
     }
+    let effective_at = effective_time(input, received_at, skew)?;
+    Ok(Checked {
+        target,
+        is_correct: index == i64::from(key.correct_index),
+        effective_at,
+        scope: question.scope,
+    })
+}
+
+fn reject<T>(code: SyncErrorCode, message: &str) -> Result<T, Rejection> {
+    Err((code, message.to_owned()))
+}
+
+/// The session the attempt goes to: a server session of the caller's that is still
+/// active, or an offline session seen for the first time.
+fn session_target(input: &AttemptInput, facts: &Facts) -> Result<Target, Rejection> {
+    let found = if let Some(id) = input.session_id {
+        match facts.sessions_by_id.get(&id) {
+            None => return reject(SyncErrorCode::SessionNotFound, "no such session of yours"),
+            Some(s) => s,
+        }
+    } else if let Some(offline) = input.offline_session_id {
+        match facts.sessions_by_offline.get(&offline) {
+            None => return Ok(Target::NewOffline(offline)),
+            Some(s) => s,
+        }
+    } else {
+        return reject(
+            SyncErrorCode::SessionRequired,
+            "give session_id or offline_session_id",
+        );
+    };
+    if found.state == SessionState::Closed {
+        return reject(
+            SyncErrorCode::SessionClosed,
+            "the session is no longer active",
+        );
+    }
+    Ok(Target::Session(found.id))
+}
+
+/// The caller's access must have covered the question when the student answered
+/// (corrected by the skew), so a lapsed grant keeps the answers made while it was in
+/// force. A time the correction pushes out of range is refused later
+/// ([`effective_time`]); until then the sent time stands.
+fn check_access(
+    input: &AttemptInput,
+    facts: &Facts,
+    question: &QuestionFact,
+    skew: Option<Duration>,
+) -> Result<(), Rejection> {
+    let Some(access) = &facts.access else {
+        return Ok(());
+    };
+    let at = corrected_time(&input.answered_at, skew)
+        .unwrap_or_else(|| input.answered_at.with_timezone(&Utc));
+    if access.covers_at(question.scope.into(), at) {
+        Ok(())
+    } else {
+        reject(
+            SyncErrorCode::AccessDenied,
+            "your access did not cover this question when it was answered",
+        )
+    }
+}
+
+/// The key the attempt is scored by: that of the package it names (its snapshot), or
+/// the question's current one.
+fn scoring_key(
+    input: &AttemptInput,
+    facts: &Facts,
+    question: &QuestionFact,
+) -> Result<ScoringKey, Rejection> {
+    let Some(package_id) = input.package_id else {
+        return Ok(question.key);
+    };
+    facts
+        .packages
+        .get(&package_id)
+        .and_then(|p| p.questions.get(&input.question_id))
+        .copied()
+        .ok_or_else(|| {
+            (
+                SyncErrorCode::PackageMismatch,
+                "the question is not in that published package".to_owned(),
+            )
+        })
+}
+
+/// `answered_at` corrected by the clock skew: within the representable range and not
+/// ahead of the server clock by more than the tolerance.
+fn effective_time(
+    input: &AttemptInput,
+    received_at: DateTime<Utc>,
+    skew: Option<Duration>,
+) -> Result<DateTime<Utc>, Rejection> {
     let Some(effective_at) = corrected_time(&input.answered_at, skew) else {
         return reject(
             SyncErrorCode::InvalidAttempt,
@@ -353,12 +394,7 @@ pub fn check(
             "answered_at is more than 5 minutes ahead of the server clock",
         );
     }
-    Ok(Checked {
-        target,
-        is_correct: index == i64::from(key.correct_index),
-        effective_at,
-        scope: question.scope,
-    })
+    Ok(effective_at)
 }
 
 /// The current answer of one (session, question).
