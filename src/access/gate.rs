@@ -100,9 +100,10 @@ pub struct AccessCache {
     /// Question scopes of packages (immutable): also for packages only ever listed.
     scopes: quick_cache::sync::Cache<PackageId, Arc<[QuestionScope]>>,
     /// Reads allowed lately, the answer to what a phone asks most (revalidating what it
-    /// holds): (user, package, held package of a delta or nil) → until when the decision holds (no later than the facts
-    /// and grants it rests on would be read again) and under which generation. One
-    /// lookup instead of the facts, grants and coverage.
+    /// holds). Key: (user, package, the held package of a delta or nil). Value: until when
+    /// the decision holds (no later than the facts and grants it rests on would be read
+    /// again) and under which generation. One lookup instead of the facts, grants and
+    /// coverage.
     allowed: quick_cache::sync::Cache<(UserId, PackageId, PackageId), (Instant, u64)>,
     /// Bumped whenever this instance forgets a user or a package (a grant changed, a
     /// package withdrawn): every remembered decision made before is void at once.

@@ -116,7 +116,12 @@ pub async fn grant(db: &DatabaseConnection, new: NewGrant) -> AppResult<Grant> {
         return Ok(existing);
     }
     let grant = insert(db, &new).await?;
-    tracing::info!(grant_id = %grant.id, user_id = %grant.user_id, scope = grant.target.scope().as_str(), "granted access");
+    tracing::info!(
+        grant_id = %grant.id,
+        user_id = %grant.user_id,
+        scope = grant.target.scope().as_str(),
+        "granted access"
+    );
     Ok(grant)
 }
 
