@@ -15,6 +15,9 @@
 //! 3. an incremental pull that finds nothing (the cursor of the end of the feed) against a
 //!    `304` of a package download, `BENCH_CLIENTS` (16) concurrent clients, `BENCH_SECONDS`
 //!    (3) each, `BENCH_ROUNDS` (3) rounds alternating the two; requests/s, median of rounds.
+//!    With `BENCH_WRK=/usr/bin/wrk` that load comes from wrk pinned to core `BENCH_WRK_CPU`
+//!    (1), one thread and `BENCH_CLIENTS` connections, while this process (the server) is
+//!    pinned to core 0; the database server is not pinned.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -27,6 +30,7 @@ use examsync::{
     packages::{self, BuildRequest},
     questions::{QuestionInput, QuestionStatus, import_questions},
 };
+use examsync_test_support::bench::{self, Wrk};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, EntityTrait};
 use serde_json::Value;
 use uuid::Uuid;
@@ -48,6 +52,19 @@ async fn main() -> Result<(), String> {
     let rounds: usize = env_or("BENCH_ROUNDS", "3")
         .parse()
         .map_err(|_| "BENCH_ROUNDS")?;
+    let wrk_program = std::env::var("BENCH_WRK").ok().filter(|v| !v.is_empty());
+    let wrk_cpu: usize = env_or("BENCH_WRK_CPU", "1")
+        .parse()
+        .map_err(|_| "BENCH_WRK_CPU")?;
+    if wrk_program.is_some() {
+        bench::pin_self(if wrk_cpu == 0 { 1 } else { 0 })?;
+    }
+    let wrk = wrk_program.as_deref().map(|program| Wrk {
+        program,
+        cpu: wrk_cpu,
+        connections: clients,
+        seconds,
+    });
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, cleanup) = match std::env::var("BENCH_DATABASE_URL") {
         Ok(admin_url) => {
@@ -90,7 +107,7 @@ async fn main() -> Result<(), String> {
         let _ = stopped.await;
     }));
     let base = format!("http://{addr}");
-    let result = run(&db, &base, backend, clients, seconds, rounds).await;
+    let result = run(&db, &base, backend, clients, seconds, rounds, wrk.as_ref()).await;
     let _ = stop.send(());
     let _ = server.await;
     db.close().await.ok();
@@ -109,6 +126,7 @@ async fn run(
     clients: usize,
     seconds: u64,
     rounds: usize,
+    wrk: Option<&Wrk<'_>>,
 ) -> Result<(), String> {
     let questions = seed_questions(db).await?;
     let package = packages::build_package(
@@ -203,29 +221,51 @@ async fn run(
     let mut not_modified = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..rounds {
-        let p = load(
-            &client,
-            &empty_url,
-            &heavy_token,
-            None,
-            200,
-            clients,
-            seconds,
-        )
-        .await?;
-        let n = load(
-            &client,
-            &package_url,
-            &heavy_token,
-            Some(&etag),
-            304,
-            clients,
-            seconds,
-        )
-        .await?;
+        let (p, n) = match wrk {
+            Some(wrk) => {
+                // Both answers are checked once here; wrk only counts errors.
+                load(&client, &empty_url, &heavy_token, None, 200, 1, 1).await?;
+                let (p, n) = (
+                    wrk_rate(wrk, &empty_url, &heavy_token, None).await?,
+                    wrk_rate(wrk, &package_url, &heavy_token, Some(&etag)).await?,
+                );
+                println!(
+                    "wrk round: pull {p:.0}/s, 304 {n:.0}/s, load average {}",
+                    bench::loadavg()
+                );
+                (p, n)
+            }
+            None => (
+                load(
+                    &client,
+                    &empty_url,
+                    &heavy_token,
+                    None,
+                    200,
+                    clients,
+                    seconds,
+                )
+                .await?,
+                load(
+                    &client,
+                    &package_url,
+                    &heavy_token,
+                    Some(&etag),
+                    304,
+                    clients,
+                    seconds,
+                )
+                .await?,
+            ),
+        };
         ratios.push(p / n);
         pulls.push(p);
         not_modified.push(n);
+    }
+    if wrk.is_some() {
+        println!(
+            "\nLoad: wrk, one thread, {clients} connections, pinned; server pinned to the other core.\n"
+        );
     }
     println!("| request | requests/s (median of {rounds} rounds, {clients} clients) |");
     println!("| --- | ---: |");
@@ -328,6 +368,38 @@ async fn page_time(
         }
     }
     Ok(median(samples))
+}
+
+/// Requests/s of wrk GETting `url` (on a blocking thread: wrk runs for seconds).
+async fn wrk_rate(
+    wrk: &Wrk<'_>,
+    url: &str,
+    token: &str,
+    if_none_match: Option<&str>,
+) -> Result<f64, String> {
+    let (program, cpu, connections, seconds) = (
+        wrk.program.to_owned(),
+        wrk.cpu,
+        wrk.connections,
+        wrk.seconds,
+    );
+    let (url, authorization) = (url.to_owned(), format!("Bearer {token}"));
+    let etag = if_none_match.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let wrk = Wrk {
+            program: &program,
+            cpu,
+            connections,
+            seconds,
+        };
+        let mut headers = vec![("Authorization", authorization.as_str())];
+        if let Some(etag) = etag.as_deref() {
+            headers.push(("If-None-Match", etag));
+        }
+        wrk.requests_per_second(&url, &headers)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Requests/s of `clients` loops GETting `url` for `seconds`; every answer must be `status`.

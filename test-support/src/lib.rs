@@ -4,6 +4,8 @@
 //! The payload hash here is written from the API reference (docs/api.md §8), independently of
 //! the server's own `sync::payload_hash`, so a test built on it checks the server rather than
 //! repeating it.
+pub mod bench;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 use serde_json::{Value, json};

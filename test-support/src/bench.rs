@@ -1,0 +1,80 @@
+//! Load generation from outside the process for the HTTP benchmarks: `wrk` pinned to one
+//! core while the server runs on the other, so the load generator is never what limits a
+//! fast route.
+use std::process::{Command, Stdio};
+
+/// Pins every thread of this process (those it starts later inherit it) to `cpu`.
+pub fn pin_self(cpu: usize) -> Result<(), String> {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("taskset -a -p -c {cpu} failed: {status}"))
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// One wrk run.
+pub struct Wrk<'a> {
+    /// The wrk executable.
+    pub program: &'a str,
+    /// The core wrk is pinned to.
+    pub cpu: usize,
+    /// Open connections (one wrk thread drives them all).
+    pub connections: usize,
+    pub seconds: u64,
+}
+
+impl Wrk<'_> {
+    /// Requests/s of GETs of `url` with `headers`. Fails if wrk fails or counts any
+    /// non-2xx/3xx response or socket error.
+    pub fn requests_per_second(&self, url: &str, headers: &[(&str, &str)]) -> Result<f64, String> {
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", &self.cpu.to_string(), self.program, "-t1"])
+            .arg(format!("-c{}", self.connections))
+            .arg(format!("-d{}s", self.seconds));
+        for (name, value) in headers {
+            command.args(["-H", &format!("{name}: {value}")]);
+        }
+        let output = command
+            .arg(url)
+            .output()
+            .map_err(|e| format!("{}: {e}", self.program))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            return Err(format!(
+                "wrk failed ({}): {stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        if let Some(line) = stdout
+            .lines()
+            .find(|l| l.contains("Non-2xx or 3xx") || l.contains("Socket errors"))
+        {
+            return Err(format!("wrk reports `{}`:\n{stdout}", line.trim()));
+        }
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{stdout}"))
+    }
+}
