@@ -81,10 +81,10 @@ pub struct Claims {
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
-    /// Token → (user, `exp`). An entry is used only before its `exp` (checked on every
-    /// read); expired ones are the first to go when the cache is full, as they are never
+    /// Token (its bytes) → (user, `exp`). An entry is used only before its `exp` (checked on
+    /// every read); expired ones are the first to go when the cache is full, as they are never
     /// read again.
-    verified: quick_cache::sync::Cache<String, (AuthUser, i64)>,
+    verified: quick_cache::sync::Cache<Box<[u8]>, (AuthUser, i64)>,
 }
 
 /// How far ahead of our clock a token's `nbf` may lie (docs/api.md §3: at most 60 s): the auth
@@ -131,15 +131,27 @@ impl TokenVerifier {
 
     /// Verifies a bearer token and returns its user, or why it is refused.
     pub fn verify(&self, token: &str) -> AppResult<AuthUser> {
-        let now = unix_now();
-        if let Some((user, exp)) = self.verified.get(token)
-            && exp > now
-        {
+        if let Some(user) = self.remembered(token.as_bytes()) {
             return Ok(user);
         }
         let (user, exp) = self.verify_signature(token)?;
-        self.verified.insert(token.to_owned(), (user.clone(), exp));
+        self.verified
+            .insert(token.as_bytes().into(), (user.clone(), exp));
         Ok(user)
+    }
+
+    /// The user of an `Authorization` value that is exactly `Bearer <token>` with a token
+    /// verified before and not expired (what a phone sends with every request); `None`:
+    /// anything else, to be read by [`bearer_token`] and [`TokenVerifier::verify`]. A
+    /// remembered token was checked as text and trimmed when it was verified, so such a
+    /// value reads as that same token: the value's text need not be checked again.
+    pub fn remembered_authorization(&self, authorization: &[u8]) -> Option<AuthUser> {
+        self.remembered(authorization.strip_prefix(b"Bearer ")?)
+    }
+
+    fn remembered(&self, token: &[u8]) -> Option<AuthUser> {
+        let (user, exp) = self.verified.get(token)?;
+        (exp > unix_now()).then_some(user)
     }
 
     fn verify_signature(&self, token: &str) -> AppResult<(AuthUser, i64)> {
@@ -363,6 +375,36 @@ mod tests {
                 access: None,
             }
         );
+    }
+
+    #[test]
+    fn a_remembered_token_is_found_by_its_authorization_value() {
+        let user = Uuid::new_v4();
+        let token = sign_token(SECRET, user, Role::Student, 60).unwrap();
+        let verifier = TokenVerifier::new(SECRET, None);
+        let value = format!("Bearer {token}");
+        // Not verified yet: nothing remembered.
+        assert!(
+            verifier
+                .remembered_authorization(value.as_bytes())
+                .is_none()
+        );
+        verifier.verify(&token).unwrap();
+        let found = verifier.remembered_authorization(value.as_bytes()).unwrap();
+        assert_eq!(found.id, user.into());
+        // Any other spelling takes the full path (which reads it as the same token).
+        for other in [
+            format!("bearer {token}"),
+            format!("Bearer  {token}"),
+            format!("Bearer {token} "),
+        ] {
+            assert!(
+                verifier
+                    .remembered_authorization(other.as_bytes())
+                    .is_none(),
+                "{other}"
+            );
+        }
     }
 
     #[test]

@@ -18,18 +18,25 @@ pub use rest::{ErrorBody, error_body};
 /// `Retry-After` of every 503 and GraphQL `UNAVAILABLE`).
 pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What the request middleware knows of the current request, for code running inside it.
+pub struct RequestScope {
+    /// The request id, as the `X-Request-Id` header value it goes out as (a cheap clone);
+    /// turned into text only when an error body or a log line needs it.
+    pub id: axum::http::HeaderValue,
+    /// The authenticated user, once the token is verified, for the request log line.
+    pub user: std::cell::Cell<Option<uuid::Uuid>>,
+}
+
 tokio::task_local! {
-    /// The current request's id, set by the request-id middleware, so that error
-    /// bodies carry the same id as the `X-Request-Id` header.
-    /// bodies carry the same id as the `X-Request-Id` header. Kept as the header value
-    /// (a cheap clone); turned into text only when an error body needs it.
-    pub static REQUEST_ID: axum::http::HeaderValue;
+    /// The current request, set by the request middleware, so that error bodies carry the
+    /// same id as the `X-Request-Id` header.
+    pub static REQUEST: RequestScope;
 }
 
 /// The current request id, when called inside a request.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID
-        .try_with(|id| id.to_str().ok().map(str::to_owned))
+    REQUEST
+        .try_with(|scope| scope.id.to_str().ok().map(str::to_owned))
         .ok()
         .flatten()
 }

@@ -61,16 +61,20 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or(""));
-        let user = match bearer_token(header).and_then(|token| state.tokens.verify(token)) {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        let remembered =
+            authorization.and_then(|v| state.tokens.remembered_authorization(v.as_bytes()));
+        let verified = match remembered {
+            Some(user) => Ok(user),
+            None => bearer_token(authorization.map(|v| v.to_str().unwrap_or("")))
+                .and_then(|token| state.tokens.verify(token)),
+        };
+        let user = match verified {
             Ok(user) => user,
             Err(refused) => {
                 // A token that fails verification counts against its address's budget (a
                 // request with no `Authorization` at all was counted by the middleware).
-                if header.is_some() {
+                if authorization.is_some() {
                     check_anonymous(state, client_addr(&parts.extensions))?;
                 }
                 return Err(refused);

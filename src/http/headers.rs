@@ -78,16 +78,30 @@ pub fn parse_if_none_match(value: &[u8]) -> IfNoneMatch<'_> {
 
 /// True when any of the `If-None-Match` values matches the current entity tag (whose
 /// opaque part is `opaque`) by weak comparison, i.e. the server should answer 304.
-pub fn if_none_match_matches<'a, I>(values: I, opaque: &str) -> bool
+pub fn if_none_match_matches<'a, I>(values: I, opaque: impl AsRef<[u8]>) -> bool
 where
     I: IntoIterator<Item = &'a [u8]>,
 {
-    values
-        .into_iter()
-        .any(|value| match parse_if_none_match(value) {
-            IfNoneMatch::Any => true,
-            IfNoneMatch::Tags(tags) => tags.iter().any(|tag| tag.opaque == opaque.as_bytes()),
-        })
+    let opaque = opaque.as_ref();
+    values.into_iter().any(|value| {
+        // What a client sends back is the one tag it got: matched before any parsing.
+        is_exactly_tag(value, opaque)
+            || match parse_if_none_match(value) {
+                IfNoneMatch::Any => true,
+                IfNoneMatch::Tags(tags) => tags.iter().any(|tag| tag.opaque == opaque),
+            }
+    })
+}
+
+/// True when `value` is exactly `W/"<opaque>"` or `"<opaque>"` (an opaque part without a
+/// quote), which parses to that one tag.
+fn is_exactly_tag(value: &[u8], opaque: &[u8]) -> bool {
+    let quoted = value.strip_prefix(b"W/").unwrap_or(value);
+    quoted.len() == opaque.len() + 2
+        && quoted.first() == Some(&b'"')
+        && quoted.last() == Some(&b'"')
+        && &quoted[1..quoted.len() - 1] == opaque
+        && !opaque.contains(&b'"')
 }
 
 /// Chooses `br` or `gzip` from `Accept-Encoding` values by their q-values (q=0 means
@@ -361,6 +375,24 @@ mod tests {
         assert!(matches(" * "));
         assert_eq!(parse_if_none_match(b"*"), IfNoneMatch::Any);
         assert!(!matches("*abc"));
+    }
+
+    #[test]
+    fn the_exact_tag_matches_as_the_parser_would() {
+        // The shortcut for a value that is exactly the tag agrees with the parser.
+        for (value, opaque, expected) in [
+            ("W/\"abc\"", "abc", true),
+            ("\"abc\"", "abc", true),
+            ("W/\"abd\"", "abc", false),
+            ("W/\"abc\"", "ab", false),
+            ("\"a\"b\"", "a\"b", false),
+        ] {
+            assert_eq!(
+                if_none_match_matches([value.as_bytes()], opaque),
+                expected,
+                "{value} against {opaque}"
+            );
+        }
     }
 
     #[test]

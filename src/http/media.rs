@@ -106,7 +106,7 @@ pub async fn get_media(
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no media object {sha}")))?;
     let validators = Validators {
-        etag: header_value(format!("\"{sha}\""))?,
+        etag: sha.etag(),
         last_modified: None,
         content_type: meta.content_type.as_str(),
     };
@@ -263,7 +263,10 @@ struct Validators {
 impl Validators {
     fn not_modified(&self, headers: &HeaderMap) -> bool {
         let values = headers.get_all(header::IF_NONE_MATCH);
-        let opaque = self.etag.to_str().unwrap_or_default().trim_matches('"');
+        // The ETag is a quoted strong tag: its opaque part is between the quotes.
+        let etag = self.etag.as_bytes();
+        let opaque = etag.strip_prefix(b"\"").unwrap_or(etag);
+        let opaque = opaque.strip_suffix(b"\"").unwrap_or(opaque);
         values.iter().next().is_some()
             && if_none_match_matches(values.iter().map(HeaderValue::as_bytes), opaque)
     }

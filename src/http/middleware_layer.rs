@@ -7,44 +7,72 @@
 //! client still sending its body gets `408`: the body is read here, inside the budget,
 //! before any handler runs. The handler's future is dropped at the
 //! deadline, which rolls back an open transaction, so nothing is half-applied.
-use std::{cell::Cell, panic::AssertUnwindSafe, time::Instant};
+use std::{
+    cell::Cell,
+    convert::Infallible,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
-use futures::FutureExt;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, CatchUnwind, Either},
+};
 use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use tokio::{sync::OwnedSemaphorePermit, task::futures::TaskLocalFuture};
+use tower::{Layer, Service, ServiceExt};
 
 use axum::{
     body::{Body, HttpBody},
-    extract::{MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode, header},
-    middleware::Next,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    config::Config,
-    error::{AppError, ErrorCode, REQUEST_ID, error_body},
+    error::{AppError, ErrorCode, REQUEST, RequestScope, current_request_id, error_body},
     metrics,
 };
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The same name as a `HeaderName`: a `&str` name is parsed again on every use.
+static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-tokio::task_local! {
-    /// The authenticated user of the current request, for the request log line.
-    pub static REQUEST_USER: Cell<Option<Uuid>>;
+/// Gives prebuilt response headers a slot for the request id, last, where this middleware puts
+/// it: a cloned `HeaderMap` has no spare room, and growing it would cost more than the clone.
+pub fn reserve_request_id(headers: &mut HeaderMap) {
+    headers.insert(&REQUEST_ID_NAME, HeaderValue::from_static(""));
+}
+
+/// Fills the slot [`reserve_request_id`] made with the current request's id (outside a
+/// request, removes it).
+pub fn fill_request_id(headers: &mut HeaderMap) {
+    match REQUEST.try_with(|scope| scope.id.clone()) {
+        Ok(id) => {
+            headers.insert(&REQUEST_ID_NAME, id);
+        }
+        Err(_) => {
+            headers.remove(&REQUEST_ID_NAME);
+        }
+    }
 }
 
 /// Records the authenticated user for the request log.
 pub fn record_user(user: Uuid) {
-    let _ = REQUEST_USER.try_with(|cell| cell.set(Some(user)));
+    let _ = REQUEST.try_with(|scope| scope.user.set(Some(user)));
 }
 
 /// Accepts a client's request id when it is short and printable; otherwise makes one.
 /// Returned as the header value it goes out as: a client's is reused as it came (no
 /// copy), a new one is formatted on the stack and copied once.
 fn request_id_of(request: &Request) -> HeaderValue {
-    if let Some(id) = request.headers().get(REQUEST_ID_HEADER).filter(|v| {
+    if let Some(id) = request.headers().get(&REQUEST_ID_NAME).filter(|v| {
         let v = v.as_bytes();
         !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
     }) {
@@ -113,90 +141,104 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("non-string panic payload")
 }
 
-/// Runs the rest of the stack within the request's budget, catching a panic.
-async fn run_guarded(
+/// The rest of the stack, run within the request's budget with a net for panics: the
+/// handler's future, or (for a request with a body) a boxed future that first reads the body
+/// within the same budget and then runs the handler.
+type Run<F> = Either<F, BoxFuture<'static, Result<Response, Infallible>>>;
+
+pin_project! {
+    /// Runs the rest of the stack within the request's budget, catching a panic; error
+    /// responses made outside our handlers get the envelope.
+    pub struct Guarded<F> {
+        #[pin]
+        run: CatchUnwind<AssertUnwindSafe<F>>,
+        // Made at the first poll that finds the handler not done: most requests (a `304`,
+        // anything served from memory) finish at their first poll and get no timer. Boxed,
+        // so that this future's layout does not take the timer's cache-line alignment.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        deadline: tokio::time::Instant,
+        budget: Duration,
+        surface: Surface,
+    }
+}
+
+impl<F> Future for Guarded<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.run.poll(cx) {
+            return Poll::Ready(match outcome {
+                Ok(Ok(response)) => envelope_bare_errors(response),
+                Ok(Err(never)) => match never {},
+                Err(panic) => {
+                    // The last net, never the fix: a panic here is a bug to find in this log line.
+                    tracing::error!(
+                        request_id = current_request_id().unwrap_or_default(),
+                        panic = panic_message(panic.as_ref()),
+                        "request handler panicked"
+                    );
+                    this.surface
+                        .error(AppError::internal("request handler panicked"))
+                }
+            });
+        }
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The handler's future is dropped with this one: an open transaction rolls back.
+        tracing::warn!(
+            request_id = current_request_id().unwrap_or_default(),
+            budget_secs = this.budget.as_secs_f64(),
+            "request ran out of its time budget"
+        );
+        Poll::Ready(this.surface.error(AppError::unavailable()))
+    }
+}
+
+/// Reads the body within the budget (`408` for a client too slow sending it), then runs the
+/// rest of the stack.
+async fn read_body_then_run<S>(
+    mut inner: S,
     request: Request,
-    next: Next,
-    config: &Config,
-    request_id: &HeaderValue,
-) -> Response {
-    let surface = Surface::of(&request);
-    let budget = config.request_timeout();
-    let deadline = tokio::time::Instant::now() + budget;
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
     let (parts, body) = request.into_parts();
-    // Media uploads have their own, larger limit; every other body the 1 MiB one.
-    let body_limit = if super::media::is_upload(&parts.method, parts.uri.path()) {
-        config.media_max_bytes
-    } else {
-        config.max_body_bytes
-    };
-    let body = if body.is_end_stream() {
-        // No body (most GETs): nothing to wait for, so no timer for it.
-        body
-    } else {
-        // Boxed for the same reason as the handler's timer below.
-        match Box::pin(tokio::time::timeout_at(
-            deadline,
-            read_body(body, body_limit),
-        ))
-        .await
-        {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => {
-                let body = error_body(
-                    ErrorCode::BadRequest,
-                    "the request body could not be read",
-                    serde_json::Value::Null,
-                );
-                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-            }
-            Err(_) => {
-                // The client is too slow sending its body: its fault, not a server fault.
-                let body = error_body(
-                    ErrorCode::RequestTimeout,
-                    "the request body took too long to arrive",
-                    serde_json::Value::Null,
-                );
-                return (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
-            }
-        }
-    };
-    let run = AssertUnwindSafe(next.run(Request::from_parts(parts, body))).catch_unwind();
-    let mut run = std::pin::pin!(run);
-    // Most requests (a `304`, anything served from memory) finish at their first poll:
-    // they get no timer at all. The timer is boxed, so this future's layout does not take
-    // the timer's cache-line alignment, which would make every allocation holding it
-    // (the middleware's boxed future) take the allocator's slow aligned path.
-    let outcome = match futures::poll!(run.as_mut()) {
-        std::task::Poll::Ready(outcome) => Ok(outcome),
-        std::task::Poll::Pending => {
-            let timer = Box::pin(tokio::time::sleep_until(deadline));
-            match futures::future::select(run, timer).await {
-                futures::future::Either::Left((outcome, _)) => Ok(outcome),
-                futures::future::Either::Right(_) => Err(()),
-            }
-        }
-    };
-    match outcome {
-        Ok(Ok(response)) => envelope_bare_errors(response),
-        Ok(Err(panic)) => {
-            // The last net, never the fix: a panic here is a bug to find in this log line.
-            tracing::error!(
-                request_id = request_id.to_str().unwrap_or_default(),
-                panic = panic_message(panic.as_ref()),
-                "request handler panicked"
+    // Boxed for the same reason as the handler's timer.
+    let body = match Box::pin(tokio::time::timeout_at(deadline, read_body(body, limit))).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            let body = error_body(
+                ErrorCode::BadRequest,
+                "the request body could not be read",
+                serde_json::Value::Null,
             );
-            surface.error(AppError::internal("request handler panicked"))
+            return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
         }
         Err(_) => {
-            tracing::warn!(
-                request_id = request_id.to_str().unwrap_or_default(),
-                budget_secs = budget.as_secs_f64(),
-                "request ran out of its time budget"
+            // The client is too slow sending its body: its fault, not a server fault.
+            let body = error_body(
+                ErrorCode::RequestTimeout,
+                "the request body took too long to arrive",
+                serde_json::Value::Null,
             );
-            surface.error(AppError::unavailable())
+            return Ok((StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response());
         }
-    }
+    };
+    inner.ready().await?;
+    inner.call(Request::from_parts(parts, body)).await
 }
 
 /// The route templates seen so far, each stored once for the life of the process: the
@@ -245,73 +287,191 @@ pub fn check_anonymous(state: &AppState, client: Option<ClientAddr>) -> Result<(
     }
 }
 
-pub async fn request_context(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let request_id = request_id_of(&request);
-    let client = client_addr(request.extensions());
-    let path = request.uri().path();
-    let exempt = is_exempt(path);
-    // Held until the response is made; none left means the instance is full.
-    let _permit = if exempt {
-        None
-    } else {
-        match state.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                metrics::load_shed();
-                let mut response = Surface::of(&request).error(AppError::Unavailable {
-                    retry_after_secs: 1,
-                });
-                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
-                return response;
+/// The per-request layer (see the module documentation), a hand-written `tower` layer: its
+/// future is a plain state machine, not boxed, and the inner service is not cloned.
+#[derive(Clone)]
+pub struct RequestContextLayer {
+    state: AppState,
+}
+
+impl RequestContextLayer {
+    pub fn new(state: AppState) -> Self {
+        RequestContextLayer { state }
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> RequestContext<S> {
+        RequestContext {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestContext<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> RequestContext<S> {
+    /// An answer made here, before the rest of the stack, with the request id.
+    fn answered(mut response: Response, request_id: HeaderValue) -> RequestContextFuture<S::Future>
+    where
+        S: Service<Request>,
+    {
+        response.headers_mut().insert(&REQUEST_ID_NAME, request_id);
+        RequestContextFuture::Answered {
+            response: Some(response),
+        }
+    }
+}
+
+impl<S> Service<Request> for RequestContext<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RequestContextFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id_of(&request);
+        let path = request.uri().path();
+        // Held until the response is made; none left means the instance is full.
+        let permit = if is_exempt(path) {
+            None
+        } else {
+            match self.state.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::load_shed();
+                    let response = Surface::of(&request).error(AppError::Unavailable {
+                        retry_after_secs: 1,
+                    });
+                    return Self::answered(response, request_id);
+                }
+            }
+        };
+        // Requests to the REST API without a token are limited per address here; a token that
+        // fails verification is counted where it is verified.
+        if path.starts_with("/api/v1/")
+            && !request.headers().contains_key(header::AUTHORIZATION)
+            && let Err(refused) = check_anonymous(&self.state, client_addr(request.extensions()))
+        {
+            return Self::answered(refused.into_response(), request_id);
+        }
+        let method = request.method().clone();
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| route_template(p.as_str()));
+        let surface = Surface::of(&request);
+        let budget = self.state.config.request_timeout();
+        let deadline = tokio::time::Instant::from_std(started) + budget;
+        let run = if request.body().is_end_stream() {
+            // No body (most GETs): nothing to wait for. `poll_ready` readied this service.
+            Either::Left(self.inner.call(request))
+        } else {
+            // Media uploads have their own, larger limit; every other body the 1 MiB one.
+            let limit = if super::media::is_upload(request.method(), request.uri().path()) {
+                self.state.config.media_max_bytes
+            } else {
+                self.state.config.max_body_bytes
+            };
+            // The extractors' limit (`ApiJson`, `Bytes`), needed only by a request with a body.
+            let inner =
+                DefaultBodyLimit::max(self.state.config.max_body_bytes).layer(self.inner.clone());
+            Either::Right(read_body_then_run(inner, request, limit, deadline).boxed())
+        };
+        let guarded = Guarded {
+            run: AssertUnwindSafe(run).catch_unwind(),
+            timer: None,
+            deadline,
+            budget,
+            surface,
+        };
+        let scope = RequestScope {
+            id: request_id,
+            user: Cell::new(None),
+        };
+        RequestContextFuture::Running {
+            run: REQUEST.scope(scope, guarded),
+            method,
+            route,
+            started,
+            permit,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`RequestContext`].
+    #[project = ContextProjection]
+    pub enum RequestContextFuture<F> {
+        /// Answered before the rest of the stack (load shed, anonymous limit).
+        Answered { response: Option<Response> },
+        Running {
+            #[pin]
+            run: TaskLocalFuture<RequestScope, Guarded<Run<F>>>,
+            method: Method,
+            route: &'static str,
+            started: Instant,
+            permit: Option<OwnedSemaphorePermit>,
+        },
+    }
+}
+
+impl<F> Future for RequestContextFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ContextProjection::Answered { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_default()))
+            }
+            ContextProjection::Running {
+                mut run,
+                method,
+                route,
+                started,
+                permit,
+            } => {
+                let mut response = std::task::ready!(run.as_mut().poll(cx));
+                drop(permit.take());
+                let (request_id, user) = match run.take_value() {
+                    Some(scope) => (scope.id, scope.user.get()),
+                    None => (HeaderValue::from_static("unknown"), None),
+                };
+                let status = response.status().as_u16();
+                let elapsed = started.elapsed();
+                metrics::http_request(method, route, status, elapsed.as_secs_f64());
+                tracing::info!(
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    method = %method,
+                    route = %route,
+                    status,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    user_id = user.map(|u| u.to_string()).unwrap_or_default(),
+                    "request"
+                );
+                response.headers_mut().insert(&REQUEST_ID_NAME, request_id);
+                Poll::Ready(Ok(response))
             }
         }
-    };
-    // Requests to the REST API without a token are limited per address here; a token that
-    // fails verification is counted where it is verified.
-    if path.starts_with("/api/v1/")
-        && !request.headers().contains_key(header::AUTHORIZATION)
-        && let Err(refused) = check_anonymous(&state, client)
-    {
-        let mut response = refused.into_response();
-        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
-        return response;
     }
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| route_template(p.as_str()));
-
-    let (mut response, user) = REQUEST_ID
-        .scope(request_id.clone(), async {
-            REQUEST_USER
-                .scope(Cell::new(None), async {
-                    let response = run_guarded(request, next, &state.config, &request_id).await;
-                    (response, REQUEST_USER.with(|u| u.get()))
-                })
-                .await
-        })
-        .await;
-
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    metrics::http_request(&method, route, status, elapsed.as_secs_f64());
-    tracing::info!(
-        request_id = request_id.to_str().unwrap_or_default(),
-        method = %method,
-        route = %route,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        user_id = user.map(|u| u.to_string()).unwrap_or_default(),
-        "request"
-    );
-    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
-    response
 }
 
 /// Error responses without a JSON body (made by axum or tower layers) get the envelope.

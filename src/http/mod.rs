@@ -1,7 +1,7 @@
 //! HTTP surface: the router, REST handlers (thin: parse, call a rule module, render)
 //! and the GraphQL transport.
 
-use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
+use axum::{Router, routing::get};
 use tower_http::compression::CompressionLayer;
 
 use utoipa::OpenApi;
@@ -49,8 +49,6 @@ pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
 /// The application plus `extra` routes under the same layers (see
 /// [`crate::Application::with_routes`]; tests only).
 pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {
-    let body_limit = state.config.max_body_bytes;
-
     let graphql_routes = Router::new()
         .route(
             "/graphql",
@@ -75,11 +73,7 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
         .merge(graphql_routes)
         .merge(extra)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            middleware_layer::request_context,
-        ))
+        .layer(middleware_layer::RequestContextLayer::new(state.clone()))
         .with_state(state)
 }
 

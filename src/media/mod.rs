@@ -76,6 +76,15 @@ impl MediaSha256 {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The strong entity tag of the object, `"<64 hex digits>"`, formatted on the stack.
+    pub fn etag(&self) -> axum::http::HeaderValue {
+        let mut text = [b'"'; 66];
+        // 64 digits for 32 bytes: the slice has the exact length, so this cannot fail.
+        let _ = hex::encode_to_slice(self.0, &mut text[1..65]);
+        axum::http::HeaderValue::from_bytes(&text)
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("\"\""))
+    }
 }
 
 impl fmt::Display for MediaSha256 {

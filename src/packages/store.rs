@@ -70,6 +70,8 @@ pub struct PublishedMeta {
     pub scope: PackageScope,
     pub scope_key: String,
     pub version: i32,
+    /// The headers of a `304` for this package, made once by the HTTP layer and cloned.
+    pub not_modified: std::sync::OnceLock<axum::http::HeaderMap>,
 }
 
 impl PublishedMeta {
@@ -90,6 +92,7 @@ impl PublishedMeta {
             scope,
             scope_key,
             version,
+            not_modified: std::sync::OnceLock::new(),
         })
     }
 
@@ -120,6 +123,9 @@ pub struct Encoded {
     pub identity: Bytes,
     pub gzip: Bytes,
     pub br: Bytes,
+    /// The headers of a whole `200` of each body (identity, gzip, br), made once by the HTTP
+    /// layer and cloned.
+    whole_headers: [std::sync::OnceLock<axum::http::HeaderMap>; 3],
 }
 
 /// Brotli quality of a full download: 9 compresses megabytes in about a second; 11 would
@@ -141,7 +147,17 @@ impl Encoded {
             identity: Bytes::from(identity),
             gzip: Bytes::from(gzip),
             br: Bytes::from(br),
+            whole_headers: Default::default(),
         })
+    }
+
+    /// Where the headers of a whole `200` of the body in `encoding` are kept.
+    pub fn whole_headers(&self, encoding: Encoding) -> &std::sync::OnceLock<axum::http::HeaderMap> {
+        &self.whole_headers[match encoding {
+            Encoding::Identity => 0,
+            Encoding::Gzip => 1,
+            Encoding::Brotli => 2,
+        }]
     }
 
     pub fn get(&self, encoding: Encoding) -> &Bytes {

@@ -7,12 +7,15 @@
 //! a compression layer, so that the ETag and `Vary` are the same for every encoding.
 pub mod wire;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use axum::{
     body::Body,
     extract::{Path, Query, Request, State, rejection::PathRejection, rejection::QueryRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -29,6 +32,7 @@ use crate::{
         RangeRequest, accepts_dcz, if_none_match_matches, negotiate_encoding,
         parse_available_dictionary, parse_range,
     },
+    http::middleware_layer::{fill_request_id, reserve_request_id},
     metrics,
     packages::{
         self, ListFilter, dcz,
@@ -177,7 +181,16 @@ pub async fn get_package(
             meta.version_hash.as_str(),
         ) {
             metrics::package_download(304, "none");
-            return Ok(not_modified(&meta.etag, &meta.last_modified));
+            let mut headers = meta
+                .not_modified
+                .get_or_init(|| {
+                    let mut headers = not_modified_headers(&meta.etag, &meta.last_modified);
+                    reserve_request_id(&mut headers);
+                    headers
+                })
+                .clone();
+            fill_request_id(&mut headers);
+            return Ok(not_modified_with(headers));
         }
     }
 
@@ -186,11 +199,15 @@ pub async fn get_package(
         .published_bodies(&state.db, id)
         .await?
         .ok_or_else(not_found)?;
-    let (body, coding) = match dcz_body(&state, headers, id, &bodies).await? {
-        Some(body) => (body, "dcz"),
+    let (body, coding, whole_headers) = match dcz_body(&state, headers, id, &bodies).await? {
+        Some(body) => (body, "dcz", None),
         None => {
             let encoding = negotiate_encoding(accept_encodings(headers));
-            (bodies.get(encoding).clone(), encoding.as_str())
+            (
+                bodies.get(encoding).clone(),
+                encoding.as_str(),
+                Some(bodies.bodies.whole_headers(encoding)),
+            )
         }
     };
     let representation = Representation {
@@ -198,6 +215,7 @@ pub async fn get_package(
         last_modified: &bodies.meta.last_modified,
         coding,
         use_as_dictionary: true,
+        whole_headers,
     };
     let response = representation.respond(headers, body)?;
     metrics::package_download(response.status().as_u16(), coding);
@@ -213,7 +231,7 @@ async fn dcz_body(
     target: &Arc<PackageBodies>,
 ) -> Result<Option<Bytes>, AppError> {
     let Some(digest) = headers
-        .get(AVAILABLE_DICTIONARY)
+        .get(&AVAILABLE_DICTIONARY)
         .and_then(|v| parse_available_dictionary(v.as_bytes()))
     else {
         return Ok(None);
@@ -246,6 +264,16 @@ async fn dcz_body(
 /// `?from=`, the delta route's one parameter, read straight from the query string (a
 /// deserializer would cost this hot route more than the rest of its parsing).
 fn delta_from(query: Option<&str>) -> Result<PackageId, AppError> {
+    // What clients send, `from=<uuid>`, read without decoding: nothing in it is encoded.
+    if let Some(value) = query.and_then(|q| q.strip_prefix("from="))
+        && !value
+            .bytes()
+            .any(|b| matches!(b, b'&' | b'%' | b'+' | b';'))
+    {
+        return Uuid::try_parse(value.trim())
+            .map(PackageId::from)
+            .map_err(|_| malformed("from", value));
+    }
     let mut values = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(name, _)| name == "from")
         .map(|(_, value)| value);
@@ -332,6 +360,7 @@ pub async fn get_delta(
         last_modified: &delta.last_modified,
         coding: encoding.as_str(),
         use_as_dictionary: false,
+        whole_headers: Some(delta.bodies.whole_headers(encoding)),
     };
     let response = representation.respond(headers, delta.bodies.get(encoding).clone())?;
     metrics::package_delta(response.status().as_u16(), encoding.as_str());
@@ -348,7 +377,7 @@ fn accept_encodings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The header RFC 9842 clients send naming the dictionary they hold.
-const AVAILABLE_DICTIONARY: &str = "available-dictionary";
+static AVAILABLE_DICTIONARY: HeaderName = HeaderName::from_static("available-dictionary");
 
 /// One encoded representation of a package or delta, and how to answer with it.
 struct Representation<'a> {
@@ -358,6 +387,8 @@ struct Representation<'a> {
     coding: &'static str,
     /// Downloads are dictionaries for later downloads (RFC 9842); deltas are not.
     use_as_dictionary: bool,
+    /// Where the headers of a whole `200` of this body are kept, when it is a cached one.
+    whole_headers: Option<&'a OnceLock<HeaderMap>>,
 }
 
 impl Representation<'_> {
@@ -369,12 +400,16 @@ impl Representation<'_> {
             Some(range) if self.if_range_holds(headers) => parse_range(range.as_bytes(), total),
             _ => RangeRequest::Whole,
         };
-        let (status, body) = match range {
-            RangeRequest::Whole => (StatusCode::OK, body),
+        let (status, body, content_range) = match range {
+            RangeRequest::Whole => (StatusCode::OK, body, None),
             RangeRequest::Part { start, end } => (
                 StatusCode::PARTIAL_CONTENT,
                 // `end < total ≤ usize::MAX`, so the casts are lossless.
                 body.slice(start as usize..=end as usize),
+                Some(
+                    HeaderValue::try_from(format!("bytes {start}-{end}/{total}"))
+                        .map_err(|e| AppError::internal(e.to_string()))?,
+                ),
             ),
             RangeRequest::Unsatisfiable => {
                 let mut response = AppError::RangeNotSatisfiable { length: total }.into_response();
@@ -389,11 +424,36 @@ impl Representation<'_> {
             }
         };
         let length = body.len();
+        let headers = match (content_range, self.whole_headers) {
+            // A whole body's headers depend on nothing of the request: made once.
+            (None, Some(whole)) => {
+                let mut headers = whole
+                    .get_or_init(|| {
+                        let mut headers = self.headers(status, length, None);
+                        reserve_request_id(&mut headers);
+                        headers
+                    })
+                    .clone();
+                fill_request_id(&mut headers);
+                headers
+            }
+            (content_range, _) => self.headers(status, length, content_range),
+        };
         let mut response = Response::new(Body::from(body));
-        // Sized for the headers set below and by the middleware: no regrowth.
-        *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
         *response.status_mut() = status;
-        let h = response.headers_mut();
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// The headers of a `200` or `206` of `length` bytes.
+    fn headers(
+        &self,
+        status: StatusCode,
+        length: usize,
+        content_range: Option<HeaderValue>,
+    ) -> HeaderMap {
+        // Sized for the headers set below and by the middleware: no regrowth.
+        let mut h = HeaderMap::with_capacity(RESPONSE_HEADERS);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -405,21 +465,17 @@ impl Representation<'_> {
                 HeaderValue::from_static(self.coding),
             );
         }
-        if let RangeRequest::Part { start, end } = range {
-            h.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::try_from(format!("bytes {start}-{end}/{total}"))
-                    .map_err(|e| AppError::internal(e.to_string()))?,
-            );
+        if let Some(content_range) = content_range {
+            h.insert(header::CONTENT_RANGE, content_range);
         }
-        self.insert_validators(h);
+        self.insert_validators(&mut h);
         if self.use_as_dictionary && status == StatusCode::OK {
             h.insert(
                 USE_AS_DICTIONARY,
                 HeaderValue::from_static(USE_AS_DICTIONARY_VALUE),
             );
         }
-        Ok(response)
+        h
     }
 
     /// `If-Range` (RFC 9110 §13.1.5): our ETags are weak, so only the date can match,
@@ -473,14 +529,22 @@ fn insert_validators(h: &mut HeaderMap, etag: &HeaderValue, last_modified: &Head
 
 /// `304`: no body, the validators the `200` would carry.
 fn not_modified(etag: &HeaderValue, last_modified: &HeaderValue) -> Response {
-    let mut response = Response::new(Body::empty());
+    not_modified_with(not_modified_headers(etag, last_modified))
+}
+
+/// The headers of a `304`: the validators the `200` would carry.
+fn not_modified_headers(etag: &HeaderValue, last_modified: &HeaderValue) -> HeaderMap {
     // Sized for the headers set below and by the middleware: no regrowth.
-    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
+    let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
+    insert_validators(&mut headers, etag, last_modified);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers
+}
+
+fn not_modified_with(headers: HeaderMap) -> Response {
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
-    insert_validators(response.headers_mut(), etag, last_modified);
-    response
-        .headers_mut()
-        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    *response.headers_mut() = headers;
     response
 }
 
