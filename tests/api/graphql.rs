@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp, spawn_app};
+use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
@@ -163,7 +163,9 @@ async fn introspection_query_passes_default_limits() {
 
 async fn persisted_queries_round_trip(backend: Backend) {
     use sha2::{Digest, Sha256};
-    let app = spawn_app(backend).await;
+    // About Redis's answers, not its delays: a Redis call slowed past the default timeout
+    // by a loaded machine would fall back (and split the state) as a fault would.
+    let app = spawn_app_with(backend, |c| c.redis_timeout_ms = 10_000).await;
     let (_, token) = app.student();
     let query = "query Status { syncStatus { ackedCount rejectedCount } }";
     let hash = hex::encode(Sha256::digest(query.as_bytes()));
