@@ -58,6 +58,7 @@
 //!
 //! `BENCH_LOG=1` installs examsync's log subscriber (one line per request to stderr, as
 //! `examsync serve` does; redirect stderr). By default no subscriber is installed.
+use examsync_test_support::bench::{self, Wrk};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -158,7 +159,7 @@ fn run() -> Result<(), String> {
     }
     if settings.wrk.is_some() {
         // Before any other thread exists: every thread started later inherits the core.
-        pin_self(settings.server_cpu)?;
+        bench::pin_self(settings.server_cpu)?;
     }
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.server_threads.max(1))
@@ -576,7 +577,7 @@ fn bench(
                     bare_addr
                 };
                 let url = format!("http://{addr}{}", scenario.path);
-                let loadavg = loadavg();
+                let loadavg = bench::loadavg();
                 let outcome = match &settings.wrk {
                     Some(wrk) => load_wrk(settings, wrk, &url, &token, scenario)?,
                     None => clients.block_on(load(settings, &url, &token, scenario))?,
@@ -863,32 +864,6 @@ async fn load(
     })
 }
 
-/// Pins this process (its current thread, and so every thread it starts later) to `cpu`.
-fn pin_self(cpu: usize) -> Result<(), String> {
-    let status = std::process::Command::new("taskset")
-        .args([
-            "-p",
-            "-c",
-            &cpu.to_string(),
-            &std::process::id().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("taskset: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("taskset -p -c {cpu} failed: {status}"))
-    }
-}
-
-/// The 1-, 5- and 15-minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// One wrk run pinned to `settings.wrk_cpu`; its output.
 fn run_wrk(
     settings: &Settings,
@@ -898,35 +873,16 @@ fn run_wrk(
     scenario: &Scenario,
     seconds: u64,
 ) -> Result<String, String> {
-    let mut command = std::process::Command::new("taskset");
-    command
-        .args(["-c", &settings.wrk_cpu.to_string(), wrk, "-t1"])
-        .arg(format!("-c{}", settings.clients))
-        .arg(format!("-d{seconds}s"))
-        .arg("--latency")
-        .args(["-H", &format!("Authorization: Bearer {token}")]);
-    for (name, value) in &scenario.headers {
-        command.args(["-H", &format!("{name}: {value}")]);
+    let authorization = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", authorization.as_str())];
+    headers.extend(scenario.headers.iter().map(|(n, v)| (*n, v.as_str())));
+    Wrk {
+        program: wrk,
+        cpu: settings.wrk_cpu,
+        connections: settings.clients,
+        seconds,
     }
-    let output = command
-        .arg(url)
-        .output()
-        .map_err(|e| format!("{wrk}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(format!(
-            "wrk failed ({}): {stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    if let Some(line) = stdout
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx") || l.contains("Socket errors"))
-    {
-        return Err(format!("wrk reports `{}`:\n{stdout}", line.trim()));
-    }
-    Ok(stdout)
+    .run(url, &headers)
 }
 
 /// A wrk duration (`812.00us`, `1.20ms`, `2.00s`) in milliseconds.

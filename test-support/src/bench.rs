@@ -42,14 +42,25 @@ pub struct Wrk<'a> {
 }
 
 impl Wrk<'_> {
-    /// Requests/s of GETs of `url` with `headers`. Fails if wrk fails or counts any
-    /// non-2xx/3xx response or socket error.
+    /// Requests/s of GETs of `url` with `headers` (see [`Wrk::run`]).
     pub fn requests_per_second(&self, url: &str, headers: &[(&str, &str)]) -> Result<f64, String> {
+        let stdout = self.run(url, headers)?;
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{stdout}"))
+    }
+
+    /// wrk's report (with `--latency`) of GETs of `url` with `headers`. Fails if wrk fails
+    /// or counts any non-2xx/3xx response or socket error.
+    pub fn run(&self, url: &str, headers: &[(&str, &str)]) -> Result<String, String> {
         let mut command = Command::new("taskset");
         command
             .args(["-c", &self.cpu.to_string(), self.program, "-t1"])
             .arg(format!("-c{}", self.connections))
-            .arg(format!("-d{}s", self.seconds));
+            .arg(format!("-d{}s", self.seconds))
+            .arg("--latency");
         for (name, value) in headers {
             command.args(["-H", &format!("{name}: {value}")]);
         }
@@ -71,10 +82,6 @@ impl Wrk<'_> {
         {
             return Err(format!("wrk reports `{}`:\n{stdout}", line.trim()));
         }
-        stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{stdout}"))
+        Ok(stdout)
     }
 }
