@@ -17,10 +17,7 @@ use crate::{
     auth::AuthUser,
     error::AppError,
     http::headers::{RangeRequest, if_none_match_matches, parse_range},
-    media::{
-        self, MediaObjectBody, MediaSha256,
-        bundle::{Layout, Piece},
-    },
+    media::{self, MediaObjectBody, MediaSha256, bundle::Piece, cache::Bundle},
     packages::store::http_date,
 };
 
@@ -184,13 +181,13 @@ pub async fn get_bundle(
 ) -> Result<Response, AppError> {
     let id = super::packages::parse_package_id(path)?;
     let from = bundle_from(request.uri().query())?;
-    let (package, objects) = media::bundle_objects(&state, &user, id, from.map(Into::into))
+    let bundle = media::bundle(&state, &user, id, from.map(Into::into))
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no published package {id}")))?;
-    let layout = Arc::new(Layout::new(objects).map_err(|e| AppError::internal(e.to_string()))?);
+    let layout = &bundle.layout;
     let validators = Validators {
         etag: header_value(layout.etag().to_owned())?,
-        last_modified: package.published_at.map(http_date),
+        last_modified: bundle.published_at.map(http_date),
         content_type: "application/zip",
     };
     let headers = request.headers();
@@ -209,7 +206,7 @@ pub async fn get_bundle(
     validators.respond(
         range,
         total,
-        stream_bundle(state.clone(), layout, start, end),
+        stream_bundle(state.clone(), bundle.clone(), start, end),
     )
 }
 
@@ -220,13 +217,14 @@ const BUNDLE_READ_AHEAD: usize = 2;
 /// Bytes `start..=end` of a bundle, streamed piece by piece: headers from the layout, each
 /// object's bytes read (from memory, or the store) only shortly before they are reached,
 /// never the whole bundle in memory.
-fn stream_bundle(state: AppState, layout: Arc<Layout>, start: u64, end: u64) -> Body {
-    let pieces = layout.pieces_in(start, end);
+fn stream_bundle(state: AppState, bundle: Arc<Bundle>, start: u64, end: u64) -> Body {
+    let pieces = bundle.layout.pieces_in(start, end);
     let stream = futures::stream::iter(pieces)
         .map(move |(piece, from, to)| {
             let state = state.clone();
-            let layout = layout.clone();
+            let bundle = bundle.clone();
             async move {
+                let layout = &bundle.layout;
                 let bytes = match piece {
                     Piece::Data { index } => {
                         let object = layout.object(index);

@@ -124,6 +124,13 @@ impl Layout {
         &self.etag
     }
 
+    /// Roughly the memory this layout holds, for bounded caches.
+    pub fn weight(&self) -> usize {
+        self.entries.len() * (std::mem::size_of::<MediaMeta>() + std::mem::size_of::<u64>())
+            + self.directory.len()
+            + self.etag.len()
+    }
+
     /// Every piece in order, with its offset and length.
     pub fn pieces(&self) -> impl Iterator<Item = (Piece, u64, u64)> + '_ {
         self.entries

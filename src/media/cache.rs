@@ -1,7 +1,9 @@
 //! What the object route keeps in memory so that its steady state asks the database
 //! nothing: each object's metadata and bytes (immutable: the hash names them), and which
-//! published packages refer to an object. Only what does not depend on the caller is kept;
-//! the caller's decision is taken on every request by `may_read_package`.
+//! published packages refer to an object, and the layout of each bundle asked for (a
+//! published package's objects never change, so neither does its bundle). Only what does
+//! not depend on the caller is kept; the caller's decision is taken on every request by
+//! `may_read_package`.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -10,7 +12,10 @@ use std::{
 use bytes::Bytes;
 use moka::sync::Cache;
 
-use super::{MediaMeta, MediaSha256};
+use chrono::{DateTime, Utc};
+use entity::PackageId;
+
+use super::{MediaMeta, MediaSha256, bundle::Layout};
 use crate::packages::PackageSummary;
 
 /// The default bound of the bytes cache (`MediaCache::new`): a few hundred typical images,
@@ -24,6 +29,20 @@ const LARGEST_SHARE: u64 = 8;
 /// How many objects' metadata and referring packages are kept (entries are small).
 const ENTRIES: usize = 100_000;
 
+/// The bound of the bundle layouts kept (their central directories, about a hundred bytes an
+/// object): every bundle a busy deployment serves, many times over.
+const BUNDLE_LAYOUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A bundle as the route serves it: where each byte comes from, and the package's
+/// publication time (its `Last-Modified`).
+pub struct Bundle {
+    pub layout: Layout,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// A package's bundle, or the part of it that a held package (`?from=`) lacks.
+pub type BundleKey = (PackageId, Option<PackageId>);
+
 /// How long the referring packages of an object are trusted. A package published since is
 /// seen at once (a negative answer always asks the database again), and a withdrawn one is
 /// refused by `may_read_package` itself; this only bounds how long a list is kept unread.
@@ -36,6 +55,7 @@ pub struct MediaCache {
     data: Cache<MediaSha256, Bytes>,
     /// With when they were read: kept for [`REFERRING_TTL`].
     referring: quick_cache::sync::Cache<MediaSha256, (Instant, Arc<[PackageSummary]>)>,
+    bundles: Cache<BundleKey, Arc<Bundle>>,
     data_bytes: u64,
 }
 
@@ -55,8 +75,22 @@ impl MediaCache {
                 .weigher(|_, data: &Bytes| u32::try_from(data.len()).unwrap_or(u32::MAX))
                 .build(),
             referring: quick_cache::sync::Cache::new(ENTRIES),
+            bundles: Cache::builder()
+                .max_capacity(BUNDLE_LAYOUT_BYTES)
+                .weigher(|_, bundle: &Arc<Bundle>| {
+                    u32::try_from(bundle.layout.weight()).unwrap_or(u32::MAX)
+                })
+                .build(),
             data_bytes,
         }
+    }
+
+    pub fn bundle(&self, key: &BundleKey) -> Option<Arc<Bundle>> {
+        self.bundles.get(key)
+    }
+
+    pub fn put_bundle(&self, key: BundleKey, bundle: Arc<Bundle>) {
+        self.bundles.insert(key, bundle);
     }
 
     pub fn meta(&self, sha: &MediaSha256) -> Option<MediaMeta> {

@@ -506,18 +506,23 @@ pub async fn package_objects(
     Ok(shas)
 }
 
-/// What the bundle of `package_id` (minus what `from` holds) contains: the metadata of its
-/// objects, sorted by hash, and the package it was asked of. `None`: unknown or unpublished.
-pub async fn bundle_objects(
+/// The bundle of `package_id` (with `from`: of the objects the held package lacks), if
+/// `caller` may read it. The access rules answer first, on every request, in the contract's
+/// order: 404, 410, 409 (with `from`), 403. The layout itself comes from memory once built:
+/// a published package's objects never change. `None`: no such published package.
+pub async fn bundle(
     state: &AppState,
     caller: &AuthUser,
     package_id: PackageId,
     from: Option<PackageId>,
-) -> AppResult<Option<(PackageSummary, Vec<MediaMeta>)>> {
-    // The access rules answer in the contract's order: 404, 410, 409 (with `from`), 403.
+) -> AppResult<Option<Arc<cache::Bundle>>> {
     match from {
         Some(from) => access::may_read_delta(state, caller, package_id, from).await?,
         None => access::may_read_package(state, caller, package_id).await?,
+    }
+    let key = (package_id, from);
+    if let Some(bundle) = state.media.bundle(&key) {
+        return Ok(Some(bundle));
     }
     let Some(package) = packages::find_summary(&state.db, package_id)
         .await?
@@ -539,7 +544,13 @@ pub async fn bundle_objects(
                 .ok_or_else(|| AppError::internal(format!("package refers to missing {sha}")))
         })
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(Some((package, objects)))
+    let layout = bundle::Layout::new(objects).map_err(|e| AppError::internal(e.to_string()))?;
+    let bundle = Arc::new(cache::Bundle {
+        layout,
+        published_at: package.published_at,
+    });
+    state.media.put_bundle(key, bundle.clone());
+    Ok(Some(bundle))
 }
 
 #[cfg(test)]
