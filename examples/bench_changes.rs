@@ -220,19 +220,20 @@ async fn run(
     let mut pulls = Vec::new();
     let mut not_modified = Vec::new();
     let mut ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
     for _ in 0..rounds {
         let (p, n) = match wrk {
             Some(wrk) => {
                 // Both answers are checked once here; wrk only counts errors.
                 load(&client, &empty_url, &heavy_token, None, 200, 1, 1).await?;
-                let (p, n) = (
-                    wrk_rate(wrk, &empty_url, &heavy_token, None).await?,
-                    wrk_rate(wrk, &package_url, &heavy_token, Some(&etag)).await?,
-                );
+                let (p, p_cpu) = wrk_rate(wrk, &empty_url, &heavy_token, None).await?;
+                let (n, n_cpu) = wrk_rate(wrk, &package_url, &heavy_token, Some(&etag)).await?;
                 println!(
-                    "wrk round: pull {p:.0}/s, 304 {n:.0}/s, load average {}",
+                    "wrk round: pull {p:.0}/s ({p_cpu:.1} µs of this process's CPU each), \
+                     304 {n:.0}/s ({n_cpu:.1} µs), load average {}",
                     bench::loadavg()
                 );
+                cpu_ratios.push(n_cpu / p_cpu);
                 (p, n)
             }
             None => (
@@ -370,13 +371,14 @@ async fn page_time(
     Ok(median(samples))
 }
 
-/// Requests/s of wrk GETting `url` (on a blocking thread: wrk runs for seconds).
+/// Requests/s of wrk GETting `url` (on a blocking thread: wrk runs for seconds), and this
+/// process's CPU µs per request meanwhile.
 async fn wrk_rate(
     wrk: &Wrk<'_>,
     url: &str,
     token: &str,
     if_none_match: Option<&str>,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
     let (program, cpu, connections, seconds) = (
         wrk.program.to_owned(),
         wrk.cpu,
@@ -385,7 +387,8 @@ async fn wrk_rate(
     );
     let (url, authorization) = (url.to_owned(), format!("Bearer {token}"));
     let etag = if_none_match.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
+    let before = bench::process_cpu();
+    let rate = tokio::task::spawn_blocking(move || {
         let wrk = Wrk {
             program: &program,
             cpu,
@@ -399,7 +402,9 @@ async fn wrk_rate(
         wrk.requests_per_second(&url, &headers)
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())??;
+    let cpu = bench::process_cpu().saturating_sub(before);
+    Ok((rate, cpu.as_secs_f64() * 1e6 / (rate * wrk.seconds as f64)))
 }
 
 /// Requests/s of `clients` loops GETting `url` for `seconds`; every answer must be `status`.

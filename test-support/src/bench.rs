@@ -1,7 +1,10 @@
 //! Load generation from outside the process for the HTTP benchmarks: `wrk` pinned to one
 //! core while the server runs on the other, so the load generator is never what limits a
 //! fast route.
-use std::process::{Command, Stdio};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 /// Pins every thread of this process (those it starts later inherit it) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<(), String> {
@@ -21,6 +24,19 @@ pub fn pin_self(cpu: usize) -> Result<(), String> {
     } else {
         Err(format!("taskset -a -p -c {cpu} failed: {status}"))
     }
+}
+
+/// CPU time so far of this process's live threads (`/proc/self/task/*/schedstat`, in
+/// nanoseconds): read before and after a load run, the server's share of it.
+pub fn process_cpu() -> Duration {
+    let nanos: u64 = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 /// The 1-, 5- and 15-minute load averages.
