@@ -221,6 +221,8 @@ struct KeyClaims {
     won: Vec<usize>,
     /// Another request holds the key.
     lost: Vec<usize>,
+    /// The sessions of the won claims, locked, and their status read under the lock.
+    states: HashMap<SessionId, SessionState>,
 }
 
 /// Won positions by the status of their session, read again under its lock.
@@ -548,7 +550,7 @@ impl Batch<'_> {
             .collect();
         let claims = self.claim_keys(&txn, items, &placed).await?;
         let recheck = self
-            .recheck_sessions(&txn, items, &placed, claims.won)
+            .recheck_sessions(&txn, items, &placed, claims.won, &claims.states)
             .await?;
         let mut won = Vec::new();
         if !recheck.open.is_empty() {
@@ -623,7 +625,9 @@ impl Batch<'_> {
             .collect()
     }
 
-    /// Every key is claimed before any other check or write.
+    /// Every key is claimed before any other check or write; then the sessions of the won
+    /// claims are locked (in id order) and their status read again (one statement on
+    /// PostgreSQL).
     async fn claim_keys(
         &self,
         txn: &DatabaseTransaction,
@@ -640,11 +644,14 @@ impl Batch<'_> {
                 session_id: placed.session.id,
             })
             .collect();
-        let won_keys = self
+        let (won_keys, states) = self
             .store()
-            .claim(txn, self.user.id, &claims, self.received_at)
+            .claim_and_lock(txn, self.user.id, &claims, self.received_at)
             .await?;
-        let mut outcome = KeyClaims::default();
+        let mut outcome = KeyClaims {
+            states,
+            ..KeyClaims::default()
+        };
         for (position, item) in items.iter().enumerate() {
             if won_keys.contains(&item.pending.input.idempotency_key) {
                 outcome.won.push(position);
@@ -655,23 +662,17 @@ impl Batch<'_> {
         Ok(outcome)
     }
 
-    /// A submitSession may have committed since the checks: the won sessions are locked
-    /// and their status read again. Items of closed sessions give their keys back.
+    /// A submitSession may have committed since the checks: the won sessions were locked
+    /// with the claim and their status read again (`states`). Items of closed sessions
+    /// give their keys back.
     async fn recheck_sessions(
         &self,
         txn: &DatabaseTransaction,
         items: &[&Accepted],
         placed: &[Placed],
         won: Vec<usize>,
+        states: &HashMap<SessionId, SessionState>,
     ) -> Result<SessionRecheck, TxnError> {
-        let mut session_ids: Vec<SessionId> = won.iter().map(|&p| placed[p].session.id).collect();
-        session_ids.sort_unstable();
-        session_ids.dedup();
-        let states = if session_ids.is_empty() {
-            HashMap::new()
-        } else {
-            self.store().lock_sessions(txn, &session_ids).await?
-        };
         let (open, closed): (Vec<usize>, Vec<usize>) = won.into_iter().partition(|&p| {
             let session = placed[p].session;
             session.state == SessionState::Active

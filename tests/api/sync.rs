@@ -1171,11 +1171,11 @@ async fn round_trip_budget(backend: Backend) {
         assert!(s.iter().all(|s| s == "acked"), "{s:?}");
         // Records, then sessions and questions (one statement on PostgreSQL, two on
         // SQLite); then in one transaction: the change counter, create the session,
-        // claim, lock, answers, attempts (with ackedCount on PostgreSQL), answers and
-        // scores (one statement on PostgreSQL; on SQLite two, and ackedCount on its own,
-        // in-process).
+        // claim and lock (one statement on PostgreSQL), answers, attempts (with ackedCount
+        // on PostgreSQL), answers and scores (one statement on PostgreSQL; on SQLite two,
+        // and ackedCount on its own, in-process).
         let (before_transaction, in_transaction) = match backend {
-            Backend::Postgres => (2, 7),
+            Backend::Postgres => (2, 6),
             Backend::Sqlite => (3, 9),
         };
         assert_eq!(

@@ -30,6 +30,7 @@ crate::backend_tests!(
     insert_attempts_adds_acked_count,
     bump_change_seq_of_a_missing_user,
     lock_sessions_reads_status,
+    claim_and_lock_locks_the_won_sessions,
 );
 
 struct Fixture {
@@ -704,4 +705,43 @@ async fn lock_sessions_reads_status(backend: Backend) {
     assert_eq!(states.len(), 2);
     assert_eq!(states[&open], SessionState::Active);
     assert_ne!(states[&closed], SessionState::Active);
+}
+
+async fn claim_and_lock_locks_the_won_sessions(backend: Backend) {
+    let f = fixture(backend).await;
+    let (open, closed, lost) = (f.session().await, f.session().await, f.session().await);
+    examsync::sessions::submit(&f.db, &f.store, f.user, closed)
+        .await
+        .unwrap();
+    let held = IdempotencyKey::new_v4();
+    f.claim(&[f.claim_of(held, lost)]).await;
+    let claims = [
+        f.claim_of(IdempotencyKey::new_v4(), open),
+        f.claim_of(IdempotencyKey::new_v4(), open),
+        f.claim_of(IdempotencyKey::new_v4(), closed),
+        // Lost: its session is not locked.
+        f.claim_of(held, lost),
+    ];
+    let txn = f.begin().await;
+    let (won, states) = f
+        .store
+        .claim_and_lock(&txn, f.user, &claims, f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let mut won: Vec<_> = won.into_iter().collect();
+    won.sort();
+    assert_eq!(won, sorted(claims[..3].iter().map(|c| c.key).collect()));
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[&open], SessionState::Active);
+    assert_eq!(states[&closed], SessionState::Closed);
+    // Nothing to claim: nothing locked.
+    let txn = f.begin().await;
+    let (won, states) = f
+        .store
+        .claim_and_lock(&txn, f.user, &claims[3..], f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert!(won.is_empty() && states.is_empty());
 }

@@ -190,6 +190,28 @@ pub trait SyncStore {
         now: DateTime<Utc>,
     ) -> Result<HashSet<IdempotencyKey>, DbErr>;
 
+    /// `claim`, then `lock_sessions` of the won claims' sessions (PostgreSQL: one
+    /// statement, the claims inserted before the sessions are locked): the keys won and
+    /// the status of their sessions read under the lock.
+    async fn claim_and_lock(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        claims: &[Claim],
+        now: DateTime<Utc>,
+    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
+        let won = self.claim(txn, user_id, claims, now).await?;
+        let mut ids: Vec<SessionId> = claims
+            .iter()
+            .filter(|c| won.contains(&c.key))
+            .map(|c| c.session_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let states = self.lock_sessions(txn, &ids).await?;
+        Ok((won, states))
+    }
+
     /// Gives back claims of items that will not be applied (their session closed
     /// meanwhile): a rejected item does not use up its key.
     async fn release(
@@ -359,6 +381,16 @@ impl SyncStore for Store {
         now: DateTime<Utc>,
     ) -> Result<HashSet<IdempotencyKey>, DbErr> {
         dispatch!(self, s => s.claim(txn, user_id, claims, now).await)
+    }
+
+    async fn claim_and_lock(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        claims: &[Claim],
+        now: DateTime<Utc>,
+    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
+        dispatch!(self, s => s.claim_and_lock(txn, user_id, claims, now).await)
     }
 
     async fn release(

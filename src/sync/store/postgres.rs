@@ -44,6 +44,11 @@ const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 const CREATE_OFFLINE_SESSIONS: &str = include_str!("sql/create_offline_sessions.sql");
 /// Hashes travel as bytes (32 instead of 64): half the size of the message.
 const CLAIM: &str = include_str!("sql/claim.sql");
+/// `CLAIM`, then the won claims' sessions locked in id order (`LOCK_SESSIONS`) in the same
+/// statement: the sort under `FOR UPDATE` needs every claim first, so the locks are taken in
+/// the order of the two statements; `FOR UPDATE` reads the newest version of a session it
+/// waited for, as a statement of its own would. Rows tagged by `kind`.
+const CLAIM_AND_LOCK: &str = include_str!("sql/claim_and_lock.sql");
 const RELEASE: &str = include_str!("sql/release.sql");
 const LOCK_SESSIONS: &str = include_str!("sql/lock_sessions.sql");
 const CURRENT_ANSWERS: &str = include_str!("sql/current_answers.sql");
@@ -142,6 +147,22 @@ fn answer_values(
         ints(answers.iter().map(|(_, a)| a.changed_count)),
         user_id.into(),
         seq.into(),
+    ]
+}
+
+fn claim_values(user_id: UserId, claims: &[Claim], now: DateTime<Utc>) -> Vec<Value> {
+    let sorted = by_key(claims);
+    // A `PayloadHash` is 64 hex digits by construction: 32 bytes.
+    let hashes = sorted
+        .iter()
+        .map(|c| Value::Bytes(Some(c.v1_hash.to_bytes().to_vec())));
+    vec![
+        user_id.into(),
+        now.into(),
+        uuids(sorted.iter().map(|c| c.key)),
+        array(ArrayType::Bytes, hashes),
+        uuids(sorted.iter().map(|c| c.attempt_id)),
+        uuids(sorted.iter().map(|c| c.session_id)),
     ]
 }
 
@@ -313,27 +334,39 @@ impl SyncStore for Postgres {
         if claims.is_empty() {
             return Ok(HashSet::new());
         }
-        let sorted = by_key(claims);
-        // A `PayloadHash` is 64 hex digits by construction: 32 bytes.
-        let hashes = sorted
-            .iter()
-            .map(|c| Value::Bytes(Some(c.v1_hash.to_bytes().to_vec())));
         let rows = txn
-            .query_all_raw(pg(
-                CLAIM,
-                vec![
-                    user_id.into(),
-                    now.into(),
-                    uuids(sorted.iter().map(|c| c.key)),
-                    array(ArrayType::Bytes, hashes),
-                    uuids(sorted.iter().map(|c| c.attempt_id)),
-                    uuids(sorted.iter().map(|c| c.session_id)),
-                ],
-            ))
+            .query_all_raw(pg(CLAIM, claim_values(user_id, claims, now)))
             .await?;
         rows.iter()
             .map(|r| r.try_get::<IdempotencyKey>("", "idempotency_key"))
             .collect()
+    }
+
+    async fn claim_and_lock(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        claims: &[Claim],
+        now: DateTime<Utc>,
+    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
+        if claims.is_empty() {
+            return Ok((HashSet::new(), HashMap::new()));
+        }
+        let rows = txn
+            .query_all_raw(pg(CLAIM_AND_LOCK, claim_values(user_id, claims, now)))
+            .await?;
+        let mut won = HashSet::new();
+        let mut states = HashMap::new();
+        for r in &rows {
+            let kind: String = r.try_get("", "kind")?;
+            if kind == "claim" {
+                won.insert(r.try_get("", "id")?);
+            } else {
+                let status: SessionStatus = r.try_get("", "status")?;
+                states.insert(r.try_get("", "id")?, SessionState::from(status));
+            }
+        }
+        Ok((won, states))
     }
 
     async fn release(
