@@ -51,6 +51,8 @@ pub struct App {
     pub db_statements: Arc<AtomicU64>,
     /// Sync bookkeeping: counters added up off the write path, commits made.
     pub sync: Arc<crate::sync::SyncState>,
+    /// The sync statements of the database's backend, chosen once here.
+    pub sync_store: crate::sync::store::Store,
     /// The role and timeline of the database server (`primary`), probed in the background.
     pub primary: Arc<crate::primary::PrimaryWatch>,
     /// The database's cache epoch as read at start (instances restart after `examsync
@@ -160,6 +162,7 @@ impl App {
         let anonymous_limiter =
             LocalLimiter::new(config.anonymous_rate_limit_per_minute, window, "anonymous");
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight));
+        let sync_store = crate::sync::store::Store::for_backend(db.get_database_backend());
         Ok(AppState(Arc::new(App {
             heads: crate::sync::heads::HeadReader::default(),
             package_limiter,
@@ -177,6 +180,7 @@ impl App {
             metrics: crate::metrics::handle(),
             db_statements,
             sync: Arc::default(),
+            sync_store,
             primary,
             cache_epoch: epoch,
             media: crate::media::cache::MediaCache::default(),

@@ -6,7 +6,10 @@ use sea_orm::{
     TransactionOptions, TransactionTrait, sea_query::Expr,
 };
 
-use crate::error::{AppError, AppResult};
+use crate::{
+    error::{AppError, AppResult},
+    sync::store::{Store, SyncStore},
+};
 use entity::{SessionStatus, test_session, user};
 
 /// The caller's sessions, newest first.
@@ -36,6 +39,7 @@ pub async fn list_for_user(
 /// them) and stamps the session with it.
 pub async fn submit(
     db: &DatabaseConnection,
+    store: &Store,
     user_id: UserId,
     id: SessionId,
 ) -> AppResult<test_session::Model> {
@@ -47,7 +51,7 @@ pub async fn submit(
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
         })
         .await?;
-    let Some(seq) = crate::sync::store::bump_change_seq(&txn, user_id).await? else {
+    let Some(seq) = store.bump_change_seq(&txn, user_id).await? else {
         return Err(AppError::NotFound(format!("no session {id}")));
     };
     test_session::Entity::update_many()

@@ -47,7 +47,8 @@ impl SessionMutation {
         id: Uuid,
     ) -> async_graphql::Result<TestSession> {
         let user = require_user(ctx)?;
-        let session = sessions::submit(&state(ctx).db, user.id, id.into()).await?;
+        let session =
+            sessions::submit(&state(ctx).db, &state(ctx).sync_store, user.id, id.into()).await?;
         Ok(session.into())
     }
 }

@@ -37,7 +37,7 @@ use serde_json::json;
 use super::{
     AttemptInput, AttemptResult, MAX_BATCH, ParsedAttempt, SyncErrorCode, SyncStatus,
     rules::{self, Checked, Facts, QuestionFact, Record, SessionFact, SessionState, Target},
-    store::{self, Claim, Counts},
+    store::{self, Claim, Counts, Store, SyncStore},
 };
 use crate::{
     app::App,
@@ -221,6 +221,8 @@ struct KeyClaims {
     won: Vec<usize>,
     /// Another request holds the key.
     lost: Vec<usize>,
+    /// The sessions of the won claims, locked, and their status read under the lock.
+    states: HashMap<SessionId, SessionState>,
 }
 
 /// Won positions by the status of their session, read again under its lock.
@@ -250,6 +252,11 @@ struct Batch<'a> {
 impl Batch<'_> {
     fn db(&self) -> &DatabaseConnection {
         &self.app.db
+    }
+
+    /// The sync store of the app's backend.
+    fn store(&self) -> &Store {
+        &self.app.sync_store
     }
 
     fn cache_key(&self, timeline: u32, key: &IdempotencyKey) -> String {
@@ -330,7 +337,10 @@ impl Batch<'_> {
             .iter()
             .map(|(p, _)| p.input.idempotency_key)
             .collect();
-        let records = store::find_records(self.db(), self.user.id, &keys).await?;
+        let records = self
+            .store()
+            .find_records(self.db(), self.user.id, &keys)
+            .await?;
         if !records.is_empty() {
             self.confirm_durable().await?;
         }
@@ -385,7 +395,10 @@ impl Batch<'_> {
         if missing.is_empty() {
             return Ok(found);
         }
-        let from_db = store::find_records(self.db(), self.user.id, &missing).await?;
+        let from_db = self
+            .store()
+            .find_records(self.db(), self.user.id, &missing)
+            .await?;
         if !from_db.is_empty() {
             self.confirm_durable().await?;
         }
@@ -424,9 +437,18 @@ impl Batch<'_> {
                 .await?,
             ..Facts::default()
         };
-        for (session, offline) in
-            store::find_sessions(self.db(), self.user.id, &session_ids, &offline_ids).await?
-        {
+        // Sessions and questions: one statement on PostgreSQL.
+        let (sessions, questions) = self
+            .store()
+            .find_sessions_and_questions(
+                self.db(),
+                self.user.id,
+                &session_ids,
+                &offline_ids,
+                &question_ids,
+            )
+            .await?;
+        for (session, offline) in sessions {
             facts.sessions_by_id.insert(session.id, session);
             if let Some(offline) = offline {
                 facts.sessions_by_offline.insert(offline, session);
@@ -439,7 +461,6 @@ impl Batch<'_> {
                 .scoring_for(self.db(), &package_ids)
                 .await?;
         }
-        let questions = store::find_questions(self.db(), &question_ids).await?;
         // A question that is not PUBLISHED is answerable only while a published package
         // holds it: first the packages already at hand, then (rarely) the others.
         let in_known_package = |id: &QuestionId| {
@@ -529,11 +550,11 @@ impl Batch<'_> {
             .collect();
         let claims = self.claim_keys(&txn, items, &placed).await?;
         let recheck = self
-            .recheck_sessions(&txn, items, &placed, claims.won)
+            .recheck_sessions(&txn, items, &placed, claims.won, &claims.states)
             .await?;
         let mut won = Vec::new();
         if !recheck.open.is_empty() {
-            let plan = fold_into_answers(&txn, items, &placed, &recheck.open).await?;
+            let plan = fold_into_answers(self.store(), &txn, items, &placed, &recheck.open).await?;
             self.write_open(&txn, items, &placed, &recheck.open, plan, seq)
                 .await?;
             won = recheck
@@ -569,7 +590,8 @@ impl Batch<'_> {
     /// First in the transaction: from here to commit it holds the user's row lock, so
     /// the pull feed sees the user's commits in counter order.
     async fn bump_change_seq(&self, txn: &DatabaseTransaction) -> Result<i64, TxnError> {
-        store::bump_change_seq(txn, self.user.id)
+        self.store()
+            .bump_change_seq(txn, self.user.id)
             .await?
             .ok_or(TxnError::Inconsistent)
     }
@@ -583,9 +605,10 @@ impl Batch<'_> {
         seq: i64,
     ) -> Result<Vec<SessionFact>, TxnError> {
         let new_sessions = new_offline_sessions(items);
-        let created =
-            store::create_offline_sessions(txn, self.user.id, &new_sessions, self.received_at, seq)
-                .await?;
+        let created = self
+            .store()
+            .create_offline_sessions(txn, self.user.id, &new_sessions, self.received_at, seq)
+            .await?;
         items
             .iter()
             .map(|item| match item.checked.target {
@@ -602,7 +625,9 @@ impl Batch<'_> {
             .collect()
     }
 
-    /// Every key is claimed before any other check or write.
+    /// Every key is claimed before any other check or write; then the sessions of the won
+    /// claims are locked (in id order) and their status read again (one statement on
+    /// PostgreSQL).
     async fn claim_keys(
         &self,
         txn: &DatabaseTransaction,
@@ -619,8 +644,14 @@ impl Batch<'_> {
                 session_id: placed.session.id,
             })
             .collect();
-        let won_keys = store::claim(txn, self.user.id, &claims, self.received_at).await?;
-        let mut outcome = KeyClaims::default();
+        let (won_keys, states) = self
+            .store()
+            .claim_and_lock(txn, self.user.id, &claims, self.received_at)
+            .await?;
+        let mut outcome = KeyClaims {
+            states,
+            ..KeyClaims::default()
+        };
         for (position, item) in items.iter().enumerate() {
             if won_keys.contains(&item.pending.input.idempotency_key) {
                 outcome.won.push(position);
@@ -631,23 +662,17 @@ impl Batch<'_> {
         Ok(outcome)
     }
 
-    /// A submitSession may have committed since the checks: the won sessions are locked
-    /// and their status read again. Items of closed sessions give their keys back.
+    /// A submitSession may have committed since the checks: the won sessions were locked
+    /// with the claim and their status read again (`states`). Items of closed sessions
+    /// give their keys back.
     async fn recheck_sessions(
         &self,
         txn: &DatabaseTransaction,
         items: &[&Accepted],
         placed: &[Placed],
         won: Vec<usize>,
+        states: &HashMap<SessionId, SessionState>,
     ) -> Result<SessionRecheck, TxnError> {
-        let mut session_ids: Vec<SessionId> = won.iter().map(|&p| placed[p].session.id).collect();
-        session_ids.sort_unstable();
-        session_ids.dedup();
-        let states = if session_ids.is_empty() {
-            HashMap::new()
-        } else {
-            store::lock_sessions(txn, &session_ids).await?
-        };
         let (open, closed): (Vec<usize>, Vec<usize>) = won.into_iter().partition(|&p| {
             let session = placed[p].session;
             session.state == SessionState::Active
@@ -657,7 +682,7 @@ impl Batch<'_> {
             .iter()
             .map(|&p| items[p].pending.input.idempotency_key)
             .collect();
-        store::release(txn, self.user.id, &released).await?;
+        self.store().release(txn, self.user.id, &released).await?;
         Ok(SessionRecheck { open, closed })
     }
 
@@ -680,11 +705,16 @@ impl Batch<'_> {
         let skew_ms = self.skew.map(|s| s.num_milliseconds());
         // Also adds ackedCount, in the applying transaction: exact even if a later
         // round fails.
-        store::insert_attempts(txn, user_id, &rows, skew_ms, now).await?;
+        let store = self.store();
+        store
+            .insert_attempts(txn, user_id, &rows, skew_ms, now)
+            .await?;
         let answers: Vec<_> = plan.answers.into_iter().collect();
-        store::write_answers(txn, user_id, &answers, now, seq).await?;
         let deltas: Vec<_> = plan.deltas.into_iter().collect();
-        store::add_scores(txn, &deltas, now, seq).await?;
+        // One statement on PostgreSQL.
+        store
+            .write_answers_and_scores(txn, user_id, &answers, &deltas, now, seq)
+            .await?;
         Ok(())
     }
 
@@ -767,7 +797,10 @@ impl Batch<'_> {
                 .iter()
                 .map(|&p| items[p].pending.input.idempotency_key)
                 .collect();
-            let records = store::find_records(self.db(), self.user.id, &keys).await?;
+            let records = self
+                .store()
+                .find_records(self.db(), self.user.id, &keys)
+                .await?;
             if !records.is_empty() {
                 self.confirm_durable().await?;
             }
@@ -847,6 +880,7 @@ fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
 /// The current answers of the open items' sessions and questions, with the new attempts
 /// folded in.
 async fn fold_into_answers(
+    store: &Store,
     txn: &DatabaseTransaction,
     items: &[&Accepted],
     placed: &[Placed],
@@ -861,7 +895,9 @@ async fn fold_into_answers(
     let mut open_sessions: Vec<SessionId> = open.iter().map(|&p| placed[p].session.id).collect();
     open_sessions.sort_unstable();
     open_sessions.dedup();
-    let current = store::current_answers(txn, &open_sessions, &question_ids).await?;
+    let current = store
+        .current_answers(txn, &open_sessions, &question_ids)
+        .await?;
     let new_attempts: Vec<rules::NewAttempt> = open
         .iter()
         .map(|&p| new_attempt(items[p], placed[p]))

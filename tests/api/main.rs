@@ -22,4 +22,5 @@ mod packages;
 mod security;
 mod sync;
 mod sync_faults;
+mod sync_store;
 mod withdrawal;

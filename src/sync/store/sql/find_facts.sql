@@ -1,0 +1,18 @@
+SELECT 'session' AS kind, s.id, s.offline_session_id, s.status,
+  NULL::jsonb AS options, NULL::int4 AS correct_index,
+  NULL::int4 AS year_id, NULL::int4 AS block_id, NULL::int4 AS theme_id
+FROM (
+  SELECT id, offline_session_id, status FROM test_sessions
+  WHERE id = ANY($2) AND user_id = $1
+  UNION
+  SELECT t.id, t.offline_session_id, t.status
+  FROM unnest($3::uuid[]) AS o(offline) CROSS JOIN LATERAL
+    (SELECT * FROM test_sessions x
+     WHERE x.user_id = $1 AND x.offline_session_id = o.offline
+     LIMIT 1) AS t
+) AS s
+UNION ALL
+SELECT 'question', q.id, NULL, q.status, q.options, q.correct_index,
+  q.year_id, q.block_id, q.theme_id
+FROM questions q
+WHERE q.id = ANY($4)

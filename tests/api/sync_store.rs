@@ -1,0 +1,747 @@
+//! The sync store (`examsync::sync::store`) on its own, the same suite on both backends:
+//! SQLite in a temporary file, PostgreSQL in a database of its own when
+//! `TEST_DATABASE_URL` is set.
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use entity::{
+    AnswerId, AttemptId, ClientAttemptId, IdempotencyKey, OfflineSessionId, PayloadHash,
+    QuestionId, QuestionStatus, SessionId, UserId,
+};
+use examsync::sync::{
+    rules::{Answer, AnswerKey, Scope, ScoreDelta, SessionFact, SessionState},
+    store::{AttemptRow, Claim, NewSession, Store, SyncStore},
+};
+use sea_orm::{
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
+    TransactionTrait,
+};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestDatabase};
+
+crate::backend_tests!(
+    claim_wins_once,
+    release_gives_the_key_back,
+    find_records_after_claim,
+    create_offline_sessions_returns_the_winner,
+    find_sessions_and_questions,
+    write_answers_upserts,
+    add_scores_adds,
+    write_answers_and_scores_together,
+    insert_attempts_adds_acked_count,
+    bump_change_seq_of_a_missing_user,
+    lock_sessions_reads_status,
+    claim_and_lock_locks_the_won_sessions,
+);
+
+struct Fixture {
+    _database: TestDatabase,
+    db: DatabaseConnection,
+    store: Store,
+    user: UserId,
+    questions: Vec<QuestionId>,
+    now: DateTime<Utc>,
+}
+
+fn scope() -> Scope {
+    Scope {
+        year: 1,
+        block: Some(2),
+        theme: None,
+    }
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let database = TestDatabase::new(backend).await;
+    let db = examsync::db::connect(&database.url, 2).await.unwrap();
+    examsync::db::migrate(&db).await.unwrap();
+    let store = Store::for_backend(db.get_database_backend());
+    let now = Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap();
+    let user = UserId::new_v4();
+    entity::user::Entity::insert(entity::user::ActiveModel {
+        id: Set(user),
+        role: Set(entity::Role::Student),
+        created_at: Set(now),
+        last_sync_at: Set(None),
+        acked_count: Set(0),
+        duplicate_count: Set(0),
+        rejected_count: Set(0),
+        change_seq: Set(0),
+    })
+    .exec(&db)
+    .await
+    .unwrap();
+    let mut questions = Vec::new();
+    for (i, status) in [QuestionStatus::Published, QuestionStatus::Draft]
+        .into_iter()
+        .enumerate()
+    {
+        let id = QuestionId::new_v4();
+        entity::question::Entity::insert(entity::question::ActiveModel {
+            id: Set(id),
+            stem: Set(format!("Stem {i}")),
+            options: Set(json!(["a", "b", "c", "d"][..3 + i])),
+            correct_index: Set(1),
+            explanation_md: Set(Some("why".into())),
+            year_id: Set(1),
+            block_id: Set(Some(2)),
+            theme_id: Set(None),
+            cognitive_level: Set(None),
+            difficulty: Set(None),
+            status: Set(status),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec(&db)
+        .await
+        .unwrap();
+        questions.push(id);
+    }
+    Fixture {
+        _database: database,
+        db,
+        store,
+        user,
+        questions,
+        now,
+    }
+}
+
+impl Fixture {
+    async fn begin(&self) -> DatabaseTransaction {
+        self.db.begin().await.unwrap()
+    }
+
+    /// A new ACTIVE session of the user (its own transaction).
+    async fn session(&self) -> SessionId {
+        let txn = self.begin().await;
+        let seq = self
+            .store
+            .bump_change_seq(&txn, self.user)
+            .await
+            .unwrap()
+            .unwrap();
+        let offline = OfflineSessionId::new_v4();
+        let created = self
+            .store
+            .create_offline_sessions(
+                &txn,
+                self.user,
+                &[NewSession {
+                    id: SessionId::new_v4(),
+                    offline_session_id: offline,
+                    scope: scope(),
+                }],
+                self.now,
+                seq,
+            )
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        created[&offline].id
+    }
+
+    fn claim_of(&self, key: IdempotencyKey, session_id: SessionId) -> Claim {
+        Claim {
+            key,
+            v1_hash: PayloadHash::from_digest([uuid::Uuid::from(key).as_bytes()[0]; 32]),
+            attempt_id: AttemptId::new_v4(),
+            session_id,
+        }
+    }
+
+    /// Claims in a transaction of their own; the keys won.
+    async fn claim(&self, claims: &[Claim]) -> Vec<IdempotencyKey> {
+        let txn = self.begin().await;
+        let won = self
+            .store
+            .claim(&txn, self.user, claims, self.now)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        let mut won: Vec<_> = won.into_iter().collect();
+        won.sort();
+        won
+    }
+
+    async fn session_model(&self, id: SessionId) -> entity::test_session::Model {
+        entity::test_session::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn user_model(&self) -> entity::user::Model {
+        entity::user::Entity::find_by_id(self.user)
+            .one(&self.db)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn answer(&self, attempt_id: AttemptId, option: i32, changed: i32) -> Answer {
+        Answer {
+            id: AnswerId::new_v4(),
+            attempt_id,
+            selected_option_index: option,
+            is_correct: option == 1,
+            answered_at: self.now - Duration::seconds(i64::from(10 - option)),
+            changed_count: changed,
+            is_new: true,
+        }
+    }
+}
+
+fn sorted(mut keys: Vec<IdempotencyKey>) -> Vec<IdempotencyKey> {
+    keys.sort();
+    keys
+}
+
+async fn claim_wins_once(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let keys: Vec<IdempotencyKey> = (0..3).map(|_| IdempotencyKey::new_v4()).collect();
+    let first: Vec<Claim> = keys[..2].iter().map(|&k| f.claim_of(k, session)).collect();
+    assert_eq!(f.claim(&first).await, sorted(keys[..2].to_vec()));
+    // The same keys again (another attempt id): lost; a new key in the batch: won.
+    let second: Vec<Claim> = keys.iter().map(|&k| f.claim_of(k, session)).collect();
+    assert_eq!(f.claim(&second).await, vec![keys[2]]);
+    // The records are the first claim's.
+    let records = f
+        .store
+        .find_records(&f.db, f.user, &keys[..2])
+        .await
+        .unwrap();
+    for claim in &first {
+        assert_eq!(records[&claim.key].attempt_id, claim.attempt_id);
+    }
+}
+
+async fn release_gives_the_key_back(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let key = IdempotencyKey::new_v4();
+    let kept = IdempotencyKey::new_v4();
+    assert_eq!(
+        f.claim(&[f.claim_of(key, session), f.claim_of(kept, session)])
+            .await
+            .len(),
+        2
+    );
+    let txn = f.begin().await;
+    f.store.release(&txn, f.user, &[key]).await.unwrap();
+    txn.commit().await.unwrap();
+    let records = f
+        .store
+        .find_records(&f.db, f.user, &[key, kept])
+        .await
+        .unwrap();
+    assert!(!records.contains_key(&key));
+    assert!(records.contains_key(&kept));
+    assert_eq!(f.claim(&[f.claim_of(key, session)]).await, vec![key]);
+    // Another user's key of the same value is not released.
+    let txn = f.begin().await;
+    f.store
+        .release(&txn, UserId::new_v4(), &[kept])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(
+        f.store
+            .find_records(&f.db, f.user, &[kept])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn find_records_after_claim(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let claims: Vec<Claim> = (0..5)
+        .map(|_| f.claim_of(IdempotencyKey::new_v4(), session))
+        .collect();
+    assert!(
+        f.store
+            .find_records(&f.db, f.user, &[claims[0].key])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.claim(&claims).await;
+    let mut keys: Vec<IdempotencyKey> = claims.iter().map(|c| c.key).collect();
+    let missing = IdempotencyKey::new_v4();
+    keys.push(missing);
+    let records = f.store.find_records(&f.db, f.user, &keys).await.unwrap();
+    assert_eq!(records.len(), 5);
+    for claim in &claims {
+        let record = &records[&claim.key];
+        assert_eq!(record.payload_hash, claim.v1_hash);
+        assert_eq!(record.attempt_id, claim.attempt_id);
+        assert_eq!(record.session_id, session);
+    }
+    // Records are per user.
+    assert!(
+        f.store
+            .find_records(&f.db, UserId::new_v4(), &keys)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .find_records(&f.db, f.user, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn create_offline_sessions_returns_the_winner(backend: Backend) {
+    let f = fixture(backend).await;
+    let offline = OfflineSessionId::new_v4();
+    let create = |id: SessionId, offline: OfflineSessionId| NewSession {
+        id,
+        offline_session_id: offline,
+        scope: scope(),
+    };
+    let winner = SessionId::new_v4();
+    let txn = f.begin().await;
+    let created = f
+        .store
+        .create_offline_sessions(&txn, f.user, &[create(winner, offline)], f.now, 7)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(
+        created[&offline],
+        SessionFact {
+            id: winner,
+            state: SessionState::Active
+        }
+    );
+    // A second request with its own id for the same offline session gets the winner's.
+    let other = OfflineSessionId::new_v4();
+    let txn = f.begin().await;
+    let created = f
+        .store
+        .create_offline_sessions(
+            &txn,
+            f.user,
+            &[
+                create(SessionId::new_v4(), offline),
+                create(SessionId::new_v4(), other),
+            ],
+            f.now + Duration::seconds(1),
+            8,
+        )
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[&offline].id, winner);
+    assert_ne!(created[&other].id, winner);
+    let stored = f.session_model(winner).await;
+    assert_eq!(
+        (
+            stored.updated_at,
+            stored.change_seq,
+            stored.year,
+            stored.block_id,
+            stored.theme_id
+        ),
+        (f.now, 7, 1, Some(2), None),
+        "the conflict leaves the winner's row as it was"
+    );
+    assert_eq!(
+        entity::test_session::Entity::find()
+            .count(&f.db)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+async fn find_sessions_and_questions(backend: Backend) {
+    let f = fixture(backend).await;
+    let online = f.session().await;
+    let offline = OfflineSessionId::new_v4();
+    let txn = f.begin().await;
+    let by_offline = f
+        .store
+        .create_offline_sessions(
+            &txn,
+            f.user,
+            &[NewSession {
+                id: SessionId::new_v4(),
+                offline_session_id: offline,
+                scope: scope(),
+            }],
+            f.now,
+            1,
+        )
+        .await
+        .unwrap()[&offline]
+        .id;
+    txn.commit().await.unwrap();
+    let unknown = QuestionId::new_v4();
+    let question_ids = [f.questions[0], f.questions[1], unknown];
+    let (mut sessions, mut questions) = f
+        .store
+        .find_sessions_and_questions(
+            &f.db,
+            f.user,
+            &[online, SessionId::new_v4()],
+            &[offline, OfflineSessionId::new_v4()],
+            &question_ids,
+        )
+        .await
+        .unwrap();
+    let (mut one_by_one, mut questions_alone) = (
+        f.store
+            .find_sessions(
+                &f.db,
+                f.user,
+                &[online, SessionId::new_v4()],
+                &[offline, OfflineSessionId::new_v4()],
+            )
+            .await
+            .unwrap(),
+        f.store.find_questions(&f.db, &question_ids).await.unwrap(),
+    );
+    for list in [&mut sessions, &mut one_by_one] {
+        list.sort_by_key(|(s, _)| s.id);
+    }
+    questions.sort_by_key(|q| q.id);
+    questions_alone.sort_by_key(|q| q.id);
+    assert_eq!(sessions, one_by_one);
+    assert_eq!(questions, questions_alone);
+    assert_eq!(sessions.len(), 2);
+    assert!(
+        sessions
+            .iter()
+            .any(|(s, o)| s.id == by_offline && *o == Some(offline))
+    );
+    assert!(sessions.iter().any(|(s, _)| s.id == online));
+    assert!(
+        sessions
+            .iter()
+            .all(|(s, _)| s.state == SessionState::Active)
+    );
+    // Another user's sessions are not found.
+    let (others, _) = f
+        .store
+        .find_sessions_and_questions(&f.db, UserId::new_v4(), &[online], &[offline], &[])
+        .await
+        .unwrap();
+    assert!(others.is_empty());
+    assert_eq!(questions.len(), 2);
+    for q in &questions {
+        let draft = q.id == f.questions[1];
+        assert_eq!(q.option_count, if draft { 4 } else { 3 });
+        assert_eq!(q.correct_index, 1);
+        assert_eq!(q.scope, scope());
+        assert_eq!(q.published, !draft);
+    }
+}
+
+async fn write_answers_upserts(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let key = AnswerKey {
+        session_id: session,
+        question_id: f.questions[0],
+    };
+    let first = f.answer(AttemptId::new_v4(), 0, 0);
+    let txn = f.begin().await;
+    f.store
+        .write_answers(&txn, f.user, &[(key, first.clone())], f.now, 3)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let current = f
+        .store
+        .current_answers(&f.db, &[session], &[f.questions[0], f.questions[1]])
+        .await
+        .unwrap();
+    assert_eq!(
+        current[&key],
+        Answer {
+            is_new: false,
+            ..first.clone()
+        }
+    );
+    // Again for the same (session, question): the row is updated, its id kept.
+    let second = f.answer(AttemptId::new_v4(), 1, 1);
+    let txn = f.begin().await;
+    f.store
+        .write_answers(&txn, f.user, &[(key, second.clone())], f.now, 4)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let current = f
+        .store
+        .current_answers(&f.db, &[session], &[f.questions[0]])
+        .await
+        .unwrap();
+    assert_eq!(current.len(), 1);
+    assert_eq!(
+        current[&key],
+        Answer {
+            id: first.id,
+            is_new: false,
+            ..second
+        }
+    );
+    let row = entity::session_answer::Entity::find()
+        .one(&f.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.change_seq, row.user_id), (4, f.user));
+}
+
+async fn add_scores_adds(backend: Backend) {
+    let f = fixture(backend).await;
+    let (a, b) = (f.session().await, f.session().await);
+    for seq in [5, 6] {
+        let txn = f.begin().await;
+        f.store
+            .add_scores(
+                &txn,
+                &[
+                    (
+                        a,
+                        ScoreDelta {
+                            answered: 2,
+                            correct: 1,
+                        },
+                    ),
+                    (
+                        b,
+                        ScoreDelta {
+                            answered: 1,
+                            correct: 0,
+                        },
+                    ),
+                ],
+                f.now,
+                seq,
+            )
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+    }
+    let a = f.session_model(a).await;
+    assert_eq!(
+        (
+            a.answered_count,
+            a.total_questions,
+            a.correct_count,
+            a.change_seq
+        ),
+        (4, 4, 2, 6)
+    );
+    let b = f.session_model(b).await;
+    assert_eq!((b.answered_count, b.correct_count), (2, 0));
+}
+
+async fn write_answers_and_scores_together(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let answers: Vec<(AnswerKey, Answer)> = f
+        .questions
+        .iter()
+        .map(|&question_id| {
+            (
+                AnswerKey {
+                    session_id: session,
+                    question_id,
+                },
+                f.answer(AttemptId::new_v4(), 1, 0),
+            )
+        })
+        .collect();
+    let delta = ScoreDelta {
+        answered: 2,
+        correct: 2,
+    };
+    let txn = f.begin().await;
+    f.store
+        .write_answers_and_scores(&txn, f.user, &answers, &[(session, delta)], f.now, 9)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let current = f
+        .store
+        .current_answers(&f.db, &[session], &f.questions)
+        .await
+        .unwrap();
+    assert_eq!(current.len(), 2);
+    let stored = f.session_model(session).await;
+    assert_eq!(
+        (
+            stored.answered_count,
+            stored.correct_count,
+            stored.change_seq
+        ),
+        (2, 2, 9)
+    );
+    // Either side empty: the other is still written.
+    let txn = f.begin().await;
+    f.store
+        .write_answers_and_scores(&txn, f.user, &[], &[(session, delta)], f.now, 10)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(f.session_model(session).await.answered_count, 4);
+}
+
+async fn insert_attempts_adds_acked_count(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let claims: Vec<Claim> = (0..3)
+        .map(|_| f.claim_of(IdempotencyKey::new_v4(), session))
+        .collect();
+    let answered_at = f.now - Duration::minutes(5);
+    let rows: Vec<AttemptRow> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| AttemptRow {
+            attempt_id: c.attempt_id,
+            key: c.key,
+            v1_hash: c.v1_hash.clone(),
+            session_id: session,
+            question_id: f.questions[i % 2],
+            package_id: None,
+            client_attempt_id: ClientAttemptId::new_v4(),
+            selected_option_index: i as i32,
+            is_correct: i == 1,
+            answered_at,
+            answered_at_raw: answered_at
+                .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+                .to_rfc3339(),
+        })
+        .collect();
+    for batch in [&rows[..2], &rows[2..]] {
+        let txn = f.begin().await;
+        f.store
+            .claim(
+                &txn,
+                f.user,
+                &claims[..]
+                    .iter()
+                    .filter(|c| batch.iter().any(|r| r.key == c.key))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                f.now,
+            )
+            .await
+            .unwrap();
+        f.store
+            .insert_attempts(&txn, f.user, batch, Some(-1500), f.now)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+    }
+    let user = f.user_model().await;
+    assert_eq!((user.acked_count, user.last_sync_at), (3, Some(f.now)));
+    let mut stored = entity::attempt::Entity::find().all(&f.db).await.unwrap();
+    stored.sort_by_key(|a| a.selected_option_index);
+    assert_eq!(stored.len(), 3);
+    for (row, stored) in rows.iter().zip(&stored) {
+        assert_eq!(stored.id, row.attempt_id);
+        assert_eq!(stored.idempotency_key, row.key);
+        assert_eq!(stored.payload_hash, row.v1_hash);
+        assert_eq!(stored.question_id, row.question_id);
+        assert_eq!(stored.package_id, None);
+        assert_eq!(stored.client_attempt_id, row.client_attempt_id);
+        assert_eq!(stored.is_correct, row.is_correct);
+        assert_eq!(stored.answered_at, answered_at);
+        assert_eq!(stored.answered_at_raw, row.answered_at_raw);
+        assert_eq!(stored.clock_skew_ms, Some(-1500));
+        assert_eq!(stored.received_at, f.now);
+    }
+}
+
+async fn bump_change_seq_of_a_missing_user(backend: Backend) {
+    let f = fixture(backend).await;
+    let txn = f.begin().await;
+    assert_eq!(
+        f.store
+            .bump_change_seq(&txn, UserId::new_v4())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        f.store.bump_change_seq(&txn, f.user).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        f.store.bump_change_seq(&txn, f.user).await.unwrap(),
+        Some(2)
+    );
+    txn.commit().await.unwrap();
+    assert_eq!(f.user_model().await.change_seq, 2);
+}
+
+async fn lock_sessions_reads_status(backend: Backend) {
+    let f = fixture(backend).await;
+    let (open, closed) = (f.session().await, f.session().await);
+    examsync::sessions::submit(&f.db, &f.store, f.user, closed)
+        .await
+        .unwrap();
+    let txn = f.begin().await;
+    let states = f
+        .store
+        .lock_sessions(&txn, &[open, closed, SessionId::new_v4()])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[&open], SessionState::Active);
+    assert_ne!(states[&closed], SessionState::Active);
+}
+
+async fn claim_and_lock_locks_the_won_sessions(backend: Backend) {
+    let f = fixture(backend).await;
+    let (open, closed, lost) = (f.session().await, f.session().await, f.session().await);
+    examsync::sessions::submit(&f.db, &f.store, f.user, closed)
+        .await
+        .unwrap();
+    let held = IdempotencyKey::new_v4();
+    f.claim(&[f.claim_of(held, lost)]).await;
+    let claims = [
+        f.claim_of(IdempotencyKey::new_v4(), open),
+        f.claim_of(IdempotencyKey::new_v4(), open),
+        f.claim_of(IdempotencyKey::new_v4(), closed),
+        // Lost: its session is not locked.
+        f.claim_of(held, lost),
+    ];
+    let txn = f.begin().await;
+    let (won, states) = f
+        .store
+        .claim_and_lock(&txn, f.user, &claims, f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let mut won: Vec<_> = won.into_iter().collect();
+    won.sort();
+    assert_eq!(won, sorted(claims[..3].iter().map(|c| c.key).collect()));
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[&open], SessionState::Active);
+    assert_eq!(states[&closed], SessionState::Closed);
+    // Nothing to claim: nothing locked.
+    let txn = f.begin().await;
+    let (won, states) = f
+        .store
+        .claim_and_lock(&txn, f.user, &claims[3..], f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert!(won.is_empty() && states.is_empty());
+}
