@@ -192,11 +192,11 @@ pub async fn pull(
     let head = app.heads.head(db, user_id).await?;
     if after >= Position::through(head) {
         // Nothing committed past the cursor: one primary-key read, what a phone's pull
-        // after every sync usually costs.
+        // after every sync usually costs. The cursor sent already names this position.
         return Ok(Page {
             sessions: Vec::new(),
             answers: Vec::new(),
-            cursor: encode_cursor(&app.cache_epoch, after),
+            cursor: since.map_or_else(|| encode_cursor(&app.cache_epoch, after), str::to_owned),
             has_more: false,
         });
     }
