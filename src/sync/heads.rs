@@ -201,10 +201,6 @@ impl HeadReader {
             done: false,
         };
         loop {
-            // Pulls already on their way (requests the runtime has yet to poll) join this
-            // read rather than the next: under load a read serves more of them, and the
-            // database is asked less often. An idle server does not come here.
-            tokio::task::yield_now().await;
             self.read_once(db).await;
             if self.finish_or_continue() {
                 reading.done = true;
