@@ -19,6 +19,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use entity::UserId;
@@ -33,6 +34,12 @@ use crate::error::AppResult;
 
 /// Users read by one statement at most.
 const MAX_BATCH: usize = 256;
+
+/// The longest a shared read (with the connect that may precede it) may take, as long as the
+/// pool may take to lend a connection: a database that stopped answering must not hold the
+/// reading turn, and with it every later pull, beyond it. Past it, the pulls read alone
+/// through the pool.
+const OWN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Option<i64>>;
 
@@ -150,7 +157,10 @@ impl HeadReader {
         let mut ids: Vec<UserId> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let heads = self.read_own(db, &ids).await.ok();
+        let heads = tokio::time::timeout(OWN_READ_TIMEOUT, self.read_own(db, &ids))
+            .await
+            .ok()
+            .and_then(Result::ok);
         for (id, reply) in batch {
             let head = heads
                 .as_ref()
