@@ -182,6 +182,13 @@ impl SyncAttempt {
 /// Parses a whole body given as JSON (the fuzz targets' entry point); the handler reads
 /// `SyncBatchRequest` itself.
 pub fn parse_body(body: &Value) -> Result<BatchRequest, AppError> {
+    // serde reads a struct from a JSON array too (`[null, []]` as `sent_at`, `attempts`);
+    // the contract's body is an object.
+    if !body.is_object() {
+        return Err(AppError::bad_request(
+            "the body must be {\"attempts\": [...]}: it is not a JSON object",
+        ));
+    }
     let request: SyncBatchRequest = serde_json::from_value(body.clone()).map_err(|e| {
         AppError::bad_request(format!("the body must be {{\"attempts\": [...]}}: {e}"))
     })?;
