@@ -11,8 +11,8 @@
 //!
 //! Neither pool pings a connection on every checkout (sqlx's default): on PostgreSQL that
 //! is one more round trip before every statement outside a transaction, on SQLite one more
-//! hand-off to the connection's worker thread, and for a read as small as a pull's head it
-//! was a third of the cost. sqlx still pings every connection it takes back, so a
+//! hand-off to the connection's worker thread, a large part of what a small read such as a
+//! pull's head costs. sqlx still pings every connection it takes back, so a
 //! connection broken under a request is dropped on its way back to the pool; a PostgreSQL
 //! connection that sat idle for [`PING_AFTER_IDLE`] (which a proxy or the server may have
 //! closed meanwhile) is pinged before it is lent again.
