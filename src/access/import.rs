@@ -32,6 +32,19 @@ fn at(line: u64, message: impl Into<String>) -> ImportError {
     }
 }
 
+/// Where each column of the file is, and whether it is the previous server's export.
+struct Columns {
+    user: Option<usize>,
+    scope: Option<usize>,
+    year: Option<usize>,
+    block: Option<usize>,
+    theme: Option<usize>,
+    from: Option<usize>,
+    until: Option<usize>,
+    /// `user_id,block_id` only: every row is a BLOCK grant.
+    legacy_blocks: bool,
+}
+
 /// Parses a whole file, or names its first bad line. Nothing is stored here.
 pub fn parse(bytes: &[u8]) -> Result<Vec<NewGrant>, ImportError> {
     let mut reader = csv::ReaderBuilder::new()
@@ -40,8 +53,25 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<NewGrant>, ImportError> {
         .from_reader(bytes);
     let header = reader
         .headers()
-        .map_err(|e| at(1, format!("the header row does not read: {e}")))?
-        .clone();
+        .map_err(|e| at(1, format!("the header row does not read: {e}")))?;
+    let columns = read_header(header)?;
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            at(line, format!("does not read as CSV: {e}"))
+        })?;
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        out.push(parse_row(&columns, &record)?);
+    }
+    Ok(out)
+}
+
+/// The header row (line 1): known columns, each once, a user and a scope (or the previous
+/// server's `user_id,block_id`).
+fn read_header(header: &csv::StringRecord) -> Result<Columns, ImportError> {
     let mut index = [None; 7];
     for (i, name) in header.iter().enumerate() {
         let name = name.trim_start_matches('\u{feff}').to_ascii_lowercase();
@@ -73,68 +103,70 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<NewGrant>, ImportError> {
             "the header must name a scope column (or be `user_id,block_id`)",
         ));
     }
-    let mut out = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            at(line, format!("does not read as CSV: {e}"))
+    Ok(Columns {
+        user,
+        scope,
+        year,
+        block,
+        theme,
+        from,
+        until,
+        legacy_blocks,
+    })
+}
+
+/// One grant row, or why its line is refused.
+fn parse_row(columns: &Columns, record: &csv::StringRecord) -> Result<NewGrant, ImportError> {
+    let line = record.position().map_or(0, |p| p.line());
+    let cell = |i: Option<usize>| i.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
+    let int = |i: Option<usize>, name: &str| -> Result<Option<i32>, ImportError> {
+        cell(i)
+            .map(|v| {
+                v.parse::<i32>()
+                    .map_err(|_| at(line, format!("{name} must be an integer")))
+            })
+            .transpose()
+    };
+    let time = |i: Option<usize>, name: &str| -> Result<Option<DateTime<Utc>>, ImportError> {
+        cell(i)
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| at(line, format!("{name} must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    let user_id = cell(columns.user)
+        .ok_or_else(|| at(line, "user_id is empty"))
+        .and_then(|v| {
+            Uuid::try_parse(v)
+                .map(entity::UserId::from)
+                .map_err(|_| at(line, "user_id must be a UUID"))
         })?;
-        let line = record.position().map_or(0, |p| p.line());
-        if record.iter().all(str::is_empty) {
-            continue;
-        }
-        let cell = |i: Option<usize>| i.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
-        let int = |i: Option<usize>, name: &str| -> Result<Option<i32>, ImportError> {
-            cell(i)
-                .map(|v| {
-                    v.parse::<i32>()
-                        .map_err(|_| at(line, format!("{name} must be an integer")))
-                })
-                .transpose()
-        };
-        let time = |i: Option<usize>, name: &str| -> Result<Option<DateTime<Utc>>, ImportError> {
-            cell(i)
-                .map(|v| {
-                    DateTime::parse_from_rfc3339(v)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|_| at(line, format!("{name} must be an RFC 3339 time")))
-                })
-                .transpose()
-        };
-        let user_id = cell(user)
-            .ok_or_else(|| at(line, "user_id is empty"))
-            .and_then(|v| {
-                Uuid::try_parse(v)
-                    .map(entity::UserId::from)
-                    .map_err(|_| at(line, "user_id must be a UUID"))
-            })?;
-        let scope = if legacy_blocks {
-            PackageScope::Block
-        } else {
-            let name = cell(scope).ok_or_else(|| at(line, "scope is empty"))?;
-            PackageScope::parse(name).ok_or_else(|| {
-                at(
-                    line,
-                    format!(
-                        "unknown scope `{}`; allowed: PROGRAM, YEAR, BLOCK, THEME",
-                        name.chars().take(40).collect::<String>()
-                    ),
-                )
-            })?
-        };
-        let grant = NewGrant::new(
-            user_id,
-            scope,
-            int(year, "year_id")?,
-            int(block, "block_id")?,
-            int(theme, "theme_id")?,
-            time(from, "valid_from")?,
-            time(until, "valid_until")?,
-        )
-        .map_err(|e| at(line, e.to_string()))?;
-        out.push(grant);
-    }
-    Ok(out)
+    let scope = if columns.legacy_blocks {
+        PackageScope::Block
+    } else {
+        let name = cell(columns.scope).ok_or_else(|| at(line, "scope is empty"))?;
+        PackageScope::parse(name).ok_or_else(|| {
+            at(
+                line,
+                format!(
+                    "unknown scope `{}`; allowed: PROGRAM, YEAR, BLOCK, THEME",
+                    name.chars().take(40).collect::<String>()
+                ),
+            )
+        })?
+    };
+    NewGrant::new(
+        user_id,
+        scope,
+        int(columns.year, "year_id")?,
+        int(columns.block, "block_id")?,
+        int(columns.theme, "theme_id")?,
+        time(columns.from, "valid_from")?,
+        time(columns.until, "valid_until")?,
+    )
+    .map_err(|e| at(line, e.to_string()))
 }
 
 #[cfg(test)]
