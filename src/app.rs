@@ -250,7 +250,9 @@ impl Application {
         });
         axum::serve(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(router),
         )
         .with_graceful_shutdown(shutdown)
         .await?;

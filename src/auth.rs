@@ -324,15 +324,20 @@ impl Default for UserRegistry {
 }
 
 impl UserRegistry {
-    /// `timeline`: the server's, as `PrimaryWatch::timeline` knows it (`None`: unknown,
-    /// nothing remembered is trusted).
+    /// Whether `user`'s row is known to exist on `timeline` (the server's, as
+    /// `PrimaryWatch::timeline` knows it; `None`: unknown, nothing remembered is trusted).
+    pub fn is_known(&self, user: &AuthUser, timeline: Option<u32>) -> bool {
+        timeline.is_some_and(|t| self.known.contains_key(&(t, user.id)))
+    }
+
+    /// Makes sure `user`'s row exists (see [`Self::is_known`] for `timeline`).
     pub async fn ensure(
         &self,
         db: &DatabaseConnection,
         user: &AuthUser,
         timeline: Option<u32>,
     ) -> AppResult<()> {
-        if timeline.is_some_and(|t| self.known.contains_key(&(t, user.id))) {
+        if self.is_known(user, timeline) {
             return Ok(());
         }
         let row = entity::user::ActiveModel {

@@ -366,6 +366,12 @@ impl AccessCache {
     }
 }
 
+/// Whether `user` may read package `id` by a decision this instance remembers and still
+/// trusts; `false` means "not known without asking" ([`may_read_package`] asks).
+pub fn may_read_package_from_memory(app: &App, user: &AuthUser, id: PackageId) -> bool {
+    app.access.allowed_lately(user.id, id, PackageId::nil())
+}
+
 /// Whether `user` may read the published package `id`: `404` unknown or unpublished,
 /// `410` withdrawn (for admins too), `403` not covered by the caller's grants. The media
 /// routes call this too.
@@ -374,7 +380,7 @@ pub async fn may_read_package(
     user: &AuthUser,
     id: PackageId,
 ) -> Result<(), AccessError> {
-    if app.access.allowed_lately(user.id, id, PackageId::nil()) {
+    if may_read_package_from_memory(app, user, id) {
         return Ok(());
     }
     let generation = app.access.generation();

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use entity::UserId;
 
 pub use entity::enums::PackageScope;
-pub use gate::{AccessCache, AccessError, may_read_delta, may_read_package};
+pub use gate::{
+    AccessCache, AccessError, may_read_delta, may_read_package, may_read_package_from_memory,
+};
 
 /// `EXAMSYNC_ACCESS`: whether grants decide what students read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

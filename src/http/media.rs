@@ -24,7 +24,7 @@ use crate::{
 pub use super::packages::CACHE_CONTROL;
 
 /// The prefix of the object routes.
-const OBJECT_PREFIX: &str = "/api/v1/media/";
+pub(crate) const OBJECT_PREFIX: &str = "/api/v1/media/";
 
 /// Whether a request is a media upload, which has its own body limit.
 pub fn is_upload(method: &Method, path: &str) -> bool {
@@ -123,6 +123,26 @@ pub async fn get_media(
         _ => data,
     };
     validators.respond(range, meta.bytes, Body::from(body))
+}
+
+/// [`get_media`]'s `304` when every fact it rests on is in memory (the object's metadata,
+/// the packages referring to it, the caller's remembered access to one of them) and
+/// `If-None-Match` names it: the headers. `None` means "ask [`get_media`]", never a refusal.
+pub(crate) fn not_modified_from_memory(
+    state: &AppState,
+    user: &AuthUser,
+    sha: &MediaSha256,
+    request_headers: &HeaderMap,
+) -> Option<HeaderMap> {
+    let meta = media::readable_from_memory(state, user, sha)?;
+    let validators = Validators {
+        etag: sha.etag(),
+        last_modified: None,
+        content_type: meta.content_type.as_str(),
+    };
+    validators
+        .not_modified(request_headers)
+        .then(|| validators.not_modified_headers())
 }
 
 /// `?from=` of the bundle route (optional).
@@ -310,13 +330,15 @@ impl Validators {
         );
     }
 
-    fn not_modified_response(&self) -> Response {
-        let mut response = Response::new(Body::empty());
+    fn not_modified_headers(&self) -> HeaderMap {
         // Sized for the headers set below and by the middleware: no regrowth.
-        *response.headers_mut() = HeaderMap::with_capacity(super::packages::RESPONSE_HEADERS);
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        self.insert(response.headers_mut());
-        response
+        let mut headers = HeaderMap::with_capacity(super::packages::RESPONSE_HEADERS);
+        self.insert(&mut headers);
+        headers
+    }
+
+    fn not_modified_response(&self) -> Response {
+        super::packages::not_modified_with(self.not_modified_headers())
     }
 
     /// The `200`, `206` or `416` for `range` of a representation of `total` bytes; `body`

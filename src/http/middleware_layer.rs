@@ -42,7 +42,7 @@ use crate::{
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The same name as a `HeaderName`: a `&str` name is parsed again on every use.
-static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+pub(crate) static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// Gives prebuilt response headers a slot for the request id, last, where this middleware puts
 /// it: a cloned `HeaderMap` has no spare room, and growing it would cost more than the clone.
@@ -71,7 +71,7 @@ pub fn record_user(user: Uuid) {
 /// Accepts a client's request id when it is short and printable; otherwise makes one.
 /// Returned as the header value it goes out as: a client's is reused as it came (no
 /// copy), a new one is formatted on the stack and copied once.
-fn request_id_of(request: &Request) -> HeaderValue {
+pub(crate) fn request_id_of(request: &Request) -> HeaderValue {
     if let Some(id) = request.headers().get(&REQUEST_ID_NAME).filter(|v| {
         let v = v.as_bytes();
         !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
@@ -456,22 +456,34 @@ where
                     None => (HeaderValue::from_static("unknown"), None),
                 };
                 let status = response.status().as_u16();
-                let elapsed = started.elapsed();
-                metrics::http_request(method, route, status, elapsed.as_secs_f64());
-                tracing::info!(
-                    request_id = request_id.to_str().unwrap_or_default(),
-                    method = %method,
-                    route = %route,
-                    status,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    user_id = user.map(|u| u.to_string()).unwrap_or_default(),
-                    "request"
-                );
+                record_request(method, route, status, *started, &request_id, user);
                 response.headers_mut().insert(&REQUEST_ID_NAME, request_id);
                 Poll::Ready(Ok(response))
             }
         }
     }
+}
+
+/// The request's metrics and its log line, once it is answered.
+pub(crate) fn record_request(
+    method: &Method,
+    route: &'static str,
+    status: u16,
+    started: Instant,
+    request_id: &HeaderValue,
+    user: Option<Uuid>,
+) {
+    let elapsed = started.elapsed();
+    metrics::http_request(method, route, status, elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = request_id.to_str().unwrap_or_default(),
+        method = %method,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        user_id = user.map(|u| u.to_string()).unwrap_or_default(),
+        "request"
+    );
 }
 
 /// Error responses without a JSON body (made by axum or tower layers) get the envelope.

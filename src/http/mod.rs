@@ -2,6 +2,7 @@
 //! and the GraphQL transport.
 
 use axum::{Router, routing::get};
+use tower::Layer;
 use tower_http::compression::CompressionLayer;
 
 use utoipa::OpenApi;
@@ -19,6 +20,7 @@ pub mod media;
 pub mod middleware_layer;
 pub mod openapi;
 pub mod packages;
+pub mod revalidate;
 pub mod sync;
 
 /// The REST routes, each registered together with the `#[utoipa::path]` operation of its
@@ -48,7 +50,11 @@ pub const UNDOCUMENTED_ROUTES: [&str; 4] = [
 
 /// The application plus `extra` routes under the same layers (see
 /// [`crate::Application::with_routes`]; tests only).
-pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) -> Router {
+pub fn router_with(
+    state: AppState,
+    schema: AppSchema,
+    extra: Router<AppState>,
+) -> revalidate::Revalidate<Router> {
     let graphql_routes = Router::new()
         .route(
             "/graphql",
@@ -65,7 +71,7 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
         Router::new().route("/metrics", get(health::metrics))
     };
     // Only these routes are outside the OpenAPI document (`UNDOCUMENTED_ROUTES`).
-    Router::new()
+    let router = Router::new()
         .merge(rest)
         .merge(metrics)
         .route("/graphiql/assets/{file}", get(graphiql::graphiql_asset))
@@ -74,7 +80,9 @@ pub fn router_with(state: AppState, schema: AppSchema, extra: Router<AppState>) 
         .merge(extra)
         .fallback(not_found)
         .layer(middleware_layer::RequestContextLayer::new(state.clone()))
-        .with_state(state)
+        .with_state(state.clone());
+    // In front of the router: revalidations that memory answers never reach it.
+    revalidate::RevalidateLayer::new(state).layer(router)
 }
 
 /// The router of the metrics listener (`EXAMSYNC_METRICS_BIND`): `/metrics` alone.

@@ -428,6 +428,26 @@ pub async fn readable_by(
         .then_some(meta))
 }
 
+/// [`readable_by`] when everything it rests on is in memory: the object's metadata, the
+/// packages referring to it, and a remembered decision that `caller` may read one of them.
+/// `None` means "not known without asking", never "refused".
+pub fn readable_from_memory(
+    state: &AppState,
+    caller: &AuthUser,
+    sha: &MediaSha256,
+) -> Option<MediaMeta> {
+    let meta = state.media.meta(sha)?;
+    if caller.is_admin() {
+        return Some(meta);
+    }
+    state
+        .media
+        .referring(sha)?
+        .iter()
+        .any(|package| access::may_read_package_from_memory(state, caller, package.id))
+        .then_some(meta)
+}
+
 async fn may_read_any(
     state: &AppState,
     caller: &AuthUser,

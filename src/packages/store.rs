@@ -401,13 +401,18 @@ impl PackageStore {
             .map_err(|e| AppError::internal(format!("a package build failed: {e}")))?
     }
 
+    /// The validators of a published package when they are in memory (no database read).
+    pub fn cached_meta(&self, id: PackageId) -> Option<Arc<PublishedMeta>> {
+        self.inner.meta.get(&id)
+    }
+
     /// The validators of a published package (`None`: unknown or unpublished).
     pub async fn published_meta(
         &self,
         db: &DatabaseConnection,
         id: PackageId,
     ) -> AppResult<Option<Arc<PublishedMeta>>> {
-        if let Some(meta) = self.inner.meta.get(&id) {
+        if let Some(meta) = self.cached_meta(id) {
             return Ok(Some(meta));
         }
         type Row = (

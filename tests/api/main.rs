@@ -19,6 +19,7 @@ mod limits;
 mod media;
 mod operations;
 mod packages;
+mod revalidate;
 mod security;
 mod sync;
 mod sync_faults;

@@ -333,6 +333,27 @@ async fn objects_are_served_with_validators_and_ranges(backend: Backend) {
         "{} statements",
         statements() - before
     );
+    // Warm, the revalidation is answered in front of the router, with the handler's headers.
+    // (A student never seen before is not known to memory: the handler answers them.)
+    let (_, newcomer) = app.student();
+    let handler = get(&app.base, &path, &newcomer, &[("if-none-match", &etag)]).await;
+    assert_eq!(handler.status, 304);
+    let revalidation = axum::extract::Request::get(&path)
+        .header("authorization", format!("Bearer {student}"))
+        .header("if-none-match", &etag)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let from_memory = examsync::http::revalidate::answer(&app.state, &revalidation).unwrap();
+    assert_eq!(from_memory.status(), 304);
+    for name in [
+        "etag",
+        "cache-control",
+        "vary",
+        "accept-ranges",
+        "x-content-type-options",
+    ] {
+        assert_eq!(from_memory.headers()[name], handler.headers[name], "{name}");
+    }
 }
 
 async fn objects_are_visible_only_through_published_packages(backend: Backend) {

@@ -181,14 +181,7 @@ pub async fn get_package(
             meta.version_hash.as_str(),
         ) {
             metrics::package_download(304, "none");
-            let mut headers = meta
-                .not_modified
-                .get_or_init(|| {
-                    let mut headers = not_modified_headers(&meta.etag, &meta.last_modified);
-                    reserve_request_id(&mut headers);
-                    headers
-                })
-                .clone();
+            let mut headers = not_modified_headers_of(&meta);
             fill_request_id(&mut headers);
             return Ok(not_modified_with(headers));
         }
@@ -533,6 +526,41 @@ fn not_modified(etag: &HeaderValue, last_modified: &HeaderValue) -> Response {
 }
 
 /// The headers of a `304`: the validators the `200` would carry.
+/// The headers of a package's `304`, made once per package and cloned, with the slot for the
+/// request id ([`reserve_request_id`]).
+fn not_modified_headers_of(meta: &store::PublishedMeta) -> HeaderMap {
+    meta.not_modified
+        .get_or_init(|| {
+            let mut headers = not_modified_headers(&meta.etag, &meta.last_modified);
+            reserve_request_id(&mut headers);
+            headers
+        })
+        .clone()
+}
+
+/// [`get_package`]'s `304` when every fact it rests on is in memory (the caller's remembered
+/// access to the package, its cached validators) and `If-None-Match` names it: the headers,
+/// with an empty request id slot. `None` means "ask [`get_package`]", never a refusal.
+pub(crate) fn not_modified_from_memory(
+    state: &AppState,
+    user: &AuthUser,
+    id: PackageId,
+    request_headers: &HeaderMap,
+) -> Option<HeaderMap> {
+    if !access::may_read_package_from_memory(state, user, id) {
+        return None;
+    }
+    let meta = state.packages.cached_meta(id)?;
+    let if_none_match = request_headers.get_all(header::IF_NONE_MATCH);
+    if !if_none_match_matches(
+        if_none_match.iter().map(HeaderValue::as_bytes),
+        meta.version_hash.as_str(),
+    ) {
+        return None;
+    }
+    Some(not_modified_headers_of(&meta))
+}
+
 fn not_modified_headers(etag: &HeaderValue, last_modified: &HeaderValue) -> HeaderMap {
     // Sized for the headers set below and by the middleware: no regrowth.
     let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
@@ -541,7 +569,7 @@ fn not_modified_headers(etag: &HeaderValue, last_modified: &HeaderValue) -> Head
     headers
 }
 
-fn not_modified_with(headers: HeaderMap) -> Response {
+pub(crate) fn not_modified_with(headers: HeaderMap) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     *response.headers_mut() = headers;
