@@ -116,13 +116,13 @@ impl PackageBuild {
 /// One build of the package store: once per key and process, however many requests
 /// arrive together, unless the cache evicted it since.
 /// A request answered `503` at once because the instance had too many in flight.
-/// A revalidation answered from memory before routing (`http::revalidate`), by route.
-pub fn revalidated_from_memory(route: &'static str) {
+/// A request answered from memory before routing (`http::from_memory`), by route.
+pub fn answered_from_memory(route: &'static str) {
     static HANDLES: HandleCache<&'static str, metrics::Counter> = HandleCache::new();
     HANDLES
         .get(
             route,
-            || counter!("examsync_revalidations_from_memory_total", "route" => route),
+            || counter!("examsync_answered_from_memory_total", "route" => route),
         )
         .increment(1);
 }

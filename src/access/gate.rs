@@ -410,6 +410,17 @@ pub async fn may_read_package(
     }
 }
 
+/// Whether `user` may read the delta from `from` to `id` by a decision this instance
+/// remembers and still trusts; `false` means "not known without asking" ([`may_read_delta`]).
+pub fn may_read_delta_from_memory(
+    app: &App,
+    user: &AuthUser,
+    id: PackageId,
+    from: PackageId,
+) -> bool {
+    app.access.allowed_lately(user.id, id, from)
+}
+
 /// Whether `user` may read the delta from `from` to `id` (the media bundle with `?from=`
 /// too): `404` either unknown or unpublished, `410` `id` withdrawn (a delta *from* a
 /// withdrawn package is how phones leave it), `409` another scope, `403` either not
@@ -420,7 +431,7 @@ pub async fn may_read_delta(
     id: PackageId,
     from: PackageId,
 ) -> Result<(), AccessError> {
-    if app.access.allowed_lately(user.id, id, from) {
+    if may_read_delta_from_memory(app, user, id, from) {
         return Ok(());
     }
     let generation = app.access.generation();

@@ -17,7 +17,8 @@ use entity::UserId;
 
 pub use entity::enums::PackageScope;
 pub use gate::{
-    AccessCache, AccessError, may_read_delta, may_read_package, may_read_package_from_memory,
+    AccessCache, AccessError, may_read_delta, may_read_delta_from_memory, may_read_package,
+    may_read_package_from_memory,
 };
 
 /// `EXAMSYNC_ACCESS`: whether grants decide what students read.

@@ -12,6 +12,7 @@ use crate::{app::AppState, graphql::AppSchema};
 
 pub mod changes;
 pub mod extract;
+pub mod from_memory;
 pub mod graphiql;
 pub mod graphql;
 pub mod headers;
@@ -20,7 +21,6 @@ pub mod media;
 pub mod middleware_layer;
 pub mod openapi;
 pub mod packages;
-pub mod revalidate;
 pub mod sync;
 
 /// The REST routes, each registered together with the `#[utoipa::path]` operation of its
@@ -54,7 +54,7 @@ pub fn router_with(
     state: AppState,
     schema: AppSchema,
     extra: Router<AppState>,
-) -> revalidate::Revalidate<Router> {
+) -> from_memory::FromMemory<Router> {
     let graphql_routes = Router::new()
         .route(
             "/graphql",
@@ -81,8 +81,8 @@ pub fn router_with(
         .fallback(not_found)
         .layer(middleware_layer::RequestContextLayer::new(state.clone()))
         .with_state(state.clone());
-    // In front of the router: revalidations that memory answers never reach it.
-    revalidate::RevalidateLayer::new(state).layer(router)
+    // In front of the router: what memory answers never reaches it.
+    from_memory::FromMemoryLayer::new(state).layer(router)
 }
 
 /// The router of the metrics listener (`EXAMSYNC_METRICS_BIND`): `/metrics` alone.

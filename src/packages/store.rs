@@ -548,6 +548,11 @@ impl PackageStore {
         .await
     }
 
+    /// The delta from `from` to `id` when it is in memory (nothing read or built).
+    pub fn cached_delta(&self, id: PackageId, from: PackageId) -> Option<Arc<DeltaBodies>> {
+        self.inner.deltas.get(&(id, from))
+    }
+
     /// The delta from `from` to `id`, both published, computed once per pair (`None`: either
     /// package is unknown or unpublished).
     /// `DELTA_SCOPE_MISMATCH` when they are of different scopes or scope data.
@@ -557,7 +562,7 @@ impl PackageStore {
         id: PackageId,
         from: PackageId,
     ) -> AppResult<Option<Arc<DeltaBodies>>> {
-        if let Some(bodies) = self.inner.deltas.get(&(id, from)) {
+        if let Some(bodies) = self.cached_delta(id, from) {
             return Ok(Some(bodies));
         }
         let db = db.clone();

@@ -343,7 +343,7 @@ async fn objects_are_served_with_validators_and_ranges(backend: Backend) {
         .header("if-none-match", &etag)
         .body(axum::body::Body::empty())
         .unwrap();
-    let from_memory = examsync::http::revalidate::answer(&app.state, &revalidation).unwrap();
+    let from_memory = examsync::http::from_memory::answer(&app.state, &revalidation).unwrap();
     assert_eq!(from_memory.status(), 304);
     for name in [
         "etag",

@@ -256,7 +256,7 @@ async fn dcz_body(
 
 /// `?from=`, the delta route's one parameter, read straight from the query string (a
 /// deserializer would cost this hot route more than the rest of its parsing).
-fn delta_from(query: Option<&str>) -> Result<PackageId, AppError> {
+pub(crate) fn delta_from(query: Option<&str>) -> Result<PackageId, AppError> {
     // What clients send, `from=<uuid>`, read without decoding: nothing in it is encoded.
     if let Some(value) = query.and_then(|q| q.strip_prefix("from="))
         && !value
@@ -347,7 +347,15 @@ pub async fn get_delta(
     let Some(delta) = state.packages.delta_bodies(&state.db, id, from).await? else {
         return Err(not_found());
     };
-    let encoding = negotiate_encoding(accept_encodings(headers));
+    delta_response(&delta, headers)
+}
+
+/// The delta in the encoding the request accepts (whole, or the range it asks for).
+pub(crate) fn delta_response(
+    delta: &store::DeltaBodies,
+    request_headers: &HeaderMap,
+) -> Result<Response, AppError> {
+    let encoding = negotiate_encoding(accept_encodings(request_headers));
     let representation = Representation {
         etag: &delta.etag,
         last_modified: &delta.last_modified,
@@ -355,9 +363,24 @@ pub async fn get_delta(
         use_as_dictionary: false,
         whole_headers: Some(delta.bodies.whole_headers(encoding)),
     };
-    let response = representation.respond(headers, delta.bodies.get(encoding).clone())?;
+    let response = representation.respond(request_headers, delta.bodies.get(encoding).clone())?;
     metrics::package_delta(response.status().as_u16(), encoding.as_str());
     Ok(response)
+}
+
+/// The delta [`get_delta`] would send to a request without `If-None-Match` when every fact
+/// it rests on is in memory (the caller's remembered access to both packages, the delta's
+/// bodies). `None` means "ask [`get_delta`]", never a refusal.
+pub(crate) fn delta_from_memory(
+    state: &AppState,
+    user: &AuthUser,
+    id: PackageId,
+    from: PackageId,
+) -> Option<Arc<store::DeltaBodies>> {
+    if !access::may_read_delta_from_memory(state, user, id, from) {
+        return None;
+    }
+    state.packages.cached_delta(id, from)
 }
 
 /// Every `Accept-Encoding` line of the request, as raw bytes (the parsers in `headers.rs` read

@@ -1,9 +1,10 @@
-//! Revalidations answered from memory in front of the router (`http::revalidate`): the
-//! handler's answer, the handler's window, and never past a change the handler would see
-//! (a withdrawal, a revoked grant). `answer` is called directly to know which of the two
-//! answered; every other check is over HTTP.
+//! Requests answered from memory in front of the router (`http::from_memory`): package
+//! revalidations and delta downloads get the handler's answer and the handler's window, and
+//! never past a change the handler would see (a withdrawal, a revoked grant). `answer` is
+//! called directly to know which of the two answered; every other check is over HTTP. (Media
+//! revalidations: `media::objects_are_served_with_validators_and_ranges`.)
 use axum::{body::Body, extract::Request};
-use examsync::http::revalidate::answer;
+use examsync::http::from_memory::answer;
 use reqwest::header::HeaderMap;
 use serde_json::json;
 use uuid::Uuid;
@@ -14,11 +15,15 @@ use crate::helpers::{Backend, TestApp, question, spawn_app_with};
 
 /// The request a phone sends to revalidate `path`.
 fn revalidation(path: &str, token: &str, etag: &str) -> Request {
-    Request::get(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("if-none-match", etag)
-        .body(Body::empty())
-        .unwrap()
+    with_headers(path, token, &[("if-none-match", etag)])
+}
+
+fn with_headers(path: &str, token: &str, headers: &[(&str, &str)]) -> Request {
+    let mut request = Request::get(path).header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).unwrap()
 }
 
 async fn revalidate(app: &TestApp, path: &str, token: &str, etag: &str) -> (u16, HeaderMap) {
@@ -137,7 +142,78 @@ async fn revalidations_from_memory_count_against_the_window(backend: Backend) {
     app.stop().await;
 }
 
+async fn delta_downloads_match_the_handler(backend: Backend) {
+    let app = grants_app(backend).await;
+    let bank = bank(&app).await;
+    let (student, token) = app.student();
+    app.grant(student, "YEAR", Some(1)).await;
+    let path = format!(
+        "/api/v1/tests/packages/{}/delta?from={}",
+        bank.year1_v2, bank.year1_v1
+    );
+    let identity = [("accept-encoding", "identity")];
+    assert!(answer(&app.state, &with_headers(&path, &token, &identity)).is_none());
+    // The handler builds the delta; from then on memory holds everything.
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = app.get(&path, &token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let handler = get(&[("accept-encoding", "identity")]).await.unwrap();
+    assert_eq!(handler.status(), 200);
+    let handler_headers = handler.headers().clone();
+    let handler_body = handler.bytes().await.unwrap();
+    for headers in [
+        &identity[..],
+        &[("accept-encoding", "identity"), ("range", "bytes=5-24")],
+    ] {
+        let memory = answer(&app.state, &with_headers(&path, &token, headers)).unwrap();
+        let status = memory.status().as_u16();
+        let memory_headers = memory.headers().clone();
+        let body = axum::body::to_bytes(memory.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        if headers.len() == 1 {
+            assert_eq!(status, 200);
+            assert_eq!(body, handler_body);
+        } else {
+            assert_eq!(status, 206);
+            assert_eq!(body, handler_body.slice(5..25));
+        }
+        assert_eq!(memory_headers["etag"], handler_headers["etag"]);
+        assert_eq!(memory_headers["vary"], handler_headers["vary"]);
+    }
+    // Over HTTP, answered from memory: the same body and headers as the handler's.
+    let memory = get(&[("accept-encoding", "identity")]).await.unwrap();
+    assert_eq!(comparable(memory.headers()), comparable(&handler_headers));
+    assert_eq!(memory.bytes().await.unwrap(), handler_body);
+    // Not for this layer: a revalidation, a HEAD, a `from` that does not parse (the
+    // handler's 400).
+    let etag = handler_headers["etag"].to_str().unwrap();
+    assert!(answer(&app.state, &revalidation(&path, &token, etag)).is_none());
+    let head = Request::head(&path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    assert!(answer(&app.state, &head).is_none());
+    let malformed = format!("{}?from=not-a-uuid", path.split('?').next().unwrap());
+    assert!(answer(&app.state, &with_headers(&malformed, &token, &identity)).is_none());
+    assert_eq!(get_status(&app, &malformed, &token).await, 400);
+    // Another student without a grant to the year: never from memory, and refused.
+    let (_, stranger) = app.student();
+    assert_eq!(get_status(&app, &path, &stranger).await, 403);
+    assert!(answer(&app.state, &with_headers(&path, &stranger, &identity)).is_none());
+    app.stop().await;
+}
+
+async fn get_status(app: &TestApp, path: &str, token: &str) -> u16 {
+    app.get(path, token).send().await.unwrap().status().as_u16()
+}
+
 backend_tests!(
+    delta_downloads_match_the_handler,
     package_revalidations_match_the_handler,
     revalidations_from_memory_count_against_the_window
 );
