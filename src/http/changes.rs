@@ -1,7 +1,8 @@
 //! `GET /api/v1/sync/changes?since=&limit=`: the pull feed (`sync::changes`), snake_case.
 use axum::{
     Json,
-    extract::{RawQuery, State},
+    extract::{FromRequestParts, RawQuery, Request, State},
+    response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -170,12 +171,30 @@ pub async fn sync_changes(
     user: AuthUser,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ChangesResponse>, AppError> {
+    page(&state, &user, query.as_deref()).await
+}
+
+/// [`sync_changes`] for a request that did not go through the router (`http::front`): the
+/// token read by the same extractor, then the same steps.
+pub(crate) async fn sync_changes_unrouted(state: AppState, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    match AuthUser::from_request_parts(&mut parts, &state).await {
+        Ok(user) => page(&state, &user, parts.uri.query()).await.into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn page(
+    state: &AppState,
+    user: &AuthUser,
+    query: Option<&str>,
+) -> Result<Json<ChangesResponse>, AppError> {
     state
         .rate_limiter
         .check(&state.cache, user.id, "sync")
         .await?;
-    let (since, limit) = read_query(query.as_deref())?;
-    let page = changes::pull(&state, user.id, since.as_deref(), limit).await?;
+    let (since, limit) = read_query(query)?;
+    let page = changes::pull(state, user.id, since.as_deref(), limit).await?;
     Ok(Json(page.into()))
 }
 

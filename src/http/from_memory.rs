@@ -1,4 +1,5 @@
-//! The commonest package and media requests answered from memory, in front of the router.
+//! The commonest package and media requests answered from memory, in front of the router
+//! (`http::front` asks [`answer`] first).
 //!
 //! What a phone asks most is whether what it holds is still current (a `GET` of a package or
 //! a media object with `If-None-Match`, nearly always a `304`) and, when a new version of its
@@ -16,14 +17,7 @@
 //! unchanged, and its handler fills the caches read here. The answer carries the request id,
 //! is counted in the HTTP metrics under its route and gets the request log line, as through
 //! the middleware.
-use std::{
-    cell::Cell,
-    convert::Infallible,
-    panic::AssertUnwindSafe,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::{cell::Cell, sync::Arc, time::Instant};
 
 use axum::{
     extract::Request,
@@ -31,8 +25,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use entity::PackageId;
-use futures::future::{Either, Ready, ready};
-use tower::{Layer, Service};
 use uuid::Uuid;
 
 use crate::{
@@ -54,61 +46,6 @@ const PACKAGE_PREFIX: &str = "/api/v1/tests/packages/";
 const PACKAGE_ROUTE: &str = "/api/v1/tests/packages/{package_id}";
 const DELTA_ROUTE: &str = "/api/v1/tests/packages/{package_id}/delta";
 const MEDIA_ROUTE: &str = "/api/v1/media/{sha256}";
-
-/// Wraps the whole router (see the module documentation).
-#[derive(Clone)]
-pub struct FromMemoryLayer {
-    state: AppState,
-}
-
-impl FromMemoryLayer {
-    pub fn new(state: AppState) -> Self {
-        FromMemoryLayer { state }
-    }
-}
-
-impl<S> Layer<S> for FromMemoryLayer {
-    type Service = FromMemory<S>;
-
-    fn layer(&self, inner: S) -> FromMemory<S> {
-        FromMemory {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct FromMemory<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S> Service<Request> for FromMemory<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // A panic here must not take the connection: the router then answers as usual.
-        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| answer(&self.state, &request)));
-        match answered {
-            Ok(Some(response)) => Either::Left(ready(Ok(response))),
-            Ok(None) => Either::Right(self.inner.call(request)),
-            Err(_) => {
-                tracing::error!("answering a request from memory panicked");
-                Either::Right(self.inner.call(request))
-            }
-        }
-    }
-}
 
 /// What a request asks for, in the exact form clients send it.
 enum Target {

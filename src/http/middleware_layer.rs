@@ -292,11 +292,22 @@ pub fn check_anonymous(state: &AppState, client: Option<ClientAddr>) -> Result<(
 #[derive(Clone)]
 pub struct RequestContextLayer {
     state: AppState,
+    /// The route's template, for a service reached without the router (which would name
+    /// it by `MatchedPath`).
+    route: Option<&'static str>,
 }
 
 impl RequestContextLayer {
     pub fn new(state: AppState) -> Self {
-        RequestContextLayer { state }
+        RequestContextLayer { state, route: None }
+    }
+
+    /// The layer of one route served without the router.
+    pub fn for_route(state: AppState, route: &'static str) -> Self {
+        RequestContextLayer {
+            state,
+            route: Some(route),
+        }
     }
 }
 
@@ -307,6 +318,7 @@ impl<S> Layer<S> for RequestContextLayer {
         RequestContext {
             inner,
             state: self.state.clone(),
+            route: self.route,
         }
     }
 }
@@ -315,6 +327,7 @@ impl<S> Layer<S> for RequestContextLayer {
 pub struct RequestContext<S> {
     inner: S,
     state: AppState,
+    route: Option<&'static str>,
 }
 
 impl<S> RequestContext<S> {
@@ -371,10 +384,12 @@ where
             return Self::answered(refused.into_response(), request_id);
         }
         let method = request.method().clone();
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("unmatched", |p| route_template(p.as_str()));
+        let route = self.route.unwrap_or_else(|| {
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| route_template(p.as_str()))
+        });
         let surface = Surface::of(&request);
         let budget = self.state.config.request_timeout();
         let deadline = tokio::time::Instant::from_std(started) + budget;

@@ -13,6 +13,7 @@ use crate::{app::AppState, graphql::AppSchema};
 pub mod changes;
 pub mod extract;
 pub mod from_memory;
+pub mod front;
 pub mod graphiql;
 pub mod graphql;
 pub mod headers;
@@ -54,7 +55,7 @@ pub fn router_with(
     state: AppState,
     schema: AppSchema,
     extra: Router<AppState>,
-) -> from_memory::FromMemory<Router> {
+) -> front::Front<Router> {
     let graphql_routes = Router::new()
         .route(
             "/graphql",
@@ -81,8 +82,8 @@ pub fn router_with(
         .fallback(not_found)
         .layer(middleware_layer::RequestContextLayer::new(state.clone()))
         .with_state(state.clone());
-    // In front of the router: what memory answers never reaches it.
-    from_memory::FromMemoryLayer::new(state).layer(router)
+    // In front of the router: what phones ask most (see `front`).
+    front::FrontLayer::new(state).layer(router)
 }
 
 /// The router of the metrics listener (`EXAMSYNC_METRICS_BIND`): `/metrics` alone.

@@ -198,6 +198,42 @@ async fn metrics_move_after_a_sync_and_a_download() {
     };
     assert!(downloads(&after, "200", "gzip") >= downloads(&before, "200", "gzip") + 1.0);
     assert!(downloads(&after, "304", "none") >= downloads(&before, "304", "none") + 1.0);
+    // Served in front of the router (the revalidation from memory, the pull feed), both
+    // are counted under their route's template like any routed request.
+    let before = metrics(&app).await;
+    for _ in 0..3 {
+        let not_modified = app
+            .get(&path, &token)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(not_modified.status(), 304);
+        let pulled = app
+            .get("/api/v1/sync/changes", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pulled.status(), 200);
+        assert!(pulled.headers().contains_key("x-request-id"));
+    }
+    let after = metrics(&app).await;
+    for (route, status) in [
+        ("/api/v1/tests/packages/{package_id}", "304"),
+        ("/api/v1/sync/changes", "200"),
+    ] {
+        let series = [("route", route), ("status", status), ("method", "GET")];
+        let count = |m| total(m, "examsync_http_request_duration_seconds_count", &series);
+        assert!(count(&after) >= count(&before) + 3.0, "{route}");
+    }
+    let from_memory = |m| {
+        value(
+            m,
+            "examsync_answered_from_memory_total",
+            &[("route", "/api/v1/tests/packages/{package_id}")],
+        )
+    };
+    assert!(from_memory(&after) >= from_memory(&before) + 3.0);
 
     // Made-up methods and unknown paths cannot grow the label sets.
     for n in 0..3 {
