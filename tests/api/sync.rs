@@ -1573,6 +1573,46 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
         !text.contains("\"Filter\""),
         "keys applied as a filter: {text}"
     );
+
+    // The lookup merged with the sessions and questions (the statement a batch runs):
+    // its scan of the records is the same probe.
+    let row = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "EXPLAIN (FORMAT JSON) {}",
+                examsync::sync::store::FIND_RECORDS_AND_FACTS_PG
+            ),
+            vec![
+                user.into(),
+                examsync::sync::store::uuids(keys),
+                examsync::sync::store::uuids([Uuid::new_v4()]),
+                examsync::sync::store::uuids([Uuid::new_v4()]),
+                examsync::sync::store::uuids(q.clone()),
+            ],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let plan: Value = row.try_get("", "QUERY PLAN").unwrap();
+    fn scans_of<'a>(node: &'a Value, table: &str, out: &mut Vec<&'a Value>) {
+        if node["Relation Name"] == table {
+            out.push(node);
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans_of(child, table, out);
+        }
+    }
+    let mut scans = Vec::new();
+    scans_of(&plan[0]["Plan"], "idempotency_records", &mut scans);
+    assert_eq!(scans.len(), 1, "{plan}");
+    let index_cond = scans[0]["Index Cond"].as_str().unwrap_or_default();
+    assert!(
+        index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
+        "{plan}"
+    );
+    assert!(scans[0].get("Filter").is_none(), "keys applied as a filter: {plan}");
 }
 
 /// Duplicate/rejected counts summed off the write path are written on graceful shutdown,

@@ -38,8 +38,9 @@ const FIND_SESSIONS: &str = include_str!("sql/find_sessions.sql");
 const FIND_QUESTIONS: &str = include_str!("sql/find_questions.sql");
 /// `FIND_SESSIONS` and `FIND_QUESTIONS` as one statement: rows tagged by `kind`.
 const FIND_FACTS: &str = include_str!("sql/find_facts.sql");
-/// `FIND_RECORDS_PG` and `FIND_FACTS` as one statement: rows tagged by `kind`.
-const FIND_RECORDS_AND_FACTS: &str = include_str!("sql/find_records_and_facts.sql");
+/// `FIND_RECORDS_PG` and `FIND_FACTS` as one statement (the lookup is the same probe per
+/// key; a test checks the plan): rows tagged by `kind`.
+pub const FIND_RECORDS_AND_FACTS_PG: &str = include_str!("sql/find_records_and_facts.sql");
 const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 /// DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING also gives the winner's
 /// row when another request created it first: no read-back.
@@ -356,7 +357,7 @@ impl SyncStore for Postgres {
     ) -> Result<Lookup, DbErr> {
         let rows = db
             .query_all_raw(pg(
-                FIND_RECORDS_AND_FACTS,
+                FIND_RECORDS_AND_FACTS_PG,
                 vec![
                     user_id.into(),
                     uuids(keys.iter().copied()),
