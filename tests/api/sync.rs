@@ -1553,7 +1553,7 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
                 "EXPLAIN (FORMAT JSON) {}",
                 examsync::sync::store::FIND_RECORDS_PG
             ),
-            vec![user.into(), examsync::sync::store::uuids(keys)],
+            vec![user.into(), examsync::sync::store::uuids(keys.clone())],
         ))
         .await
         .unwrap()
