@@ -1612,7 +1612,10 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
         index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
         "{plan}"
     );
-    assert!(scans[0].get("Filter").is_none(), "keys applied as a filter: {plan}");
+    assert!(
+        scans[0].get("Filter").is_none(),
+        "keys applied as a filter: {plan}"
+    );
 }
 
 /// Duplicate/rejected counts summed off the write path are written on graceful shutdown,
