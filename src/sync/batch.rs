@@ -649,21 +649,12 @@ impl Batch<'_> {
                     Target::Session(id) => ClaimSession::Known(id),
                     Target::NewOffline(offline) => ClaimSession::New(offline),
                 },
+                question_id: item.pending.input.question_id,
             })
             .collect();
-        let mut question_ids: Vec<QuestionId> =
-            items.iter().map(|i| i.pending.input.question_id).collect();
-        sort_dedup(&mut question_ids);
         let opening = self
             .store()
-            .open_batch(
-                txn,
-                self.user.id,
-                &new_sessions,
-                &claims,
-                &question_ids,
-                self.received_at,
-            )
+            .open_batch(txn, self.user.id, &new_sessions, &claims, self.received_at)
             .await?
             .ok_or(TxnError::Inconsistent)?;
         let placed = items
@@ -947,7 +938,7 @@ fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
 }
 
 /// The current answers of the open items' sessions and questions (`current`, if read
-/// with the claims: a superset), with the new attempts folded in.
+/// with the claims: those of every won claim), with the new attempts folded in.
 async fn fold_into_answers(
     store: &Store,
     txn: &DatabaseTransaction,

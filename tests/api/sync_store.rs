@@ -760,6 +760,7 @@ impl Fixture {
             v1_hash: claim.v1_hash,
             attempt_id: claim.attempt_id,
             session,
+            question_id: self.questions[0],
         }
     }
 
@@ -830,14 +831,7 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
     let txn = f.begin().await;
     let opening = f
         .store
-        .open_batch(
-            &txn,
-            f.user,
-            std::slice::from_ref(&new),
-            &claims,
-            &f.questions,
-            f.now,
-        )
+        .open_batch(&txn, f.user, std::slice::from_ref(&new), &claims, f.now)
         .await
         .unwrap()
         .expect("the user exists");
@@ -879,14 +873,7 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
     let txn = f.begin().await;
     let opening = f
         .store
-        .open_batch(
-            &txn,
-            f.user,
-            &[again],
-            std::slice::from_ref(&claim),
-            &f.questions,
-            f.now,
-        )
+        .open_batch(&txn, f.user, &[again], std::slice::from_ref(&claim), f.now)
         .await
         .unwrap()
         .unwrap();
@@ -924,7 +911,6 @@ async fn open_batch_of_a_missing_user_writes_nothing(backend: Backend) {
                 scope: scope(),
             }],
             &claims,
-            &f.questions,
             f.now,
         )
         .await
@@ -969,7 +955,7 @@ async fn open_batch_reads_answers_only_when_nothing_committed_since(backend: Bac
         let claim = f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(session));
         let opening = f
             .store
-            .open_batch(&txn, f.user, &[], &[claim], &f.questions, f.now)
+            .open_batch(&txn, f.user, &[], &[claim], f.now)
             .await
             .unwrap()
             .unwrap();

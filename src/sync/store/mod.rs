@@ -105,6 +105,9 @@ pub struct OpeningClaim {
     pub v1_hash: PayloadHash,
     pub attempt_id: AttemptId,
     pub session: ClaimSession,
+    /// The question the item answers: its current answer in the session is read with the
+    /// claim (PostgreSQL).
+    pub question_id: QuestionId,
 }
 
 /// What the first writes of the applying transaction decided ([`SyncStore::open_batch`]).
@@ -118,7 +121,7 @@ pub struct Opening {
     pub won: HashSet<IdempotencyKey>,
     /// The won claims' sessions, locked, and their status read under the lock.
     pub states: HashMap<SessionId, SessionState>,
-    /// The current answers of the won claims' sessions × the questions, when they were
+    /// The current answers of the won claims' (session, question) pairs, when they were
     /// read after every earlier writer of the user had committed; `None`: read them now
     /// ([`SyncStore::current_answers`]).
     pub answers: Option<HashMap<AnswerKey, Answer>>,
@@ -279,16 +282,14 @@ pub trait SyncStore {
     /// The first writes of the applying transaction, in this order: `bump_change_seq`,
     /// `create_offline_sessions`, `claim_and_lock` (the claims of new offline sessions
     /// name the session created or found), and on PostgreSQL the current answers of the
-    /// won sessions × `question_ids`, all in one statement. `None`: no such user (nothing
-    /// was written). A claim whose new session was not returned is not made.
+    /// won claims, all in one statement. `None`: no such user (nothing was written). A
+    /// claim whose new session was not returned is not made.
     async fn open_batch(
         &self,
         txn: &impl ConnectionTrait,
         user_id: UserId,
         sessions: &[NewSession],
         claims: &[OpeningClaim],
-        // Read by the caller afterwards (`answers: None`).
-        _question_ids: &[QuestionId],
         now: DateTime<Utc>,
     ) -> Result<Option<Opening>, DbErr> {
         open_in_steps(self, txn, user_id, sessions, claims, now).await
@@ -511,12 +512,9 @@ impl SyncStore for Store {
         user_id: UserId,
         sessions: &[NewSession],
         claims: &[OpeningClaim],
-        question_ids: &[QuestionId],
         now: DateTime<Utc>,
     ) -> Result<Option<Opening>, DbErr> {
-        dispatch!(self, s => s
-            .open_batch(txn, user_id, sessions, claims, question_ids, now)
-            .await)
+        dispatch!(self, s => s.open_batch(txn, user_id, sessions, claims, now).await)
     }
 
     async fn release_and_insert_attempts(

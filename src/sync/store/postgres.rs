@@ -52,10 +52,13 @@ const CLAIM: &str = include_str!("sql/claim.sql");
 /// the order of the two statements; `FOR UPDATE` reads the newest version of a session it
 /// waited for, as a statement of its own would. Rows tagged by `kind`.
 const CLAIM_AND_LOCK: &str = include_str!("sql/claim_and_lock.sql");
-/// `BUMP_CHANGE_SEQ`, `CREATE_OFFLINE_SESSIONS`, `CLAIM_AND_LOCK` and `CURRENT_ANSWERS`
-/// as one statement, the locks taken in that order (the user's row first: nothing is
-/// inserted before it is locked). A claim names its session by id, or by the id generated
-/// for a new offline session, which becomes the id of the row created or found.
+/// `BUMP_CHANGE_SEQ`, `CREATE_OFFLINE_SESSIONS`, `CLAIM_AND_LOCK` and the current answers
+/// of the won claims as one statement, the locks taken in that order (the user's row
+/// first: nothing is inserted before it is locked). A claim names its session by id, or by
+/// the id generated for a new offline session, which becomes the id of the row created or
+/// found. The sessions and the answers are read by key (an index probe each: one
+/// `= ANY`, one `LATERAL … LIMIT 1` per won (session, question)), never by a join the
+/// planner could turn into a scan of a table that grows with every batch.
 ///
 /// The statement reads with one snapshot, taken before it waited for the user's row lock:
 /// the answers it reads are current only if no other writer of the user committed
@@ -388,7 +391,6 @@ impl SyncStore for Postgres {
         user_id: UserId,
         sessions: &[NewSession],
         claims: &[OpeningClaim],
-        question_ids: &[QuestionId],
         now: DateTime<Utc>,
     ) -> Result<Option<Opening>, DbErr> {
         if sessions.len() > MAX_SESSIONS_IN_OPENING || claims.is_empty() {
@@ -427,7 +429,7 @@ impl SyncStore for Postgres {
                     array(ArrayType::Bytes, hashes),
                     uuids(sorted.iter().map(|(c, _)| c.attempt_id)),
                     uuids(sorted.iter().map(|&(_, session)| session)),
-                    uuids(question_ids.iter().copied()),
+                    uuids(sorted.iter().map(|(c, _)| c.question_id)),
                 ],
             ))
             .await?;

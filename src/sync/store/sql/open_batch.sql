@@ -29,13 +29,18 @@ WITH seen AS MATERIALIZED (
   RETURNING idempotency_key, session_id
 ), locked AS (
   SELECT t.id, t.status FROM test_sessions t
-  WHERE t.id IN (SELECT session_id FROM claimed)
+  WHERE t.id = ANY (ARRAY(SELECT DISTINCT session_id FROM claimed))
   ORDER BY t.id FOR UPDATE
 ), answers AS (
   SELECT a.id, a.session_id, a.question_id, a.attempt_id, a.selected_option_index,
     a.is_correct, a.answered_at, a.changed_count
-  FROM session_answers a
-  WHERE a.session_id IN (SELECT session_id FROM claimed) AND a.question_id = ANY($12)
+  FROM (SELECT DISTINCT c.session_id, u.q
+        FROM claimed c JOIN unnest($8::uuid[], $12::uuid[]) AS u(k, q)
+          ON u.k = c.idempotency_key) AS p
+  CROSS JOIN LATERAL
+    (SELECT * FROM session_answers x
+     WHERE x.session_id = p.session_id AND x.question_id = p.q
+     LIMIT 1) AS a
 )
 SELECT 'seq' AS kind, NULL::uuid AS id, NULL::uuid AS offline_session_id,
   NULL::varchar AS status, b.change_seq AS seq, b.change_seq = s.change_seq + 1 AS fresh,
