@@ -486,6 +486,11 @@ impl SyncStore for Postgres {
         if rows.is_empty() {
             return self.release(txn, user_id, released).await;
         }
+        if released.is_empty() {
+            // Not a DELETE with an empty key list: a generic plan of it may be a scan of
+            // every record.
+            return self.insert_attempts(txn, user_id, rows, skew_ms, now).await;
+        }
         let mut values = attempt_values(user_id, rows, skew_ms, now);
         values.push(uuids(released.iter().copied()));
         txn.execute_raw(pg(RELEASE_AND_INSERT_ATTEMPTS, values))

@@ -28,9 +28,10 @@ WITH seen AS MATERIALIZED (
   ON CONFLICT (user_id, idempotency_key) DO NOTHING
   RETURNING idempotency_key, session_id
 ), locked AS (
-  SELECT t.id, t.status FROM test_sessions t
-  WHERE t.id = ANY (ARRAY(SELECT DISTINCT session_id FROM claimed))
-  ORDER BY t.id FOR UPDATE
+  SELECT l.id, l.status
+  FROM (SELECT DISTINCT session_id FROM claimed ORDER BY session_id) AS c
+  CROSS JOIN LATERAL
+    (SELECT t.id, t.status FROM test_sessions t WHERE t.id = c.session_id FOR UPDATE) AS l
 ), answers AS (
   SELECT a.id, a.session_id, a.question_id, a.attempt_id, a.selected_option_index,
     a.is_correct, a.answered_at, a.changed_count
