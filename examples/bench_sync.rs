@@ -20,7 +20,8 @@
 //! scenario; the table gives the median of the rounds, ratios taken within each round.
 //!
 //! The server is a child process (this executable re-run with `--serve`, which runs what
-//! `examsync serve` runs; or `BENCH_SERVER_BIN`), pinned with `taskset` to core 0, while
+//! `examsync serve` runs; or `BENCH_SERVER_BIN`, which then also migrates the databases
+//! with `migrate`, so an older server runs on its own schema), pinned with `taskset` to core 0, while
 //! this process (the load generator and the ceiling's client) pins itself to core 1
 //! (`BENCH_PIN=0` turns pinning off). The server's peak RSS and CPU time are its own.
 //!
@@ -763,7 +764,9 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
     }
 }
 
-/// Migrates the database at `url` and seeds the question bank.
+/// Migrates the database at `url` and seeds the question bank. With `BENCH_SERVER_BIN`
+/// that server migrates it (`examsync migrate`): the schema is the one it was written for
+/// (an older server refuses a database holding migrations it does not know).
 async fn prepare(
     settings: &Settings,
     url: &str,
@@ -771,9 +774,24 @@ async fn prepare(
     let db = examsync::db::connect(url, 2)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    examsync::db::migrate(&db)
-        .await
-        .map_err(|e| format!("migrate: {e}"))?;
+    match &settings.server_bin {
+        Some(bin) => {
+            let status = Command::new(bin)
+                .arg("migrate")
+                .env("DATABASE_URL", url)
+                .env("JWT_SECRET", SECRET)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("{bin} migrate: {e}"))?;
+            if !status.success() {
+                return Err(format!("{bin} migrate: {status}"));
+            }
+        }
+        None => examsync::db::migrate(&db)
+            .await
+            .map_err(|e| format!("migrate: {e}"))?,
+    }
     let bank = Arc::new(seed_questions(&db, settings.questions).await?);
     Ok((db, bank))
 }

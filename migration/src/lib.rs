@@ -8,6 +8,7 @@ mod m20261201_000004_cache_epoch;
 mod m20261205_000005_access;
 mod m20261205_000006_media;
 mod m20261205_000007_change_feed;
+mod m20261206_000008_sync_history_without_foreign_keys;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000005_access::Migration),
             Box::new(m20261205_000006_media::Migration),
             Box::new(m20261205_000007_change_feed::Migration),
+            Box::new(m20261206_000008_sync_history_without_foreign_keys::Migration),
         ]
     }
 }

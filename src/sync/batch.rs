@@ -37,7 +37,7 @@ use serde_json::json;
 use super::{
     AttemptInput, AttemptResult, MAX_BATCH, ParsedAttempt, SyncErrorCode, SyncStatus,
     rules::{self, Checked, Facts, QuestionFact, Record, SessionFact, SessionState, Target},
-    store::{self, Claim, Counts, Store, SyncStore},
+    store::{self, ClaimSession, Counts, OpeningClaim, Store, SyncStore},
 };
 use crate::{
     app::App,
@@ -225,6 +225,16 @@ struct KeyClaims {
     states: HashMap<SessionId, SessionState>,
 }
 
+/// What the first writes of the transaction decided (`Batch::open`).
+struct Opened {
+    seq: i64,
+    /// Position by position.
+    placed: Vec<Placed>,
+    claims: KeyClaims,
+    /// The current answers, if read with the claims (`store::Opening::answers`).
+    answers: Option<HashMap<rules::AnswerKey, rules::Answer>>,
+}
+
 /// Won positions by the status of their session, read again under its lock.
 struct SessionRecheck {
     open: Vec<usize>,
@@ -287,9 +297,10 @@ impl Batch<'_> {
     async fn process_round(&self, round: Vec<Pending>) -> AppResult<Vec<(usize, AttemptResult)>> {
         let mut out = Vec::with_capacity(round.len());
 
-        // Idempotency: a known key decides the outcome before anything else is read.
-        let keys: Vec<IdempotencyKey> = round.iter().map(|p| p.input.idempotency_key).collect();
-        let records = self.lookup_records(&keys).await?;
+        // Idempotency: a known key decides the outcome before anything else is read. The
+        // sessions and questions of the items the cache did not know are read with their
+        // records (one statement on PostgreSQL).
+        let (records, lookup) = self.lookup_records(&round).await?;
         let mut fresh = Vec::new();
         for p in round {
             match records.get(&p.input.idempotency_key) {
@@ -304,7 +315,7 @@ impl Batch<'_> {
             return Ok(out);
         }
 
-        let facts = self.facts(&fresh).await?;
+        let facts = self.facts(&fresh, lookup).await?;
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         for p in fresh {
@@ -356,12 +367,15 @@ impl Batch<'_> {
             .collect())
     }
 
-    /// Idempotency records of `keys` for this user: cache first, then the database
-    /// (refilling the cache).
+    /// Idempotency records of the items' keys for this user: cache first, then the
+    /// database (refilling the cache), where the sessions and questions of the items read
+    /// there are read too: every item without a record is among them.
     async fn lookup_records(
         &self,
-        keys: &[IdempotencyKey],
-    ) -> AppResult<HashMap<IdempotencyKey, Record>> {
+        items: &[Pending],
+    ) -> AppResult<(HashMap<IdempotencyKey, Record>, Option<store::Lookup>)> {
+        let keys: Vec<IdempotencyKey> = items.iter().map(|p| p.input.idempotency_key).collect();
+        let keys = &keys[..];
         let cache = &self.app.cache;
         let mut found = HashMap::new();
         let mut missing = Vec::new();
@@ -393,12 +407,26 @@ impl Batch<'_> {
             }
         }
         if missing.is_empty() {
-            return Ok(found);
+            return Ok((found, None));
         }
-        let from_db = self
+        let unknown: HashSet<IdempotencyKey> = missing.iter().copied().collect();
+        let ids = FactIds::of(
+            items
+                .iter()
+                .filter(|p| unknown.contains(&p.input.idempotency_key)),
+        );
+        let mut lookup = self
             .store()
-            .find_records(self.db(), self.user.id, &missing)
+            .find_records_and_facts(
+                self.db(),
+                self.user.id,
+                &missing,
+                &ids.sessions,
+                &ids.offline,
+                &ids.questions,
+            )
             .await?;
+        let from_db = std::mem::take(&mut lookup.records);
         if !from_db.is_empty() {
             self.confirm_durable().await?;
         }
@@ -412,24 +440,15 @@ impl Batch<'_> {
             }
         }
         found.extend(from_db);
-        Ok(found)
+        Ok((found, Some(lookup)))
     }
 
     /// Sessions, questions (drafts resolved) and package snapshots the checks need.
-    async fn facts(&self, items: &[Pending]) -> AppResult<Facts> {
-        let mut session_ids: Vec<SessionId> =
-            items.iter().filter_map(|p| p.input.session_id).collect();
-        let mut offline_ids: Vec<OfflineSessionId> = items
-            .iter()
-            .filter(|p| p.input.session_id.is_none())
-            .filter_map(|p| p.input.offline_session_id)
-            .collect();
-        let mut question_ids: Vec<QuestionId> = items.iter().map(|p| p.input.question_id).collect();
+    /// `lookup`: the sessions and questions read with the records, for a superset of
+    /// `items` (`None`: read them here).
+    async fn facts(&self, items: &[Pending], lookup: Option<store::Lookup>) -> AppResult<Facts> {
         let mut package_ids: Vec<PackageId> =
             items.iter().filter_map(|p| p.input.package_id).collect();
-        sort_dedup(&mut session_ids);
-        sort_dedup(&mut offline_ids);
-        sort_dedup(&mut question_ids);
         sort_dedup(&mut package_ids);
 
         let mut facts = Facts {
@@ -437,17 +456,22 @@ impl Batch<'_> {
                 .await?,
             ..Facts::default()
         };
-        // Sessions and questions: one statement on PostgreSQL.
-        let (sessions, questions) = self
-            .store()
-            .find_sessions_and_questions(
-                self.db(),
-                self.user.id,
-                &session_ids,
-                &offline_ids,
-                &question_ids,
-            )
-            .await?;
+        let (sessions, questions) = match lookup {
+            Some(lookup) => (lookup.sessions, lookup.questions),
+            None => {
+                // Sessions and questions: one statement on PostgreSQL.
+                let ids = FactIds::of(items.iter());
+                self.store()
+                    .find_sessions_and_questions(
+                        self.db(),
+                        self.user.id,
+                        &ids.sessions,
+                        &ids.offline,
+                        &ids.questions,
+                    )
+                    .await?
+            }
+        };
         for (session, offline) in sessions {
             facts.sessions_by_id.insert(session.id, session);
             if let Some(offline) = offline {
@@ -539,24 +563,38 @@ impl Batch<'_> {
     /// The one transaction of a batch (positions index into `items`).
     async fn apply_in_transaction(&self, items: &[&Accepted]) -> Result<Applied, TxnError> {
         let txn = self.begin().await?;
-        let seq = self.bump_change_seq(&txn).await?;
-        let sessions = self.create_offline_sessions(&txn, items, seq).await?;
-        let placed: Vec<Placed> = sessions
-            .into_iter()
-            .map(|session| Placed {
-                attempt_id: AttemptId::new_v4(),
-                session,
-            })
+        let opened = self.open(&txn, items).await?;
+        let placed = &opened.placed;
+        let recheck = recheck_sessions(placed, opened.claims.won, &opened.claims.states);
+        // Items of closed sessions give their keys back.
+        let released: Vec<IdempotencyKey> = recheck
+            .closed
+            .iter()
+            .map(|&p| items[p].pending.input.idempotency_key)
             .collect();
-        let claims = self.claim_keys(&txn, items, &placed).await?;
-        let recheck = self
-            .recheck_sessions(&txn, items, &placed, claims.won, &claims.states)
-            .await?;
         let mut won = Vec::new();
-        if !recheck.open.is_empty() {
-            let plan = fold_into_answers(self.store(), &txn, items, &placed, &recheck.open).await?;
-            self.write_open(&txn, items, &placed, &recheck.open, plan, seq)
-                .await?;
+        if recheck.open.is_empty() {
+            self.store().release(&txn, self.user.id, &released).await?;
+        } else {
+            let plan = fold_into_answers(
+                self.store(),
+                &txn,
+                items,
+                placed,
+                &recheck.open,
+                opened.answers,
+            )
+            .await?;
+            self.write_open(
+                &txn,
+                items,
+                placed,
+                &recheck.open,
+                &released,
+                plan,
+                opened.seq,
+            )
+            .await?;
             won = recheck
                 .open
                 .iter()
@@ -570,7 +608,7 @@ impl Batch<'_> {
         self.commit(txn).await?;
         Ok(Applied {
             won,
-            lost: claims.lost,
+            lost: opened.claims.lost,
             closed: recheck.closed,
         })
     }
@@ -587,112 +625,90 @@ impl Batch<'_> {
             .await
     }
 
-    /// First in the transaction: from here to commit it holds the user's row lock, so
-    /// the pull feed sees the user's commits in counter order.
-    async fn bump_change_seq(&self, txn: &DatabaseTransaction) -> Result<i64, TxnError> {
-        self.store()
-            .bump_change_seq(txn, self.user.id)
-            .await?
-            .ok_or(TxnError::Inconsistent)
-    }
-
-    /// The session of every item (position by position), creating those of offline
-    /// sessions seen for the first time.
-    async fn create_offline_sessions(
+    /// The first writes of the transaction (one statement on PostgreSQL, see
+    /// `SyncStore::open_batch`): the user's change counter, whose row lock is held from
+    /// here to commit so that the pull feed sees the user's commits in counter order; the
+    /// sessions of offline sessions seen for the first time; every key claimed before any
+    /// other write; the won claims' sessions locked (in id order) and their status read
+    /// again.
+    async fn open(
         &self,
         txn: &DatabaseTransaction,
         items: &[&Accepted],
-        seq: i64,
-    ) -> Result<Vec<SessionFact>, TxnError> {
+    ) -> Result<Opened, TxnError> {
         let new_sessions = new_offline_sessions(items);
-        let created = self
-            .store()
-            .create_offline_sessions(txn, self.user.id, &new_sessions, self.received_at, seq)
-            .await?;
-        items
+        let attempt_ids: Vec<AttemptId> = items.iter().map(|_| AttemptId::new_v4()).collect();
+        let claims: Vec<OpeningClaim> = items
             .iter()
-            .map(|item| match item.checked.target {
-                Target::Session(id) => Ok(SessionFact {
-                    id,
-                    state: SessionState::Active,
-                }),
-                // The upsert returns the row it inserted or found; without one the
-                // database is not in a state to decide in: a retry will be.
-                Target::NewOffline(offline) => {
-                    created.get(&offline).copied().ok_or(TxnError::Inconsistent)
-                }
-            })
-            .collect()
-    }
-
-    /// Every key is claimed before any other check or write; then the sessions of the won
-    /// claims are locked (in id order) and their status read again (one statement on
-    /// PostgreSQL).
-    async fn claim_keys(
-        &self,
-        txn: &DatabaseTransaction,
-        items: &[&Accepted],
-        placed: &[Placed],
-    ) -> Result<KeyClaims, TxnError> {
-        let claims: Vec<Claim> = items
-            .iter()
-            .zip(placed)
-            .map(|(item, placed)| Claim {
+            .zip(&attempt_ids)
+            .map(|(item, &attempt_id)| OpeningClaim {
                 key: item.pending.input.idempotency_key,
                 v1_hash: item.pending.v1_hash.clone(),
-                attempt_id: placed.attempt_id,
-                session_id: placed.session.id,
+                attempt_id,
+                session: match item.checked.target {
+                    Target::Session(id) => ClaimSession::Known(id),
+                    Target::NewOffline(offline) => ClaimSession::New(offline),
+                },
+                question_id: item.pending.input.question_id,
             })
             .collect();
-        let (won_keys, states) = self
+        let opening = self
             .store()
-            .claim_and_lock(txn, self.user.id, &claims, self.received_at)
-            .await?;
-        let mut outcome = KeyClaims {
-            states,
+            .open_batch(txn, self.user.id, &new_sessions, &claims, self.received_at)
+            .await?
+            .ok_or(TxnError::Inconsistent)?;
+        let placed = items
+            .iter()
+            .zip(attempt_ids)
+            .map(|(item, attempt_id)| {
+                let session = match item.checked.target {
+                    Target::Session(id) => SessionFact {
+                        id,
+                        state: SessionState::Active,
+                    },
+                    // The upsert returns the row it inserted or found; without one the
+                    // database is not in a state to decide in: a retry will be.
+                    Target::NewOffline(offline) => opening
+                        .created
+                        .get(&offline)
+                        .copied()
+                        .ok_or(TxnError::Inconsistent)?,
+                };
+                Ok(Placed {
+                    attempt_id,
+                    session,
+                })
+            })
+            .collect::<Result<Vec<Placed>, TxnError>>()?;
+        let mut claims = KeyClaims {
+            states: opening.states,
             ..KeyClaims::default()
         };
         for (position, item) in items.iter().enumerate() {
-            if won_keys.contains(&item.pending.input.idempotency_key) {
-                outcome.won.push(position);
+            if opening.won.contains(&item.pending.input.idempotency_key) {
+                claims.won.push(position);
             } else {
-                outcome.lost.push(position);
+                claims.lost.push(position);
             }
         }
-        Ok(outcome)
+        Ok(Opened {
+            seq: opening.seq,
+            placed,
+            claims,
+            answers: opening.answers,
+        })
     }
 
-    /// A submitSession may have committed since the checks: the won sessions were locked
-    /// with the claim and their status read again (`states`). Items of closed sessions
-    /// give their keys back.
-    async fn recheck_sessions(
-        &self,
-        txn: &DatabaseTransaction,
-        items: &[&Accepted],
-        placed: &[Placed],
-        won: Vec<usize>,
-        states: &HashMap<SessionId, SessionState>,
-    ) -> Result<SessionRecheck, TxnError> {
-        let (open, closed): (Vec<usize>, Vec<usize>) = won.into_iter().partition(|&p| {
-            let session = placed[p].session;
-            session.state == SessionState::Active
-                && states.get(&session.id) == Some(&SessionState::Active)
-        });
-        let released: Vec<IdempotencyKey> = closed
-            .iter()
-            .map(|&p| items[p].pending.input.idempotency_key)
-            .collect();
-        self.store().release(txn, self.user.id, &released).await?;
-        Ok(SessionRecheck { open, closed })
-    }
-
-    /// The writes of the open items, one statement each.
+    /// The writes of the open items (and the keys `released`): two statements on
+    /// PostgreSQL.
+    #[allow(clippy::too_many_arguments)]
     async fn write_open(
         &self,
         txn: &DatabaseTransaction,
         items: &[&Accepted],
         placed: &[Placed],
         open: &[usize],
+        released: &[IdempotencyKey],
         plan: rules::AnswerPlan,
         seq: i64,
     ) -> Result<(), TxnError> {
@@ -707,7 +723,7 @@ impl Batch<'_> {
         // round fails.
         let store = self.store();
         store
-            .insert_attempts(txn, user_id, &rows, skew_ms, now)
+            .release_and_insert_attempts(txn, user_id, released, &rows, skew_ms, now)
             .await?;
         let answers: Vec<_> = plan.answers.into_iter().collect();
         let deltas: Vec<_> = plan.deltas.into_iter().collect();
@@ -845,10 +861,54 @@ fn sort_dedup<T: Ord>(ids: &mut Vec<T>) {
     ids.dedup();
 }
 
+/// The sessions (by id, or by offline id when the item names no id) and questions that
+/// items name, each once.
+struct FactIds {
+    sessions: Vec<SessionId>,
+    offline: Vec<OfflineSessionId>,
+    questions: Vec<QuestionId>,
+}
+
+impl FactIds {
+    fn of<'a>(items: impl Iterator<Item = &'a Pending> + Clone) -> FactIds {
+        let mut sessions: Vec<SessionId> =
+            items.clone().filter_map(|p| p.input.session_id).collect();
+        let mut offline: Vec<OfflineSessionId> = items
+            .clone()
+            .filter(|p| p.input.session_id.is_none())
+            .filter_map(|p| p.input.offline_session_id)
+            .collect();
+        let mut questions: Vec<QuestionId> = items.map(|p| p.input.question_id).collect();
+        sort_dedup(&mut sessions);
+        sort_dedup(&mut offline);
+        sort_dedup(&mut questions);
+        FactIds {
+            sessions,
+            offline,
+            questions,
+        }
+    }
+}
+
 /// The parsers only let through indices that fit an `i32` (REST checks, GraphQL's type is
 /// `Int`), and `rules::check` bounds them by the option count.
 fn option_index(input: &AttemptInput) -> i32 {
     i32::try_from(input.selected_option_index).unwrap_or(i32::MAX)
+}
+
+/// A submitSession may have committed since the checks: the won sessions were locked
+/// with the claim and their status read again (`states`).
+fn recheck_sessions(
+    placed: &[Placed],
+    won: Vec<usize>,
+    states: &HashMap<SessionId, SessionState>,
+) -> SessionRecheck {
+    let (open, closed) = won.into_iter().partition(|&p| {
+        let session = placed[p].session;
+        session.state == SessionState::Active
+            && states.get(&session.id) == Some(&SessionState::Active)
+    });
+    SessionRecheck { open, closed }
 }
 
 /// Sessions for the offline sessions first seen in this batch; the scope comes from the
@@ -877,27 +937,32 @@ fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
         .collect()
 }
 
-/// The current answers of the open items' sessions and questions, with the new attempts
-/// folded in.
+/// The current answers of the open items' sessions and questions (`current`, if read
+/// with the claims: those of every won claim), with the new attempts folded in.
 async fn fold_into_answers(
     store: &Store,
     txn: &DatabaseTransaction,
     items: &[&Accepted],
     placed: &[Placed],
     open: &[usize],
+    current: Option<HashMap<rules::AnswerKey, rules::Answer>>,
 ) -> Result<rules::AnswerPlan, TxnError> {
-    let mut question_ids: Vec<QuestionId> = open
-        .iter()
-        .map(|&p| items[p].pending.input.question_id)
-        .collect();
-    question_ids.sort_unstable();
-    question_ids.dedup();
-    let mut open_sessions: Vec<SessionId> = open.iter().map(|&p| placed[p].session.id).collect();
-    open_sessions.sort_unstable();
-    open_sessions.dedup();
-    let current = store
-        .current_answers(txn, &open_sessions, &question_ids)
-        .await?;
+    let current = match current {
+        Some(current) => current,
+        None => {
+            let mut question_ids: Vec<QuestionId> = open
+                .iter()
+                .map(|&p| items[p].pending.input.question_id)
+                .collect();
+            sort_dedup(&mut question_ids);
+            let mut open_sessions: Vec<SessionId> =
+                open.iter().map(|&p| placed[p].session.id).collect();
+            sort_dedup(&mut open_sessions);
+            store
+                .current_answers(txn, &open_sessions, &question_ids)
+                .await?
+        }
+    };
     let new_attempts: Vec<rules::NewAttempt> = open
         .iter()
         .map(|&p| new_attempt(items[p], placed[p]))

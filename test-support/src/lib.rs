@@ -32,6 +32,56 @@ pub fn replace_database(url: &str, name: &str) -> String {
     out
 }
 
+/// The references of the sync history, each as a query counting the rows that break it.
+/// On PostgreSQL `attempts` and `session_answers` hold no foreign keys (migration 8): the
+/// sync path keeps these rules, and the tests that drive it (sync, faults, concurrency)
+/// run every query here at their end and expect 0 from each. Plain SQL, the same on both
+/// backends; the result column is `n`.
+pub const ORPHAN_CHECKS: [(&str, &str); 8] = [
+    (
+        "an attempt of a user that does not exist",
+        "SELECT COUNT(*) AS n FROM attempts a \
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = a.user_id)",
+    ),
+    (
+        "an attempt in a session that does not exist or is another user's",
+        "SELECT COUNT(*) AS n FROM attempts a WHERE NOT EXISTS \
+         (SELECT 1 FROM test_sessions s WHERE s.id = a.session_id AND s.user_id = a.user_id)",
+    ),
+    (
+        "an attempt of a question that does not exist",
+        "SELECT COUNT(*) AS n FROM attempts a \
+         WHERE NOT EXISTS (SELECT 1 FROM questions q WHERE q.id = a.question_id)",
+    ),
+    (
+        "an attempt without its idempotency record",
+        "SELECT COUNT(*) AS n FROM attempts a WHERE NOT EXISTS \
+         (SELECT 1 FROM idempotency_records r WHERE r.user_id = a.user_id \
+          AND r.idempotency_key = a.idempotency_key AND r.attempt_id = a.id)",
+    ),
+    (
+        "an answer in a session that does not exist or is another user's",
+        "SELECT COUNT(*) AS n FROM session_answers a WHERE NOT EXISTS \
+         (SELECT 1 FROM test_sessions s WHERE s.id = a.session_id AND s.user_id = a.user_id)",
+    ),
+    (
+        "an answer of a question that does not exist",
+        "SELECT COUNT(*) AS n FROM session_answers a \
+         WHERE NOT EXISTS (SELECT 1 FROM questions q WHERE q.id = a.question_id)",
+    ),
+    (
+        "an answer whose attempt does not exist or is of another session or question",
+        "SELECT COUNT(*) AS n FROM session_answers a WHERE NOT EXISTS \
+         (SELECT 1 FROM attempts t WHERE t.id = a.attempt_id \
+          AND t.session_id = a.session_id AND t.question_id = a.question_id)",
+    ),
+    (
+        "an answer of a user that does not exist",
+        "SELECT COUNT(*) AS n FROM session_answers a \
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = a.user_id)",
+    ),
+];
+
 /// Says that the calling test skipped part of its work, and why, on a line of its own that
 /// starts with `SKIPPED`. `eprintln!` output is captured by the test harness and shown only
 /// for failing tests; a skip must be visible (a newcomer without PostgreSQL should see how

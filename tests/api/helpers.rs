@@ -454,6 +454,29 @@ pub async fn count_rows(db: &DatabaseConnection, table: &str, condition: &str) -
     row.try_get::<i64>("", "n").expect("count")
 }
 
+/// The `n` of a query returning one row.
+pub async fn count_query(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .expect("count query")
+        .expect("a row");
+    row.try_get::<i64>("", "n").expect("count")
+}
+
+/// Every rule of `examsync_test_support::ORPHAN_CHECKS` holds: no attempt or answer names
+/// a user, session, question or attempt that does not exist (on PostgreSQL no foreign key
+/// holds these, the sync path does).
+pub async fn assert_no_orphans(db: &DatabaseConnection) {
+    for (rule, sql) in examsync_test_support::ORPHAN_CHECKS {
+        let n = count_query(db, sql).await;
+        assert_eq!(n, 0, "{n} rows break a reference: {rule}");
+    }
+}
+
 /// A question input in the GraphQL/CLI shape.
 pub fn question(
     stem: &str,

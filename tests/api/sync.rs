@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestApp, count_rows, question, spawn_app};
+use crate::helpers::{Backend, TestApp, assert_no_orphans, count_rows, question, spawn_app};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
@@ -203,6 +203,7 @@ async fn acked_then_duplicate_with_the_same_ids(backend: Backend) {
     assert_eq!(count_rows(&app.db, "attempts", "").await, 6);
     assert_eq!(count_rows(&app.db, "idempotency_records", "").await, 6);
     assert_eq!(count_rows(&app.db, "session_answers", "").await, 6);
+    assert_no_orphans(&app.db).await;
 }
 
 async fn payload_hash_forms(backend: Backend) {
@@ -255,6 +256,7 @@ async fn payload_hash_forms(backend: Backend) {
             results[0]["server_attempt_id"]
         );
     }
+    assert_no_orphans(&app.db).await;
 }
 
 async fn idempotency_key_scope_and_reuse(backend: Backend) {
@@ -288,6 +290,7 @@ async fn idempotency_key_scope_and_reuse(backend: Backend) {
         let (_, r5, _) = sync(&app, surface, &alice, &[rejected], None).await;
         assert_eq!(statuses(&r5), ["acked"]);
     }
+    assert_no_orphans(&app.db).await;
 }
 
 async fn repeated_key_inside_one_batch(backend: Backend) {
@@ -331,6 +334,7 @@ async fn repeated_key_inside_one_batch(backend: Backend) {
         assert_eq!(r[0]["server_attempt_id"], r[1]["server_attempt_id"]);
     }
     assert_eq!(count_rows(&app.db, "attempts", "").await, 4);
+    assert_no_orphans(&app.db).await;
 }
 
 async fn session_rules(backend: Backend) {
@@ -430,6 +434,7 @@ async fn session_rules(backend: Backend) {
             ["rejected:SESSION_CLOSED", "rejected:SESSION_CLOSED"]
         );
     }
+    assert_no_orphans(&app.db).await;
 }
 
 async fn question_option_and_future_checks(backend: Backend) {
@@ -478,6 +483,7 @@ async fn question_option_and_future_checks(backend: Backend) {
     )
     .await;
     assert_eq!(skews, 2, "the skew is kept with the attempt");
+    assert_no_orphans(&app.db).await;
 }
 
 async fn answer_changes_and_scores(backend: Backend) {
@@ -544,6 +550,7 @@ async fn answer_changes_and_scores(backend: Backend) {
         count_rows(&app.db, "session_answers", "changed_count = 1").await,
         6
     );
+    assert_no_orphans(&app.db).await;
 }
 
 async fn batch_size_limits_apply_nothing(backend: Backend) {
@@ -575,6 +582,7 @@ async fn batch_size_limits_apply_nothing(backend: Backend) {
     assert_eq!(status, 200);
     assert!(results.iter().all(|r| r["status"] == "acked"));
     assert_eq!(count_rows(&app.db, "attempts", "").await, 100);
+    assert_no_orphans(&app.db).await;
 }
 
 async fn rest_items_that_do_not_parse(backend: Backend) {
@@ -653,6 +661,7 @@ async fn rest_items_that_do_not_parse(backend: Backend) {
         "PAYLOAD_TOO_LARGE"
     );
     assert_eq!(count_rows(&app.db, "attempts", "").await, 1);
+    assert_no_orphans(&app.db).await;
 }
 
 async fn concurrent_identical_batches_apply_once(backend: Backend) {
@@ -704,6 +713,7 @@ async fn concurrent_identical_batches_apply_once(backend: Backend) {
     assert_eq!(count_rows(&app.db, "idempotency_records", "").await, 30);
     assert_eq!(count_rows(&app.db, "test_sessions", "").await, 1);
     assert_eq!(count_rows(&app.db, "session_answers", "").await, 3);
+    assert_no_orphans(&app.db).await;
 }
 
 async fn my_sessions_and_sync_status(backend: Backend) {
@@ -760,6 +770,7 @@ async fn my_sessions_and_sync_status(backend: Backend) {
         (Some(1), Some(1), Some(1))
     );
     assert!(status["lastSyncAt"].is_string());
+    assert_no_orphans(&app.db).await;
 }
 
 async fn package_scoring_uses_the_snapshot(backend: Backend) {
@@ -832,6 +843,7 @@ async fn package_scoring_uses_the_snapshot(backend: Backend) {
     assert_eq!(statuses(&r2), ["acked"]);
     let s2 = r2[0]["server_session_id"].as_str().unwrap().to_owned();
     assert_eq!(session_row(&app, &s2).await, (1, 1, 1));
+    assert_no_orphans(&app.db).await;
 }
 
 /// A transient database fault fails the request as a whole: 503 + Retry-After / UNAVAILABLE.
@@ -886,6 +898,7 @@ backend_tests!(
     a_reset_phone_clock_is_corrected_not_refused,
     drafts_are_not_answerable,
     round_trip_budget,
+    references_that_do_not_exist_write_nothing,
 );
 
 /// The first result's (status, error code, message) through a surface.
@@ -983,6 +996,7 @@ async fn times_outside_1970_to_9999(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(s.len(), 1, "{s:?}");
     assert!(s[0].starts_with("rejected:"), "{s:?}");
+    assert_no_orphans(&app.db).await;
 }
 
 async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
@@ -1067,6 +1081,7 @@ async fn a_reset_phone_clock_is_corrected_not_refused(backend: Backend) {
             .unwrap()
             .with_timezone(&Utc)
     );
+    assert_no_orphans(&app.db).await;
 }
 
 async fn drafts_are_not_answerable(backend: Backend) {
@@ -1123,10 +1138,113 @@ async fn drafts_are_not_answerable(backend: Backend) {
         .await
         .unwrap();
     assert_eq!((draft_attempts, retired_attempts), (0, 4));
+    assert_no_orphans(&app.db).await;
 }
 
 /// Statements and commits of the sync path, pinned: a fresh batch, a replay, a batch that
 /// creates a session. The counts do not depend on the batch size.
+/// The rules the foreign keys of `attempts` and `session_answers` held (PostgreSQL has
+/// none since migration 8): an item naming a question or session that does not exist, or
+/// another user's session, is rejected and writes no row; a batch of a user whose row is
+/// gone is a transient fault and writes nothing. The item beside them is applied.
+async fn references_that_do_not_exist_write_nothing(backend: Backend) {
+    use sea_orm::EntityTrait;
+    let app = spawn_app(backend).await;
+    let q = bank(&app).await;
+    let (_, alice) = app.student();
+    let (_, bob) = app.student();
+    let offline = Uuid::new_v4();
+    let (_, first, _) = sync(
+        &app,
+        Surface::Rest,
+        &bob,
+        &[attempt(q[0], 1, &ago(9), Some(offline))],
+        None,
+    )
+    .await;
+    let bobs_session = first[0]["server_session_id"].clone();
+    let rows = || async {
+        (
+            app.count("attempts").await,
+            app.count("session_answers").await,
+            app.count("idempotency_records").await,
+            app.count("test_sessions").await,
+        )
+    };
+    for surface in SURFACES {
+        let before = rows().await;
+        let unknown_question = attempt(Uuid::new_v4(), 0, &ago(8), Some(offline));
+        let mut unknown_session = attempt(q[1], 0, &ago(8), None);
+        unknown_session["session_id"] = json!(Uuid::new_v4());
+        let mut foreign_session = attempt(q[1], 0, &ago(8), None);
+        foreign_session["session_id"] = bobs_session.clone();
+        let good = attempt(q[2], 4, &ago(8), Some(Uuid::new_v4()));
+        let batch = [
+            unknown_question.clone(),
+            unknown_session.clone(),
+            foreign_session.clone(),
+            good,
+        ];
+        let (status, results, _) = sync(&app, surface, &alice, &batch, None).await;
+        assert_eq!(status, 200, "{surface:?}");
+        assert_eq!(
+            statuses(&results),
+            [
+                "rejected:QUESTION_NOT_FOUND",
+                "rejected:SESSION_NOT_FOUND",
+                "rejected:SESSION_NOT_FOUND",
+                "acked"
+            ],
+            "{surface:?}"
+        );
+        // The applied item only: one attempt, one answer, one record, its new session.
+        let (attempts, answers, records, sessions) = before;
+        assert_eq!(
+            rows().await,
+            (attempts + 1, answers + 1, records + 1, sessions + 1),
+            "{surface:?}"
+        );
+        for item in &batch[..3] {
+            let key = item["idempotency_key"].as_str().unwrap();
+            for table in ["attempts", "idempotency_records"] {
+                let n = count_rows(&app.db, table, &format!("idempotency_key = '{key}'")).await;
+                assert_eq!(n, 0, "{surface:?}: a rejected item wrote to {table}");
+            }
+        }
+    }
+
+    // A user whose row is gone while the server still knows the user: the change counter
+    // finds no row, the batch is a transient fault, and nothing of it is written.
+    let (carol_id, carol) = app.student();
+    let rejected = attempt(Uuid::new_v4(), 0, &ago(7), Some(Uuid::new_v4()));
+    let (_, results, _) = sync(&app, Surface::Rest, &carol, &[rejected], None).await;
+    assert_eq!(statuses(&results), ["rejected:QUESTION_NOT_FOUND"]);
+    app.state.sync.flush(&app.state.db).await;
+    let deleted = entity::user::Entity::delete_by_id(entity::UserId::from(carol_id))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected, 1);
+    let before = rows().await;
+    // (A 503 makes the server distrust what it remembers, so the next request would
+    // create the row again: one request.)
+    let item = attempt(q[0], 1, &ago(6), Some(Uuid::new_v4()));
+    let (status, results, code) = sync(&app, Surface::Rest, &carol, &[item], None).await;
+    assert_eq!((status, code.as_deref()), (503, Some("UNAVAILABLE")));
+    assert!(results.is_empty(), "{results:?}");
+    assert_eq!(rows().await, before);
+    for table in [
+        "attempts",
+        "session_answers",
+        "idempotency_records",
+        "test_sessions",
+    ] {
+        let n = count_rows(&app.db, table, &format!("user_id = '{carol_id}'")).await;
+        assert_eq!(n, 0, "{table} holds a row of a user that does not exist");
+    }
+    assert_no_orphans(&app.db).await;
+}
+
 async fn round_trip_budget(backend: Backend) {
     use std::sync::atomic::Ordering;
     let app = spawn_app(backend).await;
@@ -1169,18 +1287,19 @@ async fn round_trip_budget(backend: Backend) {
         flush().await;
         let (statements, commits) = measure(before);
         assert!(s.iter().all(|s| s == "acked"), "{s:?}");
-        // Records, then sessions and questions (one statement on PostgreSQL, two on
-        // SQLite); then in one transaction: the change counter, create the session,
-        // claim and lock (one statement on PostgreSQL), answers, attempts (with ackedCount
-        // on PostgreSQL), answers and scores (one statement on PostgreSQL; on SQLite two,
-        // and ackedCount on its own, in-process).
-        let (before_transaction, in_transaction) = match backend {
-            Backend::Postgres => (2, 6),
-            Backend::Sqlite => (3, 9),
+        // PostgreSQL: records, sessions and questions in one statement; then in one
+        // transaction: the change counter, the session created, the claims, the lock of
+        // the won sessions and the current answers in one statement; the attempts with
+        // ackedCount; the answers with the scores. SQLite: records, sessions, questions;
+        // then the change counter, the session, the claims, the lock, the answers, the
+        // attempts, ackedCount (in-process), the answers, the scores.
+        let (creating_budget, fresh_budget) = match backend {
+            Backend::Postgres => (1 + 3, 1 + 3),
+            Backend::Sqlite => (3 + 9, 3 + 8),
         };
         assert_eq!(
             (statements, commits),
-            (before_transaction + in_transaction, 1),
+            (creating_budget, 1),
             "a batch of {n} creating a session"
         );
 
@@ -1192,7 +1311,7 @@ async fn round_trip_budget(backend: Backend) {
         assert!(s.iter().all(|s| s == "acked"), "{s:?}");
         assert_eq!(
             (statements, commits),
-            (before_transaction + in_transaction - 1, 1),
+            (fresh_budget, 1),
             "a fresh batch of {n}"
         );
 
@@ -1205,6 +1324,7 @@ async fn round_trip_budget(backend: Backend) {
         // a replay makes no database statement at all, let alone a write.
         assert_eq!((statements, commits), (0, 0), "a replay of {n}");
     }
+    assert_no_orphans(&app.db).await;
 }
 
 // ---- PostgreSQL only: races and faults made deterministic with locks and triggers ----
@@ -1317,6 +1437,7 @@ async fn a_retry_racing_its_original_and_a_submit_is_duplicate() {
     assert_eq!(result["status"], "duplicate", "{body}");
     assert_eq!(result["server_attempt_id"], json!(original_attempt));
     assert_eq!(result["server_session_id"], json!(session));
+    assert_no_orphans(&app.db).await;
 }
 
 /// `ackedCount` is counted in the applying transaction: when a later round of the same
@@ -1392,6 +1513,7 @@ async fn counters_are_exact_and_faults_never_become_item_results() {
     assert_eq!(statuses(&results), ["acked"]);
     assert_eq!(acked_count(&app, &token).await, 5);
     assert_eq!(app.count("attempts").await, 5);
+    assert_no_orphans(&app.db).await;
 }
 
 /// The idempotency lookup costs O(batch) whatever the history and the statistics: on a
@@ -1431,7 +1553,7 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
                 "EXPLAIN (FORMAT JSON) {}",
                 examsync::sync::store::FIND_RECORDS_PG
             ),
-            vec![user.into(), examsync::sync::store::uuids(keys)],
+            vec![user.into(), examsync::sync::store::uuids(keys.clone())],
         ))
         .await
         .unwrap()
@@ -1450,6 +1572,49 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
     assert!(
         !text.contains("\"Filter\""),
         "keys applied as a filter: {text}"
+    );
+
+    // The lookup merged with the sessions and questions (the statement a batch runs):
+    // its scan of the records is the same probe.
+    let row = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "EXPLAIN (FORMAT JSON) {}",
+                examsync::sync::store::FIND_RECORDS_AND_FACTS_PG
+            ),
+            vec![
+                user.into(),
+                examsync::sync::store::uuids(keys),
+                examsync::sync::store::uuids([Uuid::new_v4()]),
+                examsync::sync::store::uuids([Uuid::new_v4()]),
+                examsync::sync::store::uuids(q.clone()),
+            ],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let plan: Value = row.try_get("", "QUERY PLAN").unwrap();
+    fn scans_of<'a>(node: &'a Value, table: &str, out: &mut Vec<&'a Value>) {
+        if node["Relation Name"] == table {
+            out.push(node);
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans_of(child, table, out);
+        }
+    }
+    let mut scans = Vec::new();
+    scans_of(&plan[0]["Plan"], "idempotency_records", &mut scans);
+    assert_eq!(scans.len(), 1, "{plan}");
+    let index_cond = scans[0]["Index Cond"].as_str().unwrap_or_default();
+    assert!(
+        index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
+        "{plan}"
+    );
+    assert!(
+        scans[0].get("Filter").is_none(),
+        "keys applied as a filter: {plan}"
     );
 }
 

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    self, Backend, SECRET, TestDatabase, TestRedis, count_rows, skip_postgres, test_config,
-    wait_ready,
+    self, Backend, SECRET, TestDatabase, TestRedis, assert_no_orphans, count_rows, skip_postgres,
+    test_config, wait_ready,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -286,6 +286,7 @@ async fn assert_session_counters_consistent(db: &DatabaseConnection) {
         inconsistent, 0,
         "session counters disagree with session_answers"
     );
+    assert_no_orphans(db).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1031,5 +1032,6 @@ async fn a_database_refusing_connections_is_a_transient_fault() {
     assert!(outcomes.iter().all(|o| o.status == "acked"), "{outcomes:?}");
     let (code, _) = wait_readiness(&client, &app.base, "pass", Duration::from_secs(5)).await;
     assert_eq!(code, 200);
+    assert_no_orphans(&app.db).await;
     admin.close().await.ok();
 }

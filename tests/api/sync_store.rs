@@ -8,7 +8,7 @@ use entity::{
 };
 use examsync::sync::{
     rules::{Answer, AnswerKey, Scope, ScoreDelta, SessionFact, SessionState},
-    store::{AttemptRow, Claim, NewSession, Store, SyncStore},
+    store::{AttemptRow, Claim, ClaimSession, NewSession, OpeningClaim, Store, SyncStore},
 };
 use sea_orm::{
     ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
@@ -31,6 +31,12 @@ crate::backend_tests!(
     bump_change_seq_of_a_missing_user,
     lock_sessions_reads_status,
     claim_and_lock_locks_the_won_sessions,
+    find_records_and_facts_reads_all_three,
+    open_batch_creates_claims_and_locks,
+    open_batch_of_a_missing_user_writes_nothing,
+    open_batch_reads_answers_only_when_nothing_committed_since,
+    release_and_insert_attempts_together,
+    foreign_keys_of_the_history,
 );
 
 struct Fixture {
@@ -744,4 +750,344 @@ async fn claim_and_lock_locks_the_won_sessions(backend: Backend) {
         .unwrap();
     txn.commit().await.unwrap();
     assert!(won.is_empty() && states.is_empty());
+}
+
+impl Fixture {
+    fn opening_claim(&self, key: IdempotencyKey, session: ClaimSession) -> OpeningClaim {
+        let claim = self.claim_of(key, SessionId::new_v4());
+        OpeningClaim {
+            key,
+            v1_hash: claim.v1_hash,
+            attempt_id: claim.attempt_id,
+            session,
+            question_id: self.questions[0],
+        }
+    }
+
+    async fn rows(&self, table: &str) -> i64 {
+        crate::helpers::count_rows(&self.db, table, "").await
+    }
+}
+
+async fn find_records_and_facts_reads_all_three(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let claim = f.claim_of(IdempotencyKey::new_v4(), session);
+    f.claim(std::slice::from_ref(&claim)).await;
+    let offline = f.session_model(session).await.offline_session_id.unwrap();
+    let lookup = f
+        .store
+        .find_records_and_facts(
+            &f.db,
+            f.user,
+            &[claim.key, IdempotencyKey::new_v4()],
+            &[],
+            &[offline, OfflineSessionId::new_v4()],
+            &[f.questions[0], QuestionId::new_v4()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lookup.records.len(), 1);
+    let record = &lookup.records[&claim.key];
+    assert_eq!(
+        (record.attempt_id, record.session_id, &record.payload_hash),
+        (claim.attempt_id, session, &claim.v1_hash)
+    );
+    assert_eq!(lookup.sessions.len(), 1);
+    assert_eq!(lookup.sessions[0].0.id, session);
+    assert_eq!(lookup.sessions[0].1, Some(offline));
+    assert_eq!(lookup.questions.len(), 1);
+    assert_eq!(lookup.questions[0].id, f.questions[0]);
+    assert_eq!(lookup.questions[0].option_count, 3);
+    assert!(lookup.questions[0].published);
+}
+
+async fn open_batch_creates_claims_and_locks(backend: Backend) {
+    let f = fixture(backend).await;
+    let (open, closed) = (f.session().await, f.session().await);
+    examsync::sessions::submit(&f.db, &f.store, f.user, closed)
+        .await
+        .unwrap();
+    let held = IdempotencyKey::new_v4();
+    f.claim(&[f.claim_of(held, open)]).await;
+    let offline = OfflineSessionId::new_v4();
+    let new = NewSession {
+        id: SessionId::new_v4(),
+        offline_session_id: offline,
+        scope: scope(),
+    };
+    let claims = [
+        f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::New(offline)),
+        f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(open)),
+        f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(closed)),
+        // Lost: another request holds the key.
+        f.opening_claim(held, ClaimSession::Known(open)),
+        // Its offline session is not among those to create: not made.
+        f.opening_claim(
+            IdempotencyKey::new_v4(),
+            ClaimSession::New(OfflineSessionId::new_v4()),
+        ),
+    ];
+    let txn = f.begin().await;
+    let opening = f
+        .store
+        .open_batch(&txn, f.user, std::slice::from_ref(&new), &claims, f.now)
+        .await
+        .unwrap()
+        .expect("the user exists");
+    txn.commit().await.unwrap();
+    // Two sessions by the fixture (one closed) before: this is the fourth change.
+    assert_eq!(opening.seq, 4);
+    let created = opening.created[&offline];
+    assert_eq!((created.id, created.state), (new.id, SessionState::Active));
+    let mut won: Vec<_> = opening.won.into_iter().collect();
+    won.sort();
+    assert_eq!(won, sorted(claims[..3].iter().map(|c| c.key).collect()));
+    assert_eq!(opening.states.len(), 3);
+    assert_eq!(opening.states[&new.id], SessionState::Active);
+    assert_eq!(opening.states[&open], SessionState::Active);
+    assert_eq!(opening.states[&closed], SessionState::Closed);
+    // The claims name their sessions; the new session is stamped with the counter.
+    let records = f
+        .store
+        .find_records(&f.db, f.user, &[claims[0].key, claims[1].key])
+        .await
+        .unwrap();
+    assert_eq!(records[&claims[0].key].session_id, new.id);
+    assert_eq!(records[&claims[0].key].attempt_id, claims[0].attempt_id);
+    assert_eq!(records[&claims[1].key].session_id, open);
+    assert_eq!(f.session_model(new.id).await.change_seq, 4);
+    match backend {
+        // No answer yet, read with the claims.
+        Backend::Postgres => assert_eq!(opening.answers.map(|a| a.len()), Some(0)),
+        Backend::Sqlite => assert!(opening.answers.is_none()),
+    }
+
+    // The same offline session again: the row created above, not a second one.
+    let again = NewSession {
+        id: SessionId::new_v4(),
+        offline_session_id: offline,
+        scope: scope(),
+    };
+    let claim = f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::New(offline));
+    let txn = f.begin().await;
+    let opening = f
+        .store
+        .open_batch(&txn, f.user, &[again], std::slice::from_ref(&claim), f.now)
+        .await
+        .unwrap()
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(opening.created[&offline].id, new.id);
+    let records = f
+        .store
+        .find_records(&f.db, f.user, &[claim.key])
+        .await
+        .unwrap();
+    assert_eq!(records[&claim.key].session_id, new.id);
+}
+
+async fn open_batch_of_a_missing_user_writes_nothing(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let offline = OfflineSessionId::new_v4();
+    let claims = [
+        f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::New(offline)),
+        f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(session)),
+    ];
+    let before = (
+        f.rows("test_sessions").await,
+        f.rows("idempotency_records").await,
+    );
+    let txn = f.begin().await;
+    let opening = f
+        .store
+        .open_batch(
+            &txn,
+            UserId::new_v4(),
+            &[NewSession {
+                id: SessionId::new_v4(),
+                offline_session_id: offline,
+                scope: scope(),
+            }],
+            &claims,
+            f.now,
+        )
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert!(opening.is_none());
+    assert_eq!(
+        (
+            f.rows("test_sessions").await,
+            f.rows("idempotency_records").await
+        ),
+        before
+    );
+}
+
+/// The answers `open_batch` reads are used only when no writer of the user committed
+/// between its snapshot and its lock of the user's row (PostgreSQL; SQLite reads them
+/// afterwards, under its one write lock).
+async fn open_batch_reads_answers_only_when_nothing_committed_since(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let attempt = AttemptId::new_v4();
+    let answer = f.answer(attempt, 2, 0);
+    let key = AnswerKey {
+        session_id: session,
+        question_id: f.questions[0],
+    };
+    let txn = f.begin().await;
+    let seq = f
+        .store
+        .bump_change_seq(&txn, f.user)
+        .await
+        .unwrap()
+        .unwrap();
+    f.store
+        .write_answers(&txn, f.user, &[(key, answer.clone())], f.now, seq)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let open_one = || async {
+        let txn = f.begin().await;
+        let claim = f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(session));
+        let opening = f
+            .store
+            .open_batch(&txn, f.user, &[], &[claim], f.now)
+            .await
+            .unwrap()
+            .unwrap();
+        txn.commit().await.unwrap();
+        opening
+    };
+    let opening = open_one().await;
+    match backend {
+        Backend::Postgres => {
+            let answers = opening.answers.expect("nothing committed meanwhile");
+            assert_eq!(answers.len(), 1);
+            let read = &answers[&key];
+            assert_eq!(
+                (
+                    read.id,
+                    read.attempt_id,
+                    read.selected_option_index,
+                    read.is_new
+                ),
+                (answer.id, attempt, 2, false)
+            );
+        }
+        Backend::Sqlite => assert!(opening.answers.is_none()),
+    }
+    if backend != Backend::Postgres {
+        return;
+    }
+    // Another writer of the user holds its row lock and commits while open_batch waits
+    // for it: the answers of open_batch's snapshot are not used.
+    let writer = f.begin().await;
+    let seq = f
+        .store
+        .bump_change_seq(&writer, f.user)
+        .await
+        .unwrap()
+        .unwrap();
+    let other = (
+        AnswerKey {
+            session_id: session,
+            question_id: f.questions[1],
+        },
+        f.answer(AttemptId::new_v4(), 1, 0),
+    );
+    f.store
+        .write_answers(&writer, f.user, &[other], f.now, seq)
+        .await
+        .unwrap();
+    let waiting = async {
+        let opening = open_one().await;
+        assert!(
+            opening.answers.is_none(),
+            "read before the writer committed"
+        );
+        opening.seq
+    };
+    let committing = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        writer.commit().await.unwrap();
+    };
+    let (seq_after, ()) = tokio::join!(waiting, committing);
+    assert_eq!(seq_after, seq + 1);
+    // Nothing committed since: read with the claims again.
+    assert!(open_one().await.answers.is_some());
+}
+
+async fn release_and_insert_attempts_together(backend: Backend) {
+    let f = fixture(backend).await;
+    let session = f.session().await;
+    let (kept, released) = (
+        f.claim_of(IdempotencyKey::new_v4(), session),
+        f.claim_of(IdempotencyKey::new_v4(), session),
+    );
+    f.claim(&[kept.clone(), released.clone()]).await;
+    let row = AttemptRow {
+        attempt_id: kept.attempt_id,
+        key: kept.key,
+        v1_hash: kept.v1_hash.clone(),
+        session_id: session,
+        question_id: f.questions[0],
+        package_id: None,
+        client_attempt_id: ClientAttemptId::new_v4(),
+        selected_option_index: 1,
+        is_correct: true,
+        answered_at: f.now,
+        answered_at_raw: f.now.to_rfc3339(),
+    };
+    let txn = f.begin().await;
+    f.store
+        .release_and_insert_attempts(&txn, f.user, &[released.key], &[row], None, f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let records = f
+        .store
+        .find_records(&f.db, f.user, &[kept.key, released.key])
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(records.contains_key(&kept.key));
+    assert_eq!(f.rows("attempts").await, 1);
+    assert_eq!(f.user_model().await.acked_count, 1);
+    // Nothing to insert: the release alone, no counter.
+    let txn = f.begin().await;
+    f.store
+        .release_and_insert_attempts(&txn, f.user, &[kept.key], &[], None, f.now)
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert!(
+        f.store
+            .find_records(&f.db, f.user, &[kept.key])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.user_model().await.acked_count, 1);
+}
+
+/// PostgreSQL: `attempts` and `session_answers` hold no foreign key (migration 8: their
+/// rules are held by the sync path and `ORPHAN_CHECKS`); SQLite keeps them.
+async fn foreign_keys_of_the_history(backend: Backend) {
+    let f = fixture(backend).await;
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_constraint WHERE contype = 'f' \
+             AND conrelid IN ('attempts'::regclass, 'session_answers'::regclass)"
+        }
+        Backend::Sqlite => {
+            "SELECT (SELECT COUNT(*) FROM pragma_foreign_key_list('attempts')) \
+             + (SELECT COUNT(*) FROM pragma_foreign_key_list('session_answers')) AS n"
+        }
+    };
+    let n = crate::helpers::count_query(&f.db, sql).await;
+    assert_eq!(n, if backend == Backend::Postgres { 0 } else { 4 });
 }

@@ -2,7 +2,7 @@
 use std::collections::{HashMap, HashSet};
 
 use entity::{attempt, idempotency_record, session_answer, test_session};
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Statement};
 use uuid::Uuid;
 
 use crate::phone::{Item, KeyRecord, PhoneReport};
@@ -326,6 +326,19 @@ pub async fn check(
             other => out.violation(format!(
                 "the ACK of {client_id} was dropped but the phone never got DUPLICATE: {other:?}"
             )),
+        }
+    }
+
+    // The references no foreign key holds on PostgreSQL (migration 8).
+    for (rule, sql) in examsync_test_support::ORPHAN_CHECKS {
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .expect("orphan check")
+            .expect("a row");
+        let n: i64 = row.try_get("", "n").expect("count");
+        if n != 0 {
+            out.violation(format!("{n} rows break a reference: {rule}"));
         }
     }
 

@@ -31,7 +31,7 @@ use entity::{
 pub mod postgres;
 pub mod sqlite;
 
-pub use postgres::{FIND_RECORDS_PG, Postgres};
+pub use postgres::{FIND_RECORDS_AND_FACTS_PG, FIND_RECORDS_PG, Postgres};
 pub use sqlite::Sqlite;
 
 /// A `uuid[]` parameter: typed ids become bare UUIDs here, at the raw-SQL boundary.
@@ -88,6 +88,51 @@ pub struct Claim {
     pub v1_hash: PayloadHash,
     pub attempt_id: AttemptId,
     pub session_id: SessionId,
+}
+
+/// The session a claim names: one the checks found, or the one created for an offline
+/// session seen for the first time (in the same statement on PostgreSQL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimSession {
+    Known(SessionId),
+    New(OfflineSessionId),
+}
+
+/// One idempotency claim whose session may still have to be created.
+#[derive(Clone, Debug)]
+pub struct OpeningClaim {
+    pub key: IdempotencyKey,
+    pub v1_hash: PayloadHash,
+    pub attempt_id: AttemptId,
+    pub session: ClaimSession,
+    /// The question the item answers: its current answer in the session is read with the
+    /// claim (PostgreSQL).
+    pub question_id: QuestionId,
+}
+
+/// What the first writes of the applying transaction decided ([`SyncStore::open_batch`]).
+#[derive(Debug, Default)]
+pub struct Opening {
+    /// The transaction's change counter.
+    pub seq: i64,
+    /// The server session of each offline session created (or found created).
+    pub created: HashMap<OfflineSessionId, SessionFact>,
+    /// The keys this transaction won.
+    pub won: HashSet<IdempotencyKey>,
+    /// The won claims' sessions, locked, and their status read under the lock.
+    pub states: HashMap<SessionId, SessionState>,
+    /// The current answers of the won claims' (session, question) pairs, when they were
+    /// read after every earlier writer of the user had committed; `None`: read them now
+    /// ([`SyncStore::current_answers`]).
+    pub answers: Option<HashMap<AnswerKey, Answer>>,
+}
+
+/// Idempotency records of a batch's keys, and the sessions and questions its items name.
+#[derive(Debug, Default)]
+pub struct Lookup {
+    pub records: HashMap<IdempotencyKey, Record>,
+    pub sessions: Vec<SessionRow>,
+    pub questions: Vec<QuestionRow>,
 }
 
 /// One row of the attempt history.
@@ -155,6 +200,28 @@ pub trait SyncStore {
         Ok((sessions, questions))
     }
 
+    /// `find_records` and `find_sessions_and_questions` together (PostgreSQL: one
+    /// statement).
+    async fn find_records_and_facts(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: UserId,
+        keys: &[IdempotencyKey],
+        ids: &[SessionId],
+        offline_ids: &[OfflineSessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<Lookup, DbErr> {
+        let records = self.find_records(db, user_id, keys).await?;
+        let (sessions, questions) = self
+            .find_sessions_and_questions(db, user_id, ids, offline_ids, question_ids)
+            .await?;
+        Ok(Lookup {
+            records,
+            sessions,
+            questions,
+        })
+    }
+
     /// Bumps the user's change counter and returns its new value: the first statement of
     /// every transaction that changes one of the user's sessions or answers. On PostgreSQL
     /// the UPDATE takes the user's row lock until commit, so the user's writers commit in
@@ -212,6 +279,22 @@ pub trait SyncStore {
         Ok((won, states))
     }
 
+    /// The first writes of the applying transaction, in this order: `bump_change_seq`,
+    /// `create_offline_sessions`, `claim_and_lock` (the claims of new offline sessions
+    /// name the session created or found), and on PostgreSQL the current answers of the
+    /// won claims, all in one statement. `None`: no such user (nothing was written). A
+    /// claim whose new session was not returned is not made.
+    async fn open_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Opening>, DbErr> {
+        open_in_steps(self, txn, user_id, sessions, claims, now).await
+    }
+
     /// Gives back claims of items that will not be applied (their session closed
     /// meanwhile): a rejected item does not use up its key.
     async fn release(
@@ -249,6 +332,20 @@ pub trait SyncStore {
         now: DateTime<Utc>,
     ) -> Result<(), DbErr>;
 
+    /// `release` then `insert_attempts` (PostgreSQL: one statement).
+    async fn release_and_insert_attempts(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        released: &[IdempotencyKey],
+        rows: &[AttemptRow],
+        skew_ms: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        self.release(txn, user_id, released).await?;
+        self.insert_attempts(txn, user_id, rows, skew_ms, now).await
+    }
+
     /// Writes the changed current answers, one row per (session, question), stamped with
     /// the transaction's change counter.
     async fn write_answers(
@@ -283,6 +380,47 @@ pub trait SyncStore {
         self.write_answers(txn, user_id, answers, now, seq).await?;
         self.add_scores(txn, deltas, now, seq).await
     }
+}
+
+/// [`SyncStore::open_batch`] one method at a time; the current answers are left to the
+/// caller.
+pub(crate) async fn open_in_steps<S: SyncStore + ?Sized>(
+    store: &S,
+    txn: &impl ConnectionTrait,
+    user_id: UserId,
+    sessions: &[NewSession],
+    claims: &[OpeningClaim],
+    now: DateTime<Utc>,
+) -> Result<Option<Opening>, DbErr> {
+    let Some(seq) = store.bump_change_seq(txn, user_id).await? else {
+        return Ok(None);
+    };
+    let created = store
+        .create_offline_sessions(txn, user_id, sessions, now, seq)
+        .await?;
+    let claims: Vec<Claim> = claims
+        .iter()
+        .filter_map(|c| {
+            let session_id = match c.session {
+                ClaimSession::Known(id) => id,
+                ClaimSession::New(offline) => created.get(&offline)?.id,
+            };
+            Some(Claim {
+                key: c.key,
+                v1_hash: c.v1_hash.clone(),
+                attempt_id: c.attempt_id,
+                session_id,
+            })
+        })
+        .collect();
+    let (won, states) = store.claim_and_lock(txn, user_id, &claims, now).await?;
+    Ok(Some(Opening {
+        seq,
+        created,
+        won,
+        states,
+        answers: None,
+    }))
 }
 
 /// The sync store of the app's database, chosen once at start.
@@ -351,6 +489,45 @@ impl SyncStore for Store {
     ) -> Result<(Vec<SessionRow>, Vec<QuestionRow>), DbErr> {
         dispatch!(self, s => s
             .find_sessions_and_questions(db, user_id, ids, offline_ids, question_ids)
+            .await)
+    }
+
+    async fn find_records_and_facts(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: UserId,
+        keys: &[IdempotencyKey],
+        ids: &[SessionId],
+        offline_ids: &[OfflineSessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<Lookup, DbErr> {
+        dispatch!(self, s => s
+            .find_records_and_facts(db, user_id, keys, ids, offline_ids, question_ids)
+            .await)
+    }
+
+    async fn open_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Opening>, DbErr> {
+        dispatch!(self, s => s.open_batch(txn, user_id, sessions, claims, now).await)
+    }
+
+    async fn release_and_insert_attempts(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        released: &[IdempotencyKey],
+        rows: &[AttemptRow],
+        skew_ms: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        dispatch!(self, s => s
+            .release_and_insert_attempts(txn, user_id, released, rows, skew_ms, now)
             .await)
     }
 

@@ -16,8 +16,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    AttemptRow, Claim, NewSession, QuestionRow, SessionRow, SyncStore, array, by_key, option_count,
-    uuids,
+    AttemptRow, Claim, ClaimSession, Lookup, NewSession, Opening, OpeningClaim, QuestionRow,
+    SessionRow, SyncStore, array, by_key, open_in_steps, option_count, uuids,
 };
 use crate::sync::rules::{Answer, AnswerKey, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
@@ -38,6 +38,9 @@ const FIND_SESSIONS: &str = include_str!("sql/find_sessions.sql");
 const FIND_QUESTIONS: &str = include_str!("sql/find_questions.sql");
 /// `FIND_SESSIONS` and `FIND_QUESTIONS` as one statement: rows tagged by `kind`.
 const FIND_FACTS: &str = include_str!("sql/find_facts.sql");
+/// `FIND_RECORDS_PG` and `FIND_FACTS` as one statement (the lookup is the same probe per
+/// key; a test checks the plan): rows tagged by `kind`.
+pub const FIND_RECORDS_AND_FACTS_PG: &str = include_str!("sql/find_records_and_facts.sql");
 const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 /// DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING also gives the winner's
 /// row when another request created it first: no read-back.
@@ -49,6 +52,30 @@ const CLAIM: &str = include_str!("sql/claim.sql");
 /// the order of the two statements; `FOR UPDATE` reads the newest version of a session it
 /// waited for, as a statement of its own would. Rows tagged by `kind`.
 const CLAIM_AND_LOCK: &str = include_str!("sql/claim_and_lock.sql");
+/// `BUMP_CHANGE_SEQ`, `CREATE_OFFLINE_SESSIONS`, `CLAIM_AND_LOCK` and the current answers
+/// of the won claims as one statement, the locks taken in that order (the user's row
+/// first: nothing is inserted before it is locked). A claim names its session by id, or by
+/// the id generated for a new offline session, which becomes the id of the row created or
+/// found. The sessions and the answers are read by key (an index probe each: one
+/// `= ANY`, one `LATERAL … LIMIT 1` per won (session, question)), never by a join the
+/// planner could turn into a scan of a table that grows with every batch.
+///
+/// The statement reads with one snapshot, taken before it waited for the user's row lock:
+/// the answers it reads are current only if no other writer of the user committed
+/// meanwhile. Every such writer bumps the counter first, so `fresh` (the counter moved by
+/// exactly our bump since the snapshot) says the answers can be used; otherwise they are
+/// read again, under the locks now held. The claims (`ON CONFLICT` sees every committed
+/// or in-flight key), the sessions created or found (`ON CONFLICT DO UPDATE`) and the
+/// locked sessions' status (`FOR UPDATE` returns the newest version) do not depend on the
+/// snapshot. Rows tagged by `kind`.
+const OPEN_BATCH: &str = include_str!("sql/open_batch.sql");
+/// New offline sessions of a batch above this many are created in a statement of their
+/// own: each adds ~64 bytes to `OPEN_BATCH`'s message, which must stay under the size at
+/// which sqlx stalls (see the module doc).
+const MAX_SESSIONS_IN_OPENING: usize = 16;
+/// `RELEASE` and `INSERT_ATTEMPTS` as one statement (the released keys are not the
+/// inserted ones).
+const RELEASE_AND_INSERT_ATTEMPTS: &str = include_str!("sql/release_and_insert_attempts.sql");
 const RELEASE: &str = include_str!("sql/release.sql");
 const LOCK_SESSIONS: &str = include_str!("sql/lock_sessions.sql");
 const CURRENT_ANSWERS: &str = include_str!("sql/current_answers.sql");
@@ -109,6 +136,35 @@ fn session_row(r: &QueryResult) -> Result<SessionRow, DbErr> {
     ))
 }
 
+fn record_row(r: &QueryResult, key_column: &str) -> Result<(IdempotencyKey, Record), DbErr> {
+    Ok((
+        r.try_get("", key_column)?,
+        Record {
+            payload_hash: r.try_get("", "payload_hash")?,
+            attempt_id: r.try_get("", "attempt_id")?,
+            session_id: r.try_get("", "session_id")?,
+        },
+    ))
+}
+
+fn answer_row(r: &QueryResult) -> Result<(AnswerKey, Answer), DbErr> {
+    Ok((
+        AnswerKey {
+            session_id: r.try_get("", "session_id")?,
+            question_id: r.try_get("", "question_id")?,
+        },
+        Answer {
+            id: r.try_get("", "id")?,
+            attempt_id: r.try_get("", "attempt_id")?,
+            selected_option_index: r.try_get("", "selected_option_index")?,
+            is_correct: r.try_get("", "is_correct")?,
+            answered_at: r.try_get("", "answered_at")?,
+            changed_count: r.try_get("", "changed_count")?,
+            is_new: false,
+        },
+    ))
+}
+
 fn question_row(r: &QueryResult) -> Result<QuestionRow, DbErr> {
     let status: QuestionStatus = r.try_get("", "status")?;
     Ok(QuestionRow {
@@ -147,6 +203,31 @@ fn answer_values(
         ints(answers.iter().map(|(_, a)| a.changed_count)),
         user_id.into(),
         seq.into(),
+    ]
+}
+
+fn attempt_values(
+    user_id: UserId,
+    rows: &[AttemptRow],
+    skew_ms: Option<i64>,
+    now: DateTime<Utc>,
+) -> Vec<Value> {
+    vec![
+        user_id.into(),
+        Value::BigInt(skew_ms),
+        now.into(),
+        uuids(rows.iter().map(|r| r.key)),
+        uuids(rows.iter().map(|r| r.question_id)),
+        opt_uuids(rows.iter().map(|r| r.package_id)),
+        uuids(rows.iter().map(|r| r.client_attempt_id)),
+        ints(rows.iter().map(|r| r.selected_option_index)),
+        bools(rows.iter().map(|r| r.is_correct)),
+        array(
+            ArrayType::String,
+            rows.iter()
+                .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
+        ),
+        Value::BigInt(Some(rows.len() as i64)),
     ]
 }
 
@@ -191,16 +272,7 @@ impl SyncStore for Postgres {
             ))
             .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("", "idempotency_key")?,
-                    Record {
-                        payload_hash: r.try_get("", "payload_hash")?,
-                        attempt_id: r.try_get("", "attempt_id")?,
-                        session_id: r.try_get("", "session_id")?,
-                    },
-                ))
-            })
+            .map(|r| record_row(r, "idempotency_key"))
             .collect()
     }
 
@@ -275,6 +347,155 @@ impl SyncStore for Postgres {
             }
         }
         Ok((sessions, questions))
+    }
+
+    async fn find_records_and_facts(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: UserId,
+        keys: &[IdempotencyKey],
+        ids: &[SessionId],
+        offline_ids: &[OfflineSessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<Lookup, DbErr> {
+        let rows = db
+            .query_all_raw(pg(
+                FIND_RECORDS_AND_FACTS_PG,
+                vec![
+                    user_id.into(),
+                    uuids(keys.iter().copied()),
+                    uuids(ids.iter().copied()),
+                    uuids(offline_ids.iter().copied()),
+                    uuids(question_ids.iter().copied()),
+                ],
+            ))
+            .await?;
+        let mut lookup = Lookup::default();
+        for r in &rows {
+            let kind: String = r.try_get("", "kind")?;
+            match kind.as_str() {
+                "record" => {
+                    let (key, record) = record_row(r, "id")?;
+                    lookup.records.insert(key, record);
+                }
+                "session" => lookup.sessions.push(session_row(r)?),
+                _ => lookup.questions.push(question_row(r)?),
+            }
+        }
+        Ok(lookup)
+    }
+
+    async fn open_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Opening>, DbErr> {
+        if sessions.len() > MAX_SESSIONS_IN_OPENING || claims.is_empty() {
+            return open_in_steps(self, txn, user_id, sessions, claims, now).await;
+        }
+        // A claim of a new offline session names the id generated for it; the statement
+        // swaps in the id of the row created or found. One whose offline session is not
+        // among those to create cannot be made.
+        let generated: HashMap<OfflineSessionId, SessionId> = sessions
+            .iter()
+            .map(|s| (s.offline_session_id, s.id))
+            .collect();
+        let mut sorted: Vec<(&OpeningClaim, SessionId)> = claims
+            .iter()
+            .filter_map(|c| match c.session {
+                ClaimSession::Known(id) => Some((c, id)),
+                ClaimSession::New(offline) => Some((c, *generated.get(&offline)?)),
+            })
+            .collect();
+        sorted.sort_by_key(|(c, _)| c.key);
+        let hashes = sorted
+            .iter()
+            .map(|(c, _)| Value::Bytes(Some(c.v1_hash.to_bytes().to_vec())));
+        let rows = txn
+            .query_all_raw(pg(
+                OPEN_BATCH,
+                vec![
+                    user_id.into(),
+                    now.into(),
+                    uuids(sessions.iter().map(|s| s.id)),
+                    uuids(sessions.iter().map(|s| s.offline_session_id)),
+                    ints(sessions.iter().map(|s| s.scope.year)),
+                    opt_ints(sessions.iter().map(|s| s.scope.block)),
+                    opt_ints(sessions.iter().map(|s| s.scope.theme)),
+                    uuids(sorted.iter().map(|(c, _)| c.key)),
+                    array(ArrayType::Bytes, hashes),
+                    uuids(sorted.iter().map(|(c, _)| c.attempt_id)),
+                    uuids(sorted.iter().map(|&(_, session)| session)),
+                    uuids(sorted.iter().map(|(c, _)| c.question_id)),
+                ],
+            ))
+            .await?;
+        let mut seq = None;
+        let mut fresh = false;
+        let mut opening = Opening::default();
+        let mut answers = HashMap::new();
+        for r in &rows {
+            let kind: String = r.try_get("", "kind")?;
+            match kind.as_str() {
+                "seq" => {
+                    seq = Some(r.try_get::<i64>("", "seq")?);
+                    fresh = r.try_get("", "fresh")?;
+                }
+                "created" => {
+                    let (session, offline) = session_row(r)?;
+                    opening.states.insert(session.id, session.state);
+                    if let Some(offline) = offline {
+                        opening.created.insert(offline, session);
+                    }
+                }
+                "claim" => {
+                    opening.won.insert(r.try_get("", "id")?);
+                }
+                "lock" => {
+                    let status: SessionStatus = r.try_get("", "status")?;
+                    opening
+                        .states
+                        .insert(r.try_get("", "id")?, SessionState::from(status));
+                }
+                _ => {
+                    let (key, answer) = answer_row(r)?;
+                    answers.insert(key, answer);
+                }
+            }
+        }
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        opening.seq = seq;
+        opening.answers = fresh.then_some(answers);
+        Ok(Some(opening))
+    }
+
+    async fn release_and_insert_attempts(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        released: &[IdempotencyKey],
+        rows: &[AttemptRow],
+        skew_ms: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return self.release(txn, user_id, released).await;
+        }
+        if released.is_empty() {
+            // Not a DELETE with an empty key list: a generic plan of it may be a scan of
+            // every record.
+            return self.insert_attempts(txn, user_id, rows, skew_ms, now).await;
+        }
+        let mut values = attempt_values(user_id, rows, skew_ms, now);
+        values.push(uuids(released.iter().copied()));
+        txn.execute_raw(pg(RELEASE_AND_INSERT_ATTEMPTS, values))
+            .await?;
+        Ok(())
     }
 
     async fn bump_change_seq(
@@ -423,25 +644,7 @@ impl SyncStore for Postgres {
                 ],
             ))
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    AnswerKey {
-                        session_id: r.try_get("", "session_id")?,
-                        question_id: r.try_get("", "question_id")?,
-                    },
-                    Answer {
-                        id: r.try_get("", "id")?,
-                        attempt_id: r.try_get("", "attempt_id")?,
-                        selected_option_index: r.try_get("", "selected_option_index")?,
-                        is_correct: r.try_get("", "is_correct")?,
-                        answered_at: r.try_get("", "answered_at")?,
-                        changed_count: r.try_get("", "changed_count")?,
-                        is_new: false,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(answer_row).collect()
     }
 
     async fn insert_attempts(
@@ -457,23 +660,7 @@ impl SyncStore for Postgres {
         }
         txn.execute_raw(pg(
             INSERT_ATTEMPTS,
-            vec![
-                user_id.into(),
-                Value::BigInt(skew_ms),
-                now.into(),
-                uuids(rows.iter().map(|r| r.key)),
-                uuids(rows.iter().map(|r| r.question_id)),
-                opt_uuids(rows.iter().map(|r| r.package_id)),
-                uuids(rows.iter().map(|r| r.client_attempt_id)),
-                ints(rows.iter().map(|r| r.selected_option_index)),
-                bools(rows.iter().map(|r| r.is_correct)),
-                array(
-                    ArrayType::String,
-                    rows.iter()
-                        .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
-                ),
-                Value::BigInt(Some(rows.len() as i64)),
-            ],
+            attempt_values(user_id, rows, skew_ms, now),
         ))
         .await?;
         Ok(())
