@@ -17,7 +17,8 @@
 //!    (3) each, `BENCH_ROUNDS` (3) rounds alternating the two; requests/s, median of rounds.
 //!    With `BENCH_WRK=/usr/bin/wrk` that load comes from wrk pinned to core `BENCH_WRK_CPU`
 //!    (1), one thread and `BENCH_CLIENTS` connections, while this process (the server) is
-//!    pinned to core 0; the database server is not pinned.
+//!    pinned to core 0 with one worker thread (`BENCH_SERVER_THREADS`); the database
+//!    server is not pinned.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -41,8 +42,7 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
+fn main() -> Result<(), String> {
     let clients: usize = env_or("BENCH_CLIENTS", "16")
         .parse()
         .map_err(|_| "BENCH_CLIENTS")?;
@@ -56,7 +56,16 @@ async fn main() -> Result<(), String> {
     let wrk_cpu: usize = env_or("BENCH_WRK_CPU", "1")
         .parse()
         .map_err(|_| "BENCH_WRK_CPU")?;
+    // With wrk, the server has one core: one worker thread, as tokio starts on a server
+    // given one core (and as bench_packages runs it), rather than two taking turns on it.
+    let server_threads: usize = env_or(
+        "BENCH_SERVER_THREADS",
+        if wrk_program.is_some() { "1" } else { "2" },
+    )
+    .parse()
+    .map_err(|_| "BENCH_SERVER_THREADS")?;
     if wrk_program.is_some() {
+        // Before any other thread exists: every thread started later inherits the core.
         bench::pin_self(if wrk_cpu == 0 { 1 } else { 0 })?;
     }
     let wrk = wrk_program.as_deref().map(|program| Wrk {
@@ -65,6 +74,20 @@ async fn main() -> Result<(), String> {
         connections: clients,
         seconds,
     });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(server_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(bench_main(clients, seconds, rounds, wrk.as_ref()))
+}
+
+async fn bench_main(
+    clients: usize,
+    seconds: u64,
+    rounds: usize,
+    wrk: Option<&Wrk<'_>>,
+) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, cleanup) = match std::env::var("BENCH_DATABASE_URL") {
         Ok(admin_url) => {
@@ -107,7 +130,7 @@ async fn main() -> Result<(), String> {
         let _ = stopped.await;
     }));
     let base = format!("http://{addr}");
-    let result = run(&db, &base, backend, clients, seconds, rounds, wrk.as_ref()).await;
+    let result = run(&db, &base, backend, clients, seconds, rounds, wrk).await;
     let _ = stop.send(());
     let _ = server.await;
     db.close().await.ok();

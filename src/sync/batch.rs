@@ -461,15 +461,18 @@ impl Batch<'_> {
             None => {
                 // Sessions and questions: one statement on PostgreSQL.
                 let ids = FactIds::of(items.iter());
-                self.store()
-                    .find_sessions_and_questions(
+                let lookup = self
+                    .store()
+                    .find_records_and_facts(
                         self.db(),
                         self.user.id,
+                        &[],
                         &ids.sessions,
                         &ids.offline,
                         &ids.questions,
                     )
-                    .await?
+                    .await?;
+                (lookup.sessions, lookup.questions)
             }
         };
         for (session, offline) in sessions {
@@ -574,7 +577,13 @@ impl Batch<'_> {
             .collect();
         let mut won = Vec::new();
         if recheck.open.is_empty() {
-            self.store().release(&txn, self.user.id, &released).await?;
+            let writes = store::BatchWrites {
+                released,
+                ..store::BatchWrites::default()
+            };
+            self.store()
+                .write_batch(&txn, self.user.id, &writes, self.received_at, opened.seq)
+                .await?;
         } else {
             let plan = fold_into_answers(
                 self.store(),
@@ -590,7 +599,7 @@ impl Batch<'_> {
                 items,
                 placed,
                 &recheck.open,
-                &released,
+                released,
                 plan,
                 opened.seq,
             )
@@ -708,28 +717,22 @@ impl Batch<'_> {
         items: &[&Accepted],
         placed: &[Placed],
         open: &[usize],
-        released: &[IdempotencyKey],
+        released: Vec<IdempotencyKey>,
         plan: rules::AnswerPlan,
         seq: i64,
     ) -> Result<(), TxnError> {
-        let user_id = self.user.id;
-        let now = self.received_at;
-        let rows: Vec<store::AttemptRow> = open
-            .iter()
-            .map(|&p| attempt_row(items[p], placed[p]))
-            .collect();
-        let skew_ms = self.skew.map(|s| s.num_milliseconds());
-        // Also adds ackedCount, in the applying transaction: exact even if a later
-        // round fails.
-        let store = self.store();
-        store
-            .release_and_insert_attempts(txn, user_id, released, &rows, skew_ms, now)
-            .await?;
-        let answers: Vec<_> = plan.answers.into_iter().collect();
-        let deltas: Vec<_> = plan.deltas.into_iter().collect();
-        // One statement on PostgreSQL.
-        store
-            .write_answers_and_scores(txn, user_id, &answers, &deltas, now, seq)
+        let writes = store::BatchWrites {
+            released,
+            attempts: open
+                .iter()
+                .map(|&p| attempt_row(items[p], placed[p]))
+                .collect(),
+            skew_ms: self.skew.map(|s| s.num_milliseconds()),
+            answers: plan.answers.into_iter().collect(),
+            deltas: plan.deltas.into_iter().collect(),
+        };
+        self.store()
+            .write_batch(txn, self.user.id, &writes, self.received_at, seq)
             .await?;
         Ok(())
     }

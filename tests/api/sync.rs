@@ -1618,6 +1618,82 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
     );
 }
 
+/// The release of claims, part of the statement that writes every fresh batch's attempts,
+/// stays one probe per key in the generic plan PostgreSQL caches for it (a plain
+/// `idempotency_key = ANY(…)` was planned as a read of every record of the user, so each
+/// batch cost more than the last): on a table never analyzed, holding 50,000 records of the
+/// user, the records are read only by index probes on both key columns and deleted by `ctid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_of_claims_probes_per_key_in_the_generic_plan() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(app) = pg_app().await else { return };
+    let (user, _) = app.student();
+    exec(
+        &app.db,
+        &format!(
+            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
+             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
+             FROM generate_series(1, 50000)"
+        ),
+    )
+    .await;
+    // One connection: the prepared statement and the plan setting are per session.
+    let txn = app.db.begin().await.unwrap();
+    txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    txn.execute_unprepared(&format!(
+        "PREPARE write_attempts AS {}",
+        examsync::sync::store::WRITE_ATTEMPTS_PG
+    ))
+    .await
+    .unwrap();
+    let row = txn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "EXPLAIN (FORMAT JSON) EXECUTE write_attempts('{user}', NULL, now(), \
+                 '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', 0, '{{}}')"
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    txn.rollback().await.unwrap();
+    let plan: Value = row.try_get("", "QUERY PLAN").unwrap();
+    fn scans_of<'a>(node: &'a Value, out: &mut Vec<&'a Value>) {
+        if node["Relation Name"] == "idempotency_records" {
+            out.push(node);
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans_of(child, out);
+        }
+    }
+    let mut scans = Vec::new();
+    scans_of(&plan[0]["Plan"], &mut scans);
+    let kinds: Vec<&str> = scans
+        .iter()
+        .filter_map(|s| s["Node Type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ModifyTable", "Index Scan", "Tid Scan", "Index Scan"],
+        "{plan}"
+    );
+    for scan in scans.iter().filter(|s| s["Node Type"] == "Index Scan") {
+        let index_cond = scan["Index Cond"].as_str().unwrap_or_default();
+        assert!(
+            index_cond.contains("user_id") && index_cond.contains("idempotency_key"),
+            "{plan}"
+        );
+        assert!(
+            scan.get("Filter").is_none(),
+            "keys applied as a filter: {plan}"
+        );
+    }
+}
+
 /// Duplicate/rejected counts summed off the write path are written on graceful shutdown,
 /// not left to the next background flush (which a stopped instance never runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use entity::{
 };
 use examsync::sync::{
     rules::{Answer, AnswerKey, Scope, ScoreDelta, SessionFact, SessionState},
-    store::{AttemptRow, Claim, ClaimSession, NewSession, OpeningClaim, Store, SyncStore},
+    store::{AttemptRow, BatchWrites, ClaimSession, NewSession, OpeningClaim, Store, SyncStore},
 };
 use sea_orm::{
     ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
@@ -22,20 +22,20 @@ crate::backend_tests!(
     claim_wins_once,
     release_gives_the_key_back,
     find_records_after_claim,
-    create_offline_sessions_returns_the_winner,
+    open_batch_creates_an_offline_session_once,
     find_sessions_and_questions,
     write_answers_upserts,
-    add_scores_adds,
+    write_scores_adds,
     write_answers_and_scores_together,
-    insert_attempts_adds_acked_count,
+    write_attempts_adds_acked_count,
     bump_change_seq_of_a_missing_user,
-    lock_sessions_reads_status,
-    claim_and_lock_locks_the_won_sessions,
+    open_batch_reads_the_won_sessions_status,
     find_records_and_facts_reads_all_three,
     open_batch_creates_claims_and_locks,
+    open_batch_with_many_new_sessions,
     open_batch_of_a_missing_user_writes_nothing,
     open_batch_reads_answers_only_when_nothing_committed_since,
-    release_and_insert_attempts_together,
+    release_and_write_attempts_together,
     foreign_keys_of_the_history,
 );
 
@@ -119,56 +119,64 @@ impl Fixture {
         self.db.begin().await.unwrap()
     }
 
-    /// A new ACTIVE session of the user (its own transaction).
-    async fn session(&self) -> SessionId {
+    /// An opening in a transaction of its own.
+    async fn open(
+        &self,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+    ) -> examsync::sync::store::Opening {
         let txn = self.begin().await;
-        let seq = self
+        let opening = self
             .store
-            .bump_change_seq(&txn, self.user)
+            .open_batch(&txn, self.user, sessions, claims, self.now)
             .await
             .unwrap()
-            .unwrap();
-        let offline = OfflineSessionId::new_v4();
-        let created = self
-            .store
-            .create_offline_sessions(
-                &txn,
-                self.user,
-                &[NewSession {
-                    id: SessionId::new_v4(),
-                    offline_session_id: offline,
-                    scope: scope(),
-                }],
-                self.now,
-                seq,
-            )
-            .await
-            .unwrap();
+            .expect("the user exists");
         txn.commit().await.unwrap();
-        created[&offline].id
+        opening
     }
 
-    fn claim_of(&self, key: IdempotencyKey, session_id: SessionId) -> Claim {
-        Claim {
+    /// A new ACTIVE session of the user (an opening of its own).
+    async fn session(&self) -> SessionId {
+        let offline = OfflineSessionId::new_v4();
+        let new = NewSession {
+            id: SessionId::new_v4(),
+            offline_session_id: offline,
+            scope: scope(),
+        };
+        self.open(&[new], &[]).await.created[&offline].id
+    }
+
+    fn claim_of(&self, key: IdempotencyKey, session_id: SessionId) -> OpeningClaim {
+        self.opening_claim(key, ClaimSession::Known(session_id))
+    }
+
+    fn opening_claim(&self, key: IdempotencyKey, session: ClaimSession) -> OpeningClaim {
+        OpeningClaim {
             key,
             v1_hash: PayloadHash::from_digest([uuid::Uuid::from(key).as_bytes()[0]; 32]),
             attempt_id: AttemptId::new_v4(),
-            session_id,
+            session,
+            question_id: self.questions[0],
         }
     }
 
-    /// Claims in a transaction of their own; the keys won.
-    async fn claim(&self, claims: &[Claim]) -> Vec<IdempotencyKey> {
-        let txn = self.begin().await;
-        let won = self
-            .store
-            .claim(&txn, self.user, claims, self.now)
-            .await
-            .unwrap();
-        txn.commit().await.unwrap();
+    /// Claims in an opening of their own; the keys won.
+    async fn claim(&self, claims: &[OpeningClaim]) -> Vec<IdempotencyKey> {
+        let won = self.open(&[], claims).await.won;
         let mut won: Vec<_> = won.into_iter().collect();
         won.sort();
         won
+    }
+
+    /// The writes in a transaction of their own, stamped `seq`.
+    async fn write(&self, writes: BatchWrites, seq: i64) {
+        let txn = self.begin().await;
+        self.store
+            .write_batch(&txn, self.user, &writes, self.now, seq)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
     }
 
     async fn session_model(&self, id: SessionId) -> entity::test_session::Model {
@@ -198,6 +206,26 @@ impl Fixture {
             is_new: true,
         }
     }
+
+    fn attempt_row(&self, claim: &OpeningClaim, session_id: SessionId) -> AttemptRow {
+        AttemptRow {
+            attempt_id: claim.attempt_id,
+            key: claim.key,
+            v1_hash: claim.v1_hash.clone(),
+            session_id,
+            question_id: claim.question_id,
+            package_id: None,
+            client_attempt_id: ClientAttemptId::new_v4(),
+            selected_option_index: 1,
+            is_correct: true,
+            answered_at: self.now,
+            answered_at_raw: self.now.to_rfc3339(),
+        }
+    }
+
+    async fn rows(&self, table: &str) -> i64 {
+        crate::helpers::count_rows(&self.db, table, "").await
+    }
 }
 
 fn sorted(mut keys: Vec<IdempotencyKey>) -> Vec<IdempotencyKey> {
@@ -209,10 +237,10 @@ async fn claim_wins_once(backend: Backend) {
     let f = fixture(backend).await;
     let session = f.session().await;
     let keys: Vec<IdempotencyKey> = (0..3).map(|_| IdempotencyKey::new_v4()).collect();
-    let first: Vec<Claim> = keys[..2].iter().map(|&k| f.claim_of(k, session)).collect();
+    let first: Vec<OpeningClaim> = keys[..2].iter().map(|&k| f.claim_of(k, session)).collect();
     assert_eq!(f.claim(&first).await, sorted(keys[..2].to_vec()));
     // The same keys again (another attempt id): lost; a new key in the batch: won.
-    let second: Vec<Claim> = keys.iter().map(|&k| f.claim_of(k, session)).collect();
+    let second: Vec<OpeningClaim> = keys.iter().map(|&k| f.claim_of(k, session)).collect();
     assert_eq!(f.claim(&second).await, vec![keys[2]]);
     // The records are the first claim's.
     let records = f
@@ -236,9 +264,11 @@ async fn release_gives_the_key_back(backend: Backend) {
             .len(),
         2
     );
-    let txn = f.begin().await;
-    f.store.release(&txn, f.user, &[key]).await.unwrap();
-    txn.commit().await.unwrap();
+    let release = |keys: Vec<IdempotencyKey>| BatchWrites {
+        released: keys,
+        ..BatchWrites::default()
+    };
+    f.write(release(vec![key]), 9).await;
     let records = f
         .store
         .find_records(&f.db, f.user, &[key, kept])
@@ -250,7 +280,7 @@ async fn release_gives_the_key_back(backend: Backend) {
     // Another user's key of the same value is not released.
     let txn = f.begin().await;
     f.store
-        .release(&txn, UserId::new_v4(), &[kept])
+        .write_batch(&txn, UserId::new_v4(), &release(vec![kept]), f.now, 9)
         .await
         .unwrap();
     txn.commit().await.unwrap();
@@ -262,12 +292,14 @@ async fn release_gives_the_key_back(backend: Backend) {
             .len(),
         1
     );
+    // A release alone writes no counter.
+    assert_eq!(f.user_model().await.acked_count, 0);
 }
 
 async fn find_records_after_claim(backend: Backend) {
     let f = fixture(backend).await;
     let session = f.session().await;
-    let claims: Vec<Claim> = (0..5)
+    let claims: Vec<OpeningClaim> = (0..5)
         .map(|_| f.claim_of(IdempotencyKey::new_v4(), session))
         .collect();
     assert!(
@@ -306,7 +338,7 @@ async fn find_records_after_claim(backend: Backend) {
     );
 }
 
-async fn create_offline_sessions_returns_the_winner(backend: Backend) {
+async fn open_batch_creates_an_offline_session_once(backend: Backend) {
     let f = fixture(backend).await;
     let offline = OfflineSessionId::new_v4();
     let create = |id: SessionId, offline: OfflineSessionId| NewSession {
@@ -315,37 +347,35 @@ async fn create_offline_sessions_returns_the_winner(backend: Backend) {
         scope: scope(),
     };
     let winner = SessionId::new_v4();
-    let txn = f.begin().await;
-    let created = f
-        .store
-        .create_offline_sessions(&txn, f.user, &[create(winner, offline)], f.now, 7)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    let opening = f.open(&[create(winner, offline)], &[]).await;
+    assert_eq!(opening.seq, 1);
     assert_eq!(
-        created[&offline],
+        opening.created[&offline],
         SessionFact {
             id: winner,
             state: SessionState::Active
         }
     );
+    assert!(opening.won.is_empty());
     // A second request with its own id for the same offline session gets the winner's.
     let other = OfflineSessionId::new_v4();
     let txn = f.begin().await;
     let created = f
         .store
-        .create_offline_sessions(
+        .open_batch(
             &txn,
             f.user,
             &[
                 create(SessionId::new_v4(), offline),
                 create(SessionId::new_v4(), other),
             ],
+            &[],
             f.now + Duration::seconds(1),
-            8,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .created;
     txn.commit().await.unwrap();
     assert_eq!(created.len(), 2);
     assert_eq!(created[&offline].id, winner);
@@ -359,9 +389,10 @@ async fn create_offline_sessions_returns_the_winner(backend: Backend) {
             stored.block_id,
             stored.theme_id
         ),
-        (f.now, 7, 1, Some(2), None),
+        (f.now, 1, 1, Some(2), None),
         "the conflict leaves the winner's row as it was"
     );
+    assert_eq!(f.session_model(created[&other].id).await.change_seq, 2);
     assert_eq!(
         entity::test_session::Entity::find()
             .count(&f.db)
@@ -375,56 +406,34 @@ async fn find_sessions_and_questions(backend: Backend) {
     let f = fixture(backend).await;
     let online = f.session().await;
     let offline = OfflineSessionId::new_v4();
-    let txn = f.begin().await;
     let by_offline = f
-        .store
-        .create_offline_sessions(
-            &txn,
-            f.user,
+        .open(
             &[NewSession {
                 id: SessionId::new_v4(),
                 offline_session_id: offline,
                 scope: scope(),
             }],
-            f.now,
-            1,
+            &[],
         )
         .await
-        .unwrap()[&offline]
+        .created[&offline]
         .id;
-    txn.commit().await.unwrap();
     let unknown = QuestionId::new_v4();
     let question_ids = [f.questions[0], f.questions[1], unknown];
-    let (mut sessions, mut questions) = f
+    let lookup = f
         .store
-        .find_sessions_and_questions(
+        .find_records_and_facts(
             &f.db,
             f.user,
+            &[],
             &[online, SessionId::new_v4()],
             &[offline, OfflineSessionId::new_v4()],
             &question_ids,
         )
         .await
         .unwrap();
-    let (mut one_by_one, mut questions_alone) = (
-        f.store
-            .find_sessions(
-                &f.db,
-                f.user,
-                &[online, SessionId::new_v4()],
-                &[offline, OfflineSessionId::new_v4()],
-            )
-            .await
-            .unwrap(),
-        f.store.find_questions(&f.db, &question_ids).await.unwrap(),
-    );
-    for list in [&mut sessions, &mut one_by_one] {
-        list.sort_by_key(|(s, _)| s.id);
-    }
-    questions.sort_by_key(|q| q.id);
-    questions_alone.sort_by_key(|q| q.id);
-    assert_eq!(sessions, one_by_one);
-    assert_eq!(questions, questions_alone);
+    assert!(lookup.records.is_empty());
+    let (sessions, mut questions) = (lookup.sessions, lookup.questions);
     assert_eq!(sessions.len(), 2);
     assert!(
         sessions
@@ -438,12 +447,13 @@ async fn find_sessions_and_questions(backend: Backend) {
             .all(|(s, _)| s.state == SessionState::Active)
     );
     // Another user's sessions are not found.
-    let (others, _) = f
+    let others = f
         .store
-        .find_sessions_and_questions(&f.db, UserId::new_v4(), &[online], &[offline], &[])
+        .find_records_and_facts(&f.db, UserId::new_v4(), &[], &[online], &[offline], &[])
         .await
         .unwrap();
-    assert!(others.is_empty());
+    assert!(others.sessions.is_empty() && others.questions.is_empty());
+    questions.sort_by_key(|q| q.id);
     assert_eq!(questions.len(), 2);
     for q in &questions {
         let draft = q.id == f.questions[1];
@@ -461,13 +471,12 @@ async fn write_answers_upserts(backend: Backend) {
         session_id: session,
         question_id: f.questions[0],
     };
+    let answers = |answer: &Answer| BatchWrites {
+        answers: vec![(key, answer.clone())],
+        ..BatchWrites::default()
+    };
     let first = f.answer(AttemptId::new_v4(), 0, 0);
-    let txn = f.begin().await;
-    f.store
-        .write_answers(&txn, f.user, &[(key, first.clone())], f.now, 3)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    f.write(answers(&first), 3).await;
     let current = f
         .store
         .current_answers(&f.db, &[session], &[f.questions[0], f.questions[1]])
@@ -482,12 +491,7 @@ async fn write_answers_upserts(backend: Backend) {
     );
     // Again for the same (session, question): the row is updated, its id kept.
     let second = f.answer(AttemptId::new_v4(), 1, 1);
-    let txn = f.begin().await;
-    f.store
-        .write_answers(&txn, f.user, &[(key, second.clone())], f.now, 4)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    f.write(answers(&second), 4).await;
     let current = f
         .store
         .current_answers(&f.db, &[session], &[f.questions[0]])
@@ -510,36 +514,31 @@ async fn write_answers_upserts(backend: Backend) {
     assert_eq!((row.change_seq, row.user_id), (4, f.user));
 }
 
-async fn add_scores_adds(backend: Backend) {
+async fn write_scores_adds(backend: Backend) {
     let f = fixture(backend).await;
     let (a, b) = (f.session().await, f.session().await);
     for seq in [5, 6] {
-        let txn = f.begin().await;
-        f.store
-            .add_scores(
-                &txn,
-                &[
-                    (
-                        a,
-                        ScoreDelta {
-                            answered: 2,
-                            correct: 1,
-                        },
-                    ),
-                    (
-                        b,
-                        ScoreDelta {
-                            answered: 1,
-                            correct: 0,
-                        },
-                    ),
-                ],
-                f.now,
-                seq,
-            )
-            .await
-            .unwrap();
-        txn.commit().await.unwrap();
+        let deltas = vec![
+            (
+                a,
+                ScoreDelta {
+                    answered: 2,
+                    correct: 1,
+                },
+            ),
+            (
+                b,
+                ScoreDelta {
+                    answered: 1,
+                    correct: 0,
+                },
+            ),
+        ];
+        let writes = BatchWrites {
+            deltas,
+            ..BatchWrites::default()
+        };
+        f.write(writes, seq).await;
     }
     let a = f.session_model(a).await;
     assert_eq!(
@@ -575,12 +574,12 @@ async fn write_answers_and_scores_together(backend: Backend) {
         answered: 2,
         correct: 2,
     };
-    let txn = f.begin().await;
-    f.store
-        .write_answers_and_scores(&txn, f.user, &answers, &[(session, delta)], f.now, 9)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    let writes = BatchWrites {
+        answers,
+        deltas: vec![(session, delta)],
+        ..BatchWrites::default()
+    };
+    f.write(writes, 9).await;
     let current = f
         .store
         .current_answers(&f.db, &[session], &f.questions)
@@ -596,20 +595,15 @@ async fn write_answers_and_scores_together(backend: Backend) {
         ),
         (2, 2, 9)
     );
-    // Either side empty: the other is still written.
-    let txn = f.begin().await;
-    f.store
-        .write_answers_and_scores(&txn, f.user, &[], &[(session, delta)], f.now, 10)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    assert_eq!(f.session_model(session).await.answered_count, 4);
+    // Nothing to write: nothing changes.
+    f.write(BatchWrites::default(), 10).await;
+    assert_eq!(f.session_model(session).await.change_seq, 9);
 }
 
-async fn insert_attempts_adds_acked_count(backend: Backend) {
+async fn write_attempts_adds_acked_count(backend: Backend) {
     let f = fixture(backend).await;
     let session = f.session().await;
-    let claims: Vec<Claim> = (0..3)
+    let claims: Vec<OpeningClaim> = (0..3)
         .map(|_| f.claim_of(IdempotencyKey::new_v4(), session))
         .collect();
     let answered_at = f.now - Duration::minutes(5);
@@ -617,38 +611,31 @@ async fn insert_attempts_adds_acked_count(backend: Backend) {
         .iter()
         .enumerate()
         .map(|(i, c)| AttemptRow {
-            attempt_id: c.attempt_id,
-            key: c.key,
-            v1_hash: c.v1_hash.clone(),
-            session_id: session,
             question_id: f.questions[i % 2],
-            package_id: None,
-            client_attempt_id: ClientAttemptId::new_v4(),
             selected_option_index: i as i32,
             is_correct: i == 1,
             answered_at,
             answered_at_raw: answered_at
                 .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
                 .to_rfc3339(),
+            ..f.attempt_row(c, session)
         })
         .collect();
-    for batch in [&rows[..2], &rows[2..]] {
+    for (claims, batch) in [(&claims[..2], &rows[..2]), (&claims[2..], &rows[2..])] {
         let txn = f.begin().await;
-        f.store
-            .claim(
-                &txn,
-                f.user,
-                &claims[..]
-                    .iter()
-                    .filter(|c| batch.iter().any(|r| r.key == c.key))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                f.now,
-            )
+        let opening = f
+            .store
+            .open_batch(&txn, f.user, &[], claims, f.now)
             .await
+            .unwrap()
             .unwrap();
+        let writes = BatchWrites {
+            attempts: batch.to_vec(),
+            skew_ms: Some(-1500),
+            ..BatchWrites::default()
+        };
         f.store
-            .insert_attempts(&txn, f.user, batch, Some(-1500), f.now)
+            .write_batch(&txn, f.user, &writes, f.now, opening.seq)
             .await
             .unwrap();
         txn.commit().await.unwrap();
@@ -695,25 +682,9 @@ async fn bump_change_seq_of_a_missing_user(backend: Backend) {
     assert_eq!(f.user_model().await.change_seq, 2);
 }
 
-async fn lock_sessions_reads_status(backend: Backend) {
-    let f = fixture(backend).await;
-    let (open, closed) = (f.session().await, f.session().await);
-    examsync::sessions::submit(&f.db, &f.store, f.user, closed)
-        .await
-        .unwrap();
-    let txn = f.begin().await;
-    let states = f
-        .store
-        .lock_sessions(&txn, &[open, closed, SessionId::new_v4()])
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    assert_eq!(states.len(), 2);
-    assert_eq!(states[&open], SessionState::Active);
-    assert_ne!(states[&closed], SessionState::Active);
-}
-
-async fn claim_and_lock_locks_the_won_sessions(backend: Backend) {
+/// The won claims' sessions, their status read in the opening (a `submitSession` may have
+/// committed since the checks); a lost claim's session is not read.
+async fn open_batch_reads_the_won_sessions_status(backend: Backend) {
     let f = fixture(backend).await;
     let (open, closed, lost) = (f.session().await, f.session().await, f.session().await);
     examsync::sessions::submit(&f.db, &f.store, f.user, closed)
@@ -725,48 +696,19 @@ async fn claim_and_lock_locks_the_won_sessions(backend: Backend) {
         f.claim_of(IdempotencyKey::new_v4(), open),
         f.claim_of(IdempotencyKey::new_v4(), open),
         f.claim_of(IdempotencyKey::new_v4(), closed),
-        // Lost: its session is not locked.
+        // Lost: its session is not read.
         f.claim_of(held, lost),
     ];
-    let txn = f.begin().await;
-    let (won, states) = f
-        .store
-        .claim_and_lock(&txn, f.user, &claims, f.now)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    let mut won: Vec<_> = won.into_iter().collect();
+    let opening = f.open(&[], &claims).await;
+    let mut won: Vec<_> = opening.won.into_iter().collect();
     won.sort();
     assert_eq!(won, sorted(claims[..3].iter().map(|c| c.key).collect()));
-    assert_eq!(states.len(), 2);
-    assert_eq!(states[&open], SessionState::Active);
-    assert_eq!(states[&closed], SessionState::Closed);
-    // Nothing to claim: nothing locked.
-    let txn = f.begin().await;
-    let (won, states) = f
-        .store
-        .claim_and_lock(&txn, f.user, &claims[3..], f.now)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    assert!(won.is_empty() && states.is_empty());
-}
-
-impl Fixture {
-    fn opening_claim(&self, key: IdempotencyKey, session: ClaimSession) -> OpeningClaim {
-        let claim = self.claim_of(key, SessionId::new_v4());
-        OpeningClaim {
-            key,
-            v1_hash: claim.v1_hash,
-            attempt_id: claim.attempt_id,
-            session,
-            question_id: self.questions[0],
-        }
-    }
-
-    async fn rows(&self, table: &str) -> i64 {
-        crate::helpers::count_rows(&self.db, table, "").await
-    }
+    assert_eq!(opening.states.len(), 2);
+    assert_eq!(opening.states[&open], SessionState::Active);
+    assert_eq!(opening.states[&closed], SessionState::Closed);
+    // Nothing won: nothing read.
+    let opening = f.open(&[], &claims[3..]).await;
+    assert!(opening.won.is_empty() && opening.states.is_empty());
 }
 
 async fn find_records_and_facts_reads_all_three(backend: Backend) {
@@ -828,16 +770,9 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
             ClaimSession::New(OfflineSessionId::new_v4()),
         ),
     ];
-    let txn = f.begin().await;
-    let opening = f
-        .store
-        .open_batch(&txn, f.user, std::slice::from_ref(&new), &claims, f.now)
-        .await
-        .unwrap()
-        .expect("the user exists");
-    txn.commit().await.unwrap();
-    // Two sessions by the fixture (one closed) before: this is the fourth change.
-    assert_eq!(opening.seq, 4);
+    let opening = f.open(std::slice::from_ref(&new), &claims).await;
+    // Two sessions by the fixture, a submit and a claim before: this is the fifth change.
+    assert_eq!(opening.seq, 5);
     let created = opening.created[&offline];
     assert_eq!((created.id, created.state), (new.id, SessionState::Active));
     let mut won: Vec<_> = opening.won.into_iter().collect();
@@ -856,7 +791,7 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
     assert_eq!(records[&claims[0].key].session_id, new.id);
     assert_eq!(records[&claims[0].key].attempt_id, claims[0].attempt_id);
     assert_eq!(records[&claims[1].key].session_id, open);
-    assert_eq!(f.session_model(new.id).await.change_seq, 4);
+    assert_eq!(f.session_model(new.id).await.change_seq, 5);
     match backend {
         // No answer yet, read with the claims.
         Backend::Postgres => assert_eq!(opening.answers.map(|a| a.len()), Some(0)),
@@ -870,14 +805,7 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
         scope: scope(),
     };
     let claim = f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::New(offline));
-    let txn = f.begin().await;
-    let opening = f
-        .store
-        .open_batch(&txn, f.user, &[again], std::slice::from_ref(&claim), f.now)
-        .await
-        .unwrap()
-        .unwrap();
-    txn.commit().await.unwrap();
+    let opening = f.open(&[again], std::slice::from_ref(&claim)).await;
     assert_eq!(opening.created[&offline].id, new.id);
     let records = f
         .store
@@ -885,6 +813,44 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(records[&claim.key].session_id, new.id);
+}
+
+/// More new offline sessions than one PostgreSQL message carries (the store opens in two
+/// statements then): every session created, every claim made in its own session.
+async fn open_batch_with_many_new_sessions(backend: Backend) {
+    let f = fixture(backend).await;
+    let sessions: Vec<NewSession> = (0..40)
+        .map(|_| NewSession {
+            id: SessionId::new_v4(),
+            offline_session_id: OfflineSessionId::new_v4(),
+            scope: scope(),
+        })
+        .collect();
+    let claims: Vec<OpeningClaim> = sessions
+        .iter()
+        .map(|s| {
+            f.opening_claim(
+                IdempotencyKey::new_v4(),
+                ClaimSession::New(s.offline_session_id),
+            )
+        })
+        .collect();
+    let opening = f.open(&sessions, &claims).await;
+    assert_eq!(opening.created.len(), sessions.len());
+    assert_eq!(opening.won.len(), claims.len());
+    assert_eq!(opening.states.len(), sessions.len());
+    let keys: Vec<IdempotencyKey> = claims.iter().map(|c| c.key).collect();
+    let records = f.store.find_records(&f.db, f.user, &keys).await.unwrap();
+    for (session, claim) in sessions.iter().zip(&claims) {
+        let created = opening.created[&session.offline_session_id];
+        assert_eq!(created.id, session.id);
+        assert_eq!(opening.states[&session.id], SessionState::Active);
+        assert_eq!(records[&claim.key].session_id, session.id);
+    }
+    assert_eq!(f.user_model().await.change_seq, opening.seq);
+    if backend == Backend::Postgres {
+        assert!(opening.answers.is_some(), "read with the claims");
+    }
 }
 
 async fn open_batch_of_a_missing_user_writes_nothing(backend: Backend) {
@@ -945,22 +911,18 @@ async fn open_batch_reads_answers_only_when_nothing_committed_since(backend: Bac
         .await
         .unwrap()
         .unwrap();
+    let writes = BatchWrites {
+        answers: vec![(key, answer.clone())],
+        ..BatchWrites::default()
+    };
     f.store
-        .write_answers(&txn, f.user, &[(key, answer.clone())], f.now, seq)
+        .write_batch(&txn, f.user, &writes, f.now, seq)
         .await
         .unwrap();
     txn.commit().await.unwrap();
     let open_one = || async {
-        let txn = f.begin().await;
         let claim = f.opening_claim(IdempotencyKey::new_v4(), ClaimSession::Known(session));
-        let opening = f
-            .store
-            .open_batch(&txn, f.user, &[], &[claim], f.now)
-            .await
-            .unwrap()
-            .unwrap();
-        txn.commit().await.unwrap();
-        opening
+        f.open(&[], &[claim]).await
     };
     let opening = open_one().await;
     match backend {
@@ -992,15 +954,18 @@ async fn open_batch_reads_answers_only_when_nothing_committed_since(backend: Bac
         .await
         .unwrap()
         .unwrap();
-    let other = (
-        AnswerKey {
-            session_id: session,
-            question_id: f.questions[1],
-        },
-        f.answer(AttemptId::new_v4(), 1, 0),
-    );
+    let other = BatchWrites {
+        answers: vec![(
+            AnswerKey {
+                session_id: session,
+                question_id: f.questions[1],
+            },
+            f.answer(AttemptId::new_v4(), 1, 0),
+        )],
+        ..BatchWrites::default()
+    };
     f.store
-        .write_answers(&writer, f.user, &[other], f.now, seq)
+        .write_batch(&writer, f.user, &other, f.now, seq)
         .await
         .unwrap();
     let waiting = async {
@@ -1021,7 +986,7 @@ async fn open_batch_reads_answers_only_when_nothing_committed_since(backend: Bac
     assert!(open_one().await.answers.is_some());
 }
 
-async fn release_and_insert_attempts_together(backend: Backend) {
+async fn release_and_write_attempts_together(backend: Backend) {
     let f = fixture(backend).await;
     let session = f.session().await;
     let (kept, released) = (
@@ -1029,25 +994,12 @@ async fn release_and_insert_attempts_together(backend: Backend) {
         f.claim_of(IdempotencyKey::new_v4(), session),
     );
     f.claim(&[kept.clone(), released.clone()]).await;
-    let row = AttemptRow {
-        attempt_id: kept.attempt_id,
-        key: kept.key,
-        v1_hash: kept.v1_hash.clone(),
-        session_id: session,
-        question_id: f.questions[0],
-        package_id: None,
-        client_attempt_id: ClientAttemptId::new_v4(),
-        selected_option_index: 1,
-        is_correct: true,
-        answered_at: f.now,
-        answered_at_raw: f.now.to_rfc3339(),
+    let writes = BatchWrites {
+        released: vec![released.key],
+        attempts: vec![f.attempt_row(&kept, session)],
+        ..BatchWrites::default()
     };
-    let txn = f.begin().await;
-    f.store
-        .release_and_insert_attempts(&txn, f.user, &[released.key], &[row], None, f.now)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    f.write(writes, 9).await;
     let records = f
         .store
         .find_records(&f.db, f.user, &[kept.key, released.key])
@@ -1056,21 +1008,6 @@ async fn release_and_insert_attempts_together(backend: Backend) {
     assert_eq!(records.len(), 1);
     assert!(records.contains_key(&kept.key));
     assert_eq!(f.rows("attempts").await, 1);
-    assert_eq!(f.user_model().await.acked_count, 1);
-    // Nothing to insert: the release alone, no counter.
-    let txn = f.begin().await;
-    f.store
-        .release_and_insert_attempts(&txn, f.user, &[kept.key], &[], None, f.now)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    assert!(
-        f.store
-            .find_records(&f.db, f.user, &[kept.key])
-            .await
-            .unwrap()
-            .is_empty()
-    );
     assert_eq!(f.user_model().await.acked_count, 1);
 }
 

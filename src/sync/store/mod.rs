@@ -1,16 +1,16 @@
-//! The storage layer of sync: every read and write is one set-wise statement, behind one
-//! interface ([`SyncStore`]) with one implementation per backend, chosen once when the app
-//! is built ([`Store::for_backend`]) and never switched on per statement.
+//! The storage layer of sync: one operation per protocol step of a batch (find, open,
+//! write), behind one interface ([`SyncStore`]) with one implementation per backend, chosen
+//! once when the app is built ([`Store::for_backend`]) and never switched on per statement.
 //!
-//! - [`postgres::Postgres`]: raw statements (`sql/*.sql`) whose per-item values travel as
-//!   array parameters (`= ANY($n)`, `unnest(...)`), so each statement has one shape
-//!   whatever the batch size and its prepared statement is reused.
+//! - [`postgres::Postgres`]: one raw statement per operation (`sql/*.sql`, each readable and
+//!   `EXPLAIN`able on its own), whose per-item values travel as array parameters
+//!   (`= ANY($n)`, `unnest(...)`), so each statement has one shape whatever the batch size
+//!   and its prepared statement is reused.
 //! - [`sqlite::Sqlite`]: in-process (no network, no planner statistics to go stale) and
-//!   without arrays: sea-orm statements.
+//!   without arrays: each operation is a few sea-orm statements.
 //!
-//! Both sort claims the same way (by key, [`by_key`]), so concurrent batches take the
-//! idempotency rows in one order. `tests/api/sync_store.rs` runs the same suite against
-//! both.
+//! Both insert claims in key order, so concurrent batches take the idempotency rows in one
+//! order. `tests/api/sync_store.rs` runs the same suite against both.
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ use entity::{
 pub mod postgres;
 pub mod sqlite;
 
-pub use postgres::{FIND_RECORDS_AND_FACTS_PG, FIND_RECORDS_PG, Postgres};
+pub use postgres::{FIND_RECORDS_AND_FACTS_PG, FIND_RECORDS_PG, Postgres, WRITE_ATTEMPTS_PG};
 pub use sqlite::Sqlite;
 
 /// A `uuid[]` parameter: typed ids become bare UUIDs here, at the raw-SQL boundary.
@@ -44,13 +44,6 @@ pub fn uuids<T: Into<Uuid>>(items: impl IntoIterator<Item = T>) -> Value {
 
 pub(crate) fn array(kind: ArrayType, items: impl Iterator<Item = Value>) -> Value {
     Value::Array(kind, Some(Box::new(items.collect())))
-}
-
-/// The claims in the order both stores insert them: by key.
-pub fn by_key(claims: &[Claim]) -> Vec<&Claim> {
-    let mut sorted: Vec<&Claim> = claims.iter().collect();
-    sorted.sort_by_key(|c| c.key);
-    sorted
 }
 
 /// A question's scoring data as stored now.
@@ -79,15 +72,6 @@ pub struct NewSession {
     pub id: SessionId,
     pub offline_session_id: OfflineSessionId,
     pub scope: Scope,
-}
-
-/// One idempotency claim.
-#[derive(Clone, Debug)]
-pub struct Claim {
-    pub key: IdempotencyKey,
-    pub v1_hash: PayloadHash,
-    pub attempt_id: AttemptId,
-    pub session_id: SessionId,
 }
 
 /// The session a claim names: one the checks found, or the one created for an offline
@@ -154,10 +138,30 @@ pub struct AttemptRow {
     pub answered_at_raw: String,
 }
 
-/// The statements of sync, one implementation per backend.
+/// What the applying transaction writes once the claims are decided and the answers
+/// folded ([`SyncStore::write_batch`]). Any part may be empty.
+#[derive(Clone, Debug, Default)]
+pub struct BatchWrites {
+    /// Claims given back: their items will not be applied (their session closed
+    /// meanwhile), and a rejected item does not use up its key.
+    pub released: Vec<IdempotencyKey>,
+    /// The attempt history of the won claims, also added to the user's `ackedCount`
+    /// (exact: in the applying transaction).
+    pub attempts: Vec<AttemptRow>,
+    /// The client's clock skew, kept with each attempt.
+    pub skew_ms: Option<i64>,
+    /// The changed current answers, one row per (session, question).
+    pub answers: Vec<(AnswerKey, Answer)>,
+    /// Score deltas of the sessions (`total_questions` follows `answered_count`).
+    pub deltas: Vec<(SessionId, ScoreDelta)>,
+}
+
+/// The operations of sync, one implementation per backend: each is one protocol step
+/// of a batch (PostgreSQL: one statement each), so a fresh batch costs the same few
+/// round trips whatever its size.
 ///
 /// Reads take any connection; the writes run inside the applying transaction, whose
-/// first statement is [`SyncStore::bump_change_seq`].
+/// first operation is [`SyncStore::open_batch`] (or [`SyncStore::bump_change_seq`]).
 // Callers use the concrete stores (never `impl SyncStore`), so the futures' auto traits
 // are known where they are awaited.
 #[allow(async_fn_in_trait)]
@@ -170,38 +174,8 @@ pub trait SyncStore {
         keys: &[IdempotencyKey],
     ) -> Result<HashMap<IdempotencyKey, Record>, DbErr>;
 
-    /// The user's sessions named by id or by offline session id.
-    async fn find_sessions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-    ) -> Result<Vec<SessionRow>, DbErr>;
-
-    /// The questions' scoring data (never their text).
-    async fn find_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        ids: &[QuestionId],
-    ) -> Result<Vec<QuestionRow>, DbErr>;
-
-    /// `find_sessions` and `find_questions` together (PostgreSQL: one statement).
-    async fn find_sessions_and_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<(Vec<SessionRow>, Vec<QuestionRow>), DbErr> {
-        let sessions = self.find_sessions(db, user_id, ids, offline_ids).await?;
-        let questions = self.find_questions(db, question_ids).await?;
-        Ok((sessions, questions))
-    }
-
-    /// `find_records` and `find_sessions_and_questions` together (PostgreSQL: one
-    /// statement).
+    /// The records of `keys`, the user's sessions named by id or by offline session id,
+    /// and the questions' scoring data (never their text). Any list may be empty.
     async fn find_records_and_facts(
         &self,
         db: &impl ConnectionTrait,
@@ -210,19 +184,9 @@ pub trait SyncStore {
         ids: &[SessionId],
         offline_ids: &[OfflineSessionId],
         question_ids: &[QuestionId],
-    ) -> Result<Lookup, DbErr> {
-        let records = self.find_records(db, user_id, keys).await?;
-        let (sessions, questions) = self
-            .find_sessions_and_questions(db, user_id, ids, offline_ids, question_ids)
-            .await?;
-        Ok(Lookup {
-            records,
-            sessions,
-            questions,
-        })
-    }
+    ) -> Result<Lookup, DbErr>;
 
-    /// Bumps the user's change counter and returns its new value: the first statement of
+    /// Bumps the user's change counter and returns its new value: the first write of
     /// every transaction that changes one of the user's sessions or answers. On PostgreSQL
     /// the UPDATE takes the user's row lock until commit, so the user's writers commit in
     /// counter order (see `docs/architecture.md`, the pull feed); on SQLite the write lock
@@ -233,57 +197,22 @@ pub trait SyncStore {
         user_id: UserId,
     ) -> Result<Option<i64>, DbErr>;
 
-    /// Creates the sessions (mode TUTOR, ACTIVE) of first-seen offline sessions, or finds
-    /// the one a concurrent request created: the unique (user, offline session) key
-    /// decides. Returns each offline session's server session (the winner's row).
-    async fn create_offline_sessions(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        sessions: &[NewSession],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<HashMap<OfflineSessionId, SessionFact>, DbErr>;
-
-    /// Claims the keys (`ON CONFLICT DO NOTHING`): returns those this transaction won. A
-    /// key another request holds is not ours to apply; on PostgreSQL the insert waits for
-    /// that request to finish, so a loser then reads a committed record. Claims go in key
-    /// order ([`by_key`]), so concurrent batches take the row locks in one order.
-    async fn claim(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<HashSet<IdempotencyKey>, DbErr>;
-
-    /// `claim`, then `lock_sessions` of the won claims' sessions (PostgreSQL: one
-    /// statement, the claims inserted before the sessions are locked): the keys won and
-    /// the status of their sessions read under the lock.
-    async fn claim_and_lock(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
-        let won = self.claim(txn, user_id, claims, now).await?;
-        let mut ids: Vec<SessionId> = claims
-            .iter()
-            .filter(|c| won.contains(&c.key))
-            .map(|c| c.session_id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let states = self.lock_sessions(txn, &ids).await?;
-        Ok((won, states))
-    }
-
-    /// The first writes of the applying transaction, in this order: `bump_change_seq`,
-    /// `create_offline_sessions`, `claim_and_lock` (the claims of new offline sessions
-    /// name the session created or found), and on PostgreSQL the current answers of the
-    /// won claims, all in one statement. `None`: no such user (nothing was written). A
-    /// claim whose new session was not returned is not made.
+    /// The first writes of the applying transaction, in this order:
+    /// 1. the change counter bumped (`bump_change_seq`);
+    /// 2. the sessions (mode TUTOR, ACTIVE) of offline sessions seen for the first time
+    ///    created, or the one a concurrent request created found: the unique (user,
+    ///    offline session) key decides;
+    /// 3. the keys claimed in key order (`ON CONFLICT DO NOTHING`, so concurrent batches
+    ///    take the rows in one order): a key another request holds is not ours to apply,
+    ///    and on PostgreSQL the insert waits for that request to finish; a claim of a new
+    ///    offline session names the session created or found, and one whose session was
+    ///    not returned is not made;
+    /// 4. the won claims' sessions locked (PostgreSQL, in id order; SQLite's one write lock
+    ///    is already held) and their status read again: a `submitSession` may have
+    ///    committed since the checks;
+    /// 5. on PostgreSQL, the current answers of the won claims.
+    ///
+    /// `None`: no such user (nothing was written).
     async fn open_batch(
         &self,
         txn: &impl ConnectionTrait,
@@ -291,27 +220,7 @@ pub trait SyncStore {
         sessions: &[NewSession],
         claims: &[OpeningClaim],
         now: DateTime<Utc>,
-    ) -> Result<Option<Opening>, DbErr> {
-        open_in_steps(self, txn, user_id, sessions, claims, now).await
-    }
-
-    /// Gives back claims of items that will not be applied (their session closed
-    /// meanwhile): a rejected item does not use up its key.
-    async fn release(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        keys: &[IdempotencyKey],
-    ) -> Result<(), DbErr>;
-
-    /// Locks the sessions (PostgreSQL, in id order; on SQLite the transaction already
-    /// holds the one write lock) so that their answers stay current until commit, and
-    /// reads their status again: a `submitSession` may have committed since the checks.
-    async fn lock_sessions(
-        &self,
-        txn: &impl ConnectionTrait,
-        ids: &[SessionId],
-    ) -> Result<HashMap<SessionId, SessionState>, DbErr>;
+    ) -> Result<Option<Opening>, DbErr>;
 
     /// Current answers of the sessions × questions touched (a superset of the pairs).
     async fn current_answers(
@@ -321,106 +230,16 @@ pub trait SyncStore {
         question_ids: &[QuestionId],
     ) -> Result<HashMap<AnswerKey, Answer>, DbErr>;
 
-    /// Appends the attempt history of the won claims and adds them to the user's
-    /// `ackedCount` (exact: in the applying transaction).
-    async fn insert_attempts(
+    /// The rest of the applying transaction's writes ([`BatchWrites`]), stamped with its
+    /// change counter `seq` (PostgreSQL: one statement).
+    async fn write_batch(
         &self,
         txn: &impl ConnectionTrait,
         user_id: UserId,
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr>;
-
-    /// `release` then `insert_attempts` (PostgreSQL: one statement).
-    async fn release_and_insert_attempts(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        released: &[IdempotencyKey],
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        self.release(txn, user_id, released).await?;
-        self.insert_attempts(txn, user_id, rows, skew_ms, now).await
-    }
-
-    /// Writes the changed current answers, one row per (session, question), stamped with
-    /// the transaction's change counter.
-    async fn write_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
+        writes: &BatchWrites,
         now: DateTime<Utc>,
         seq: i64,
     ) -> Result<(), DbErr>;
-
-    /// Adds the score deltas to the sessions (`total_questions` follows
-    /// `answered_count`), stamped with the transaction's change counter.
-    async fn add_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr>;
-
-    /// `write_answers` then `add_scores` (PostgreSQL: one statement).
-    async fn write_answers_and_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        self.write_answers(txn, user_id, answers, now, seq).await?;
-        self.add_scores(txn, deltas, now, seq).await
-    }
-}
-
-/// [`SyncStore::open_batch`] one method at a time; the current answers are left to the
-/// caller.
-pub(crate) async fn open_in_steps<S: SyncStore + ?Sized>(
-    store: &S,
-    txn: &impl ConnectionTrait,
-    user_id: UserId,
-    sessions: &[NewSession],
-    claims: &[OpeningClaim],
-    now: DateTime<Utc>,
-) -> Result<Option<Opening>, DbErr> {
-    let Some(seq) = store.bump_change_seq(txn, user_id).await? else {
-        return Ok(None);
-    };
-    let created = store
-        .create_offline_sessions(txn, user_id, sessions, now, seq)
-        .await?;
-    let claims: Vec<Claim> = claims
-        .iter()
-        .filter_map(|c| {
-            let session_id = match c.session {
-                ClaimSession::Known(id) => id,
-                ClaimSession::New(offline) => created.get(&offline)?.id,
-            };
-            Some(Claim {
-                key: c.key,
-                v1_hash: c.v1_hash.clone(),
-                attempt_id: c.attempt_id,
-                session_id,
-            })
-        })
-        .collect();
-    let (won, states) = store.claim_and_lock(txn, user_id, &claims, now).await?;
-    Ok(Some(Opening {
-        seq,
-        created,
-        won,
-        states,
-        answers: None,
-    }))
 }
 
 /// The sync store of the app's database, chosen once at start.
@@ -461,37 +280,6 @@ impl SyncStore for Store {
         dispatch!(self, s => s.find_records(db, user_id, keys).await)
     }
 
-    async fn find_sessions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-    ) -> Result<Vec<SessionRow>, DbErr> {
-        dispatch!(self, s => s.find_sessions(db, user_id, ids, offline_ids).await)
-    }
-
-    async fn find_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        ids: &[QuestionId],
-    ) -> Result<Vec<QuestionRow>, DbErr> {
-        dispatch!(self, s => s.find_questions(db, ids).await)
-    }
-
-    async fn find_sessions_and_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<(Vec<SessionRow>, Vec<QuestionRow>), DbErr> {
-        dispatch!(self, s => s
-            .find_sessions_and_questions(db, user_id, ids, offline_ids, question_ids)
-            .await)
-    }
-
     async fn find_records_and_facts(
         &self,
         db: &impl ConnectionTrait,
@@ -506,6 +294,14 @@ impl SyncStore for Store {
             .await)
     }
 
+    async fn bump_change_seq(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+    ) -> Result<Option<i64>, DbErr> {
+        dispatch!(self, s => s.bump_change_seq(txn, user_id).await)
+    }
+
     async fn open_batch(
         &self,
         txn: &impl ConnectionTrait,
@@ -517,76 +313,6 @@ impl SyncStore for Store {
         dispatch!(self, s => s.open_batch(txn, user_id, sessions, claims, now).await)
     }
 
-    async fn release_and_insert_attempts(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        released: &[IdempotencyKey],
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        dispatch!(self, s => s
-            .release_and_insert_attempts(txn, user_id, released, rows, skew_ms, now)
-            .await)
-    }
-
-    async fn bump_change_seq(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-    ) -> Result<Option<i64>, DbErr> {
-        dispatch!(self, s => s.bump_change_seq(txn, user_id).await)
-    }
-
-    async fn create_offline_sessions(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        sessions: &[NewSession],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<HashMap<OfflineSessionId, SessionFact>, DbErr> {
-        dispatch!(self, s => s.create_offline_sessions(txn, user_id, sessions, now, seq).await)
-    }
-
-    async fn claim(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<HashSet<IdempotencyKey>, DbErr> {
-        dispatch!(self, s => s.claim(txn, user_id, claims, now).await)
-    }
-
-    async fn claim_and_lock(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
-        dispatch!(self, s => s.claim_and_lock(txn, user_id, claims, now).await)
-    }
-
-    async fn release(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        keys: &[IdempotencyKey],
-    ) -> Result<(), DbErr> {
-        dispatch!(self, s => s.release(txn, user_id, keys).await)
-    }
-
-    async fn lock_sessions(
-        &self,
-        txn: &impl ConnectionTrait,
-        ids: &[SessionId],
-    ) -> Result<HashMap<SessionId, SessionState>, DbErr> {
-        dispatch!(self, s => s.lock_sessions(txn, ids).await)
-    }
-
     async fn current_answers(
         &self,
         txn: &impl ConnectionTrait,
@@ -596,50 +322,15 @@ impl SyncStore for Store {
         dispatch!(self, s => s.current_answers(txn, session_ids, question_ids).await)
     }
 
-    async fn insert_attempts(
+    async fn write_batch(
         &self,
         txn: &impl ConnectionTrait,
         user_id: UserId,
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        dispatch!(self, s => s.insert_attempts(txn, user_id, rows, skew_ms, now).await)
-    }
-
-    async fn write_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
+        writes: &BatchWrites,
         now: DateTime<Utc>,
         seq: i64,
     ) -> Result<(), DbErr> {
-        dispatch!(self, s => s.write_answers(txn, user_id, answers, now, seq).await)
-    }
-
-    async fn add_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        dispatch!(self, s => s.add_scores(txn, deltas, now, seq).await)
-    }
-
-    async fn write_answers_and_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        dispatch!(self, s => s
-            .write_answers_and_scores(txn, user_id, answers, deltas, now, seq)
-            .await)
+        dispatch!(self, s => s.write_batch(txn, user_id, writes, now, seq).await)
     }
 }
 

@@ -7,7 +7,7 @@
 //! `TCP_NODELAY`) stalls on a delayed ACK: a 100-item batch binds at most ~13 kB, and the
 //! attempts insert takes its ids and hashes from the idempotency records just claimed
 //! instead of sending them twice.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -16,10 +16,10 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    AttemptRow, Claim, ClaimSession, Lookup, NewSession, Opening, OpeningClaim, QuestionRow,
-    SessionRow, SyncStore, array, by_key, open_in_steps, option_count, uuids,
+    BatchWrites, ClaimSession, Lookup, NewSession, Opening, OpeningClaim, QuestionRow, SessionRow,
+    SyncStore, array, option_count, uuids,
 };
-use crate::sync::rules::{Answer, AnswerKey, Record, Scope, ScoreDelta, SessionFact, SessionState};
+use crate::sync::rules::{Answer, AnswerKey, Record, Scope, SessionFact, SessionState};
 use entity::{
     IdempotencyKey, OfflineSessionId, QuestionId, QuestionStatus, SessionId, SessionStatus, UserId,
 };
@@ -31,34 +31,24 @@ use entity::{
 /// into such a join, so each key is an index lookup on both columns, whatever the
 /// statistics or the plan cache say. A test checks the plan.
 pub const FIND_RECORDS_PG: &str = include_str!("sql/find_records.sql");
-/// By id: the primary key. By offline id: one probe of the unique (user, offline session)
-/// index per id, as in [`FIND_RECORDS_PG`].
-const FIND_SESSIONS: &str = include_str!("sql/find_sessions.sql");
-/// Only the scoring columns (never the stem or the explanation).
-const FIND_QUESTIONS: &str = include_str!("sql/find_questions.sql");
-/// `FIND_SESSIONS` and `FIND_QUESTIONS` as one statement: rows tagged by `kind`.
-const FIND_FACTS: &str = include_str!("sql/find_facts.sql");
-/// `FIND_RECORDS_PG` and `FIND_FACTS` as one statement (the lookup is the same probe per
-/// key; a test checks the plan): rows tagged by `kind`.
+/// The records as in [`FIND_RECORDS_PG`]; the sessions by id (the primary key) and by
+/// offline id (one probe of the unique (user, offline session) index per id, as for the
+/// records); the questions' scoring columns only (never the stem or the explanation). Rows
+/// tagged by `kind`; a test checks the plan.
 pub const FIND_RECORDS_AND_FACTS_PG: &str = include_str!("sql/find_records_and_facts.sql");
 const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
-/// DO UPDATE (a no-op) rather than DO NOTHING so that RETURNING also gives the winner's
-/// row when another request created it first: no read-back.
-const CREATE_OFFLINE_SESSIONS: &str = include_str!("sql/create_offline_sessions.sql");
-/// Hashes travel as bytes (32 instead of 64): half the size of the message.
-const CLAIM: &str = include_str!("sql/claim.sql");
-/// `CLAIM`, then the won claims' sessions locked in id order (`LOCK_SESSIONS`) in the same
-/// statement: the sort under `FOR UPDATE` needs every claim first, so the locks are taken in
-/// the order of the two statements; `FOR UPDATE` reads the newest version of a session it
-/// waited for, as a statement of its own would. Rows tagged by `kind`.
-const CLAIM_AND_LOCK: &str = include_str!("sql/claim_and_lock.sql");
-/// `BUMP_CHANGE_SEQ`, `CREATE_OFFLINE_SESSIONS`, `CLAIM_AND_LOCK` and the current answers
-/// of the won claims as one statement, the locks taken in that order (the user's row
-/// first: nothing is inserted before it is locked). A claim names its session by id, or by
-/// the id generated for a new offline session, which becomes the id of the row created or
-/// found. The sessions and the answers are read by key (an index probe each: one
-/// `= ANY`, one `LATERAL … LIMIT 1` per won (session, question)), never by a join the
-/// planner could turn into a scan of a table that grows with every batch.
+/// [`SyncStore::open_batch`]'s steps as one statement, the locks taken in that order (the
+/// user's row first: nothing is inserted before it is locked):
+/// - new offline sessions: `ON CONFLICT DO UPDATE` (a no-op) rather than `DO NOTHING`, so
+///   that `RETURNING` also gives the winner's row when another request created it first;
+/// - claims: a claim names its session by id, or by the id generated for a new offline
+///   session, which becomes the id of the row created or found; hashes travel as bytes
+///   (32 instead of 64);
+/// - the won claims' sessions locked in id order: the sort under `FOR UPDATE` needs every
+///   claim first, and `FOR UPDATE` reads the newest version of a session it waited for;
+/// - the sessions and answers read by key (an index probe each: one `= ANY`, one
+///   `LATERAL … LIMIT 1` per won (session, question)), never by a join the planner could
+///   turn into a scan of a table that grows with every batch.
 ///
 /// The statement reads with one snapshot, taken before it waited for the user's row lock:
 /// the answers it reads are current only if no other writer of the user committed
@@ -69,27 +59,25 @@ const CLAIM_AND_LOCK: &str = include_str!("sql/claim_and_lock.sql");
 /// locked sessions' status (`FOR UPDATE` returns the newest version) do not depend on the
 /// snapshot. Rows tagged by `kind`.
 const OPEN_BATCH: &str = include_str!("sql/open_batch.sql");
-/// New offline sessions of a batch above this many are created in a statement of their
-/// own: each adds ~64 bytes to `OPEN_BATCH`'s message, which must stay under the size at
-/// which sqlx stalls (see the module doc).
+/// New offline sessions of a batch above this many are created by an opening of their own
+/// (with no claims) before the claims' opening: each adds ~64 bytes to `OPEN_BATCH`'s
+/// message, which must stay under the size at which sqlx stalls (see the module doc).
 const MAX_SESSIONS_IN_OPENING: usize = 16;
-/// `RELEASE` and `INSERT_ATTEMPTS` as one statement (the released keys are not the
-/// inserted ones).
-const RELEASE_AND_INSERT_ATTEMPTS: &str = include_str!("sql/release_and_insert_attempts.sql");
-const RELEASE: &str = include_str!("sql/release.sql");
-const LOCK_SESSIONS: &str = include_str!("sql/lock_sessions.sql");
 const CURRENT_ANSWERS: &str = include_str!("sql/current_answers.sql");
-/// Ids, session and hash come from the claims this transaction just inserted, and
-/// `answered_at` from its RFC 3339 text (exact: it carries at most microseconds), so each
-/// value is sent once. The user's row is already locked by `bump_change_seq`, so the
-/// order of the two writes inside it does not matter, and the batch pays no round trip
-/// for the counter.
-const INSERT_ATTEMPTS: &str = include_str!("sql/insert_attempts.sql");
+/// [`BatchWrites`] in two statements: one for the claims (the released records deleted,
+/// the attempts inserted, `ackedCount` added), one for the answers and scores. One would do,
+/// but its message, with a 100-item batch's values, would pass the size at which sqlx
+/// stalls (see the module doc). Within each, no part reads a row another part writes: the
+/// released keys are not the inserted ones, and the user's row and the sessions are
+/// already locked by the opening.
+///
+/// The attempts take their ids, session and hash from the claims this transaction
+/// inserted, and `answered_at` from its RFC 3339 text (exact: it carries at most
+/// microseconds), so each value is sent once. The released records are found by one probe
+/// per key (as in [`FIND_RECORDS_PG`]) and deleted by `ctid`: a plain
+/// `idempotency_key = ANY(…)` may be planned as a scan of the user's records.
+pub const WRITE_ATTEMPTS_PG: &str = include_str!("sql/write_attempts.sql");
 const WRITE_ANSWERS: &str = include_str!("sql/write_answers.sql");
-const ADD_SCORES: &str = include_str!("sql/add_scores.sql");
-/// `WRITE_ANSWERS` and `ADD_SCORES` as one statement (the sessions are already locked by
-/// `lock_sessions`; neither write reads the other's rows).
-const WRITE_ANSWERS_AND_SCORES: &str = include_str!("sql/write_answers_and_scores.sql");
 
 /// The PostgreSQL sync store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,12 +168,38 @@ fn question_row(r: &QueryResult) -> Result<QuestionRow, DbErr> {
     })
 }
 
+/// [`WRITE_ATTEMPTS_PG`]'s parameters, in its numbering.
+fn attempt_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>) -> Vec<Value> {
+    let rows = &writes.attempts;
+    vec![
+        user_id.into(),
+        Value::BigInt(writes.skew_ms),
+        now.into(),
+        uuids(rows.iter().map(|r| r.key)),
+        uuids(rows.iter().map(|r| r.question_id)),
+        opt_uuids(rows.iter().map(|r| r.package_id)),
+        uuids(rows.iter().map(|r| r.client_attempt_id)),
+        ints(rows.iter().map(|r| r.selected_option_index)),
+        bools(rows.iter().map(|r| r.is_correct)),
+        array(
+            ArrayType::String,
+            rows.iter()
+                .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
+        ),
+        Value::BigInt(Some(rows.len() as i64)),
+        uuids(writes.released.iter().copied()),
+    ]
+}
+
+/// [`WRITE_ANSWERS`]'s parameters, in its numbering.
 fn answer_values(
     user_id: UserId,
-    answers: &[(AnswerKey, Answer)],
+    writes: &BatchWrites,
     now: DateTime<Utc>,
     seq: i64,
 ) -> Vec<Value> {
+    let answers = &writes.answers;
+    let deltas = &writes.deltas;
     vec![
         now.into(),
         uuids(answers.iter().map(|(_, a)| a.id)),
@@ -203,52 +217,6 @@ fn answer_values(
         ints(answers.iter().map(|(_, a)| a.changed_count)),
         user_id.into(),
         seq.into(),
-    ]
-}
-
-fn attempt_values(
-    user_id: UserId,
-    rows: &[AttemptRow],
-    skew_ms: Option<i64>,
-    now: DateTime<Utc>,
-) -> Vec<Value> {
-    vec![
-        user_id.into(),
-        Value::BigInt(skew_ms),
-        now.into(),
-        uuids(rows.iter().map(|r| r.key)),
-        uuids(rows.iter().map(|r| r.question_id)),
-        opt_uuids(rows.iter().map(|r| r.package_id)),
-        uuids(rows.iter().map(|r| r.client_attempt_id)),
-        ints(rows.iter().map(|r| r.selected_option_index)),
-        bools(rows.iter().map(|r| r.is_correct)),
-        array(
-            ArrayType::String,
-            rows.iter()
-                .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
-        ),
-        Value::BigInt(Some(rows.len() as i64)),
-    ]
-}
-
-fn claim_values(user_id: UserId, claims: &[Claim], now: DateTime<Utc>) -> Vec<Value> {
-    let sorted = by_key(claims);
-    // A `PayloadHash` is 64 hex digits by construction: 32 bytes.
-    let hashes = sorted
-        .iter()
-        .map(|c| Value::Bytes(Some(c.v1_hash.to_bytes().to_vec())));
-    vec![
-        user_id.into(),
-        now.into(),
-        uuids(sorted.iter().map(|c| c.key)),
-        array(ArrayType::Bytes, hashes),
-        uuids(sorted.iter().map(|c| c.attempt_id)),
-        uuids(sorted.iter().map(|c| c.session_id)),
-    ]
-}
-
-fn delta_values(deltas: &[(SessionId, ScoreDelta)]) -> [Value; 3] {
-    [
         uuids(deltas.iter().map(|(id, _)| *id)),
         ints(deltas.iter().map(|(_, d)| d.answered)),
         ints(deltas.iter().map(|(_, d)| d.correct)),
@@ -274,79 +242,6 @@ impl SyncStore for Postgres {
         rows.iter()
             .map(|r| record_row(r, "idempotency_key"))
             .collect()
-    }
-
-    async fn find_sessions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-    ) -> Result<Vec<SessionRow>, DbErr> {
-        if ids.is_empty() && offline_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = db
-            .query_all_raw(pg(
-                FIND_SESSIONS,
-                vec![
-                    user_id.into(),
-                    uuids(ids.iter().copied()),
-                    uuids(offline_ids.iter().copied()),
-                ],
-            ))
-            .await?;
-        rows.iter().map(session_row).collect()
-    }
-
-    async fn find_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        ids: &[QuestionId],
-    ) -> Result<Vec<QuestionRow>, DbErr> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = db
-            .query_all_raw(pg(FIND_QUESTIONS, vec![uuids(ids.iter().copied())]))
-            .await?;
-        rows.iter().map(question_row).collect()
-    }
-
-    async fn find_sessions_and_questions(
-        &self,
-        db: &impl ConnectionTrait,
-        user_id: UserId,
-        ids: &[SessionId],
-        offline_ids: &[OfflineSessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<(Vec<SessionRow>, Vec<QuestionRow>), DbErr> {
-        if question_ids.is_empty() {
-            let sessions = self.find_sessions(db, user_id, ids, offline_ids).await?;
-            return Ok((sessions, Vec::new()));
-        }
-        let rows = db
-            .query_all_raw(pg(
-                FIND_FACTS,
-                vec![
-                    user_id.into(),
-                    uuids(ids.iter().copied()),
-                    uuids(offline_ids.iter().copied()),
-                    uuids(question_ids.iter().copied()),
-                ],
-            ))
-            .await?;
-        let mut sessions = Vec::new();
-        let mut questions = Vec::new();
-        for r in &rows {
-            let kind: String = r.try_get("", "kind")?;
-            if kind == "session" {
-                sessions.push(session_row(r)?);
-            } else {
-                questions.push(question_row(r)?);
-            }
-        }
-        Ok((sessions, questions))
     }
 
     async fn find_records_and_facts(
@@ -385,6 +280,17 @@ impl SyncStore for Postgres {
         Ok(lookup)
     }
 
+    async fn bump_change_seq(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+    ) -> Result<Option<i64>, DbErr> {
+        let row = txn
+            .query_one_raw(pg(BUMP_CHANGE_SEQ, vec![user_id.into()]))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "change_seq")).transpose()
+    }
+
     async fn open_batch(
         &self,
         txn: &impl ConnectionTrait,
@@ -393,9 +299,66 @@ impl SyncStore for Postgres {
         claims: &[OpeningClaim],
         now: DateTime<Utc>,
     ) -> Result<Option<Opening>, DbErr> {
-        if sessions.len() > MAX_SESSIONS_IN_OPENING || claims.is_empty() {
-            return open_in_steps(self, txn, user_id, sessions, claims, now).await;
+        if sessions.len() > MAX_SESSIONS_IN_OPENING {
+            self.open_with_many_sessions(txn, user_id, sessions, claims, now)
+                .await
+        } else {
+            self.open_in_one_statement(txn, user_id, sessions, claims, now)
+                .await
         }
+    }
+
+    async fn current_answers(
+        &self,
+        txn: &impl ConnectionTrait,
+        session_ids: &[SessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
+        if session_ids.is_empty() || question_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = txn
+            .query_all_raw(pg(
+                CURRENT_ANSWERS,
+                vec![
+                    uuids(session_ids.iter().copied()),
+                    uuids(question_ids.iter().copied()),
+                ],
+            ))
+            .await?;
+        rows.iter().map(answer_row).collect()
+    }
+
+    async fn write_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        writes: &BatchWrites,
+        now: DateTime<Utc>,
+        seq: i64,
+    ) -> Result<(), DbErr> {
+        if !(writes.released.is_empty() && writes.attempts.is_empty()) {
+            txn.execute_raw(pg(WRITE_ATTEMPTS_PG, attempt_values(user_id, writes, now)))
+                .await?;
+        }
+        if !(writes.answers.is_empty() && writes.deltas.is_empty()) {
+            txn.execute_raw(pg(WRITE_ANSWERS, answer_values(user_id, writes, now, seq)))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Postgres {
+    /// [`OPEN_BATCH`] itself.
+    async fn open_in_one_statement(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Opening>, DbErr> {
         // A claim of a new offline session names the id generated for it; the statement
         // swaps in the id of the row created or found. One whose offline session is not
         // among those to create cannot be made.
@@ -474,250 +437,47 @@ impl SyncStore for Postgres {
         Ok(Some(opening))
     }
 
-    async fn release_and_insert_attempts(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        released: &[IdempotencyKey],
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        if rows.is_empty() {
-            return self.release(txn, user_id, released).await;
-        }
-        if released.is_empty() {
-            // Not a DELETE with an empty key list: a generic plan of it may be a scan of
-            // every record.
-            return self.insert_attempts(txn, user_id, rows, skew_ms, now).await;
-        }
-        let mut values = attempt_values(user_id, rows, skew_ms, now);
-        values.push(uuids(released.iter().copied()));
-        txn.execute_raw(pg(RELEASE_AND_INSERT_ATTEMPTS, values))
-            .await?;
-        Ok(())
-    }
-
-    async fn bump_change_seq(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-    ) -> Result<Option<i64>, DbErr> {
-        let row = txn
-            .query_one_raw(pg(BUMP_CHANGE_SEQ, vec![user_id.into()]))
-            .await?;
-        row.map(|r| r.try_get::<i64>("", "change_seq")).transpose()
-    }
-
-    async fn create_offline_sessions(
+    /// [`SyncStore::open_batch`] of a batch with more new offline sessions than one message
+    /// should carry: an opening with the sessions and no claims, then one with the claims,
+    /// naming the sessions it created or found. Each bumps the change counter; the second
+    /// value is the transaction's (both commit together, so no pull sees the first alone).
+    async fn open_with_many_sessions(
         &self,
         txn: &impl ConnectionTrait,
         user_id: UserId,
         sessions: &[NewSession],
+        claims: &[OpeningClaim],
         now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<HashMap<OfflineSessionId, SessionFact>, DbErr> {
-        if sessions.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = txn
-            .query_all_raw(pg(
-                CREATE_OFFLINE_SESSIONS,
-                vec![
-                    user_id.into(),
-                    now.into(),
-                    uuids(sessions.iter().map(|s| s.id)),
-                    uuids(sessions.iter().map(|s| s.offline_session_id)),
-                    ints(sessions.iter().map(|s| s.scope.year)),
-                    opt_ints(sessions.iter().map(|s| s.scope.block)),
-                    opt_ints(sessions.iter().map(|s| s.scope.theme)),
-                    seq.into(),
-                ],
-            ))
-            .await?;
-        let mut out = HashMap::new();
-        for r in &rows {
-            let (session, offline) = session_row(r)?;
-            if let Some(offline) = offline {
-                out.insert(offline, session);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn claim(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<HashSet<IdempotencyKey>, DbErr> {
-        if claims.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let rows = txn
-            .query_all_raw(pg(CLAIM, claim_values(user_id, claims, now)))
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get::<IdempotencyKey>("", "idempotency_key"))
-            .collect()
-    }
-
-    async fn claim_and_lock(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        claims: &[Claim],
-        now: DateTime<Utc>,
-    ) -> Result<(HashSet<IdempotencyKey>, HashMap<SessionId, SessionState>), DbErr> {
-        if claims.is_empty() {
-            return Ok((HashSet::new(), HashMap::new()));
-        }
-        let rows = txn
-            .query_all_raw(pg(CLAIM_AND_LOCK, claim_values(user_id, claims, now)))
-            .await?;
-        let mut won = HashSet::new();
-        let mut states = HashMap::new();
-        for r in &rows {
-            let kind: String = r.try_get("", "kind")?;
-            if kind == "claim" {
-                won.insert(r.try_get("", "id")?);
-            } else {
-                let status: SessionStatus = r.try_get("", "status")?;
-                states.insert(r.try_get("", "id")?, SessionState::from(status));
-            }
-        }
-        Ok((won, states))
-    }
-
-    async fn release(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        keys: &[IdempotencyKey],
-    ) -> Result<(), DbErr> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        txn.execute_raw(pg(
-            RELEASE,
-            vec![user_id.into(), uuids(keys.iter().copied())],
-        ))
-        .await?;
-        Ok(())
-    }
-
-    async fn lock_sessions(
-        &self,
-        txn: &impl ConnectionTrait,
-        ids: &[SessionId],
-    ) -> Result<HashMap<SessionId, SessionState>, DbErr> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = txn
-            .query_all_raw(pg(LOCK_SESSIONS, vec![uuids(ids.iter().copied())]))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let status: SessionStatus = r.try_get("", "status")?;
-                Ok((r.try_get("", "id")?, SessionState::from(status)))
+    ) -> Result<Option<Opening>, DbErr> {
+        let Some(first) = self
+            .open_in_one_statement(txn, user_id, sessions, &[], now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let claims: Vec<OpeningClaim> = claims
+            .iter()
+            .filter_map(|c| {
+                let session = match c.session {
+                    ClaimSession::Known(id) => id,
+                    ClaimSession::New(offline) => first.created.get(&offline)?.id,
+                };
+                Some(OpeningClaim {
+                    session: ClaimSession::Known(session),
+                    ..c.clone()
+                })
             })
-            .collect()
-    }
-
-    async fn current_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        session_ids: &[SessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
-        if session_ids.is_empty() || question_ids.is_empty() {
-            return Ok(HashMap::new());
+            .collect();
+        let Some(mut second) = self
+            .open_in_one_statement(txn, user_id, &[], &claims, now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        for session in first.created.values() {
+            second.states.entry(session.id).or_insert(session.state);
         }
-        let rows = txn
-            .query_all_raw(pg(
-                CURRENT_ANSWERS,
-                vec![
-                    uuids(session_ids.iter().copied()),
-                    uuids(question_ids.iter().copied()),
-                ],
-            ))
-            .await?;
-        rows.iter().map(answer_row).collect()
-    }
-
-    async fn insert_attempts(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        rows: &[AttemptRow],
-        skew_ms: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        txn.execute_raw(pg(
-            INSERT_ATTEMPTS,
-            attempt_values(user_id, rows, skew_ms, now),
-        ))
-        .await?;
-        Ok(())
-    }
-
-    async fn write_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        if answers.is_empty() {
-            return Ok(());
-        }
-        txn.execute_raw(pg(WRITE_ANSWERS, answer_values(user_id, answers, now, seq)))
-            .await?;
-        Ok(())
-    }
-
-    async fn add_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        if deltas.is_empty() {
-            return Ok(());
-        }
-        let [ids, answered, correct] = delta_values(deltas);
-        txn.execute_raw(pg(
-            ADD_SCORES,
-            vec![now.into(), ids, answered, correct, seq.into()],
-        ))
-        .await?;
-        Ok(())
-    }
-
-    async fn write_answers_and_scores(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        answers: &[(AnswerKey, Answer)],
-        deltas: &[(SessionId, ScoreDelta)],
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        if answers.is_empty() || deltas.is_empty() {
-            self.write_answers(txn, user_id, answers, now, seq).await?;
-            return self.add_scores(txn, deltas, now, seq).await;
-        }
-        let mut values = answer_values(user_id, answers, now, seq);
-        values.extend(delta_values(deltas));
-        txn.execute_raw(pg(WRITE_ANSWERS_AND_SCORES, values))
-            .await?;
-        Ok(())
+        second.created = first.created;
+        Ok(Some(second))
     }
 }

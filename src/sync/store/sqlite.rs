@@ -12,8 +12,8 @@ use sea_orm::{
 };
 
 use super::{
-    AttemptRow, Claim, Counts, NewSession, QuestionRow, SessionRow, SyncStore, add_counters,
-    by_key, option_count,
+    AttemptRow, BatchWrites, ClaimSession, Counts, Lookup, NewSession, Opening, OpeningClaim,
+    QuestionRow, SessionRow, SyncStore, add_counters, option_count,
 };
 use crate::sync::rules::{Answer, AnswerKey, Record, Scope, ScoreDelta, SessionFact, SessionState};
 use entity::{
@@ -24,6 +24,14 @@ use entity::{
 /// The SQLite sync store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sqlite;
+
+/// One idempotency claim, its session known.
+struct Claim {
+    key: IdempotencyKey,
+    v1_hash: entity::PayloadHash,
+    attempt_id: entity::AttemptId,
+    session_id: SessionId,
+}
 
 fn session_fact(id: SessionId, status: SessionStatus) -> SessionFact {
     SessionFact {
@@ -75,6 +83,139 @@ impl SyncStore for Sqlite {
             .collect())
     }
 
+    async fn find_records_and_facts(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: UserId,
+        keys: &[IdempotencyKey],
+        ids: &[SessionId],
+        offline_ids: &[OfflineSessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<Lookup, DbErr> {
+        Ok(Lookup {
+            records: self.find_records(db, user_id, keys).await?,
+            sessions: self.find_sessions(db, user_id, ids, offline_ids).await?,
+            questions: self.find_questions(db, question_ids).await?,
+        })
+    }
+
+    async fn bump_change_seq(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+    ) -> Result<Option<i64>, DbErr> {
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "UPDATE users SET change_seq = change_seq + 1 WHERE id = ? RETURNING change_seq",
+                [user_id.into()],
+            ))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "change_seq")).transpose()
+    }
+
+    /// One step at a time; the current answers are left to the caller.
+    async fn open_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        sessions: &[NewSession],
+        claims: &[OpeningClaim],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Opening>, DbErr> {
+        let Some(seq) = self.bump_change_seq(txn, user_id).await? else {
+            return Ok(None);
+        };
+        let created = self
+            .create_offline_sessions(txn, user_id, sessions, now, seq)
+            .await?;
+        let claims: Vec<Claim> = claims
+            .iter()
+            .filter_map(|c| {
+                let session_id = match c.session {
+                    ClaimSession::Known(id) => id,
+                    ClaimSession::New(offline) => created.get(&offline)?.id,
+                };
+                Some(Claim {
+                    key: c.key,
+                    v1_hash: c.v1_hash.clone(),
+                    attempt_id: c.attempt_id,
+                    session_id,
+                })
+            })
+            .collect();
+        let won = self.claim(txn, user_id, &claims, now).await?;
+        let mut locked: Vec<SessionId> = claims
+            .iter()
+            .filter(|c| won.contains(&c.key))
+            .map(|c| c.session_id)
+            .collect();
+        locked.sort_unstable();
+        locked.dedup();
+        let states = self.session_states(txn, &locked).await?;
+        Ok(Some(Opening {
+            seq,
+            created,
+            won,
+            states,
+            answers: None,
+        }))
+    }
+
+    async fn current_answers(
+        &self,
+        txn: &impl ConnectionTrait,
+        session_ids: &[SessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
+        if session_ids.is_empty() || question_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(session_answer::Entity::find()
+            .filter(session_answer::Column::SessionId.is_in(session_ids.iter().copied()))
+            .filter(session_answer::Column::QuestionId.is_in(question_ids.iter().copied()))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|a| {
+                (
+                    AnswerKey {
+                        session_id: a.session_id,
+                        question_id: a.question_id,
+                    },
+                    Answer {
+                        id: a.id,
+                        attempt_id: a.attempt_id,
+                        selected_option_index: a.selected_option_index,
+                        is_correct: a.is_correct,
+                        answered_at: a.answered_at,
+                        changed_count: a.changed_count,
+                        is_new: false,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn write_batch(
+        &self,
+        txn: &impl ConnectionTrait,
+        user_id: UserId,
+        writes: &BatchWrites,
+        now: DateTime<Utc>,
+        seq: i64,
+    ) -> Result<(), DbErr> {
+        self.release(txn, user_id, &writes.released).await?;
+        self.insert_attempts(txn, user_id, &writes.attempts, writes.skew_ms, now)
+            .await?;
+        self.write_answers(txn, user_id, &writes.answers, now, seq)
+            .await?;
+        self.add_scores(txn, &writes.deltas, now, seq).await
+    }
+}
+
+/// The steps the operations are made of.
+impl Sqlite {
     async fn find_sessions(
         &self,
         db: &impl ConnectionTrait,
@@ -157,21 +298,6 @@ impl SyncStore for Sqlite {
             .collect())
     }
 
-    async fn bump_change_seq(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-    ) -> Result<Option<i64>, DbErr> {
-        let row = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                "UPDATE users SET change_seq = change_seq + 1 WHERE id = ? RETURNING change_seq",
-                [user_id.into()],
-            ))
-            .await?;
-        row.map(|r| r.try_get::<i64>("", "change_seq")).transpose()
-    }
-
     async fn create_offline_sessions(
         &self,
         txn: &impl ConnectionTrait,
@@ -234,16 +360,17 @@ impl SyncStore for Sqlite {
         if claims.is_empty() {
             return Ok(HashSet::new());
         }
-        let models = by_key(claims)
-            .into_iter()
-            .map(|c| idempotency_record::ActiveModel {
-                user_id: Set(user_id),
-                idempotency_key: Set(c.key),
-                payload_hash: Set(c.v1_hash.clone()),
-                attempt_id: Set(c.attempt_id),
-                session_id: Set(c.session_id),
-                created_at: Set(now),
-            });
+        // In key order, as on PostgreSQL: concurrent batches take the rows in one order.
+        let mut sorted: Vec<&Claim> = claims.iter().collect();
+        sorted.sort_by_key(|c| c.key);
+        let models = sorted.into_iter().map(|c| idempotency_record::ActiveModel {
+            user_id: Set(user_id),
+            idempotency_key: Set(c.key),
+            payload_hash: Set(c.v1_hash.clone()),
+            attempt_id: Set(c.attempt_id),
+            session_id: Set(c.session_id),
+            created_at: Set(now),
+        });
         let rows = idempotency_record::Entity::insert_many(models)
             .on_conflict(
                 OnConflict::columns([
@@ -281,7 +408,8 @@ impl SyncStore for Sqlite {
         Ok(())
     }
 
-    async fn lock_sessions(
+    /// The sessions' status, read under the transaction's write lock.
+    async fn session_states(
         &self,
         txn: &impl ConnectionTrait,
         ids: &[SessionId],
@@ -299,41 +427,6 @@ impl SyncStore for Sqlite {
         Ok(rows
             .into_iter()
             .map(|(id, status)| (id, SessionState::from(status)))
-            .collect())
-    }
-
-    async fn current_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        session_ids: &[SessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
-        if session_ids.is_empty() || question_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        Ok(session_answer::Entity::find()
-            .filter(session_answer::Column::SessionId.is_in(session_ids.iter().copied()))
-            .filter(session_answer::Column::QuestionId.is_in(question_ids.iter().copied()))
-            .all(txn)
-            .await?
-            .into_iter()
-            .map(|a| {
-                (
-                    AnswerKey {
-                        session_id: a.session_id,
-                        question_id: a.question_id,
-                    },
-                    Answer {
-                        id: a.id,
-                        attempt_id: a.attempt_id,
-                        selected_option_index: a.selected_option_index,
-                        is_correct: a.is_correct,
-                        answered_at: a.answered_at,
-                        changed_count: a.changed_count,
-                        is_new: false,
-                    },
-                )
-            })
             .collect())
     }
 

@@ -1,8 +1,14 @@
-WITH counted AS (
+WITH released AS (
+  DELETE FROM idempotency_records
+  WHERE ctid = ANY(ARRAY(
+    SELECT r.ctid FROM unnest($12::uuid[]) AS k(key) CROSS JOIN LATERAL
+      (SELECT i.ctid FROM idempotency_records i
+       WHERE i.user_id = $1 AND i.idempotency_key = k.key LIMIT 1) AS r))
+), counted AS (
   UPDATE users SET acked_count = acked_count + $11,
     last_sync_at = CASE WHEN last_sync_at IS NULL OR last_sync_at < $3 THEN $3
                    ELSE last_sync_at END
-  WHERE id = $1
+  WHERE id = $1 AND $11 > 0
 )
 INSERT INTO attempts (id, user_id, session_id, question_id, package_id,
   client_attempt_id, idempotency_key, payload_hash, selected_option_index,

@@ -1,3 +1,0 @@
-SELECT id, options, correct_index, year_id, block_id, theme_id, status
-FROM questions
-WHERE id = ANY($1)

@@ -1,1 +1,0 @@
-SELECT id, status FROM test_sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE
