@@ -123,6 +123,10 @@ impl HeadReader {
                 reader: self,
                 done: false,
             };
+            // Let the pulls that have already arrived join first: tokio runs a yielded task
+            // again only after polling for I/O, so the requests waiting in other
+            // connections' buffers are parsed and queued, and one read serves them all.
+            tokio::task::yield_now().await;
             self.read_once(db).await;
             reading.done = true;
             if !self.finish_or_continue() {
