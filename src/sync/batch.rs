@@ -646,7 +646,7 @@ impl Batch<'_> {
         items: &[&Accepted],
     ) -> Result<Opened, TxnError> {
         let new_sessions = new_offline_sessions(items);
-        let attempt_ids: Vec<AttemptId> = items.iter().map(|_| AttemptId::new_v4()).collect();
+        let attempt_ids: Vec<AttemptId> = items.iter().map(|_| AttemptId::new_v7()).collect();
         let claims: Vec<OpeningClaim> = items
             .iter()
             .zip(&attempt_ids)
@@ -933,7 +933,7 @@ fn new_offline_sessions(items: &[&Accepted]) -> Vec<store::NewSession> {
     first_use
         .into_iter()
         .map(|(offline, first)| store::NewSession {
-            id: SessionId::new_v4(),
+            id: SessionId::new_v7(),
             offline_session_id: offline,
             scope: first.scope,
         })
@@ -973,7 +973,7 @@ async fn fold_into_answers(
     Ok(rules::fold_answers(
         current,
         &new_attempts,
-        &mut AnswerId::new_v4,
+        &mut AnswerId::new_v7,
     ))
 }
 
