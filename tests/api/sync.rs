@@ -1516,6 +1516,21 @@ async fn counters_are_exact_and_faults_never_become_item_results() {
     assert_no_orphans(&app.db).await;
 }
 
+/// 50,000 idempotency records of `user` in a table that holds no statistics (autovacuum,
+/// which would analyze it, off): what the plan tests below plan against.
+async fn hold_50_000_records_unanalyzed(db: &sea_orm::DatabaseConnection, user: Uuid) {
+    exec(
+        db,
+        &format!(
+            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
+             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
+             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
+             FROM generate_series(1, 50000)"
+        ),
+    )
+    .await;
+}
+
 /// The idempotency lookup costs O(batch) whatever the history and the statistics: on a
 /// table never analyzed, holding 50,000 records of the user, the plan puts both key
 /// columns in the index condition.
@@ -1534,16 +1549,7 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
         None,
     )
     .await;
-    exec(
-        &app.db,
-        &format!(
-            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
-             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
-             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
-             FROM generate_series(1, 50000)"
-        ),
-    )
-    .await;
+    hold_50_000_records_unanalyzed(&app.db, user).await;
     let keys: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
     let row = app
         .db
@@ -1628,16 +1634,7 @@ async fn release_of_claims_probes_per_key_in_the_generic_plan() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let Some(app) = pg_app().await else { return };
     let (user, _) = app.student();
-    exec(
-        &app.db,
-        &format!(
-            "ALTER TABLE idempotency_records SET (autovacuum_enabled = false); \
-             INSERT INTO idempotency_records (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at) \
-             SELECT '{user}', gen_random_uuid(), repeat('a', 64), gen_random_uuid(), gen_random_uuid(), now() \
-             FROM generate_series(1, 50000)"
-        ),
-    )
-    .await;
+    hold_50_000_records_unanalyzed(&app.db, user).await;
     // One connection: the prepared statement and the plan setting are per session.
     let txn = app.db.begin().await.unwrap();
     txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
