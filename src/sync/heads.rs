@@ -215,6 +215,8 @@ impl HeadReader {
             done: false,
         };
         loop {
+            // As the first read of a turn: the pulls already arrived join this read.
+            tokio::task::yield_now().await;
             self.read_once(db).await;
             if self.finish_or_continue() {
                 reading.done = true;
