@@ -176,12 +176,8 @@ pub async fn get_package(
             .published_meta(&state.db, id)
             .await?
             .ok_or_else(not_found)?;
-        if if_none_match_matches(
-            if_none_match.iter().map(HeaderValue::as_bytes),
-            meta.version_hash.as_str(),
-        ) {
+        if let Some(mut headers) = revalidated(&meta, headers) {
             metrics::package_download(304, "none");
-            let mut headers = not_modified_headers_of(&meta);
             fill_request_id(&mut headers);
             return Ok(not_modified_with(headers));
         }
@@ -548,17 +544,26 @@ fn not_modified(etag: &HeaderValue, last_modified: &HeaderValue) -> Response {
     not_modified_with(not_modified_headers(etag, last_modified))
 }
 
-/// The headers of a `304`: the validators the `200` would carry.
-/// The headers of a package's `304`, made once per package and cloned, with the slot for the
+/// The headers of the package's `304` when `If-None-Match` names its version (`None`: the
+/// request gets the package). Made once per package and cloned, with the slot for the
 /// request id ([`reserve_request_id`]).
-fn not_modified_headers_of(meta: &store::PublishedMeta) -> HeaderMap {
-    meta.not_modified
-        .get_or_init(|| {
-            let mut headers = not_modified_headers(&meta.etag, &meta.last_modified);
-            reserve_request_id(&mut headers);
-            headers
-        })
-        .clone()
+fn revalidated(meta: &store::PublishedMeta, request_headers: &HeaderMap) -> Option<HeaderMap> {
+    let if_none_match = request_headers.get_all(header::IF_NONE_MATCH);
+    if !if_none_match_matches(
+        if_none_match.iter().map(HeaderValue::as_bytes),
+        meta.version_hash.as_str(),
+    ) {
+        return None;
+    }
+    Some(
+        meta.not_modified
+            .get_or_init(|| {
+                let mut headers = not_modified_headers(&meta.etag, &meta.last_modified);
+                reserve_request_id(&mut headers);
+                headers
+            })
+            .clone(),
+    )
 }
 
 /// [`get_package`]'s `304` when every fact it rests on is in memory (the caller's remembered
@@ -573,17 +578,10 @@ pub(crate) fn not_modified_from_memory(
     if !access::may_read_package_from_memory(state, user, id) {
         return None;
     }
-    let meta = state.packages.cached_meta(id)?;
-    let if_none_match = request_headers.get_all(header::IF_NONE_MATCH);
-    if !if_none_match_matches(
-        if_none_match.iter().map(HeaderValue::as_bytes),
-        meta.version_hash.as_str(),
-    ) {
-        return None;
-    }
-    Some(not_modified_headers_of(&meta))
+    revalidated(&*state.packages.cached_meta(id)?, request_headers)
 }
 
+/// The headers of a `304`: the validators the `200` would carry.
 fn not_modified_headers(etag: &HeaderValue, last_modified: &HeaderValue) -> HeaderMap {
     // Sized for the headers set below and by the middleware: no regrowth.
     let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
