@@ -16,7 +16,11 @@
 //! connection broken under a request is dropped on its way back to the pool; a PostgreSQL
 //! connection that sat idle for [`PING_AFTER_IDLE`] (which a proxy or the server may have
 //! closed meanwhile) is pinged before it is lent again.
-use std::{sync::Arc, time::Duration};
+//!
+//! A PostgreSQL URL that names no `sslmode` (and no `PGSSLMODE` in the environment) reaches
+//! a database on a loopback address in plain TCP ([`plain_on_loopback`]); any other host
+//! keeps libpq's default, `prefer`.
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -48,6 +52,7 @@ pub async fn connect_with(
         return connect_sqlite(url, pool_size, statement_timeout).await;
     }
     let statement_timeout_ms = statement_timeout.as_millis().to_string();
+    let sslmode_named = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(pool_size)
@@ -59,9 +64,28 @@ pub async fn connect_with(
         // A startup parameter: set on every new connection before its first statement,
         // also after a reconnect, with no extra round trip.
         .map_sqlx_postgres_opts(move |opts| {
-            opts.options([("statement_timeout", statement_timeout_ms.as_str())])
+            let opts = opts.options([("statement_timeout", statement_timeout_ms.as_str())]);
+            if !sslmode_named && plain_on_loopback(opts.get_host()) {
+                opts.ssl_mode(sea_orm::sqlx::postgres::PgSslMode::Disable)
+            } else {
+                opts
+            }
         });
     Database::connect(options).await
+}
+
+/// Whether a database at `host` is reached without TLS when the URL does not say: on a
+/// loopback address TLS guards against no one who could not read the server's memory
+/// anyway, and it costs both ends CPU on every statement. Worse, sqlx 0.9 sets no
+/// `TCP_NODELAY`, so a statement longer than one TLS record (16 kB; a full sync batch's
+/// writes) goes out as two writes, and the second waits for the delayed ACK of the first
+/// (about 40 ms). In plain TCP a statement is one write.
+pub fn plain_on_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// SQLite gets its own sqlx pool, for one hook sea-orm's options do not offer: a
@@ -141,4 +165,32 @@ pub fn backend_name(db: &DatabaseConnection) -> &'static str {
 /// Cheap reachability check for `/readyz`.
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.ping().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_on_loopback;
+
+    #[test]
+    fn only_loopback_hosts_default_to_plain_tcp() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(plain_on_loopback(host), "{host}");
+        }
+        for host in [
+            "db.internal",
+            "10.0.0.5",
+            "::ffff:10.0.0.5",
+            "localhost.example",
+            "",
+        ] {
+            assert!(!plain_on_loopback(host), "{host}");
+        }
+    }
 }

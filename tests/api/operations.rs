@@ -357,3 +357,43 @@ async fn two_instances_start_together_on_a_fresh_database() {
     assert_eq!(migrations as usize, migration::Migrator::migrations().len());
     drop((a, b, database, redis));
 }
+
+/// A PostgreSQL URL on a loopback address that names no `sslmode` connects in plain TCP (TLS
+/// there guards nothing and splits a long statement into records that stall); one that asks
+/// for TLS gets it, when the server offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_tls_follows_the_url_on_loopback() {
+    if crate::helpers::skip_postgres() {
+        return;
+    }
+    let url = std::env::var("TEST_DATABASE_URL").unwrap();
+    if url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some() {
+        return;
+    }
+    let host = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap_or_default();
+    assert!(
+        examsync::db::plain_on_loopback(host),
+        "TEST_DATABASE_URL is expected on loopback, got {host}"
+    );
+    const OWN_TLS: &str = "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl \
+         WHERE pid = pg_backend_pid()), false)::int::bigint AS n";
+    let plain = examsync::db::connect(&url, 1).await.unwrap();
+    assert_eq!(crate::helpers::count_query(&plain, OWN_TLS).await, 0);
+    let server_offers_tls = crate::helpers::count_query(
+        &plain,
+        "SELECT (current_setting('ssl') = 'on')::int::bigint AS n",
+    )
+    .await
+        == 1;
+    if server_offers_tls {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let tls = examsync::db::connect(&format!("{url}{separator}sslmode=require"), 1)
+            .await
+            .unwrap();
+        assert_eq!(crate::helpers::count_query(&tls, OWN_TLS).await, 1);
+    }
+}
