@@ -4,12 +4,13 @@
 //! After every sync each phone pulls, and nearly every such pull finds nothing new: its whole
 //! cost is one primary-key read, and that read is a hand-off to another thread (SQLite's
 //! worker) or a network round trip (PostgreSQL), far dearer than the rest of the request.
-//! So pulls share reads: a pull that finds no read under way reads at once, itself, for
-//! every pull queued by then; pulls that arrive meanwhile queue, and the next read (one
-//! statement, `WHERE id = ANY(…)`) serves them all. An idle server reads at once, as before.
+//! So pulls share reads: a pull that finds fewer than [`READS_IN_FLIGHT`] reads under way
+//! reads at once, itself, for every pull queued by then; pulls that arrive while that many
+//! are under way queue, and the next read (one statement, `WHERE id = ANY(…)`) serves them
+//! all. An idle server reads at once, as before.
 //!
-//! The reads go through a connection of the reader's own, opened with the pool's settings:
-//! reads take turns anyway, and a pool checkout would add the pool's work around every read
+//! The reads go through connections of the reader's own, one per read in flight, opened
+//! with the pool's settings: a pool checkout would add the pool's work around every read
 //! (sqlx pings each connection it takes back: one more round trip, or one more hand-off to
 //! SQLite's worker thread, per read). A read that fails drops that connection, and the pulls
 //! it served read alone through the pool, so each gets the error of its own read.
@@ -32,6 +33,12 @@ use uuid::Uuid;
 
 use crate::error::AppResult;
 
+/// Reads under way at once, each on its own connection. With one, every pull that arrives
+/// during a read waits for it to end before its own read starts, and the server sits idle
+/// (and pays a wake-up) for every round trip; with two, they read meanwhile. More than two
+/// split the pulls into smaller reads and cost more than they save (docs/benchmarks.md).
+const READS_IN_FLIGHT: usize = 2;
+
 /// Users read by one statement at most.
 const MAX_BATCH: usize = 256;
 
@@ -46,16 +53,18 @@ type Reply = oneshot::Sender<Option<i64>>;
 /// The pulls waiting for a head, and whether a read is under way.
 #[derive(Default)]
 struct Queue {
-    reading: bool,
+    /// Reading turns under way (at most [`READS_IN_FLIGHT`]).
+    reading: usize,
     waiting: Vec<(UserId, Reply)>,
 }
 
 /// Shares head reads between concurrent pulls; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HeadReader {
     queue: Arc<Mutex<Queue>>,
-    /// The reader's own connection, opened at the first read (and again after a failure).
-    own: Arc<tokio::sync::Mutex<Option<OwnConnection>>>,
+    /// The reader's own connections, one per turn, each opened at its first read (and again
+    /// after a failure).
+    own: Arc<[tokio::sync::Mutex<Option<OwnConnection>>]>,
 }
 
 /// A connection outside the pool, for head reads only.
@@ -107,6 +116,17 @@ fn sqlite_heads_sql(users: usize) -> String {
     format!("SELECT id, change_seq FROM users WHERE id IN ({marks})")
 }
 
+impl Default for HeadReader {
+    fn default() -> Self {
+        HeadReader {
+            queue: Arc::default(),
+            own: (0..READS_IN_FLIGHT)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+        }
+    }
+}
+
 impl HeadReader {
     /// The user's committed change counter (0 for a user never seen).
     pub async fn head(&self, db: &DatabaseConnection, user_id: UserId) -> AppResult<i64> {
@@ -114,7 +134,11 @@ impl HeadReader {
         let lead = {
             let mut queue = self.lock();
             queue.waiting.push((user_id, reply));
-            !std::mem::replace(&mut queue.reading, true)
+            let lead = queue.reading < READS_IN_FLIGHT;
+            if lead {
+                queue.reading += 1;
+            }
+            lead
         };
         if lead {
             // This pull reads for everyone queued, itself included; whoever queued during
@@ -180,7 +204,12 @@ impl HeadReader {
         db: &DatabaseConnection,
         ids: &[UserId],
     ) -> Result<HashMap<UserId, i64>, sqlx::Error> {
-        let mut slot = self.own.lock().await;
+        // A free connection: there are as many as turns.
+        let free = self.own.iter().find_map(|own| own.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => self.own[0].lock().await,
+        };
         let mut conn = match slot.take() {
             Some(conn) => conn,
             None => OwnConnection::open(db).await?,
@@ -201,7 +230,7 @@ impl HeadReader {
     fn finish_or_continue(&self) -> bool {
         let mut queue = self.lock();
         if queue.waiting.is_empty() {
-            queue.reading = false;
+            queue.reading -= 1;
             true
         } else {
             false
@@ -237,9 +266,11 @@ impl Drop for Reading<'_> {
     fn drop(&mut self) {
         if !self.done {
             let mut queue = self.reader.lock();
-            queue.reading = false;
-            // Their senders dropped: each falls back to a read of its own.
-            queue.waiting.clear();
+            queue.reading -= 1;
+            if queue.reading == 0 {
+                // Their senders dropped: each falls back to a read of its own.
+                queue.waiting.clear();
+            }
         }
     }
 }
@@ -305,7 +336,7 @@ mod tests {
             let expected = if n < 30 { n as i64 * 7 } else { 0 };
             assert_eq!(head, expected, "user {n}");
         }
-        assert!(!reader.lock().reading, "the reading turn ended");
+        assert_eq!(reader.lock().reading, 0, "the reading turns ended");
         assert!(reader.lock().waiting.is_empty());
     }
 }
