@@ -188,6 +188,14 @@ fn attempt_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>) -> 
         ),
         Value::BigInt(Some(rows.len() as i64)),
         uuids(writes.released.iter().copied()),
+        // What the claims of `open_batch` hold: written from here, not read back from them.
+        uuids(rows.iter().map(|r| r.attempt_id)),
+        uuids(rows.iter().map(|r| r.session_id)),
+        array(
+            ArrayType::Bytes,
+            rows.iter()
+                .map(|r| Value::Bytes(Some(r.v1_hash.to_bytes().to_vec()))),
+        ),
     ]
 }
 

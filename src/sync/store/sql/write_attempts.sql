@@ -13,10 +13,9 @@ WITH released AS (
 INSERT INTO attempts (id, user_id, session_id, question_id, package_id,
   client_attempt_id, idempotency_key, payload_hash, selected_option_index,
   is_correct, answered_at, answered_at_raw, clock_skew_ms, received_at)
-SELECT r.attempt_id, r.user_id, r.session_id, u.q,
-  NULLIF(u.p, '00000000-0000-0000-0000-000000000000'::uuid), u.c, r.idempotency_key,
-  r.payload_hash, u.o, u.ok, u.raw::timestamptz, u.raw, $2, $3
+SELECT u.a, $1, u.s, u.q,
+  NULLIF(u.p, '00000000-0000-0000-0000-000000000000'::uuid), u.c, u.k,
+  encode(u.h, 'hex'), u.o, u.ok, u.raw::timestamptz, u.raw, $2, $3
 FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::uuid[], $8::int4[],
-  $9::bool[], $10::text[]) AS u(k, q, p, c, o, ok, raw)
-CROSS JOIN LATERAL (SELECT * FROM idempotency_records i
-  WHERE i.user_id = $1 AND i.idempotency_key = u.k LIMIT 1) AS r
+  $9::bool[], $10::text[], $13::uuid[], $14::uuid[], $15::bytea[])
+  AS u(k, q, p, c, o, ok, raw, a, s, h)
