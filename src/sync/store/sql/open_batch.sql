@@ -15,7 +15,7 @@ WITH seen AS MATERIALIZED (
   ORDER BY n.o
   ON CONFLICT (user_id, offline_session_id)
   DO UPDATE SET updated_at = test_sessions.updated_at
-  RETURNING id, offline_session_id, status
+  RETURNING id, offline_session_id, status, xmax = 0 AS inserted
 ), claimed AS (
   INSERT INTO idempotency_records
     (user_id, idempotency_key, payload_hash, attempt_id, session_id, created_at)
@@ -37,7 +37,10 @@ WITH seen AS MATERIALIZED (
     a.is_correct, a.answered_at, a.changed_count
   FROM (SELECT DISTINCT c.session_id, u.q
         FROM claimed c JOIN unnest($8::uuid[], $12::uuid[]) AS u(k, q)
-          ON u.k = c.idempotency_key) AS p
+          ON u.k = c.idempotency_key
+        -- A session this statement inserted has no answers yet: no probe for it.
+        WHERE NOT EXISTS (SELECT 1 FROM created n WHERE n.inserted AND n.id = c.session_id)
+       ) AS p
   CROSS JOIN LATERAL
     (SELECT * FROM session_answers x
      WHERE x.session_id = p.session_id AND x.question_id = p.q
