@@ -9,6 +9,7 @@ mod m20261205_000005_access;
 mod m20261205_000006_media;
 mod m20261205_000007_change_feed;
 mod m20261206_000008_sync_history_without_foreign_keys;
+mod m20261206_000009_attempts_without_redundant_indexes;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000006_media::Migration),
             Box::new(m20261205_000007_change_feed::Migration),
             Box::new(m20261206_000008_sync_history_without_foreign_keys::Migration),
+            Box::new(m20261206_000009_attempts_without_redundant_indexes::Migration),
         ]
     }
 }

@@ -37,7 +37,7 @@ pub fn replace_database(url: &str, name: &str) -> String {
 /// sync path keeps these rules, and the tests that drive it (sync, faults, concurrency)
 /// run every query here at their end and expect 0 from each. Plain SQL, the same on both
 /// backends; the result column is `n`.
-pub const ORPHAN_CHECKS: [(&str, &str); 8] = [
+pub const ORPHAN_CHECKS: [(&str, &str); 9] = [
     (
         "an attempt of a user that does not exist",
         "SELECT COUNT(*) AS n FROM attempts a \
@@ -58,6 +58,11 @@ pub const ORPHAN_CHECKS: [(&str, &str); 8] = [
         "SELECT COUNT(*) AS n FROM attempts a WHERE NOT EXISTS \
          (SELECT 1 FROM idempotency_records r WHERE r.user_id = a.user_id \
           AND r.idempotency_key = a.idempotency_key AND r.attempt_id = a.id)",
+    ),
+    (
+        "two attempts of one (user, idempotency key)",
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM attempts \
+         GROUP BY user_id, idempotency_key HAVING COUNT(*) > 1) AS d",
     ),
     (
         "an answer in a session that does not exist or is another user's",
