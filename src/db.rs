@@ -76,10 +76,7 @@ pub async fn connect_with(
 
 /// Whether a database at `host` is reached without TLS when the URL does not say: on a
 /// loopback address TLS guards against no one who could not read the server's memory
-/// anyway, and it costs both ends CPU on every statement. Worse, sqlx 0.9 sets no
-/// `TCP_NODELAY`, so a statement longer than one TLS record (16 kB; a full sync batch's
-/// writes) goes out as two writes, and the second waits for the delayed ACK of the first
-/// (about 40 ms). In plain TCP a statement is one write.
+/// anyway, and it costs both ends CPU on every statement (a sync batch binds about 20 kB).
 pub fn plain_on_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host

@@ -4,10 +4,8 @@
 //! attempts-shaped table and one into an idempotency-shaped table, then `COMMIT`. Ceiling
 //! = 100 × transactions/s.
 //!
-//! On PostgreSQL it goes through `tokio-postgres`, which sets `TCP_NODELAY` on its socket:
-//! the 100-row attempts insert carries ≈ 21 kB of parameters, past the ≈ 16 kB initial send
-//! buffer, and sqlx 0.9 (no `TCP_NODELAY`) would wait ≈ 40 ms for a delayed ACK on it. The
-//! ceiling must measure the database, not that stall.
+//! On PostgreSQL it goes through `tokio-postgres` (plain TCP, `TCP_NODELAY` on): the ceiling
+//! measures the database, not a driver.
 use std::{
     sync::Arc,
     time::{Duration, Instant},

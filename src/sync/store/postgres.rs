@@ -2,11 +2,11 @@
 //! array parameters.
 //!
 //! Each statement has one shape whatever the batch size: the plan of the idempotency
-//! lookup uses both key columns whatever the table statistics say, prepared statements are
-//! reused, and every message stays well under the ~16 kB at which sqlx 0.9 (no
-//! `TCP_NODELAY`) stalls on a delayed ACK: a 100-item batch binds at most ~13 kB, and the
-//! attempts insert takes its ids and hashes from the idempotency records just claimed
-//! instead of sending them twice.
+//! lookup uses both key columns whatever the table statistics say, and prepared statements
+//! are reused. The attempts insert is sent its ids, sessions and hashes (about 20 kB bound for
+//! 100 items) rather than reading them back from the records just claimed: a message past
+//! 16 kB costs nothing since sqlx 0.9.1 sets `TCP_NODELAY` (0.9.0 waited about 40 ms for a
+//! delayed ACK on it, docs/benchmarks.md).
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
