@@ -4,7 +4,7 @@
 //! After every sync each phone pulls, and nearly every such pull finds nothing new: its whole
 //! cost is one primary-key read, and that read is a hand-off to another thread (SQLite's
 //! worker) or a network round trip (PostgreSQL), far dearer than the rest of the request.
-//! So pulls share reads: a pull that finds fewer than [`READS_IN_FLIGHT`] reads under way
+//! So pulls share reads: a pull that finds fewer than `READS_IN_FLIGHT` (two) reads under way
 //! reads at once, itself, for every pull queued by then; pulls that arrive while that many
 //! are under way queue, and the next read (one statement, `WHERE id = ANY(…)`) serves them
 //! all. An idle server reads at once, as before.
