@@ -708,7 +708,7 @@ impl Batch<'_> {
         })
     }
 
-    /// The writes of the open items (and the keys `released`): two statements on
+    /// The writes of the open items (and the keys `released`): one statement on
     /// PostgreSQL.
     #[allow(clippy::too_many_arguments)]
     async fn write_open(

@@ -1293,12 +1293,12 @@ async fn round_trip_budget(backend: Backend) {
         assert!(s.iter().all(|s| s == "acked"), "{s:?}");
         // PostgreSQL: records, sessions and questions in one statement; then in one
         // transaction: the change counter, the session created, the claims, the lock of
-        // the won sessions and the current answers in one statement; the attempts with
-        // ackedCount; the answers with the scores. SQLite: records, sessions, questions;
-        // then the change counter, the session, the claims, the lock, the answers, the
-        // attempts, ackedCount (in-process), the answers, the scores.
+        // the won sessions and the current answers in one statement; the attempts,
+        // ackedCount, the answers and the scores in one more. SQLite: records, sessions,
+        // questions; then the change counter, the session, the claims, the lock, the
+        // answers, the attempts, ackedCount (in-process), the answers, the scores.
         let (creating_budget, fresh_budget) = match backend {
-            Backend::Postgres => (1 + 3, 1 + 3),
+            Backend::Postgres => (1 + 2, 1 + 2),
             Backend::Sqlite => (3 + 9, 3 + 8),
         };
         assert_eq!(
@@ -1628,7 +1628,7 @@ async fn idempotency_lookup_uses_both_key_columns_without_statistics() {
     );
 }
 
-/// The release of claims, part of the statement that writes every fresh batch's attempts,
+/// The release of claims, part of the statement that writes every fresh batch,
 /// stays one probe per key in the generic plan PostgreSQL caches for it (a plain
 /// `idempotency_key = ANY(…)` was planned as a read of every record of the user, so each
 /// batch cost more than the last): on a table never analyzed, holding 50,000 records of the
@@ -1645,8 +1645,8 @@ async fn release_of_claims_probes_per_key_in_the_generic_plan() {
         .await
         .unwrap();
     txn.execute_unprepared(&format!(
-        "PREPARE write_attempts AS {}",
-        examsync::sync::store::WRITE_ATTEMPTS_PG
+        "PREPARE write_batch AS {}",
+        examsync::sync::store::WRITE_BATCH_PG
     ))
     .await
     .unwrap();
@@ -1654,9 +1654,10 @@ async fn release_of_claims_probes_per_key_in_the_generic_plan() {
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
             format!(
-                "EXPLAIN (FORMAT JSON) EXECUTE write_attempts('{user}', NULL, now(), \
+                "EXPLAIN (FORMAT JSON) EXECUTE write_batch('{user}', NULL, now(), \
                  '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', 0, '{{}}', \
-                 '{{}}', '{{}}', '{{}}')"
+                 '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
+                 '{{}}', '{{}}', 0, '{{}}', '{{}}', '{{}}')"
             ),
         ))
         .await

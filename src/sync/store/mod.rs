@@ -31,7 +31,7 @@ use entity::{
 pub mod postgres;
 pub mod sqlite;
 
-pub use postgres::{FIND_RECORDS_AND_FACTS_PG, FIND_RECORDS_PG, Postgres, WRITE_ATTEMPTS_PG};
+pub use postgres::{FIND_RECORDS_AND_FACTS_PG, FIND_RECORDS_PG, Postgres, WRITE_BATCH_PG};
 pub use sqlite::Sqlite;
 
 /// A `uuid[]` parameter: typed ids become bare UUIDs here, at the raw-SQL boundary.

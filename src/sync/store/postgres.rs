@@ -3,10 +3,10 @@
 //!
 //! Each statement has one shape whatever the batch size: the plan of the idempotency
 //! lookup uses both key columns whatever the table statistics say, and prepared statements
-//! are reused. The attempts insert is sent its ids, sessions and hashes (about 20 kB bound for
-//! 100 items) rather than reading them back from the records just claimed: a message past
-//! 16 kB costs nothing since sqlx 0.9.1 sets `TCP_NODELAY` (0.9.0 waited about 40 ms for a
-//! delayed ACK on it, docs/benchmarks.md).
+//! are reused. A batch's writes are one statement, and its attempts are sent their ids,
+//! sessions and hashes rather than reading them back from the records just claimed: a
+//! message past 16 kB costs nothing since sqlx 0.9.1 sets `TCP_NODELAY` (0.9.0 waited about
+//! 40 ms for a delayed ACK on it, docs/benchmarks.md).
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -61,23 +61,21 @@ const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 const OPEN_BATCH: &str = include_str!("sql/open_batch.sql");
 /// New offline sessions of a batch above this many are created by an opening of their own
 /// (with no claims) before the claims' opening: each adds ~64 bytes to `OPEN_BATCH`'s
-/// message, which must stay under the size at which sqlx stalls (see the module doc).
+/// message, which this keeps bounded whatever the batch holds.
 const MAX_SESSIONS_IN_OPENING: usize = 16;
 const CURRENT_ANSWERS: &str = include_str!("sql/current_answers.sql");
-/// [`BatchWrites`] in two statements: one for the claims (the released records deleted,
-/// the attempts inserted, `ackedCount` added), one for the answers and scores. One would do,
-/// but its message, with a 100-item batch's values, would pass the size at which sqlx
-/// stalls (see the module doc). Within each, no part reads a row another part writes: the
-/// released keys are not the inserted ones, and the user's row and the sessions are
-/// already locked by the opening.
+/// [`BatchWrites`] in one statement: the released records deleted, the attempts inserted,
+/// `ackedCount` added, the current answers upserted and the sessions' scores added. No part
+/// reads a row another part writes: the released keys are not the inserted ones, each
+/// answer and session appears once, and the user's row and the sessions are already locked
+/// by the opening. Its message, with a 100-item batch's values, passes 16 kB, which costs
+/// nothing since sqlx 0.9.1 (see the module doc).
 ///
-/// The attempts take their ids, session and hash from the claims this transaction
-/// inserted, and `answered_at` from its RFC 3339 text (exact: it carries at most
+/// The attempts take `answered_at` from its RFC 3339 text (exact: it carries at most
 /// microseconds), so each value is sent once. The released records are found by one probe
 /// per key (as in [`FIND_RECORDS_PG`]) and deleted by `ctid`: a plain
 /// `idempotency_key = ANY(…)` may be planned as a scan of the user's records.
-pub const WRITE_ATTEMPTS_PG: &str = include_str!("sql/write_attempts.sql");
-const WRITE_ANSWERS: &str = include_str!("sql/write_answers.sql");
+pub const WRITE_BATCH_PG: &str = include_str!("sql/write_batch.sql");
 
 /// The PostgreSQL sync store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,13 +166,17 @@ fn question_row(r: &QueryResult) -> Result<QuestionRow, DbErr> {
     })
 }
 
-/// [`WRITE_ATTEMPTS_PG`]'s parameters, in its numbering.
-fn attempt_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>) -> Vec<Value> {
+/// [`WRITE_BATCH_PG`]'s parameters, in its numbering.
+fn batch_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>, seq: i64) -> Vec<Value> {
     let rows = &writes.attempts;
+    let answers = &writes.answers;
+    let deltas = &writes.deltas;
     vec![
+        // $1–$3
         user_id.into(),
         Value::BigInt(writes.skew_ms),
         now.into(),
+        // $4–$10: the attempts
         uuids(rows.iter().map(|r| r.key)),
         uuids(rows.iter().map(|r| r.question_id)),
         opt_uuids(rows.iter().map(|r| r.package_id)),
@@ -186,9 +188,10 @@ fn attempt_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>) -> 
             rows.iter()
                 .map(|r| Value::String(Some(r.answered_at_raw.clone()))),
         ),
+        // $11, $12
         Value::BigInt(Some(rows.len() as i64)),
         uuids(writes.released.iter().copied()),
-        // What the claims of `open_batch` hold: written from here, not read back from them.
+        // $13–$15: what the claims of `open_batch` hold, written from here, not read back.
         uuids(rows.iter().map(|r| r.attempt_id)),
         uuids(rows.iter().map(|r| r.session_id)),
         array(
@@ -196,20 +199,7 @@ fn attempt_values(user_id: UserId, writes: &BatchWrites, now: DateTime<Utc>) -> 
             rows.iter()
                 .map(|r| Value::Bytes(Some(r.v1_hash.to_bytes().to_vec()))),
         ),
-    ]
-}
-
-/// [`WRITE_ANSWERS`]'s parameters, in its numbering.
-fn answer_values(
-    user_id: UserId,
-    writes: &BatchWrites,
-    now: DateTime<Utc>,
-    seq: i64,
-) -> Vec<Value> {
-    let answers = &writes.answers;
-    let deltas = &writes.deltas;
-    vec![
-        now.into(),
+        // $16–$23: the current answers
         uuids(answers.iter().map(|(_, a)| a.id)),
         uuids(answers.iter().map(|(k, _)| k.session_id)),
         uuids(answers.iter().map(|(k, _)| k.question_id)),
@@ -223,8 +213,9 @@ fn answer_values(
                 .map(|(_, a)| Value::ChronoDateTimeUtc(Some(a.answered_at))),
         ),
         ints(answers.iter().map(|(_, a)| a.changed_count)),
-        user_id.into(),
+        // $24
         seq.into(),
+        // $25–$27: the sessions' scores
         uuids(deltas.iter().map(|(id, _)| *id)),
         ints(deltas.iter().map(|(_, d)| d.answered)),
         ints(deltas.iter().map(|(_, d)| d.correct)),
@@ -345,12 +336,12 @@ impl SyncStore for Postgres {
         now: DateTime<Utc>,
         seq: i64,
     ) -> Result<(), DbErr> {
-        if !(writes.released.is_empty() && writes.attempts.is_empty()) {
-            txn.execute_raw(pg(WRITE_ATTEMPTS_PG, attempt_values(user_id, writes, now)))
-                .await?;
-        }
-        if !(writes.answers.is_empty() && writes.deltas.is_empty()) {
-            txn.execute_raw(pg(WRITE_ANSWERS, answer_values(user_id, writes, now, seq)))
+        let nothing = writes.released.is_empty()
+            && writes.attempts.is_empty()
+            && writes.answers.is_empty()
+            && writes.deltas.is_empty();
+        if !nothing {
+            txn.execute_raw(pg(WRITE_BATCH_PG, batch_values(user_id, writes, now, seq)))
                 .await?;
         }
         Ok(())
