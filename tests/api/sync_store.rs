@@ -37,6 +37,7 @@ crate::backend_tests!(
     open_batch_reads_answers_only_when_nothing_committed_since,
     release_and_write_attempts_together,
     foreign_keys_of_the_history,
+    option_counts_of_stored_options,
 );
 
 struct Fixture {
@@ -1027,4 +1028,57 @@ async fn foreign_keys_of_the_history(backend: Backend) {
     };
     let n = crate::helpers::count_query(&f.db, sql).await;
     assert_eq!(n, if backend == Backend::Postgres { 0 } else { 4 });
+}
+
+/// A question's option count as the checks see it: the entries of an array of strings, and
+/// none for anything else stored (PostgreSQL counts them in SQL, SQLite in Rust; both must
+/// read the column as `questions::options_of` does).
+async fn option_counts_of_stored_options(backend: Backend) {
+    let f = fixture(backend).await;
+    let stored = [
+        (json!(["x", "y"]), 2),
+        (json!(["a", "b", "c", "d", "e"]), 5),
+        (json!([]), 0),
+        (json!([1, 2, 3]), 0),
+        (json!(["a", 1]), 0),
+        (json!(["a", null]), 0),
+        (json!([["a"], ["b"]]), 0),
+        (json!({"a": "b"}), 0),
+        (json!("ab"), 0),
+        (json!(null), 0),
+    ];
+    let mut expected = std::collections::HashMap::new();
+    for (options, count) in stored {
+        let id = QuestionId::new_v4();
+        entity::question::Entity::insert(entity::question::ActiveModel {
+            id: Set(id),
+            stem: Set("Stem".into()),
+            options: Set(options.clone()),
+            correct_index: Set(0),
+            explanation_md: Set(None),
+            year_id: Set(1),
+            block_id: Set(Some(2)),
+            theme_id: Set(None),
+            cognitive_level: Set(None),
+            difficulty: Set(None),
+            status: Set(QuestionStatus::Published),
+            created_at: Set(f.now),
+            updated_at: Set(f.now),
+        })
+        .exec(&f.db)
+        .await
+        .unwrap();
+        expected.insert(id, (count, options));
+    }
+    let ids: Vec<QuestionId> = expected.keys().copied().collect();
+    let lookup = f
+        .store
+        .find_records_and_facts(&f.db, f.user, &[], &[], &[], &ids)
+        .await
+        .unwrap();
+    assert_eq!(lookup.questions.len(), ids.len());
+    for q in &lookup.questions {
+        let (count, options) = &expected[&q.id];
+        assert_eq!(q.option_count, *count, "options {options}");
+    }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     BatchWrites, ClaimSession, Lookup, NewSession, Opening, OpeningClaim, QuestionRow, SessionRow,
-    SyncStore, array, option_count, uuids,
+    SyncStore, array, uuids,
 };
 use crate::sync::rules::{Answer, AnswerKey, Record, Scope, SessionFact, SessionState};
 use entity::{
@@ -33,8 +33,8 @@ use entity::{
 pub const FIND_RECORDS_PG: &str = include_str!("sql/find_records.sql");
 /// The records as in [`FIND_RECORDS_PG`]; the sessions by id (the primary key) and by
 /// offline id (one probe of the unique (user, offline session) index per id, as for the
-/// records); the questions' scoring columns only (never the stem or the explanation). Rows
-/// tagged by `kind`; a test checks the plan.
+/// records); the questions' scoring columns only (never the stem or the explanation, and
+/// the options' count, not the options). Rows tagged by `kind`; a test checks the plan.
 pub const FIND_RECORDS_AND_FACTS_PG: &str = include_str!("sql/find_records_and_facts.sql");
 const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 /// [`SyncStore::open_batch`]'s steps as one statement, the locks taken in that order (the
@@ -155,7 +155,7 @@ fn question_row(r: &QueryResult) -> Result<QuestionRow, DbErr> {
     let status: QuestionStatus = r.try_get("", "status")?;
     Ok(QuestionRow {
         id: r.try_get("", "id")?,
-        option_count: option_count(r.try_get("", "options")?),
+        option_count: usize::try_from(r.try_get::<i32>("", "option_count")?).unwrap_or_default(),
         correct_index: r.try_get("", "correct_index")?,
         scope: Scope {
             year: r.try_get("", "year_id")?,
