@@ -288,21 +288,44 @@ async fn bench() -> Result<(), String> {
     outcome
 }
 
+/// Deletes this run's keys (each acked record is cached for weeks). `SCAN` in steps rather
+/// than one `KEYS`: over a large keyspace `KEYS` outlasts the connection's response timeout,
+/// and the keys stayed behind (millions of them slowed every later user of that Redis).
 async fn delete_redis_keys(url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(url) else {
         return;
     };
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        eprintln!("warning: Redis unreachable; this run's keys ({prefix}*) were not deleted");
         return;
     };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(1000) {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut deleted = 0usize;
+    loop {
+        let step: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = step else {
+            eprintln!("warning: SCAN failed; some of this run's keys ({pattern}) are left");
+            return;
+        };
+        if !keys.is_empty() {
+            let unlinked: redis::RedisResult<usize> =
+                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+            deleted += unlinked.unwrap_or_default();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
+    eprintln!("deleted {deleted} Redis keys of this run");
 }
 
 /// The server child process; killed on drop.
