@@ -816,8 +816,8 @@ async fn open_batch_creates_claims_and_locks(backend: Backend) {
     assert_eq!(records[&claim.key].session_id, new.id);
 }
 
-/// More new offline sessions than one PostgreSQL message carries (the store opens in two
-/// statements then): every session created, every claim made in its own session.
+/// Many new offline sessions in one opening, with a claim in each: every
+/// session created, every claim made in its own session.
 async fn open_batch_with_many_new_sessions(backend: Backend) {
     let f = fixture(backend).await;
     let sessions: Vec<NewSession> = (0..40)

@@ -59,10 +59,6 @@ const BUMP_CHANGE_SEQ: &str = include_str!("sql/bump_change_seq.sql");
 /// locked sessions' status (`FOR UPDATE` returns the newest version) do not depend on the
 /// snapshot. Rows tagged by `kind`.
 const OPEN_BATCH: &str = include_str!("sql/open_batch.sql");
-/// New offline sessions of a batch above this many are created by an opening of their own
-/// (with no claims) before the claims' opening: each adds ~64 bytes to `OPEN_BATCH`'s
-/// message, which this keeps bounded whatever the batch holds.
-const MAX_SESSIONS_IN_OPENING: usize = 16;
 const CURRENT_ANSWERS: &str = include_str!("sql/current_answers.sql");
 /// [`BatchWrites`] in one statement: the released records deleted, the attempts inserted,
 /// `ackedCount` added, the current answers upserted and the sessions' scores added. No part
@@ -298,66 +294,6 @@ impl SyncStore for Postgres {
         claims: &[OpeningClaim],
         now: DateTime<Utc>,
     ) -> Result<Option<Opening>, DbErr> {
-        if sessions.len() > MAX_SESSIONS_IN_OPENING {
-            self.open_with_many_sessions(txn, user_id, sessions, claims, now)
-                .await
-        } else {
-            self.open_in_one_statement(txn, user_id, sessions, claims, now)
-                .await
-        }
-    }
-
-    async fn current_answers(
-        &self,
-        txn: &impl ConnectionTrait,
-        session_ids: &[SessionId],
-        question_ids: &[QuestionId],
-    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
-        if session_ids.is_empty() || question_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = txn
-            .query_all_raw(pg(
-                CURRENT_ANSWERS,
-                vec![
-                    uuids(session_ids.iter().copied()),
-                    uuids(question_ids.iter().copied()),
-                ],
-            ))
-            .await?;
-        rows.iter().map(answer_row).collect()
-    }
-
-    async fn write_batch(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        writes: &BatchWrites,
-        now: DateTime<Utc>,
-        seq: i64,
-    ) -> Result<(), DbErr> {
-        let nothing = writes.released.is_empty()
-            && writes.attempts.is_empty()
-            && writes.answers.is_empty()
-            && writes.deltas.is_empty();
-        if !nothing {
-            txn.execute_raw(pg(WRITE_BATCH_PG, batch_values(user_id, writes, now, seq)))
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-impl Postgres {
-    /// [`OPEN_BATCH`] itself.
-    async fn open_in_one_statement(
-        &self,
-        txn: &impl ConnectionTrait,
-        user_id: UserId,
-        sessions: &[NewSession],
-        claims: &[OpeningClaim],
-        now: DateTime<Utc>,
-    ) -> Result<Option<Opening>, DbErr> {
         // A claim of a new offline session names the id generated for it; the statement
         // swaps in the id of the row created or found. One whose offline session is not
         // among those to create cannot be made.
@@ -436,47 +372,43 @@ impl Postgres {
         Ok(Some(opening))
     }
 
-    /// [`SyncStore::open_batch`] of a batch with more new offline sessions than one message
-    /// should carry: an opening with the sessions and no claims, then one with the claims,
-    /// naming the sessions it created or found. Each bumps the change counter; the second
-    /// value is the transaction's (both commit together, so no pull sees the first alone).
-    async fn open_with_many_sessions(
+    async fn current_answers(
+        &self,
+        txn: &impl ConnectionTrait,
+        session_ids: &[SessionId],
+        question_ids: &[QuestionId],
+    ) -> Result<HashMap<AnswerKey, Answer>, DbErr> {
+        if session_ids.is_empty() || question_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = txn
+            .query_all_raw(pg(
+                CURRENT_ANSWERS,
+                vec![
+                    uuids(session_ids.iter().copied()),
+                    uuids(question_ids.iter().copied()),
+                ],
+            ))
+            .await?;
+        rows.iter().map(answer_row).collect()
+    }
+
+    async fn write_batch(
         &self,
         txn: &impl ConnectionTrait,
         user_id: UserId,
-        sessions: &[NewSession],
-        claims: &[OpeningClaim],
+        writes: &BatchWrites,
         now: DateTime<Utc>,
-    ) -> Result<Option<Opening>, DbErr> {
-        let Some(first) = self
-            .open_in_one_statement(txn, user_id, sessions, &[], now)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let claims: Vec<OpeningClaim> = claims
-            .iter()
-            .filter_map(|c| {
-                let session = match c.session {
-                    ClaimSession::Known(id) => id,
-                    ClaimSession::New(offline) => first.created.get(&offline)?.id,
-                };
-                Some(OpeningClaim {
-                    session: ClaimSession::Known(session),
-                    ..c.clone()
-                })
-            })
-            .collect();
-        let Some(mut second) = self
-            .open_in_one_statement(txn, user_id, &[], &claims, now)
-            .await?
-        else {
-            return Ok(None);
-        };
-        for session in first.created.values() {
-            second.states.entry(session.id).or_insert(session.state);
+        seq: i64,
+    ) -> Result<(), DbErr> {
+        let nothing = writes.released.is_empty()
+            && writes.attempts.is_empty()
+            && writes.answers.is_empty()
+            && writes.deltas.is_empty();
+        if !nothing {
+            txn.execute_raw(pg(WRITE_BATCH_PG, batch_values(user_id, writes, now, seq)))
+                .await?;
         }
-        second.created = first.created;
-        Ok(Some(second))
+        Ok(())
     }
 }
