@@ -13,12 +13,15 @@
 //! 2. pages of the same size (50 items) at the start, middle and end of the long history and
 //!    the short one's whole feed: the cost of a page against the length of the history;
 //! 3. an incremental pull that finds nothing (the cursor of the end of the feed) against a
-//!    `304` of a package download, `BENCH_CLIENTS` (16) concurrent clients, `BENCH_SECONDS`
-//!    (3) each, `BENCH_ROUNDS` (3) rounds alternating the two; requests/s, median of rounds.
-//!    With `BENCH_WRK=/usr/bin/wrk` that load comes from wrk pinned to core `BENCH_WRK_CPU`
-//!    (1), one thread and `BENCH_CLIENTS` connections, while this process (the server) is
-//!    pinned to core 0 with one worker thread (`BENCH_SERVER_THREADS`); the database
-//!    server is not pinned.
+//!    `304` of a package download, for each count of concurrent clients in `BENCH_CLIENTS`
+//!    (16,64), `BENCH_SECONDS` (3) each, `BENCH_ROUNDS` (3) rounds alternating the two;
+//!    requests/s, median of rounds. With `BENCH_WRK=/usr/bin/wrk` that load comes from wrk
+//!    pinned to core `BENCH_WRK_CPU` (1), one thread and that many connections, while this
+//!    process (the server) is pinned to core 0 with one worker thread
+//!    (`BENCH_SERVER_THREADS`); the database server is not pinned. wrk's requests take turns
+//!    through `BENCH_STUDENTS` (64) students — the long history's and short ones' — each with
+//!    its own token and end cursor, as a server of many phones sees them; the `304`s take
+//!    turns through the same tokens. Without wrk, all the load is the long history's.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -31,7 +34,7 @@ use examsync::{
     packages::{self, BuildRequest},
     questions::{QuestionInput, QuestionStatus, import_questions},
 };
-use examsync_test_support::bench::{self, Wrk};
+use examsync_test_support::bench::{self, RotatingRequest, Wrk};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, EntityTrait};
 use serde_json::Value;
 use uuid::Uuid;
@@ -43,9 +46,13 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn main() -> Result<(), String> {
-    let clients: usize = env_or("BENCH_CLIENTS", "16")
+    let clients: Vec<usize> = env_or("BENCH_CLIENTS", "16,64")
+        .split(',')
+        .map(|c| c.trim().parse().map_err(|_| "BENCH_CLIENTS"))
+        .collect::<Result<_, _>>()?;
+    let students: usize = env_or("BENCH_STUDENTS", "64")
         .parse()
-        .map_err(|_| "BENCH_CLIENTS")?;
+        .map_err(|_| "BENCH_STUDENTS")?;
     let seconds: u64 = env_or("BENCH_SECONDS", "3")
         .parse()
         .map_err(|_| "BENCH_SECONDS")?;
@@ -68,26 +75,43 @@ fn main() -> Result<(), String> {
         // Before any other thread exists: every thread started later inherits the core.
         bench::pin_self(if wrk_cpu == 0 { 1 } else { 0 })?;
     }
-    let wrk = wrk_program.as_deref().map(|program| Wrk {
-        program,
-        cpu: wrk_cpu,
-        connections: clients,
+    let load = Load {
+        clients,
+        students: students.max(1),
         seconds,
-    });
+        rounds,
+        wrk: wrk_program.map(|program| (program, wrk_cpu)),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(bench_main(clients, seconds, rounds, wrk.as_ref()))
+        .block_on(bench_main(&load))
 }
 
-async fn bench_main(
-    clients: usize,
+/// How the empty pull and the `304` are loaded.
+struct Load {
+    clients: Vec<usize>,
+    students: usize,
     seconds: u64,
     rounds: usize,
-    wrk: Option<&Wrk<'_>>,
-) -> Result<(), String> {
+    /// wrk's program and core.
+    wrk: Option<(String, usize)>,
+}
+
+impl Load {
+    fn wrk(&self, connections: usize) -> Option<Wrk<'_>> {
+        self.wrk.as_ref().map(|(program, cpu)| Wrk {
+            program,
+            cpu: *cpu,
+            connections,
+            seconds: self.seconds,
+        })
+    }
+}
+
+async fn bench_main(load: &Load) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (url, cleanup) = match std::env::var("BENCH_DATABASE_URL") {
         Ok(admin_url) => {
@@ -130,7 +154,7 @@ async fn bench_main(
         let _ = stopped.await;
     }));
     let base = format!("http://{addr}");
-    let result = run(&db, &base, backend, clients, seconds, rounds, wrk).await;
+    let result = run(&db, &base, backend, load).await;
     let _ = stop.send(());
     let _ = server.await;
     db.close().await.ok();
@@ -146,10 +170,7 @@ async fn run(
     db: &DatabaseConnection,
     base: &str,
     backend: &str,
-    clients: usize,
-    seconds: u64,
-    rounds: usize,
-    wrk: Option<&Wrk<'_>>,
+    load: &Load,
 ) -> Result<(), String> {
     let questions = seed_questions(db).await?;
     let package = packages::build_package(
@@ -172,7 +193,7 @@ async fn run(
     seed_history(db, light, 1, 50, &questions).await?;
     seed_history(db, heavy, 500, 100, &questions).await?;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients * 2)
+        .pool_max_idle_per_host(load.clients.iter().max().copied().unwrap_or(16) * 2)
         .build()
         .map_err(|e| e.to_string())?;
     let token = |user: Uuid| sign_token(SECRET, user, Role::Student, 3600).unwrap_or_default();
@@ -237,74 +258,117 @@ async fn run(
     );
 
     println!("\n### An incremental pull that finds nothing, against a package `304`\n");
-    let empty_url = format!("{base}/api/v1/sync/changes?since={end_cursor}");
-    let package_url = format!("{base}/api/v1/tests/packages/{}", package.id);
+    let package_path = format!("/api/v1/tests/packages/{}", package.id);
     let etag = format!("W/\"{}\"", package.version_hash);
-    let mut pulls = Vec::new();
-    let mut not_modified = Vec::new();
-    let mut ratios = Vec::new();
-    let mut cpu_ratios = Vec::new();
-    for _ in 0..rounds {
-        let (p, n) = match wrk {
-            Some(wrk) => {
-                // Both answers are checked once here; wrk only counts errors.
-                load(&client, &empty_url, &heavy_token, None, 200, 1, 1).await?;
-                let (p, p_cpu) = wrk_rate(wrk, &empty_url, &heavy_token, None).await?;
-                let (n, n_cpu) = wrk_rate(wrk, &package_url, &heavy_token, Some(&etag)).await?;
-                println!(
-                    "wrk round: pull {p:.0}/s ({p_cpu:.1} µs of this process's CPU each), \
-                     304 {n:.0}/s ({n_cpu:.1} µs), load average {}",
-                    bench::loadavg()
-                );
-                cpu_ratios.push(n_cpu / p_cpu);
-                (p, n)
-            }
-            None => (
-                load(
-                    &client,
-                    &empty_url,
-                    &heavy_token,
-                    None,
-                    200,
-                    clients,
-                    seconds,
-                )
-                .await?,
-                load(
-                    &client,
-                    &package_url,
-                    &heavy_token,
-                    Some(&etag),
-                    304,
-                    clients,
-                    seconds,
-                )
-                .await?,
-            ),
-        };
-        ratios.push(p / n);
-        pulls.push(p);
-        not_modified.push(n);
+    // The students whose pulls take turns: the long history's first, then short ones.
+    let mut pullers = vec![(heavy_token.clone(), end_cursor.clone())];
+    for _ in 1..load.students {
+        let student = Uuid::new_v4();
+        seed_history(db, student, 1, 5, &questions).await?;
+        let student_token = token(student);
+        let (_, _, end) = restore(&client, base, &student_token, 500).await?;
+        pullers.push((student_token, end));
     }
-    if wrk.is_some() {
+    let pull_path = |cursor: &str| format!("/api/v1/sync/changes?since={cursor}");
+    let pulls: Vec<RotatingRequest> = pullers
+        .iter()
+        .map(|(token, cursor)| RotatingRequest {
+            path: pull_path(cursor),
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+        })
+        .collect();
+    let revalidations: Vec<RotatingRequest> = pullers
+        .iter()
+        .map(|(token, _)| RotatingRequest {
+            path: package_path.clone(),
+            headers: vec![
+                ("Authorization".into(), format!("Bearer {token}")),
+                ("If-None-Match".into(), etag.clone()),
+            ],
+        })
+        .collect();
+    // Every answer is checked once here; wrk only counts errors.
+    for (token, cursor) in &pullers {
+        let page = pull(&client, base, token, Some(cursor), 500).await?;
+        if page["has_more"] != Value::Bool(false) || page["answers"] != Value::Array(Vec::new()) {
+            return Err(format!("the end cursor's pull is not empty: {page}"));
+        }
+    }
+    load_304(
+        &client,
+        &format!("{base}{package_path}"),
+        &heavy_token,
+        &etag,
+    )
+    .await?;
+
+    let mut rows = Vec::new();
+    for &clients in &load.clients {
+        let mut pull_rates = Vec::new();
+        let mut not_modified = Vec::new();
+        let mut ratios = Vec::new();
+        for _ in 0..load.rounds {
+            let (p, n) = match load.wrk(clients) {
+                Some(wrk) => {
+                    let (p, p_cpu) = wrk_rate(&wrk, base, &pulls).await?;
+                    let (n, n_cpu) = wrk_rate(&wrk, base, &revalidations).await?;
+                    println!(
+                        "wrk round, {clients} connections: pull {p:.0}/s ({p_cpu:.1} µs of this \
+                         process's CPU each), 304 {n:.0}/s ({n_cpu:.1} µs), load average {}",
+                        bench::loadavg()
+                    );
+                    (p, n)
+                }
+                None => (
+                    self::load(
+                        &client,
+                        &format!("{base}{}", pull_path(&end_cursor)),
+                        &heavy_token,
+                        None,
+                        200,
+                        clients,
+                        load.seconds,
+                    )
+                    .await?,
+                    self::load(
+                        &client,
+                        &format!("{base}{package_path}"),
+                        &heavy_token,
+                        Some(&etag),
+                        304,
+                        clients,
+                        load.seconds,
+                    )
+                    .await?,
+                ),
+            };
+            ratios.push(p / n);
+            pull_rates.push(p);
+            not_modified.push(n);
+        }
+        rows.push((
+            clients,
+            median(pull_rates),
+            median(not_modified),
+            median(ratios),
+        ));
+    }
+    if load.wrk.is_some() {
         println!(
-            "\nLoad: wrk, one thread, {clients} connections, pinned; server pinned to the other core.\n"
+            "\nLoad: wrk, one thread, pinned, its requests taking turns through {} students; \
+             server pinned to the other core.\n",
+            load.students
         );
     }
-    println!("| request | requests/s (median of {rounds} rounds, {clients} clients) |");
-    println!("| --- | ---: |");
     println!(
-        "| `GET /api/v1/sync/changes?since=<end>` (200, empty) | {:.0} |",
-        median(pulls)
+        "| clients | empty pull `GET /api/v1/sync/changes?since=<end>`, requests/s | \
+         `304` of a package, requests/s | empty pull / `304` (median of {} rounds' ratios; target ≥ 50%) |",
+        load.rounds
     );
-    println!(
-        "| `GET /api/v1/tests/packages/{{id}}` + `If-None-Match` (304) | {:.0} |",
-        median(not_modified)
-    );
-    println!(
-        "\nEmpty pull / 304: {:.0}% (median of the rounds' ratios; target ≥ 50%)",
-        100.0 * median(ratios)
-    );
+    println!("| ---: | ---: | ---: | ---: |");
+    for (clients, p, n, ratio) in rows {
+        println!("| {clients} | {p:.0} | {n:.0} | {:.0}% |", 100.0 * ratio);
+    }
     Ok(())
 }
 
@@ -394,13 +458,12 @@ async fn page_time(
     Ok(median(samples))
 }
 
-/// Requests/s of wrk GETting `url` (on a blocking thread: wrk runs for seconds), and this
-/// process's CPU µs per request meanwhile.
+/// Requests/s of wrk sending `requests` in turn to `base` (on a blocking thread: wrk runs
+/// for seconds), and this process's CPU µs per request meanwhile.
 async fn wrk_rate(
     wrk: &Wrk<'_>,
-    url: &str,
-    token: &str,
-    if_none_match: Option<&str>,
+    base: &str,
+    requests: &[RotatingRequest],
 ) -> Result<(f64, f64), String> {
     let (program, cpu, connections, seconds) = (
         wrk.program.to_owned(),
@@ -408,26 +471,45 @@ async fn wrk_rate(
         wrk.connections,
         wrk.seconds,
     );
-    let (url, authorization) = (url.to_owned(), format!("Bearer {token}"));
-    let etag = if_none_match.map(str::to_owned);
+    let base = base.to_owned();
+    let requests = requests.to_vec();
     let before = bench::process_cpu();
     let rate = tokio::task::spawn_blocking(move || {
-        let wrk = Wrk {
+        Wrk {
             program: &program,
             cpu,
             connections,
             seconds,
-        };
-        let mut headers = vec![("Authorization", authorization.as_str())];
-        if let Some(etag) = etag.as_deref() {
-            headers.push(("If-None-Match", etag));
         }
-        wrk.requests_per_second(&url, &headers)
+        .requests_per_second_rotating(&base, &requests)
     })
     .await
     .map_err(|e| e.to_string())??;
     let cpu = bench::process_cpu().saturating_sub(before);
-    Ok((rate, cpu.as_secs_f64() * 1e6 / (rate * wrk.seconds as f64)))
+    Ok((rate, cpu.as_secs_f64() * 1e6 / (rate * seconds as f64)))
+}
+
+/// One revalidation answered `304`, or why not.
+async fn load_304(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    etag: &str,
+) -> Result<(), String> {
+    let response = client
+        .get(url)
+        .bearer_auth(token)
+        .header("If-None-Match", etag)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != 304 {
+        return Err(format!(
+            "{url}: {} where 304 was expected",
+            response.status()
+        ));
+    }
+    Ok(())
 }
 
 /// Requests/s of `clients` loops GETting `url` for `seconds`; every answer must be `status`.

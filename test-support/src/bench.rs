@@ -68,9 +68,41 @@ impl Wrk<'_> {
             .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{stdout}"))
     }
 
+    /// Requests/s of GETs that take turns through `requests` (each a path with its query,
+    /// sent to `base_url`'s host, and its headers): many clients' requests interleaved, as a
+    /// server of many users sees them. The requests are formatted once, before the load, by
+    /// a wrk script; each connection sends the next one in turn.
+    pub fn requests_per_second_rotating(
+        &self,
+        base_url: &str,
+        requests: &[RotatingRequest],
+    ) -> Result<f64, String> {
+        let mut script = tempfile::Builder::new()
+            .suffix(".lua")
+            .tempfile()
+            .map_err(|e| format!("wrk script: {e}"))?;
+        std::io::Write::write_all(&mut script, rotating_script(requests).as_bytes())
+            .map_err(|e| format!("wrk script: {e}"))?;
+        let stdout = self.run_command(base_url, &[], Some(script.path()))?;
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{stdout}"))
+    }
+
     /// wrk's report (with `--latency`) of GETs of `url` with `headers`. Fails if wrk fails
     /// or counts any non-2xx/3xx response or socket error.
     pub fn run(&self, url: &str, headers: &[(&str, &str)]) -> Result<String, String> {
+        self.run_command(url, headers, None)
+    }
+
+    fn run_command(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        script: Option<&std::path::Path>,
+    ) -> Result<String, String> {
         let mut command = Command::new("taskset");
         command
             .args(["-c", &self.cpu.to_string(), self.program, "-t1"])
@@ -79,6 +111,9 @@ impl Wrk<'_> {
             .arg("--latency");
         for (name, value) in headers {
             command.args(["-H", &format!("{name}: {value}")]);
+        }
+        if let Some(script) = script {
+            command.arg("-s").arg(script);
         }
         let output = command
             .arg(url)
@@ -100,4 +135,60 @@ impl Wrk<'_> {
         }
         Ok(stdout)
     }
+}
+
+/// One GET of [`Wrk::requests_per_second_rotating`].
+#[derive(Clone, Debug)]
+pub struct RotatingRequest {
+    /// The path and query, as sent on the request line.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A wrk script that formats `requests` once per thread and sends them in turn.
+fn rotating_script(requests: &[RotatingRequest]) -> String {
+    let mut specs = String::new();
+    for request in requests {
+        let headers: Vec<String> = request
+            .headers
+            .iter()
+            .map(|(name, value)| format!("[{}] = {}", lua_string(name), lua_string(value)))
+            .collect();
+        specs.push_str(&format!(
+            "  {{ {}, {{ {} }} }},\n",
+            lua_string(&request.path),
+            headers.join(", ")
+        ));
+    }
+    format!(
+        "local specs = {{\n{specs}}}\n\
+         local requests = {{}}\n\
+         local turn = 0\n\
+         function init(args)\n\
+         \x20 for i, spec in ipairs(specs) do requests[i] = wrk.format(\"GET\", spec[1], spec[2]) end\n\
+         end\n\
+         function request()\n\
+         \x20 turn = turn % #requests + 1\n\
+         \x20 return requests[turn]\n\
+         end\n"
+    )
+}
+
+/// `value` as a Lua string literal.
+fn lua_string(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
