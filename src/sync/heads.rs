@@ -4,10 +4,11 @@
 //! After every sync each phone pulls, and nearly every such pull finds nothing new: its whole
 //! cost is one primary-key read, and that read is a hand-off to another thread (SQLite's
 //! worker) or a network round trip (PostgreSQL), far dearer than the rest of the request.
-//! So pulls share reads: a pull that finds fewer than `READS_IN_FLIGHT` (two) reads under way
-//! reads at once, itself, for every pull queued by then; pulls that arrive while that many
-//! are under way queue, and the next read (one statement, `WHERE id = ANY(…)`) serves them
-//! all. An idle server reads at once, as before.
+//! So pulls share reads: a pull that finds fewer than `READS_IN_FLIGHT` reads under way reads
+//! at once, itself, for every pull queued by then; pulls that arrive while that many are
+//! under way queue, and the next read (one statement, `WHERE id = ANY(…)`) serves them all.
+//! An idle server reads at once, as before. The more pulls arrive at once, the more each read
+//! serves, so a busy server spends less per pull than a quiet one.
 //!
 //! The reads go through connections of the reader's own, one per read in flight, opened
 //! with the pool's settings: a pool checkout would add the pool's work around every read
