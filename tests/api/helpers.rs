@@ -182,18 +182,21 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
         let _ = std::thread::spawn(move || {
+            use redis::Commands as _;
             let Ok(client) = redis::Client::open(url) else {
                 return;
             };
             let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
                 return;
             };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            // SCAN in steps, not KEYS: on a Redis that holds many other keys (a benchmark's,
+            // another run's), KEYS blocks the server for the whole keyspace on every test.
+            let keys: Vec<String> = match conn.scan_match(format!("{prefix}*")) {
+                Ok(keys) => keys.filter_map(Result::ok).collect(),
+                Err(_) => return,
+            };
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
             }
         })
         .join();
