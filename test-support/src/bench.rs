@@ -192,3 +192,33 @@ fn lua_string(value: &str) -> String {
     quoted.push('"');
     quoted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{RotatingRequest, lua_string, rotating_script};
+
+    #[test]
+    fn lua_strings_escape_what_lua_would_read_otherwise() {
+        assert_eq!(lua_string("plain-cursor_1"), r#""plain-cursor_1""#);
+        assert_eq!(lua_string(r#"W/"abc""#), r#""W/\"abc\"""#);
+        assert_eq!(lua_string("a\\b\nc\r"), r#""a\\b\nc\r""#);
+    }
+
+    #[test]
+    fn the_script_sends_each_request_in_turn() {
+        let script = rotating_script(&[
+            RotatingRequest {
+                path: "/a?since=x".into(),
+                headers: vec![("Authorization".into(), "Bearer t1".into())],
+            },
+            RotatingRequest {
+                path: "/b".into(),
+                headers: vec![("If-None-Match".into(), r#"W/"h""#.into())],
+            },
+        ]);
+        assert!(script.contains(r#"{ "/a?since=x", { ["Authorization"] = "Bearer t1" } },"#));
+        assert!(script.contains(r#"{ "/b", { ["If-None-Match"] = "W/\"h\"" } },"#));
+        assert!(script.contains("turn = turn % #requests + 1"));
+        assert!(script.contains("function init(args)"));
+    }
+}
