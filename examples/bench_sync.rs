@@ -288,44 +288,20 @@ async fn bench() -> Result<(), String> {
     outcome
 }
 
-/// Deletes this run's keys (each acked record is cached for weeks). `SCAN` in steps rather
-/// than one `KEYS`: over a large keyspace `KEYS` outlasts the connection's response timeout,
-/// and the keys stayed behind (millions of them slowed every later user of that Redis).
+/// Deletes this run's keys (each acked record is cached for weeks; left behind, millions of
+/// them slowed every later user of that Redis).
 async fn delete_redis_keys(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        eprintln!("warning: Redis unreachable; this run's keys ({prefix}*) were not deleted");
-        return;
-    };
-    let pattern = format!("{prefix}*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0usize;
-    loop {
-        let step: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, keys)) = step else {
-            eprintln!("warning: SCAN failed; some of this run's keys ({pattern}) are left");
-            return;
-        };
-        if !keys.is_empty() {
-            let unlinked: redis::RedisResult<usize> =
-                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
-            deleted += unlinked.unwrap_or_default();
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let deleted = tokio::task::spawn_blocking(move || {
+        examsync_test_support::redis_keys::delete_by_prefix(&url, &prefix)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|deleted| deleted);
+    match deleted {
+        Ok(deleted) => eprintln!("deleted {deleted} Redis keys of this run"),
+        Err(e) => eprintln!("warning: this run's Redis keys were not all deleted: {e}"),
     }
-    eprintln!("deleted {deleted} Redis keys of this run");
 }
 
 /// The server child process; killed on drop.

@@ -5,6 +5,7 @@
 //! the server's own `sync::payload_hash`, so a test built on it checks the server rather than
 //! repeating it.
 pub mod bench;
+pub mod redis_keys;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;

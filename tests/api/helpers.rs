@@ -181,23 +181,9 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // On a thread of its own: this may run inside the tests' runtime.
         let _ = std::thread::spawn(move || {
-            use redis::Commands as _;
-            let Ok(client) = redis::Client::open(url) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
-                return;
-            };
-            // SCAN in steps, not KEYS: on a Redis that holds many other keys (a benchmark's,
-            // another run's), KEYS blocks the server for the whole keyspace on every test.
-            let keys: Vec<String> = match conn.scan_match(format!("{prefix}*")) {
-                Ok(keys) => keys.filter_map(Result::ok).collect(),
-                Err(_) => return,
-            };
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
-            }
+            let _ = examsync_test_support::redis_keys::delete_by_prefix(&url, &prefix);
         })
         .join();
     }
